@@ -1,0 +1,260 @@
+"""``grid``: the command line, a python-fire tree over the library.
+
+``grid memory allocate | store | retrieve | list-objects | deallocate`` and
+``grid cluster start | stop | status``. Each command coerces its arguments, calls the library,
+and formats the result; a :class:`~distributed_grid.errors.GridError` becomes one line
+``error: ...`` on stderr and exit code 1. Heavy imports (Ray, numpy) happen inside the commands
+so ``grid --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import json as _json
+import os
+import sys
+from typing import Any
+
+from distributed_grid.errors import GridError, InvalidArgument
+from distributed_grid.format import (
+    Progress,
+    block_table,
+    node_table,
+    preview,
+)
+
+
+def _pool(config: str | None = None):
+    from distributed_grid.memory.pool import MemoryPool
+
+    return MemoryPool(config=config)
+
+
+def _size(value: Any, what: str) -> int:
+    from distributed_grid.memory.sizes import parse_size
+
+    return parse_size(value, what)
+
+
+def _optional_int(value: Any, what: str) -> int | None:
+    return None if value is None else _size(value, what)
+
+
+def _flag(value: Any, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise InvalidArgument(f"--{what} is a switch: give it without a value")
+
+
+def _emit(data: Any) -> None:
+    print(_json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+class MemoryCommands:
+    """Blocks of shared memory on the cluster's nodes."""
+
+    def allocate(self, size_in_bytes: Any, node: str | None = None, json: bool = False,
+                 config: str | None = None) -> None:
+        """Allocate a block; prints its id (block_<n>_<node>).
+
+        Args:
+            size_in_bytes: bytes (10485760) or with a unit (10MB, 1.5GiB).
+            node: the node to allocate on; default: the worker with the most free memory.
+            json: print the block's info as JSON.
+            config: a cluster config YAML file.
+        """
+        size = _size(size_in_bytes, "size")
+        if size <= 0:
+            raise InvalidArgument(f"size must be a positive number of bytes, got {size_in_bytes!r}")
+        info = _pool(config).allocate(size, node=None if node is None else str(node))
+        _emit(info) if _flag(json, "json") else print(info["block_id"])
+
+    def store(self, key: Any, file_path: Any, block_id: str | None = None, offset: Any = 0,
+              force: bool = False, json: bool = False, config: str | None = None) -> None:
+        """Store a file's bytes under KEY; without --block-id a block is allocated for it.
+
+        Args:
+            key: the name to store the bytes under.
+            file_path: the file to read.
+            block_id: an existing block to write into.
+            offset: where in the block the bytes go (with --block-id).
+            force: overwrite bytes that belong to another key.
+            json: print the result as JSON.
+            config: a cluster config YAML file.
+        """
+        offset = _size(offset, "offset")
+        if block_id is None and offset != 0:
+            raise InvalidArgument("--offset needs --block-id: a new block is written from 0")
+        path = str(file_path)
+        pool = _pool(config)
+        total = os.path.getsize(path) if os.path.isfile(path) else 0
+        with Progress("store", total) as bar:
+            result = pool.store_file(str(key), path, block_id=None if block_id is None
+                                     else str(block_id), offset=offset,
+                                     force=_flag(force, "force"), progress=bar.update)
+        if _flag(json, "json"):
+            _emit(result)
+            return
+        print(result["block_id"])
+        verb = "allocated and stored" if result["allocated"] else "stored"
+        print(f"{verb} {result['length']} bytes of {path} as {result['key']!r} in "
+              f"{result['block_id']} at offset {result['offset']}", file=sys.stderr)
+
+    def retrieve(self, block_id: Any, output: str | None = None, size: Any = None,
+                 offset: Any = 0, config: str | None = None) -> None:
+        """Retrieve a block's (or a key's) bytes: to --output, raw to a pipe, or a preview.
+
+        Args:
+            block_id: a block id (block_0_gpu2) or a key.
+            output: a file to write the bytes to.
+            size: how many bytes; default: up to the end of the block's furthest write.
+            offset: where to start.
+            config: a cluster config YAML file.
+        """
+        from distributed_grid.memory import transfer
+
+        target = str(block_id)
+        size_n, offset_n = _optional_int(size, "size"), _size(offset, "offset")
+        pool = _pool(config)
+        pieces = pool.plan_read(target, size_n, offset_n)
+        total = sum(p.length for p in pieces)
+        if output is not None:
+            with Progress("retrieve", total) as bar:
+                result = pool.retrieve_to_file(target, str(output), size_n, offset_n,
+                                               progress=bar.update)
+            print(f"wrote {result['bytes']} bytes of {target} to {result['path']}",
+                  file=sys.stderr)
+        elif sys.stdout.isatty():
+            head = bytearray()
+            pool.read_into_sink(pool.plan_read(target, min(total, 256), offset_n), head.extend)
+            print(preview(target, offset_n, total, bytes(head)))
+        else:
+            sys.stdout.flush()
+            with Progress("retrieve", total) as bar:
+                pool.read_into_sink(pieces, transfer.fd_sink(sys.stdout.fileno()), bar.update)
+
+    def list_objects(self, json: bool = False, config: str | None = None) -> None:
+        """Show every block of the cluster: id, node, size, used, keys, age, status.
+
+        Args:
+            json: print the list as JSON for scripts.
+            config: a cluster config YAML file.
+        """
+        blocks = _pool(config).list_blocks()
+        if _flag(json, "json"):
+            _emit(blocks)
+        else:
+            print(block_table(blocks))
+
+    def deallocate(self, block_id: Any, json: bool = False, config: str | None = None) -> None:
+        """Free a block and its keys.
+
+        Args:
+            block_id: the block to free (block_0_gpu2).
+            json: print the freed block's info as JSON.
+            config: a cluster config YAML file.
+        """
+        info = _pool(config).deallocate(str(block_id))
+        if _flag(json, "json"):
+            _emit(info)
+        else:
+            print(f"deallocated {info['block_id']} ({info['size']} bytes on {info['node']})")
+
+
+class ClusterCommands:
+    """The Ray cluster the blocks live on."""
+
+    def start(self, name: str | None = None, address: str | None = None,
+              port: int | None = None, loopback: bool = False, num_cpus: int | None = None) -> None:
+        """Start a Ray node on this host that outlives this command.
+
+        Args:
+            name: the node's name (Ray label grid.node), used in block ids.
+            address: join the cluster at HOST:PORT as a worker; default: start a head.
+            port: the head's port; default: a free one.
+            loopback: run the head on 127.0.0.1 (a cluster for this host only).
+            num_cpus: CPUs the node offers to Ray.
+        """
+        from distributed_grid import cluster
+
+        if address is None:
+            started = cluster.start_head(name=None if name is None else str(name),
+                                         port=port, loopback=_flag(loopback, "loopback"),
+                                         num_cpus=num_cpus)
+            print(started)
+            print(f"started a Ray head at {started}; join it with "
+                  f"`grid cluster start --address {started} --name NAME`", file=sys.stderr)
+        else:
+            cluster.start_worker(str(address), name=None if name is None else str(name),
+                                 num_cpus=num_cpus)
+            print(f"joined {address} as {name or 'a worker'}", file=sys.stderr)
+
+    def stop(self) -> None:
+        """Free the cluster's blocks and stop the Ray nodes that `grid cluster start` started."""
+        from distributed_grid import cluster
+
+        started = cluster.started_here()
+        if not started:
+            raise GridError("no cluster started by grid is running on this host; nothing stopped")
+        heads = [e for e in started if e["role"] == "head"]
+        if heads:
+            try:
+                freed = _pool_for(heads[0]["address"]).destroy_all()
+                print(f"freed {freed} block(s)", file=sys.stderr)
+            except GridError as exc:
+                print(f"warning: blocks not freed: {exc}", file=sys.stderr)
+        stopped = cluster.stop_started()
+        print(f"stopped {len(stopped)} Ray node(s) started here")
+
+    def status(self, json: bool = False, config: str | None = None) -> None:
+        """Show the nodes: names, shared-memory capacity and free bytes, blocks per node.
+
+        Args:
+            json: print the status as JSON.
+            config: a cluster config YAML file.
+        """
+        pool = _pool(config)
+        stats = pool.stats()
+        if _flag(json, "json"):
+            _emit({"address": pool.address, "nodes": stats})
+        else:
+            print(f"cluster at {pool.address}")
+            print(node_table(stats))
+
+
+def _pool_for(address: str):
+    from distributed_grid.memory.pool import MemoryPool
+
+    return MemoryPool(address, start_if_missing=False)
+
+
+class Grid:
+    """distributed_grid: blocks of shared memory on a Ray cluster's nodes."""
+
+    def __init__(self) -> None:
+        self.memory = MemoryCommands()
+        self.cluster = ClusterCommands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``grid`` command; returns the exit code."""
+    import fire
+
+    try:
+        fire.Fire(Grid(), command=argv, name="grid")
+    except GridError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        try:
+            sys.stdout.close()
+        except OSError:
+            pass
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""What the CLI shows a person: tables, previews and progress bars."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any
+
+from distributed_grid.memory.sizes import format_size
+
+PROGRESS_MIN_BYTES = 32 * 2**20  # smaller transfers finish before a bar would help
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain text table with columns padded to their widest cell."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def format_age(seconds: float) -> str:
+    """``42s``, ``5m``, ``3h``, ``2d``."""
+    seconds = max(0.0, seconds)
+    for unit, scale in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= scale:
+            return f"{int(seconds // scale)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _keys_cell(block: dict[str, Any]) -> str:
+    parts = []
+    for key, extents in sorted(block["keys"].items()):
+        if len(extents) == 1:
+            parts.append(f"{key}@{extents[0][0]}+{extents[0][1]}")
+        else:
+            parts.append(f"{key}[{len(extents)} extents]")
+    parts += [f"{k} (writing)" for k in block.get("pending_keys", []) if k not in block["keys"]]
+    text = ", ".join(parts) or "-"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def block_table(blocks: list[dict[str, Any]]) -> str:
+    """The ``list-objects`` table."""
+    if not blocks:
+        return "no blocks allocated"
+    now = time.time()
+    rows = [
+        [b["block_id"], b["node"], format_size(b["size"]), format_size(b["used"]),
+         _keys_cell(b), format_age(now - b["created"]), b["status"]]
+        for b in blocks
+    ]
+    return table(["BLOCK ID", "NODE", "SIZE", "USED", "KEYS", "AGE", "STATUS"], rows)
+
+
+def node_table(stats: list[dict[str, Any]]) -> str:
+    """The ``cluster status`` table."""
+    rows = [
+        [s["node"], "head" if s["is_head"] else "worker", s["address"],
+         format_size(s["shm_total"]), format_size(s["shm_free"]), str(s["blocks"]),
+         format_size(s["block_bytes"])]
+        for s in sorted(stats, key=lambda s: (not s["is_head"], s["node"]))
+    ]
+    return table(["NODE", "ROLE", "ADDRESS", "SHM TOTAL", "SHM FREE", "BLOCKS", "BLOCK BYTES"],
+                 rows)
+
+
+def preview(target: str, offset: int, total: int, head: bytes) -> str:
+    """What ``retrieve`` shows on a terminal: the size, then the first bytes as text or hex."""
+    lines = [f"{target}: {total} bytes from offset {offset}"
+             + (f" (first {len(head)} shown)" if len(head) < total else "")]
+    if not head:
+        return lines[0]
+    try:
+        text = head.decode("utf-8")
+        printable = all(c.isprintable() or c in "\n\r\t" for c in text)
+    except UnicodeDecodeError:
+        printable = False
+    if printable:
+        lines.append(text)
+    else:
+        for i in range(0, len(head), 16):
+            row = head[i : i + 16]
+            hexes = " ".join(f"{b:02x}" for b in row)
+            chars = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+            lines.append(f"{offset + i:08x}  {hexes:<47}  {chars}")
+    if len(head) < total:
+        lines.append(f"... {total - len(head)} more bytes (use --output FILE to save them all)")
+    return "\n".join(lines)
+
+
+class Progress:
+    """A progress bar on stderr for big transfers, shown only when stderr is a terminal."""
+
+    def __init__(self, label: str, total: int, stream=None) -> None:
+        self.label = label
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.enabled = total >= PROGRESS_MIN_BYTES and self.stream.isatty()
+        self.done = 0
+        self._lock = threading.Lock()
+        self._start = time.monotonic()
+        self._last = 0.0
+
+    def update(self, n: int) -> None:
+        """Count ``n`` more bytes done (callable from several threads)."""
+        with self._lock:
+            self.done += n
+            now = time.monotonic()
+            if self.enabled and (now - self._last >= 0.1 or self.done >= self.total):
+                self._last = now
+                self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        frac = self.done / self.total if self.total else 1.0
+        width = 30
+        bar = "#" * int(frac * width)
+        rate = self.done / max(now - self._start, 1e-9)
+        self.stream.write(
+            f"\r{self.label} [{bar:<{width}}] {frac:4.0%} {format_size(self.done)} / "
+            f"{format_size(self.total)} {format_size(int(rate))}/s"
+        )
+        self.stream.flush()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.enabled and self.done:
+            self.stream.write("\n")
+            self.stream.flush()

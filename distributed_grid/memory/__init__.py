@@ -1,0 +1,59 @@
+"""The public face of the block store.
+
+``connect()`` gives a :class:`MemoryPool` over the cluster (the embedded local cluster when none
+is reachable); its errors are those of :mod:`distributed_grid.errors`.
+"""
+
+from __future__ import annotations
+
+from distributed_grid.errors import (
+    BlockNotFound,
+    ClusterError,
+    FileError,
+    GridError,
+    InvalidArgument,
+    KeyConflict,
+    KeyNotFound,
+    NodeNotFound,
+    NodeUnavailable,
+    NotFound,
+    OutOfBounds,
+    StoreFull,
+)
+from distributed_grid.memory.block_id import format_block_id, parse_block_id
+from distributed_grid.memory.pool import FORCE_REMOTE_ENV, MemoryPool
+from distributed_grid.memory.sizes import format_size, parse_size
+
+__all__ = [
+    "FORCE_REMOTE_ENV",
+    "BlockNotFound",
+    "ClusterError",
+    "FileError",
+    "GridError",
+    "InvalidArgument",
+    "KeyConflict",
+    "KeyNotFound",
+    "MemoryPool",
+    "NodeNotFound",
+    "NodeUnavailable",
+    "NotFound",
+    "OutOfBounds",
+    "StoreFull",
+    "connect",
+    "format_block_id",
+    "format_size",
+    "parse_block_id",
+    "parse_size",
+]
+
+
+def connect(address: str | None = None, *, config=None, force_remote: bool | None = None
+            ) -> MemoryPool:
+    """Connect to the cluster (starting the embedded local one if none answers).
+
+    Args:
+        address: ``HOST:PORT`` of the cluster; None for ``RAY_ADDRESS`` or the local cluster.
+        config: a cluster config object or YAML path.
+        force_remote: always move bytes through the store actors (ObjectRefs).
+    """
+    return MemoryPool(address, config=config, force_remote=force_remote)

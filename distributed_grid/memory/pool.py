@@ -1,0 +1,497 @@
+"""The client: routes a block id or key to its node's store, and moves the bytes.
+
+A block id names its node, so the pool asks that node's store actor about it. The bytes take
+the local path (this process maps the block's segment and copies straight in or out) when the
+pool can attach the segment and reads back the token the store wrote in its header: that proves
+it is the same memory. Otherwise (another host, or ``DISTRIBUTED_GRID_FORCE_REMOTE=1``) they
+travel through the store actor as ObjectRefs, in bounded chunks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from distributed_grid import cluster
+from distributed_grid.config import ClusterConfig, memory_cap, use_config
+from distributed_grid.errors import (
+    BlockNotFound,
+    FileError,
+    GridError,
+    InvalidArgument,
+    KeyConflict,
+    KeyNotFound,
+    NodeUnavailable,
+    OutOfBounds,
+    StoreFull,
+)
+from distributed_grid.memory import segment as seg
+from distributed_grid.memory import transfer
+from distributed_grid.memory.block_id import looks_like_block_id, parse_block_id
+from distributed_grid.memory.store import check_range, validate_key
+from distributed_grid.memory.store_actor import get_store
+
+FORCE_REMOTE_ENV = "DISTRIBUTED_GRID_FORCE_REMOTE"
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of bytes of one block, part of what a read returns."""
+
+    block: dict[str, Any]
+    offset: int
+    length: int
+
+
+def _force_remote_default() -> bool:
+    return os.environ.get(FORCE_REMOTE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class MemoryPool:
+    """Blocks of shared memory across the cluster's nodes.
+
+    Args:
+        address: the cluster's ``HOST:PORT``; None for ``RAY_ADDRESS``, the cluster recorded on
+            this host, or the embedded local cluster started on demand.
+        config: a cluster config (object or YAML path) naming nodes and their memory caps.
+        force_remote: always take the remote (ObjectRef) path; None reads
+            ``DISTRIBUTED_GRID_FORCE_REMOTE``.
+    """
+
+    def __init__(self, address: str | None = None, *, config: ClusterConfig | str | None = None,
+                 force_remote: bool | None = None, start_if_missing: bool = True) -> None:
+        config = use_config(config)
+        if address is None and config is not None:
+            address = config.address
+        self.address = cluster.connect(address, start_if_missing=start_if_missing)
+        self.cluster_id = cluster.cluster_id()
+        self.force_remote = _force_remote_default() if force_remote is None else force_remote
+        self._stores: dict[str, Any] = {}
+        self._attached: dict[str, seg.Segment] = {}
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def nodes(self) -> list[cluster.NodeInfo]:
+        """The alive nodes of the cluster."""
+        return cluster.nodes()
+
+    def _store(self, node_name: str) -> Any:
+        handle = self._stores.get(node_name)
+        if handle is None:
+            node = cluster.find_node(node_name)
+            handle = get_store(node.name, node.node_id, self.cluster_id, memory_cap(node.name))
+            self._stores[node_name] = handle
+        return handle
+
+    def _get(self, refs: Any, node: str) -> Any:
+        """``ray.get`` with the store's errors re-raised as themselves."""
+        import ray
+
+        try:
+            return ray.get(refs)
+        except Exception as exc:
+            self._reraise(exc, node)
+
+    def _call(self, node: str, method: str, *args: Any) -> Any:
+        return self._get(getattr(self._store(node), method).remote(*args), node)
+
+    def _call_all(self, method: str, *args: Any) -> dict[str, Any]:
+        names = [n.name for n in self.nodes()]
+        refs = [getattr(self._store(name), method).remote(*args) for name in names]
+        return {name: self._get(ref, name) for name, ref in zip(names, refs, strict=True)}
+
+    def _local_segment(self, block: dict[str, Any]) -> seg.Segment | None:
+        """This process's mapping of the block, when it is provably on this host."""
+        if self.force_remote:
+            return None
+        name = block["segment"]
+        segment = self._attached.get(name)
+        if segment is None:
+            try:
+                segment = seg.Segment.attach(name)
+            except (seg.SegmentNotFound, InvalidArgument, OSError):
+                return None
+            self._attached[name] = segment
+        if segment.token.hex() != block["token"] or segment.size != block["size"]:
+            return None
+        return segment
+
+    def is_local(self, block_id: str) -> bool:
+        """Whether this process reaches ``block_id`` zero-copy (same host, proven by token)."""
+        return self._local_segment(self.block_info(block_id)) is not None
+
+    # -- blocks ---------------------------------------------------------------------------------
+
+    def allocate(self, size: int, node: str | None = None) -> dict[str, Any]:
+        """Allocate a block of ``size`` bytes; returns its info (``block_id`` among it).
+
+        Without ``node``, the worker with the most free shared memory is chosen (the head only
+        when there is no worker).
+
+        Raises:
+            InvalidArgument: ``size`` is not a positive whole number of bytes.
+            NodeNotFound: no node is called ``node``.
+            StoreFull: the node cannot hold ``size`` bytes.
+        """
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise InvalidArgument(f"size must be a positive number of bytes, got {size!r}")
+        node = cluster.find_node(node).name if node is not None else self._choose_node(size)
+        return self._call(node, "allocate", size)
+
+    def _choose_node(self, size: int) -> str:
+        known = self.nodes()
+        candidates = [n.name for n in known if not n.is_head] or [n.name for n in known]
+        refs = [self._store(name).stats.remote() for name in candidates]
+        free = {name: self._get(ref, name)["free_for_blocks"]
+                for name, ref in zip(candidates, refs, strict=True)}
+        best = max(free, key=lambda name: free[name])
+        if size > free[best]:
+            raise StoreFull(
+                f"cannot allocate {size} bytes: the most any node can hold is {free[best]} "
+                f"bytes (node {best})"
+            )
+        return best
+
+    def block_info(self, block_id: str) -> dict[str, Any]:
+        """The facts of one block: node, size, used bytes, keys, status.
+
+        Raises:
+            InvalidArgument: ``block_id`` is not of the form ``block_<n>_<node>``.
+            BlockNotFound: no such block (its node is unknown, or it has no such block).
+        """
+        number, node = parse_block_id(block_id)
+        try:
+            cluster.find_node(node)
+        except GridError as exc:
+            raise BlockNotFound(f"no block {block_id}: {exc}") from exc
+        return self._call(node, "block_info", number)
+
+    def deallocate(self, block_id: str) -> dict[str, Any]:
+        """Free a block and its keys; returns the info it had.
+
+        Raises:
+            BlockNotFound: no such block.
+        """
+        info = self.block_info(block_id)
+        number, node = parse_block_id(block_id)
+        stale = self._attached.pop(info["segment"], None)
+        if stale is not None:
+            try:
+                stale.close()
+            except BufferError:
+                pass  # a view of it is still alive; the mapping goes with the view
+        return self._call(node, "deallocate", number)
+
+    def list_blocks(self) -> list[dict[str, Any]]:
+        """Every block of every alive node, ordered by node then number."""
+        blocks = [b for per_node in self._call_all("list_blocks").values() for b in per_node]
+        return sorted(blocks, key=lambda b: (b["node"], b["number"]))
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Per node: shared-memory capacity and free bytes, block count and bytes."""
+        nodes = {n.name: n for n in self.nodes()}
+        result = []
+        for name, s in self._call_all("stats").items():
+            node = nodes[name]
+            result.append({**s, "node_id": node.node_id, "address": node.address,
+                           "hostname": node.hostname, "is_head": node.is_head})
+        return result
+
+    def destroy_all(self) -> int:
+        """Free every block on every node (before the cluster is stopped); returns the count."""
+        return sum(self._call_all("destroy").values())
+
+    def keys(self) -> dict[str, str]:
+        """Every key of the cluster, mapped to the id of its block."""
+        merged: dict[str, str] = {}
+        for per_node in self._call_all("list_keys").values():
+            merged.update(per_node)
+        return merged
+
+    def find_key(self, key: str) -> dict[str, Any] | None:
+        """The block holding ``key`` with the key's extents, or None."""
+        for found in self._call_all("find_key", key).values():
+            if found is not None:
+                return found
+        return None
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def store_file(self, key: str, path: str, block_id: str | None = None, offset: int = 0,
+                   force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+        """Store a file's bytes under ``key``; returns the block info plus where they went.
+
+        Without ``block_id`` the key's existing place is reused when the file fits there, else
+        a block that fits is allocated. With ``block_id`` the bytes go at ``offset``.
+
+        Raises:
+            FileError: the file cannot be read.
+            OutOfBounds: the file does not fit in the block at ``offset``.
+            KeyConflict: the range holds bytes of another key (and not ``force``).
+        """
+        key = validate_key(str(key))
+        fd, length = _open_input(path)
+        try:
+            allocated = None
+            if block_id is None:
+                block_id, offset, allocated = self._place_for(key, length)
+            elif not isinstance(offset, int) or isinstance(offset, bool):
+                raise InvalidArgument(f"offset must be a whole number of bytes, got {offset!r}")
+
+            def fill_local(dest: memoryview) -> None:
+                transfer.fill_from_file(fd, 0, dest, path, progress or transfer._noop)
+
+            def read_into(pos: int, buf: memoryview) -> None:
+                transfer.fill_from_file(fd, pos, buf, path)
+
+            try:
+                info = self._write_range(block_id, offset, length, key, force, fill_local,
+                                         read_into, progress)
+            except BaseException:
+                if allocated is not None:
+                    self.deallocate(allocated)
+                raise
+        finally:
+            os.close(fd)
+        return {**info, "key": key, "offset": offset, "length": length,
+                "allocated": allocated is not None}
+
+    def _place_for(self, key: str, length: int) -> tuple[str, int, str | None]:
+        """Where a store without ``--block-id`` goes: ``(block_id, offset, allocated_id)``."""
+        found = self.find_key(key)
+        if found is not None:
+            extents = found["extents"]
+            start = extents[0][0]
+            if len(extents) == 1 and start + length <= found["size"]:
+                return found["block_id"], start, None
+            raise KeyConflict(
+                f"key {key!r} already lives in {found['block_id']} ({len(extents)} extent(s), "
+                f"block size {found['size']}) and the new {length} bytes do not replace it in "
+                f"place; store it with --block-id {found['block_id']} --offset N, or deallocate "
+                f"{found['block_id']} first"
+            )
+        info = self.allocate(max(length, 1))
+        return info["block_id"], 0, info["block_id"]
+
+    def write(self, block_id: str, data: Any, offset: int = 0, key: str | None = None,
+              force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+        """Write a bytes-like object into a block at ``offset`` (optionally under ``key``).
+
+        Raises:
+            OutOfBounds, KeyConflict, BlockNotFound, InvalidArgument.
+        """
+        view = memoryview(data).cast("B")
+        if key is not None:
+            key = validate_key(str(key))
+
+        def fill_local(dest: memoryview) -> None:
+            transfer.drain_to_sink(view, _into(dest), progress or transfer._noop)
+
+        def read_into(pos: int, buf: memoryview) -> None:
+            buf[:] = view[pos : pos + len(buf)]
+
+        return self._write_range(block_id, offset, len(view), key, force, fill_local, read_into,
+                                 progress)
+
+    def _write_range(self, block_id: str, offset: int, length: int, key: str | None, force: bool,
+                     fill_local: Callable[[memoryview], None],
+                     read_into: Callable[[int, memoryview], None],
+                     progress: Progress | None) -> dict[str, Any]:
+        number, node = parse_block_id(block_id)
+        self.block_info(block_id)  # BlockNotFound before anything else
+        block = self._call(node, "prepare_write", number, offset, length, key, force)
+        try:
+            segment = self._local_segment(block)
+            if segment is not None:
+                dest = segment.data()
+                try:
+                    fill_local(dest[offset : offset + length])
+                finally:
+                    dest.release()
+            else:
+                try:
+                    transfer.remote_fill(self._store(node), number, offset, length, read_into,
+                                         progress or transfer._noop)
+                except GridError:
+                    raise
+                except Exception as exc:  # a chunk's ray.get
+                    self._reraise(exc, node)
+        except BaseException:
+            try:
+                self._call(node, "abort_write", number, offset, key)
+            except GridError:
+                pass
+            raise
+        return self._call(node, "commit_write", number, offset, length, key)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def plan_read(self, target: str, size: int | None = None, offset: int = 0) -> list[Piece]:
+        """Resolve a block id or key and a range into the runs of bytes to read, in order.
+
+        For a block, the default range runs from ``offset`` to the block's high-water mark (the
+        end of its furthest write). For a key, ``offset`` and ``size`` count within the key's
+        bytes (its extents one after the other).
+
+        Raises:
+            KeyNotFound: ``target`` is neither a block id nor a key.
+            OutOfBounds: the range does not fit.
+        """
+        for name, value in (("offset", offset), ("size", size)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise InvalidArgument(f"{name} must be a whole number of bytes, got {value!r}")
+        if offset < 0:
+            raise OutOfBounds(f"offset must be 0 or more, got {offset}")
+        if size is not None and size < 0:
+            raise OutOfBounds(f"size must be 0 or more, got {size}")
+        if looks_like_block_id(target):
+            block = self.block_info(target)
+            if offset > block["size"]:
+                raise OutOfBounds(
+                    f"offset {offset} is past the end of {target} (size {block['size']})"
+                )
+            length = max(0, block["used"] - offset) if size is None else size
+            check_range(target, block["size"], offset, length, "read")
+            return [Piece(block, offset, length)]
+        found = self.find_key(validate_key(str(target)))
+        if found is None:
+            raise KeyNotFound(
+                f"no block or key named {target!r}: block ids look like block_<n>_<node>; "
+                "`grid memory list-objects` shows the blocks and their keys"
+            )
+        total = sum(n for _, n in found["extents"])
+        if offset > total:
+            raise OutOfBounds(f"offset {offset} is past the end of key {target!r} ({total} bytes)")
+        length = total - offset if size is None else size
+        if offset + length > total:
+            raise OutOfBounds(
+                f"cannot read {length} bytes at offset {offset} of key {target!r} ({total} "
+                f"bytes): at most {total - offset} bytes remain from that offset"
+            )
+        pieces, skip, want = [], offset, length
+        for ext_offset, ext_length in found["extents"]:
+            if skip >= ext_length:
+                skip -= ext_length
+                continue
+            n = min(ext_length - skip, want)
+            if n > 0:
+                pieces.append(Piece(found, ext_offset + skip, n))
+            want -= n
+            skip = 0
+        return pieces
+
+    def read_into_sink(self, pieces: list[Piece], sink: transfer.Sink,
+                       progress: Progress | None = None) -> int:
+        """Hand the bytes of ``pieces`` to ``sink`` in order; returns the byte count."""
+        progress = progress or transfer._noop
+        for piece in pieces:
+            segment = self._local_segment(piece.block)
+            if segment is not None:
+                data = segment.data()
+                try:
+                    transfer.drain_to_sink(
+                        data[piece.offset : piece.offset + piece.length], sink, progress
+                    )
+                finally:
+                    data.release()
+            else:
+                node = piece.block["node"]
+                try:
+                    transfer.remote_drain(self._store(node), piece.block["number"], piece.offset,
+                                          piece.length, sink, progress)
+                except GridError:
+                    raise
+                except Exception as exc:  # a chunk's ray.get
+                    self._reraise(exc, node)
+        return sum(p.length for p in pieces)
+
+    @staticmethod
+    def _reraise(exc: Exception, node: str) -> None:
+        """Translate a Ray error from ``node``'s store into the library's own error, in one place."""
+        from ray.exceptions import RayActorError, RayTaskError
+
+        if isinstance(exc, RayTaskError) and isinstance(getattr(exc, "cause", None), GridError):
+            raise exc.cause from None
+        if isinstance(exc, RayActorError):
+            raise NodeUnavailable(
+                f"the store of node {node} is unavailable ({type(exc).__name__}); "
+                "check `grid cluster status`"
+            ) from exc
+        raise exc
+
+    def read(self, target: str, size: int | None = None, offset: int = 0) -> bytes:
+        """The bytes of a block or key (default: up to the block's high-water mark)."""
+        pieces = self.plan_read(target, size, offset)
+        out = bytearray()
+        self.read_into_sink(pieces, out.extend)
+        return bytes(out)
+
+    def retrieve_to_file(self, target: str, path: str, size: int | None = None, offset: int = 0,
+                         progress: Progress | None = None) -> dict[str, Any]:
+        """Write a block's or key's bytes to ``path`` (replaced only once they are complete).
+
+        Raises:
+            FileError: ``path`` cannot be written.
+        """
+        pieces = self.plan_read(target, size, offset)
+        directory = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise FileError(f"cannot write {path}: it is a directory; give a file path")
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.part")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as exc:
+            raise FileError(f"cannot write {path}: {exc.strerror}") from exc
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as f:
+                written = self.read_into_sink(pieces, transfer.fd_sink(f.fileno()), progress)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        return {"target": target, "path": path, "bytes": written,
+                "offset": offset, "blocks": sorted({p.block["block_id"] for p in pieces})}
+
+    def close(self) -> None:
+        """Drop this process's mappings (blocks stay; they belong to the stores)."""
+        for segment in self._attached.values():
+            try:
+                segment.close()
+            except BufferError:
+                pass
+        self._attached.clear()
+
+
+def _into(dest: memoryview) -> transfer.Sink:
+    pos = 0
+
+    def write(view: memoryview) -> None:
+        nonlocal pos
+        dest[pos : pos + len(view)] = view
+        pos += len(view)
+
+    return write
+
+
+def _open_input(path: str) -> tuple[int, int]:
+    path = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError as exc:
+        raise FileError(f"cannot read {path}: no such file") from exc
+    except OSError as exc:
+        raise FileError(f"cannot read {path}: {exc.strerror}") from exc
+    st = os.fstat(fd)
+    import stat
+
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise FileError(f"cannot read {path}: not a regular file")
+    return fd, st.st_size
