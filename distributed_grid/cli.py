@@ -164,29 +164,39 @@ class ClusterCommands:
     """The Ray cluster the blocks live on."""
 
     def start(self, name: str | None = None, address: str | None = None,
-              port: int | None = None, loopback: bool = False, num_cpus: int | None = None) -> None:
-        """Start a Ray node on this host that outlives this command.
+              nodes: Any = None, loopback: bool = False, port: int | None = None,
+              num_cpus: int | None = None) -> None:
+        """Start Ray on this host, outliving this command; prints the head's address.
 
         Args:
-            name: the node's name (Ray label grid.node), used in block ids.
+            name: this node's name (Ray label grid.node), used in block ids.
             address: join the cluster at HOST:PORT as a worker; default: start a head.
-            port: the head's port; default: a free one.
-            loopback: run the head on 127.0.0.1 (a cluster for this host only).
+            nodes: names of extra raylets to run on this host beside the head (gpu1,gpu2): a
+                one-machine cluster on loopback that simulates those nodes.
+            loopback: start a cluster for this host only, on 127.0.0.1.
+            port: the head's port (not with --loopback or --nodes); default: a free one.
             num_cpus: CPUs the node offers to Ray.
         """
         from distributed_grid import cluster
 
-        if address is None:
-            started = cluster.start_head(name=None if name is None else str(name),
-                                         port=port, loopback=_flag(loopback, "loopback"),
-                                         num_cpus=num_cpus)
-            print(started)
-            print(f"started a Ray head at {started}; join it with "
-                  f"`grid cluster start --address {started} --name NAME`", file=sys.stderr)
-        else:
-            cluster.start_worker(str(address), name=None if name is None else str(name),
-                                 num_cpus=num_cpus)
+        name = None if name is None else str(name)
+        names = _names(nodes)
+        if address is not None:
+            if names:
+                raise InvalidArgument("--nodes starts a new local cluster; it cannot join one")
+            cluster.start_worker(str(address), name=name, num_cpus=num_cpus)
             print(f"joined {address} as {name or 'a worker'}", file=sys.stderr)
+            return
+        if names or _flag(loopback, "loopback"):
+            started = cluster.start_local(names, head_name=name, head_cpus=num_cpus)
+            shown = ", ".join([name or "head", *names])
+            print(started)
+            print(f"started a local cluster at {started} with nodes {shown}", file=sys.stderr)
+            return
+        started = cluster.start_head(name=name, port=port, num_cpus=num_cpus)
+        print(started)
+        print(f"started a Ray head at {started}; join it from other hosts with "
+              f"`grid cluster start --address {started} --name NAME`", file=sys.stderr)
 
     def stop(self) -> None:
         """Free the cluster's blocks and stop the Ray nodes that `grid cluster start` started."""
@@ -195,7 +205,7 @@ class ClusterCommands:
         started = cluster.started_here()
         if not started:
             raise GridError("no cluster started by grid is running on this host; nothing stopped")
-        heads = [e for e in started if e["role"] == "head"]
+        heads = [e for e in started if e["role"] in ("head", "local")]
         if heads:
             try:
                 freed = _pool_for(heads[0]["address"]).destroy_all()
@@ -219,6 +229,14 @@ class ClusterCommands:
         else:
             print(f"cluster at {pool.address}")
             print(node_table(stats))
+
+
+def _names(nodes: Any) -> list[str]:
+    if nodes is None or nodes is True:
+        return []
+    if isinstance(nodes, (list, tuple)):
+        return [str(n) for n in nodes]
+    return [n for n in str(nodes).split(",") if n]
 
 
 def _pool_for(address: str):

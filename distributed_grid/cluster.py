@@ -77,7 +77,8 @@ def _save_started(entries: list[dict[str, Any]]) -> None:
 
 
 def _ray_temp_root() -> str:
-    return os.path.join(os.environ.get("RAY_TMPDIR", "/tmp"), "ray")
+    base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    return os.path.join(base, "ray")
 
 
 def recorded_address() -> str | None:
@@ -150,7 +151,11 @@ def connect(address: str | None = None, start_if_missing: bool = True) -> str:
     explicit = address or os.environ.get("RAY_ADDRESS") or None
     if explicit in ("auto", "local"):
         explicit = None
-    target = explicit or recorded_address()
+    ours = [e for e in started_here() if e["role"] in ("local", "head")]
+    target = explicit or (ours[0]["address"] if ours else None) or recorded_address()
+    # "auto" lets Ray pick up its auth token for clusters `ray start` made (it does not for an
+    # explicit address); a local cluster started here runs without token auth, on loopback.
+    use_auto = explicit is None and (not ours or ours[0]["role"] == "head")
     if target is None or not _answers(target):
         if explicit is not None:
             raise ClusterError(
@@ -159,7 +164,7 @@ def connect(address: str | None = None, start_if_missing: bool = True) -> str:
             )
         if not start_if_missing:
             raise ClusterError("no Ray cluster is running; start one with `grid cluster start`")
-        target = start_head(loopback=True)
+        target, use_auto = start_local(), False
         print(
             f"distributed_grid: no Ray cluster was running; started a local one at {target} "
             "(stop it with `grid cluster stop`)",
@@ -171,7 +176,7 @@ def connect(address: str | None = None, start_if_missing: bool = True) -> str:
         ray.init(
             # "auto" for the host's own cluster: Ray then also picks up its auth token, which it
             # does not do for an explicit address (set RAY_AUTH_MODE=token for those).
-            address=target if explicit is not None else "auto",
+            address="auto" if use_auto else target,
             namespace=NAMESPACE,
             logging_level="ERROR",
             log_to_driver=False,
@@ -195,26 +200,69 @@ def cluster_id() -> str:
 # -- starting and stopping ---------------------------------------------------------------------
 
 
-def start_head(
-    name: str | None = None, port: int | None = None, loopback: bool = True, num_cpus: int | None = None
-) -> str:
-    """Start a Ray head on this host that outlives the caller; returns its address.
+def start_local(nodes: tuple[str, ...] | list[str] = (), head_name: str | None = None,
+                head_cpus: int | None = None, timeout: float = 120) -> str:
+    """Start a cluster for this host alone (loopback): a head plus one raylet per name.
+
+    It outlives the caller; ``grid cluster stop`` ends it by the pid of its supervisor.
+    Returns the head's address.
+    """
+    from distributed_grid.memory.store import validate_node_name
+
+    names = [validate_node_name(n) for n in nodes]
+    if head_name is not None:
+        validate_node_name(head_name)
+    if len(set(names + [head_name] if head_name else names)) != len(names) + bool(head_name):
+        raise InvalidArgument(f"node names must differ, got {names + [head_name]}")
+    ready = os.path.join(state_dir(), f"local-{os.getpid()}-{time.monotonic_ns()}.json")
+    cmd = [sys.executable, "-m", "distributed_grid.local_cluster", "--ready-file", ready,
+           "--nodes", ",".join(names)]
+    if head_name is not None:
+        cmd += ["--head-name", head_name]
+    if head_cpus is not None:
+        cmd += ["--head-cpus", str(head_cpus)]
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env[_LOOPBACK_ENV] = "0"
+    log_path = ready.removesuffix(".json") + ".log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(ready):
+        if proc.poll() is not None:
+            with open(log_path, encoding="utf-8", errors="replace") as f:
+                tail = "\n".join(f.read().strip().splitlines()[-5:])
+            raise ClusterError(f"the local cluster failed to start (exit {proc.returncode}):\n"
+                               f"{tail}")
+        if time.monotonic() > deadline:
+            proc.terminate()
+            raise ClusterError(f"the local cluster did not start within {timeout:.0f} s "
+                               f"(log: {log_path})")
+        time.sleep(0.2)
+    with open(ready, encoding="utf-8") as f:
+        address = json.load(f)["address"]
+    os.unlink(ready)
+    entries = _load_started()
+    entries.append({"pid": proc.pid, "role": "local", "name": head_name, "nodes": names,
+                    "address": address})
+    _save_started(entries)
+    return address
+
+
+def start_head(name: str | None = None, port: int | None = None,
+               num_cpus: int | None = None) -> str:
+    """Start a Ray head on this host, reachable by other hosts, that outlives the caller.
 
     Args:
         name: the node name (label ``grid.node``); None leaves the host name.
         port: the GCS port; None picks a free one.
-        loopback: bind the cluster to 127.0.0.1 (a cluster for this host only).
         num_cpus: CPUs to advertise; None lets Ray count them.
     """
-    port = port or _free_port()
-    host = "127.0.0.1" if loopback else None
-    args = ["--head", f"--port={port}"]
+    args = ["--head", f"--port={port or _free_port()}"]
     if num_cpus is not None:
         args.append(f"--num-cpus={num_cpus}")
-    address = _start_node(args, name, loopback, role="head")
-    if host is not None:
-        address = f"{host}:{port}"
-    return address
+    return _start_node(args, name, loopback=False, role="head")
 
 
 def start_worker(address: str, name: str | None = None, num_cpus: int | None = None) -> str:

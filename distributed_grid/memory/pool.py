@@ -30,6 +30,7 @@ from distributed_grid.errors import (
 from distributed_grid.memory import segment as seg
 from distributed_grid.memory import transfer
 from distributed_grid.memory.block_id import looks_like_block_id, parse_block_id
+from distributed_grid.memory.extents import slice_extents
 from distributed_grid.memory.store import check_range, validate_key
 from distributed_grid.memory.store_actor import get_store
 
@@ -363,26 +364,8 @@ class MemoryPool:
                 f"no block or key named {target!r}: block ids look like block_<n>_<node>; "
                 "`grid memory list-objects` shows the blocks and their keys"
             )
-        total = sum(n for _, n in found["extents"])
-        if offset > total:
-            raise OutOfBounds(f"offset {offset} is past the end of key {target!r} ({total} bytes)")
-        length = total - offset if size is None else size
-        if offset + length > total:
-            raise OutOfBounds(
-                f"cannot read {length} bytes at offset {offset} of key {target!r} ({total} "
-                f"bytes): at most {total - offset} bytes remain from that offset"
-            )
-        pieces, skip, want = [], offset, length
-        for ext_offset, ext_length in found["extents"]:
-            if skip >= ext_length:
-                skip -= ext_length
-                continue
-            n = min(ext_length - skip, want)
-            if n > 0:
-                pieces.append(Piece(found, ext_offset + skip, n))
-            want -= n
-            skip = 0
-        return pieces
+        runs = slice_extents(found["extents"], offset, size, what=f"key {target!r}")
+        return [Piece(found, start, length) for start, length in runs]
 
     def read_into_sink(self, pieces: list[Piece], sink: transfer.Sink,
                        progress: Progress | None = None) -> int:
