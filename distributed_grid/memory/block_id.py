@@ -9,7 +9,7 @@ import re
 
 from distributed_grid.errors import InvalidArgument
 
-_BLOCK_ID_RE = re.compile(r"^block_(\d+)_([A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
+_BLOCK_ID_RE = re.compile(r"block_([0-9]+)_([A-Za-z0-9][A-Za-z0-9._-]{0,63})")
 
 
 def format_block_id(number: int, node: str) -> str:
@@ -23,7 +23,7 @@ def parse_block_id(block_id: str) -> tuple[int, str]:
     Raises:
         InvalidArgument: ``block_id`` is not of the form ``block_<n>_<node>``.
     """
-    match = _BLOCK_ID_RE.match(block_id) if isinstance(block_id, str) else None
+    match = _BLOCK_ID_RE.fullmatch(block_id) if isinstance(block_id, str) else None
     if match is None:
         raise InvalidArgument(
             f"invalid block id {block_id!r}: a block id looks like block_<n>_<node>, "
@@ -34,4 +34,4 @@ def parse_block_id(block_id: str) -> tuple[int, str]:
 
 def looks_like_block_id(text: str) -> bool:
     """Whether ``text`` has the shape of a block id (it may still name no block)."""
-    return isinstance(text, str) and _BLOCK_ID_RE.match(text) is not None
+    return isinstance(text, str) and _BLOCK_ID_RE.fullmatch(text) is not None

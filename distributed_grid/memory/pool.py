@@ -147,13 +147,16 @@ class MemoryPool:
         known = self.nodes()
         candidates = [n.name for n in known if not n.is_head] or [n.name for n in known]
         refs = [self._store(name).stats.remote() for name in candidates]
-        free = {name: self._get(ref, name)["free_for_blocks"]
-                for name, ref in zip(candidates, refs, strict=True)}
-        best = max(free, key=lambda name: free[name])
-        if size > free[best]:
+        stats = {name: self._get(ref, name) for name, ref in zip(candidates, refs, strict=True)}
+        # Nodes on one host see the same free memory, give or take the last few pages: compare
+        # it in 64 MiB steps, then prefer the node holding fewer block bytes, then the name.
+        best = min(candidates, key=lambda name: (-(stats[name]["free_for_blocks"] >> 26),
+                                                 stats[name]["block_bytes"], name))
+        free = stats[best]["free_for_blocks"]
+        if size > free:
             raise StoreFull(
-                f"cannot allocate {size} bytes: the most any node can hold is {free[best]} "
-                f"bytes (node {best})"
+                f"cannot allocate {size} bytes: the most any node can hold is {free} bytes "
+                f"(node {best})"
             )
         return best
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 from distributed_grid.errors import InvalidArgument
 
@@ -13,7 +14,7 @@ _UNITS = {
     "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20, "gi": 2**30, "gib": 2**30,
     "ti": 2**40, "tib": 2**40,
 }
-_SIZE_RE = re.compile(r"^\s*([+-]?\d+(?:\.\d*)?|[+-]?\.\d+)\s*([A-Za-z]*)\s*$")
+_SIZE_RE = re.compile(r"\s*([+-]?[0-9]+(?:\.[0-9]*)?|[+-]?\.[0-9]+)\s*([A-Za-z]*)\s*")
 
 
 def parse_size(value: object, what: str = "size") -> int:
@@ -33,15 +34,15 @@ def parse_size(value: object, what: str = "size") -> int:
         if value.is_integer():
             return int(value)
         raise InvalidArgument(f"{what} must be a whole number of bytes, got {value!r}")
-    match = _SIZE_RE.match(str(value))
+    match = _SIZE_RE.fullmatch(str(value))
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _UNITS:
         raise InvalidArgument(
             f"{what} {value!r} is not a size: give bytes (10485760) or a number with a unit "
             "(10MB, 1.5GiB; kB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB of 1024)"
         )
-    number = float(match.group(1)) * _UNITS[unit]
-    if not number.is_integer():
+    number = Decimal(match.group(1)) * _UNITS[unit]  # exact: "1.001kB" is 1001 bytes
+    if number != number.to_integral_value():
         raise InvalidArgument(f"{what} {value!r} is not a whole number of bytes")
     return int(number)
 

@@ -36,7 +36,7 @@ from distributed_grid.memory import segment as seg
 from distributed_grid.memory.block_id import format_block_id
 
 JOURNAL_VERSION = 1
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_KEY_LENGTH = 1024
 
 
@@ -69,7 +69,7 @@ class BlockRecord:
 
 def validate_node_name(name: str) -> str:
     """Return ``name`` if it can name a node, else raise :class:`InvalidArgument`."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"invalid node name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -374,6 +374,7 @@ class BlockStore:
     def commit_write(self, number: int, offset: int, length: int, key: str | None = None) -> dict:
         """Mark a prepared write as complete and move the block's high-water mark."""
         record = self._record(number)
+        check_range(self.block_id(number), record.size, offset, length, "write")
         if key is not None:
             for e in record.keys.get(key, []):
                 if e.offset == offset and e.length == length:

@@ -1,0 +1,702 @@
+#!/usr/bin/env python3
+"""Transfer speed of distributed_grid against the limits measured in the same run.
+
+Starts its own private loopback cluster (a head plus one raylet labelled ``gpu1``), measures,
+verifies every round trip byte for byte (SHA-256, outside the timed regions) and stops the
+cluster again, also on error or Ctrl-C. Nothing here asserts a speed: it prints numbers.
+
+Measured, all at one size (default 1 GiB), each the best of ``--repeat`` runs:
+
+* limits: memcpy (``np.copyto``, one thread and two threads), ``cp`` of a file (page cache warm)
+* local path (same host, zero-copy mapping): ``store_file`` into a fresh block (the client maps
+  the segment for the first time) and into an already mapped block; ``retrieve_to_file``
+* raw Ray: an actor on ``gpu1`` returning a numpy array fetched by the driver (whole, and in the
+  package's chunks with its in-flight bound, which is what the remote retrieve does), the
+  driver's own ``ray.put`` + ``ray.get``, and ``ray.put`` + a ref handed to an actor on ``gpu1``
+  (whole and chunked, which is what the remote store does)
+* remote path (``force_remote=True``): ``store_file`` and ``retrieve_to_file``
+* the CLI (``grid memory store`` / ``grid memory retrieve`` as subprocesses), including process
+  start-up and Ray connect
+
+Run: ``/tmp/dgvenv/bin/python benchmarks/bench_transfer.py [--size 1GiB] [--repeat 3] [--json]``
+Exit status: 0, or 1 when a round trip changed a byte (or the run failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import mmap
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+GB = 1e9  # speeds are printed in GB/s = 10^9 bytes per second
+HASH_BUF = 16 * 2**20
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One measurement: ``size`` bytes moved ``len(times)`` times."""
+
+    key: str
+    name: str
+    size: int
+    times: list[float]
+    vs: dict[str, str] = field(default_factory=dict)  # baseline key -> its label in the table
+    note: str = ""
+
+    @property
+    def best(self) -> float:
+        return min(self.times)
+
+    @property
+    def gbps(self) -> float:
+        return self.size / self.best / GB
+
+
+class Results:
+    def __init__(self) -> None:
+        self.rows: dict[str, Row] = {}
+        self.mismatches: list[str] = []
+        self.verified = 0
+
+    def add(self, row: Row) -> Row:
+        self.rows[row.key] = row
+        log(f"{row.name}: best {row.best:.3f} s, {row.gbps:.2f} GB/s "
+            f"(runs: {', '.join(f'{t:.3f}' for t in row.times)})")
+        return row
+
+    def ratio(self, row: Row, base_key: str) -> float | None:
+        """Speed of ``row`` as a fraction of the baseline's (same bytes: time_base / time_row)."""
+        base = self.rows.get(base_key)
+        if base is None:
+            return None
+        return (base.best / base.size) / (row.best / row.size)
+
+    def check(self, what: str, got: str, want: str) -> None:
+        self.verified += 1
+        if got != want:
+            self.mismatches.append(what)
+            log(f"MISMATCH: {what}: sha256 {got[:16]}... expected {want[:16]}...")
+
+
+def human(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+# -- machine facts ----------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    return {
+        "nproc": int(nproc) if nproc.isdigit() else os.cpu_count(),
+        "machine": platform.machine(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "mem_total_bytes": _meminfo().get("MemTotal", 0),
+        "python": platform.python_version(),
+    }
+
+
+def _meminfo() -> dict[str, int]:
+    out = {}
+    with open("/proc/meminfo", encoding="utf-8") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            out[name] = int(rest.split()[0]) * 1024
+    return out
+
+
+class MemoryWatch:
+    """Samples the host's MemAvailable (page cache counts as available, shared memory does not)."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.start = _meminfo()["MemAvailable"]
+        self.lowest = self.start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.lowest = min(self.lowest, _meminfo()["MemAvailable"])
+
+    def stop(self) -> int:
+        """The largest drop of MemAvailable seen since the start, in bytes."""
+        self._stop.set()
+        self._thread.join()
+        return self.start - self.lowest
+
+
+# -- files and hashes -------------------------------------------------------------------------
+
+
+def write_random_file(path: str, size: int, chunk: int) -> str:
+    """Write ``size`` random bytes to ``path``; returns their sha256 hex digest."""
+    import numpy as np
+
+    rng = np.random.default_rng(20240601)
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        pos = 0
+        while pos < size:
+            piece = rng.bytes(min(chunk, size - pos))
+            h.update(piece)
+            f.write(piece)
+            pos += len(piece)
+    return h.hexdigest()
+
+
+def hash_file(path: str) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(HASH_BUF)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def hash_block(pool: Any, block_id: str, length: int) -> str:
+    """sha256 of a block's first ``length`` bytes, read through ``pool`` (zero-copy if local)."""
+    h = hashlib.sha256()
+    pool.read_into_sink(pool.plan_read(block_id, length, 0), h.update)
+    return h.hexdigest()
+
+
+def remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def settle() -> None:
+    """Let freed objects leave the object stores before the next run."""
+    gc.collect()
+    time.sleep(0.5)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# -- the phases -------------------------------------------------------------------------------
+
+
+def bench_memcpy(res: Results, size: int, repeat: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    src = np.ones(size, dtype=np.uint8)
+    dst = np.empty(size, dtype=np.uint8)
+    np.copyto(dst, src)  # touch every page of dst: measure copies, not page faults
+    res.add(Row("memcpy", "memcpy (np.copyto, 1 thread)", size,
+                [timed(lambda: np.copyto(dst, src)) for _ in range(repeat)]))
+    half = size // 2
+    with ThreadPoolExecutor(2) as ex:
+        def two() -> None:
+            a = ex.submit(np.copyto, dst[:half], src[:half])
+            b = ex.submit(np.copyto, dst[half:], src[half:])
+            a.result()
+            b.result()
+
+        two()
+        res.add(Row("memcpy2", "memcpy (np.copyto, 2 threads)", size,
+                    [timed(two) for _ in range(repeat)], vs={"memcpy": "memcpy"}))
+    src = dst = None  # free both before the next phase
+    gc.collect()
+
+
+def bench_cp(res: Results, src: str, dst: str, size: int, digest: str, repeat: int) -> None:
+    times = []
+    for i in range(repeat):
+        remove(dst)
+        times.append(timed(lambda: subprocess.run(["cp", src, dst], check=True)))
+        res.check(f"cp run {i + 1}", hash_file(dst), digest)
+    remove(dst)
+    res.add(Row("cp", "cp FILE COPY (page cache warm)", size, times, vs={"memcpy": "memcpy"}))
+
+
+def bench_local(res: Results, pool: Any, src: str, out: str, size: int, digest: str,
+                repeat: int) -> str:
+    """Local path; returns the id of a block holding the source's bytes (kept for later)."""
+    key = "bench-local"
+    times, block_id = [], ""
+    for i in range(repeat):
+        if block_id:
+            pool.deallocate(block_id)
+        block_id = pool.allocate(size, node="gpu1")["block_id"]
+        times.append(timed(lambda b=block_id: pool.store_file(key, src, block_id=b, offset=0)))
+        res.check(f"local store into fresh block, run {i + 1}",
+                  hash_block(pool, block_id, size), digest)
+    res.add(Row("store_local_fresh", "store_file, local, fresh block (new mapping)", size, times,
+                vs={"cp": "cp", "memcpy": "memcpy", "memcpy2": "memcpy 2t"},
+                note="pays this process's first-touch page faults on the block"))
+
+    times = []
+    for i in range(repeat):
+        times.append(timed(lambda: pool.store_file(key, src, block_id=block_id, offset=0)))
+        res.check(f"local store into mapped block, run {i + 1}",
+                  hash_block(pool, block_id, size), digest)
+    res.add(Row("store_local", "store_file, local, block already mapped", size, times,
+                vs={"cp": "cp", "memcpy": "memcpy", "memcpy2": "memcpy 2t"}))
+
+    times = []
+    for i in range(repeat):
+        remove(out)
+        times.append(timed(lambda: pool.retrieve_to_file(block_id, out)))
+        res.check(f"local retrieve, run {i + 1}", hash_file(out), digest)
+    remove(out)
+    res.add(Row("retrieve_local", "retrieve_to_file, local", size, times,
+                vs={"cp": "cp", "memcpy": "memcpy"}))
+    return block_id
+
+
+class Holder:
+    """Runs on gpu1: serves a file's bytes as numpy arrays and swallows arrays sent to it."""
+
+    def __init__(self, path: str, size: int) -> None:
+        import numpy as np
+
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            self._map = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        self.arr = np.frombuffer(self._map, dtype=np.uint8)
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def get(self, offset: int, n: int) -> Any:
+        return self.arr[offset : offset + n]
+
+    def take(self, arr: Any) -> int:
+        return int(arr.nbytes)
+
+
+def bench_ray(res: Results, src: str, size: int, repeat: int, gpu1_id: str,
+              store_bytes: int) -> None:
+    """Raw Ray between the driver (on the head) and an actor on gpu1, no distributed_grid."""
+    import numpy as np
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from distributed_grid.memory.transfer import CHUNK, IN_FLIGHT
+
+    holder = ray.remote(Holder).options(
+        num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(gpu1_id, soft=False)
+    ).remote(src, size)
+    if ray.get(holder.node_id.remote()) != gpu1_id:
+        raise RuntimeError("the holder actor did not start on gpu1")
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        src_map = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    src_arr = np.frombuffer(src_map, dtype=np.uint8)
+    chunk_label = f"{human(CHUNK)} chunks, {IN_FLIGHT} in flight"
+    whole_ok = size <= 0.6 * store_bytes
+    try:
+        def get_whole() -> None:
+            arr = ray.get(holder.get.remote(0, size))
+            if arr.nbytes != size:
+                raise RuntimeError(f"ray.get returned {arr.nbytes} bytes, not {size}")
+
+        def get_chunked() -> None:
+            pending: deque = deque()
+            pos = 0
+            while pos < size or pending:
+                while pos < size and len(pending) < IN_FLIGHT:
+                    n = min(CHUNK, size - pos)
+                    pending.append(holder.get.remote(pos, n))
+                    pos += n
+                arr = ray.get(pending.popleft())
+                del arr
+
+        def put_get() -> None:
+            got = ray.get(ray.put(src_arr))
+            if got.nbytes != size:
+                raise RuntimeError(f"ray.get returned {got.nbytes} bytes, not {size}")
+
+        def put_to_actor() -> None:
+            got = ray.get(holder.take.remote(ray.put(src_arr)))
+            if got != size:
+                raise RuntimeError(f"the actor received {got} bytes, not {size}")
+
+        def put_to_actor_chunked() -> None:
+            pending: deque = deque()
+            for pos in range(0, size, CHUNK):
+                ref = ray.put(src_arr[pos : pos + CHUNK])
+                pending.append(holder.take.remote(ref))
+                del ref
+                if len(pending) >= IN_FLIGHT:
+                    ray.get(pending.popleft())
+            ray.get(list(pending))
+
+        cases = [
+            ("ray_get", f"ray.get of actor-on-gpu1 array, whole ({human(size)} object)",
+             get_whole, whole_ok),
+            ("ray_get_chunked", f"ray.get of actor-on-gpu1 arrays, {chunk_label}",
+             get_chunked, True),
+            ("ray_put_get", "ray.put + ray.get in the driver (head only)", put_get, whole_ok),
+            ("ray_put_actor", f"ray.put + ref to actor on gpu1, whole ({human(size)} object)",
+             put_to_actor, whole_ok),
+            ("ray_put_actor_chunked", f"ray.put + ref to actor on gpu1, {chunk_label}",
+             put_to_actor_chunked, True),
+        ]
+        for key, name, fn, ok in cases:
+            if not ok:
+                log(f"skipped {name}: {human(size)} does not fit twice in a node's object store "
+                    f"({human(store_bytes)})")
+                continue
+            fn()  # warm up: worker paths, object store pages
+            settle()
+            times = []
+            for _ in range(repeat):
+                times.append(timed(fn))
+                settle()
+            res.add(Row(key, name, size, times, vs={"memcpy": "memcpy"}))
+    finally:
+        src_arr = None  # the closures share this cell: drop the last view before closing
+        gc.collect()
+        src_map.close()
+        ray.kill(holder)
+
+
+def bench_remote(res: Results, pool: Any, rpool: Any, src: str, out: str, size: int,
+                 digest: str, repeat: int) -> None:
+    key = "bench-remote"
+    times, block_id = [], ""
+    for i in range(repeat):
+        if block_id:
+            pool.deallocate(block_id)
+        block_id = pool.allocate(size, node="gpu1")["block_id"]
+        times.append(timed(lambda b=block_id: rpool.store_file(key, src, block_id=b, offset=0)))
+        res.check(f"remote store (read back locally), run {i + 1}",
+                  hash_block(pool, block_id, size), digest)
+        settle()
+    res.add(Row("store_remote", "store_file, remote (force_remote)", size, times,
+                vs={"ray_put_actor_chunked": "put+actor chunked",
+                    "ray_put_actor": "put+actor whole", "ray_get": "ray.get whole",
+                    "cp": "cp"}))
+
+    times = []
+    for i in range(repeat):
+        remove(out)
+        times.append(timed(lambda: rpool.retrieve_to_file(block_id, out)))
+        res.check(f"remote retrieve, run {i + 1}", hash_file(out), digest)
+        settle()
+    remove(out)
+    res.add(Row("retrieve_remote", "retrieve_to_file, remote (force_remote)", size, times,
+                vs={"ray_get_chunked": "ray.get chunked", "ray_get": "ray.get whole",
+                    "cp": "cp"}))
+    pool.deallocate(block_id)
+
+
+def bench_cli(res: Results, pool: Any, address: str, tmp: str, src: str, out: str, size: int,
+              digest: str, repeat: int) -> None:
+    grid = os.path.join(os.path.dirname(sys.executable), "grid")
+    env = dict(os.environ, RAY_ADDRESS=address, TMPDIR=tmp)
+    env.pop("DISTRIBUTED_GRID_FORCE_REMOTE", None)
+
+    def run(*args: str) -> None:
+        proc = subprocess.run([grid, *args], env=env, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise RuntimeError(f"grid {' '.join(args)} failed ({proc.returncode}): "
+                               f"{proc.stderr.strip()[-500:]}")
+
+    run("memory", "list-objects", "--json")  # warm the file cache for the imports
+    res.add(Row("cli_startup", "grid memory list-objects (start-up + connect only)", 0,
+                [timed(lambda: run("memory", "list-objects", "--json")) for _ in range(repeat)]))
+
+    times, block_id = [], ""
+    for i in range(repeat):
+        if block_id:
+            pool.deallocate(block_id)
+        block_id = pool.allocate(size, node="gpu1")["block_id"]
+        times.append(timed(lambda b=block_id: run("memory", "store", "bench-cli", src,
+                                                   "--block-id", b)))
+        res.check(f"CLI store, run {i + 1}", hash_block(pool, block_id, size), digest)
+    res.add(Row("cli_store", "grid memory store KEY FILE --block-id B", size, times,
+                vs={"cp": "cp"}, note="includes process start-up and Ray connect"))
+
+    times = []
+    for i in range(repeat):
+        remove(out)
+        times.append(timed(lambda: run("memory", "retrieve", block_id, "--output", out)))
+        res.check(f"CLI retrieve, run {i + 1}", hash_file(out), digest)
+    remove(out)
+    res.add(Row("cli_retrieve", "grid memory retrieve B --output OUT", size, times,
+                vs={"cp": "cp"}, note="includes process start-up and Ray connect"))
+    pool.deallocate(block_id)
+    start = res.rows["cli_startup"].best
+    for key in ("cli_store", "cli_retrieve"):
+        row = res.rows[key]
+        rest = row.best - start
+        if rest > 0:
+            row.note += (f"; minus the best start-up ({start:.2f} s): {rest:.3f} s, "
+                         f"{size / rest / GB:.2f} GB/s")
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def as_json(res: Results, meta: dict[str, Any]) -> dict[str, Any]:
+    rows = []
+    for row in res.rows.values():
+        ratios = {label: round(r, 4) for base, label in row.vs.items()
+                  if (r := res.ratio(row, base)) is not None}
+        rows.append({
+            "key": row.key, "name": row.name, "size_bytes": row.size, "size": human(row.size),
+            "times_s": [round(t, 6) for t in row.times], "best_s": round(row.best, 6),
+            "gb_per_s": round(row.gbps, 4) if row.size else None,
+            "speed_vs": ratios, "note": row.note,
+        })
+    return {**meta, "results": rows, "verified_round_trips": res.verified,
+            "mismatches": res.mismatches}
+
+
+def print_table(doc: dict[str, Any]) -> None:
+    m = doc["machine"]
+    print(f"distributed_grid transfer benchmark: {human(doc['size_bytes'])} "
+          f"({doc['size_bytes']} bytes), best of {doc['repeat']}")
+    print(f"machine: nproc={m['nproc']}, {m['machine']}, {m['cpu_model']}, "
+          f"{human(m['mem_total_bytes'])} RAM, Linux {m['kernel']}, Python {m['python']}, "
+          f"ray {doc['ray']}, numpy {doc['numpy']}")
+    print(f"cluster: private loopback (head + gpu1) at {doc['address']}, "
+          f"object store {human(doc['object_store_bytes'])} per node; "
+          f"chunk {human(doc['chunk_bytes'])}, {doc['in_flight']} in flight")
+    print("GB/s = 10^9 bytes/s. 'vs' = this row's speed / that limit's speed, same bytes, same "
+          "run (1.00x = as fast as the limit).")
+    print()
+    header = ("measurement", "size", "best s", "GB/s", "runs s", "vs limits")
+    lines = []
+    for r in doc["results"]:
+        vs = ", ".join(f"{v:.2f}x {k}" for k, v in r["speed_vs"].items())
+        lines.append((r["name"], r["size"] if r["size_bytes"] else "-", f"{r['best_s']:.3f}",
+                      f"{r['gb_per_s']:.2f}" if r["gb_per_s"] is not None else "-",
+                      " ".join(f"{t:.3f}" for t in r["times_s"]), vs))
+    widths = [max(len(x[i]) for x in [header, *lines]) for i in range(len(header) - 1)]
+
+    def fmt(cells: tuple[str, ...]) -> str:
+        parts = [c.ljust(w) if i in (0, 4) else c.rjust(w)
+                 for i, (c, w) in enumerate(zip(cells, widths, strict=False))]
+        return "  ".join(parts + [cells[-1]]).rstrip()
+
+    print(fmt(header))
+    print(fmt(tuple("-" * w for w in widths) + ("-" * 9,)))
+    for line in lines:
+        print(fmt(line))
+    notes = [(r["name"], r["note"]) for r in doc["results"] if r["note"]]
+    if notes:
+        print()
+        for name, note in notes:
+            print(f"* {name}: {note}")
+    print()
+    print("The CLI rows time whole `grid` processes: Python start-up, imports and Ray connect "
+          "are included.")
+    print(f"peak drop of the host's MemAvailable during the run: "
+          f"{human(doc['peak_mem_drop_bytes'])} (other processes on the host count too)")
+    verdict = "all equal" if not doc["mismatches"] else f"MISMATCH in {doc['mismatches']}"
+    print(f"round trips verified with sha256: {doc['verified_round_trips']}, {verdict}")
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Isolate Ray's temp dir and distributed_grid's record of started clusters before either is
+    # imported: a short directory keeps Ray's socket paths under the AF_UNIX limit.
+    tmp = tempfile.mkdtemp(prefix="dgb", dir="/tmp")
+    os.environ["TMPDIR"] = tmp
+    tempfile.tempdir = None  # recomputed from TMPDIR on next use
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ.pop("DISTRIBUTED_GRID_FORCE_REMOTE", None)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
+
+    cluster = pool = rpool = None
+    watch = MemoryWatch()
+    try:
+        from distributed_grid.memory.sizes import parse_size
+
+        parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+        parser.add_argument("--size", default="1GiB",
+                            help="bytes to move: 268435456, 256MiB, 1GiB (default 1GiB)")
+        parser.add_argument("--repeat", type=int, default=3, help="runs per measurement")
+        parser.add_argument("--json", action="store_true", help="print the results as JSON")
+        parser.add_argument("--no-cli", action="store_true", help="skip the CLI measurements")
+        args = parser.parse_args(argv)
+        size = parse_size(args.size)
+        if size <= 0 or args.repeat < 1:
+            parser.error("--size and --repeat must be positive")
+
+        import numpy as np
+
+        from distributed_grid import cluster
+        from distributed_grid.memory import transfer
+
+        res = Results()
+        src = os.path.join(tmp, "src.bin")
+        dst = os.path.join(tmp, "dst.bin")
+        out = os.path.join(tmp, "out.bin")
+        log(f"temp dir {tmp}; writing {human(size)} of random bytes")
+        digest = write_random_file(src, size, transfer.CHUNK)
+
+        log("memcpy")
+        bench_memcpy(res, size, args.repeat)
+        log("cp")
+        bench_cp(res, src, dst, size, digest, args.repeat)
+
+        log("starting a private loopback cluster (head + gpu1)")
+        t0 = time.perf_counter()
+        address = cluster.start_local(["gpu1"], head_name="head")
+        log(f"cluster at {address} after {time.perf_counter() - t0:.1f} s")
+        from distributed_grid.memory import MemoryPool
+
+        pool = MemoryPool(address)
+        rpool = MemoryPool(address, force_remote=True)
+        import ray
+
+        gpu1 = cluster.find_node("gpu1")
+        store_bytes = min(int(n["Resources"].get("object_store_memory", 0))
+                          for n in ray.nodes() if n.get("Alive"))
+
+        log("local path")
+        block_id = bench_local(res, pool, src, out, size, digest, args.repeat)
+        pool.deallocate(block_id)
+        log("raw Ray")
+        bench_ray(res, src, size, args.repeat, gpu1.node_id, store_bytes)
+        log("remote path")
+        bench_remote(res, pool, rpool, src, out, size, digest, args.repeat)
+        if not args.no_cli:
+            log("CLI")
+            bench_cli(res, pool, address, tmp, src, out, size, digest, args.repeat)
+
+        meta = {
+            "size_bytes": size, "repeat": args.repeat, "machine": machine_info(),
+            "ray": ray.__version__, "numpy": np.__version__, "address": address,
+            "object_store_bytes": store_bytes, "chunk_bytes": transfer.CHUNK,
+            "in_flight": transfer.IN_FLIGHT, "peak_mem_drop_bytes": watch.stop(),
+        }
+        doc = as_json(res, meta)
+        if args.json:
+            print(json.dumps(doc, indent=2))
+        else:
+            print_table(doc)
+        return 1 if res.mismatches else 0
+    finally:
+        watch.stop()
+        _cleanup(tmp, cluster, pool, rpool)
+
+
+def _cleanup(tmp: str, cluster: Any, pool: Any, rpool: Any) -> None:
+    """Free the blocks, stop the private cluster, remove the temp dir; each step on its own."""
+    if pool is not None:
+        try:
+            pool.destroy_all()
+        except Exception as exc:
+            log(f"destroy_all failed: {exc!r}")
+        for p in (pool, rpool):
+            if p is not None:
+                p.close()
+    if "ray" in sys.modules:
+        try:
+            sys.modules["ray"].shutdown()
+        except Exception as exc:
+            log(f"ray.shutdown failed: {exc!r}")
+    if cluster is not None:
+        try:
+            stopped = cluster.stop_started()
+            log(f"stopped {len(stopped)} cluster process(es)")
+        except Exception as exc:
+            log(f"stop_started failed: {exc!r}")
+    _end_leftovers(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _end_leftovers(tmp: str) -> None:
+    """End, by pid, processes that still name our private temp dir on their command line.
+
+    Only this run's processes can name it (mkdtemp made it unique): a cluster supervisor or Ray
+    daemon left behind when the run was interrupted while the cluster was starting, before
+    ``start_local`` had recorded it for ``stop_started``.
+    """
+    needle = os.fsencode(tmp + os.sep)
+    mine = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if needle in f.read():
+                    mine.append(int(entry))
+        except OSError:
+            continue
+    if not mine:
+        return
+    log(f"ending {len(mine)} leftover process(es) of this run: {mine}")
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 2.0)):
+        alive = []
+        for pid in mine:
+            try:
+                os.kill(pid, sig)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [pid for pid in alive if os.path.exists(f"/proc/{pid}")]
+        mine = alive
+        if not mine:
+            return
+
+
+if __name__ == "__main__":
+    sys.exit(main())
