@@ -101,12 +101,10 @@ class Results:
 
 
 def human(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale and n % scale == 0:
-            return f"{n // scale} {unit}"
+    """``1 GiB``, ``64 MiB``, ``23.54 GiB``: the largest binary unit, exact when it divides."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= scale:
-            return f"{n / scale:.2f} {unit}"
+            return f"{n // scale} {unit}" if n % scale == 0 else f"{n / scale:.2f} {unit}"
     return f"{n} B"
 
 

@@ -204,7 +204,9 @@ class ClusterCommands:
 
         started = cluster.started_here()
         if not started:
-            raise GridError("no cluster started by grid is running on this host; nothing stopped")
+            print("no cluster started by grid is running on this host; nothing to stop",
+                  file=sys.stderr)
+            return
         heads = [e for e in started if e["role"] in ("head", "local")]
         if heads:
             try:
@@ -225,7 +227,7 @@ class ClusterCommands:
         pool = _pool(config)
         stats = pool.stats()
         if _flag(json, "json"):
-            _emit({"address": pool.address, "nodes": stats})
+            _emit({"address": pool.address, "cluster_id": pool.cluster_id, "nodes": stats})
         else:
             print(f"cluster at {pool.address}")
             print(node_table(stats))

@@ -49,7 +49,10 @@ class NodeInfo:
 
 def state_dir() -> str:
     """This user's folder for the record of clusters started here."""
-    path = os.path.join(tempfile.gettempdir(), f"distributed_grid-{os.getuid()}")
+    # TMPDIR is read each time (tempfile caches its first answer), so a process that changes it,
+    # like the test session, gets its own record.
+    base = os.environ.get("TMPDIR") or tempfile.gettempdir()
+    path = os.path.join(base, f"distributed_grid-{os.getuid()}")
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
 
@@ -357,10 +360,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def stop_started(timeout: float = 60) -> list[dict[str, Any]]:
-    """End the nodes started here (workers first), by pid; returns what was stopped."""
-    entries = started_here()
-    entries.sort(key=lambda e: e["role"] == "head")
+def stop_started(address: str | None = None, timeout: float = 60) -> list[dict[str, Any]]:
+    """End the nodes started here (workers first), by pid; returns what was stopped.
+
+    Args:
+        address: only the cluster at this address; None for every cluster started here.
+        timeout: seconds to wait for each node to end before it is killed.
+    """
+    entries = [e for e in started_here() if address is None or e["address"] == address]
+    entries.sort(key=lambda e: e["role"] != "worker")
     for entry in entries:
         try:
             os.kill(entry["pid"], signal.SIGTERM)
@@ -372,7 +380,9 @@ def stop_started(timeout: float = 60) -> list[dict[str, Any]]:
             time.sleep(0.2)
         if _pid_alive(entry["pid"]):
             os.kill(entry["pid"], signal.SIGKILL)
-    _save_started([])
+            _reap(entry["pid"])
+    stopped = {e["pid"] for e in entries}
+    _save_started([e for e in _load_started() if e["pid"] not in stopped])
     return entries
 
 

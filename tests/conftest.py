@@ -19,6 +19,7 @@ import pytest
 
 _SESSION_TMP = tempfile.mkdtemp(prefix="dgt", dir="/tmp")  # short: Ray's socket paths are long
 os.environ["TMPDIR"] = _SESSION_TMP
+tempfile.tempdir = None  # forget a temp dir tempfile may have cached before this line
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("DISTRIBUTED_GRID_FORCE_REMOTE", None)
 os.environ.pop("DISTRIBUTED_GRID_CONFIG", None)
@@ -47,7 +48,7 @@ def cluster_address():
         yield address
         pool.destroy_all()
     finally:
-        cluster.stop_started()
+        cluster.stop_started(address)
         leftovers = []
         if cid is not None:
             leftovers = segment.list_segment_names(f"dg.{cid}.") + segment.list_segment_names(
