@@ -561,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = pool = rpool = None
     watch = MemoryWatch()
     try:
-        from distributed_grid.memory.sizes import parse_size
+        from distributed_grid.sizes import parse_size
 
         parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
         parser.add_argument("--size", default="1GiB",

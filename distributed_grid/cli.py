@@ -30,7 +30,7 @@ def _pool(config: str | None = None):
 
 
 def _size(value: Any, what: str) -> int:
-    from distributed_grid.memory.sizes import parse_size
+    from distributed_grid.sizes import parse_size
 
     return parse_size(value, what)
 

@@ -63,7 +63,7 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
     """
     import yaml
 
-    from distributed_grid.memory.sizes import parse_size
+    from distributed_grid.sizes import parse_size
     from distributed_grid.memory.store import validate_node_name
 
     source = str(path)
@@ -77,7 +77,9 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise InvalidArgument(f"cluster config {source}{where}: not valid YAML ({problem})") from exc
+        raise InvalidArgument(
+            f"cluster config {source}{where}: not valid YAML ({problem})"
+        ) from exc
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
         raise InvalidArgument(f"cluster config {source}: expected a mapping with a 'nodes' list")
     nodes = []

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from distributed_grid.memory.sizes import format_size
+from distributed_grid.sizes import format_size
 
 PROGRESS_MIN_BYTES = 32 * 2**20  # smaller transfers finish before a bar would help
 

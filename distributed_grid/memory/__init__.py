@@ -22,7 +22,7 @@ from distributed_grid.errors import (
 )
 from distributed_grid.memory.block_id import format_block_id, parse_block_id
 from distributed_grid.memory.pool import FORCE_REMOTE_ENV, MemoryPool
-from distributed_grid.memory.sizes import format_size, parse_size
+from distributed_grid.sizes import format_size, parse_size
 
 __all__ = [
     "FORCE_REMOTE_ENV",

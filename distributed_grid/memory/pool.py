@@ -397,7 +397,7 @@ class MemoryPool:
 
     @staticmethod
     def _reraise(exc: Exception, node: str) -> None:
-        """Translate a Ray error from ``node``'s store into the library's own error, in one place."""
+        """Turn a Ray error from ``node``'s store into the library's own error (the one place)."""
         from ray.exceptions import RayActorError, RayTaskError
 
         if isinstance(exc, RayTaskError) and isinstance(getattr(exc, "cause", None), GridError):

@@ -103,7 +103,7 @@ def remote_fill(store: Any, number: int, block_offset: int, length: int,
 
 def remote_drain(store: Any, number: int, offset: int, length: int, sink: Sink,
                  progress: Progress = _noop) -> None:
-    """Fetch ``length`` bytes of a remote block from ``offset`` and hand them to ``sink`` in order."""
+    """Fetch ``length`` bytes of a remote block from ``offset``; hand them to ``sink`` in order."""
     import ray
 
     pending: deque[tuple[Any, int]] = deque()
