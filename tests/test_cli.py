@@ -19,6 +19,40 @@ def write_file(path, size: int, seed: int = 0) -> bytes:
     return data
 
 
+def run_on_terminal(grid, args, stream: str):
+    """Run ``grid ARGS`` with ``stream`` ("stdout" or "stderr") on a pseudo-terminal.
+
+    Returns the finished process (the other stream captured) and what the terminal showed.
+    """
+    import pty
+    import subprocess
+    import sys
+
+    controller, terminal = pty.openpty()
+    other = "stderr" if stream == "stdout" else "stdout"
+    try:
+        proc = subprocess.run(
+            [os.path.join(os.path.dirname(sys.executable), "grid"), *map(str, args)],
+            env=grid.env, timeout=300, **{stream: terminal, other: subprocess.PIPE},
+        )
+        os.close(terminal)
+        terminal = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(controller)
+        if terminal != -1:
+            os.close(terminal)
+    return proc, shown.decode(errors="replace").replace("\r\n", "\n")
+
+
 def block_of(listing: list[dict], block_id: str) -> dict:
     return next(b for b in listing if b["block_id"] == block_id)
 
@@ -239,35 +273,11 @@ def test_a_failed_auto_store_leaves_no_block(grid, tmp_path):
 
 
 def test_preview_on_a_terminal(grid, blocks, tmp_path, unique):
-    import pty
-    import subprocess
-    import sys
-
     (tmp_path / "t.txt").write_bytes(b"hello preview\n")
     block_id = blocks.track(grid("memory", "store", unique, tmp_path / "t.txt").stdout.decode()
                             .strip())
-    controller, terminal = pty.openpty()
-    try:
-        proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "grid"), "memory",
-                               "retrieve", block_id], stdout=terminal, stderr=subprocess.PIPE,
-                              env=grid.env, timeout=120)
-        os.close(terminal)
-        terminal = -1
-        out = b""
-        while True:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-    finally:
-        os.close(controller)
-        if terminal != -1:
-            os.close(terminal)
+    proc, text = run_on_terminal(grid, ["memory", "retrieve", block_id], "stdout")
     assert proc.returncode == 0, proc.stderr
-    text = out.decode().replace("\r\n", "\n")
     assert f"{block_id}: 14 bytes from offset 0" in text
     assert "hello preview" in text
 
@@ -287,3 +297,15 @@ def test_help_is_instant_and_lists_commands(grid):
     text = out.stdout.decode() + out.stderr.decode()
     for command in ("allocate", "store", "retrieve", "list-objects", "deallocate"):
         assert command in text.replace("list_objects", "list-objects")
+
+
+def test_big_store_shows_progress_on_a_terminal(grid, blocks, tmp_path, unique):
+    from distributed_grid.format import PROGRESS_MIN_BYTES
+
+    data = os.urandom(PROGRESS_MIN_BYTES + 1)
+    (tmp_path / "big").write_bytes(data)
+    proc, text = run_on_terminal(grid, ["memory", "store", unique, tmp_path / "big"], "stderr")
+    block_id = blocks.track(proc.stdout.decode().strip())
+    assert proc.returncode == 0
+    assert "store [" in text and "100%" in text, text
+    assert grid("memory", "retrieve", block_id).stdout == data

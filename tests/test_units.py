@@ -18,8 +18,8 @@ from distributed_grid.memory.block_id import (
     parse_block_id,
 )
 from distributed_grid.memory.segment import SegmentNotFound
-from distributed_grid.sizes import format_size, parse_size
 from distributed_grid.memory.store import validate_node_name
+from distributed_grid.sizes import format_size, parse_size
 
 NODE_NAMES = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True)
 
