@@ -120,7 +120,7 @@ class MemoryCommands:
         if output is not None:
             with Progress("retrieve", total) as bar:
                 result = pool.retrieve_to_file(target, str(output), size_n, offset_n,
-                                               progress=bar.update)
+                                               progress=bar.update, pieces=pieces)
             print(f"wrote {result['bytes']} bytes of {target} to {result['path']}",
                   file=sys.stderr)
         elif sys.stdout.isatty():

@@ -417,13 +417,18 @@ class MemoryPool:
         return bytes(out)
 
     def retrieve_to_file(self, target: str, path: str, size: int | None = None, offset: int = 0,
-                         progress: Progress | None = None) -> dict[str, Any]:
+                         progress: Progress | None = None,
+                         pieces: list[Piece] | None = None) -> dict[str, Any]:
         """Write a block's or key's bytes to ``path`` (replaced only once they are complete).
+
+        Args:
+            pieces: the plan from :meth:`plan_read` when the caller made it already.
 
         Raises:
             FileError: ``path`` cannot be written.
         """
-        pieces = self.plan_read(target, size, offset)
+        if pieces is None:
+            pieces = self.plan_read(target, size, offset)
         directory = os.path.dirname(os.path.abspath(path))
         if os.path.isdir(path):
             raise FileError(f"cannot write {path}: it is a directory; give a file path")
