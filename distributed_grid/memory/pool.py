@@ -27,12 +27,12 @@ from distributed_grid.errors import (
     OutOfBounds,
     StoreFull,
 )
+from distributed_grid.memory import arrays, transfer
 from distributed_grid.memory import segment as seg
-from distributed_grid.memory import transfer
 from distributed_grid.memory.block_id import looks_like_block_id, parse_block_id
 from distributed_grid.memory.extents import slice_extents
 from distributed_grid.memory.store import check_range, validate_key
-from distributed_grid.memory.store_actor import get_store
+from distributed_grid.memory.store_actor import get_store, make_lease
 
 FORCE_REMOTE_ENV = "DISTRIBUTED_GRID_FORCE_REMOTE"
 
@@ -61,10 +61,13 @@ class MemoryPool:
         config: a cluster config (object or YAML path) naming nodes and their memory caps.
         force_remote: always take the remote (ObjectRef) path; None reads
             ``DISTRIBUTED_GRID_FORCE_REMOTE``.
+        persistent: blocks this pool allocates stay until deallocated (True), or are freed by
+            :meth:`close` and when this process ends, however it ends (False).
     """
 
     def __init__(self, address: str | None = None, *, config: ClusterConfig | str | None = None,
-                 force_remote: bool | None = None, start_if_missing: bool = True) -> None:
+                 force_remote: bool | None = None, start_if_missing: bool = True,
+                 persistent: bool = True) -> None:
         config = use_config(config)
         if address is None and config is not None:
             address = config.address
@@ -73,6 +76,8 @@ class MemoryPool:
         self.force_remote = _force_remote_default() if force_remote is None else force_remote
         self._stores: dict[str, Any] = {}
         self._attached: dict[str, seg.Segment] = {}
+        self.persistent = persistent
+        self._lease: tuple[str, Any] | None = None if persistent else make_lease()
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -141,7 +146,7 @@ class MemoryPool:
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise InvalidArgument(f"size must be a positive number of bytes, got {size!r}")
         node = cluster.find_node(node).name if node is not None else self._choose_node(size)
-        return self._call(node, "allocate", size)
+        return self._call(node, "allocate", size, self._lease[0] if self._lease else None)
 
     def _choose_node(self, size: int) -> str:
         known = self.nodes()
@@ -242,7 +247,7 @@ class MemoryPool:
         try:
             allocated = None
             if block_id is None:
-                block_id, offset, allocated = self._place_for(key, length)
+                block_id, offset, allocated = self.place_for(key, length)
             elif not isinstance(offset, int) or isinstance(offset, bool):
                 raise InvalidArgument(f"offset must be a whole number of bytes, got {offset!r}")
 
@@ -264,8 +269,17 @@ class MemoryPool:
         return {**info, "key": key, "offset": offset, "length": length,
                 "allocated": allocated is not None}
 
-    def _place_for(self, key: str, length: int) -> tuple[str, int, str | None]:
-        """Where a store without ``--block-id`` goes: ``(block_id, offset, allocated_id)``."""
+    def place_for(self, key: str, length: int) -> tuple[str, int, str | None]:
+        """Where bytes stored under ``key`` without a block id go.
+
+        The key's place when it has one extent and the bytes fit there, else a new block.
+
+        Returns:
+            ``(block_id, offset, allocated_block_id_or_None)``.
+
+        Raises:
+            KeyConflict: the key exists elsewhere and the bytes do not fit in its place.
+        """
         found = self.find_key(key)
         if found is not None:
             extents = found["extents"]
@@ -282,8 +296,11 @@ class MemoryPool:
         return info["block_id"], 0, info["block_id"]
 
     def write(self, block_id: str, data: Any, offset: int = 0, key: str | None = None,
-              force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+              force: bool = False, progress: Progress | None = None,
+              meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write a bytes-like object into a block at ``offset`` (optionally under ``key``).
+
+        ``meta`` says what the key's bytes are (``put`` records an array's dtype and shape).
 
         Raises:
             OutOfBounds, KeyConflict, BlockNotFound, InvalidArgument.
@@ -299,12 +316,13 @@ class MemoryPool:
             buf[:] = view[pos : pos + len(buf)]
 
         return self._write_range(block_id, offset, len(view), key, force, fill_local, read_into,
-                                 progress)
+                                 progress, meta)
 
     def _write_range(self, block_id: str, offset: int, length: int, key: str | None, force: bool,
                      fill_local: Callable[[memoryview], None],
                      read_into: Callable[[int, memoryview], None],
-                     progress: Progress | None) -> dict[str, Any]:
+                     progress: Progress | None,
+                     meta: dict[str, Any] | None = None) -> dict[str, Any]:
         number, node = parse_block_id(block_id)
         self.block_info(block_id)  # BlockNotFound before anything else
         block = self._call(node, "prepare_write", number, offset, length, key, force)
@@ -330,7 +348,7 @@ class MemoryPool:
             except GridError:
                 pass
             raise
-        return self._call(node, "commit_write", number, offset, length, key)
+        return self._call(node, "commit_write", number, offset, length, key, meta)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -450,8 +468,46 @@ class MemoryPool:
         return {"target": target, "path": path, "bytes": written,
                 "offset": offset, "blocks": sorted({p.block["block_id"] for p in pieces})}
 
+    # -- arrays ---------------------------------------------------------------------------------
+
+    def view(self, block_id: str, dtype: Any = "uint8", shape: Any = None, offset: int = 0):
+        """A numpy array over a block: zero-copy and writable on this host, else a read-only copy.
+
+        See :func:`distributed_grid.memory.arrays.view`.
+        """
+        return arrays.view(self, block_id, dtype, shape, offset)
+
+    def put(self, key: str, array: Any, node: str | None = None) -> dict[str, Any]:
+        """Store a numpy array under ``key`` with its dtype and shape.
+
+        See :func:`distributed_grid.memory.arrays.put`.
+        """
+        return arrays.put(self, key, array, node)
+
+    def get(self, key: str):
+        """The array stored under ``key``; zero-copy on this host.
+
+        See :func:`distributed_grid.memory.arrays.get`.
+        """
+        return arrays.get(self, key)
+
+    def local_data(self, block: dict[str, Any]) -> memoryview | None:
+        """A writable memoryview of the block's data when it is on this host, else None."""
+        segment = self._local_segment(block)
+        return None if segment is None else segment.data()
+
     def close(self) -> None:
-        """Drop this process's mappings (blocks stay; they belong to the stores)."""
+        """Drop this process's mappings; a non-persistent pool also frees its blocks.
+
+        Persistent blocks stay: they belong to the stores. Live views stay valid until released.
+        """
+        if self._lease is not None:
+            import ray
+
+            name, handle = self._lease
+            self._lease = None
+            self._call_all("release_lease", name)
+            ray.kill(handle)
         for segment in self._attached.values():
             try:
                 segment.close()

@@ -65,6 +65,8 @@ class BlockRecord:
     high_water: int = 0
     keys: dict[str, list[Extent]] = field(default_factory=dict)
     status: str = "ok"  # "ok", or "missing" when the segment vanished behind the store's back
+    key_meta: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. an array's dtype
+    lease: str | None = None  # a non-persistent block lives while this named actor does
 
 
 def validate_node_name(name: str) -> str:
@@ -187,8 +189,12 @@ class BlockStore:
             free = min(free, max(0, self.capacity - self.used_bytes()))
         return free
 
-    def allocate(self, size: int) -> dict[str, Any]:
+    def allocate(self, size: int, lease: str | None = None) -> dict[str, Any]:
         """Create a block of ``size`` bytes and return its info.
+
+        Args:
+            size: the block's size in bytes.
+            lease: for a non-persistent block, the name of the actor whose life it shares.
 
         Raises:
             InvalidArgument: ``size`` is not a positive integer.
@@ -209,7 +215,8 @@ class BlockStore:
         name = f"{self.prefix}{number}"
         segment = seg.Segment.create(name, size, token)
         record = BlockRecord(
-            number=number, size=size, segment=name, token=token.hex(), created=time.time()
+            number=number, size=size, segment=name, token=token.hex(), created=time.time(),
+            lease=lease,
         )
         self.blocks[number] = record
         self._segments[number] = segment
@@ -240,6 +247,17 @@ class BlockStore:
                 pass  # a chunk view is still referenced; the mapping goes with it
         seg.unlink_segment(record.segment)
         return info
+
+    def leases(self) -> list[str]:
+        """The names of the leases that non-persistent blocks of this store live by."""
+        return sorted({r.lease for r in self.blocks.values() if r.lease is not None})
+
+    def release_lease(self, lease: str) -> list[str]:
+        """Free every block that lives by ``lease`` (its owner is gone); returns their ids."""
+        numbers = [n for n, r in self.blocks.items() if r.lease == lease]
+        for number in numbers:
+            self.deallocate(number)
+        return [self.block_id(n) for n in numbers]
 
     def destroy(self) -> int:
         """Free every block and remove the journal (the cluster is going away)."""
@@ -272,6 +290,7 @@ class BlockStore:
             "pending_keys": sorted(
                 k for k, ext in r.keys.items() if any(not e.complete for e in ext)
             ),
+            "persistent": r.lease is None,
         }
 
     def list_blocks(self) -> list[dict[str, Any]]:
@@ -304,6 +323,7 @@ class BlockStore:
                 return {
                     **self.info(number),
                     "extents": [[e.offset, e.length] for e in sorted(extents, key=_by_offset)],
+                    "meta": record.key_meta.get(key),
                 }
         return None
 
@@ -364,6 +384,7 @@ class BlockStore:
             record.keys[other].remove(e)
             if not record.keys[other]:
                 del record.keys[other]
+                record.key_meta.pop(other, None)
         if key is not None:
             extents = [e for e in record.keys.get(key, []) if e.offset != offset]
             extents.append(Extent(offset, length, complete=False))
@@ -371,8 +392,13 @@ class BlockStore:
         self._save()
         return self.info(number)
 
-    def commit_write(self, number: int, offset: int, length: int, key: str | None = None) -> dict:
-        """Mark a prepared write as complete and move the block's high-water mark."""
+    def commit_write(self, number: int, offset: int, length: int, key: str | None = None,
+                     meta: dict[str, Any] | None = None) -> dict:
+        """Mark a prepared write as complete and move the block's high-water mark.
+
+        Args:
+            meta: what the key's bytes are (an array's dtype and shape); None for plain bytes.
+        """
         record = self._record(number)
         check_range(self.block_id(number), record.size, offset, length, "write")
         if key is not None:
@@ -384,6 +410,10 @@ class BlockStore:
                 raise KeyNotFound(
                     f"no pending write of key {key!r} at offset {offset} in {self.block_id(number)}"
                 )
+            if meta is None:
+                record.key_meta.pop(key, None)
+            else:
+                record.key_meta[key] = meta
         record.high_water = max(record.high_water, offset + length)
         self._save()
         return self.info(number)
@@ -396,6 +426,7 @@ class BlockStore:
         record.keys[key] = [e for e in record.keys[key] if e.offset != offset or e.complete]
         if not record.keys[key]:
             del record.keys[key]
+            record.key_meta.pop(key, None)
         self._save()
 
     def _block_of_key(self, key: str) -> int | None:

@@ -9,6 +9,8 @@ A restarted actor (after SIGKILL, say) re-runs ``__init__``, which adopts the no
 from __future__ import annotations
 
 import os
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -16,10 +18,45 @@ import numpy as np
 from distributed_grid.memory.store import BlockStore
 
 ACTOR_PREFIX = "store."
+LEASE_PREFIX = "lease."
+LEASE_CHECK_SECONDS = 2.0
 
 
 class StoreActor(BlockStore):
-    """A node's :class:`BlockStore`, served to the cluster."""
+    """A node's :class:`BlockStore`, served to the cluster.
+
+    Non-persistent blocks live by a lease: a named actor that the allocating process owns, which
+    Ray ends when that process ends, however it ends. A thread of this actor asks it every
+    ``LEASE_CHECK_SECONDS`` to free the blocks of leases that are gone; the request goes through
+    the actor's own queue, so metadata still has one writer.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        threading.Thread(target=self._lease_ticker, name="lease-check", daemon=True).start()
+
+    @staticmethod
+    def _lease_ticker() -> None:
+        import ray
+
+        me = ray.get_runtime_context().current_actor
+        while True:
+            time.sleep(LEASE_CHECK_SECONDS)
+            me.release_dead_leases.remote()
+
+    def release_dead_leases(self) -> list[str]:
+        """Free the blocks whose lease actor no longer exists; returns their ids."""
+        import ray
+
+        from distributed_grid.cluster import NAMESPACE
+
+        freed: list[str] = []
+        for lease in self.leases():
+            try:
+                ray.get_actor(lease, namespace=NAMESPACE)
+            except ValueError:  # the name is released once the owner's process is gone
+                freed += self.release_lease(lease)
+        return freed
 
     def ping(self) -> dict[str, Any]:
         """Who serves this store: its process id and Ray node id."""
@@ -35,6 +72,28 @@ class StoreActor(BlockStore):
     def read_chunk(self, number: int, offset: int, length: int) -> np.ndarray:
         """Bytes of the block as a uint8 array; Ray copies it once, into the object store."""
         return np.frombuffer(self.read_view(number, offset, length), dtype=np.uint8)
+
+
+class Lease:
+    """Alive while the process that made it is: the owner of a pool's non-persistent blocks."""
+
+    def ping(self) -> bool:
+        return True
+
+
+def make_lease() -> tuple[str, Any]:
+    """Create a lease owned by this process; returns its name and handle."""
+    import uuid
+
+    import ray
+
+    from distributed_grid.cluster import NAMESPACE
+
+    name = LEASE_PREFIX + uuid.uuid4().hex
+    handle = ray.remote(Lease).options(name=name, namespace=NAMESPACE, num_cpus=0,
+                                       lifetime=None).remote()
+    ray.get(handle.ping.remote())
+    return name, handle
 
 
 def get_store(node_name: str, node_id: str, cluster_id: str, capacity: int | None = None):

@@ -1,0 +1,156 @@
+"""numpy arrays over blocks: views of a block's memory, and arrays stored under keys.
+
+On the block's host a view is the block's own memory: no copy, writable, and a write through it
+is seen by every other process of the host. Elsewhere it is a read-only copy fetched through
+ObjectRefs. Opening a view costs the same for any block size: the segment is mapped without
+populating it. A view stays valid while it lives, even if the block is deallocated meanwhile:
+the mapping (and so the memory) goes when the last view is released.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from distributed_grid.errors import InvalidArgument, KeyNotFound, OutOfBounds
+from distributed_grid.memory.store import validate_key
+
+if TYPE_CHECKING:
+    from distributed_grid.memory.pool import MemoryPool
+
+
+def _dtype(dtype: Any) -> np.dtype:
+    try:
+        result = np.dtype(dtype)
+    except TypeError as exc:
+        raise InvalidArgument(f"{dtype!r} is not a numpy dtype") from exc
+    if result.hasobject:
+        raise InvalidArgument(
+            f"dtype {result} holds Python objects, which cannot live in shared memory; "
+            "use numeric, boolean, string or structured dtypes without objects"
+        )
+    if result.itemsize == 0:
+        raise InvalidArgument(f"dtype {result} has no size; give one such as 'S16' or '<U8'")
+    return result
+
+
+def _shape(shape: Any, dtype: np.dtype, available: int) -> tuple[int, ...]:
+    if shape is None:
+        return (available // dtype.itemsize,)
+    if isinstance(shape, int | np.integer):
+        shape = (int(shape),)
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"shape must be a tuple of whole numbers, got {shape!r}") from exc
+    if any(d < 0 for d in dims):
+        raise InvalidArgument(f"shape dimensions must be 0 or more, got {dims}")
+    return dims
+
+
+def view(pool: MemoryPool, block_id: str, dtype: Any = "uint8", shape: Any = None,
+         offset: int = 0) -> np.ndarray:
+    """An array of ``dtype`` and ``shape`` over a block's bytes from ``offset``.
+
+    Args:
+        pool: the pool that reaches the block.
+        block_id: the block.
+        dtype: any numpy dtype without Python objects.
+        shape: the array's shape; None for as many items as fit after ``offset``.
+        offset: where the array starts; a multiple of the dtype's alignment.
+
+    Returns:
+        On the block's host, a writable array over the block's memory (no copy). Elsewhere, a
+        read-only copy.
+
+    Raises:
+        InvalidArgument: a bad dtype or shape, or an offset the dtype cannot be aligned at.
+        OutOfBounds: the array would not fit inside the block.
+    """
+    dt = _dtype(dtype)
+    block = pool.block_info(block_id)
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise OutOfBounds(f"offset must be a whole number of bytes, 0 or more, got {offset!r}")
+    if offset > block["size"]:
+        raise OutOfBounds(f"offset {offset} is past the end of {block_id} (size {block['size']})")
+    if offset % dt.alignment:
+        raise InvalidArgument(
+            f"offset {offset} is not a multiple of {dt}'s alignment ({dt.alignment} bytes)"
+        )
+    dims = _shape(shape, dt, block["size"] - offset)
+    nbytes = math.prod(dims) * dt.itemsize
+    if offset + nbytes > block["size"]:
+        raise OutOfBounds(
+            f"an array of shape {dims} and dtype {dt} needs {nbytes} bytes at offset {offset}, "
+            f"but {block_id} (size {block['size']}) has {block['size'] - offset} from there"
+        )
+    return _array(pool, block, dt, dims, offset, nbytes)
+
+
+def _array(pool: MemoryPool, block: dict[str, Any], dt: np.dtype, dims: tuple[int, ...],
+           offset: int, nbytes: int) -> np.ndarray:
+    data = pool.local_data(block)
+    if data is not None:
+        return np.frombuffer(data, dtype=dt, count=math.prod(dims), offset=offset).reshape(dims)
+    copy = pool.read(block["block_id"], size=nbytes, offset=offset)
+    result = np.frombuffer(copy, dtype=dt).reshape(dims)
+    result.flags.writeable = False
+    return result
+
+
+def put(pool: MemoryPool, key: str, array: Any, node: str | None = None) -> dict[str, Any]:
+    """Store ``array`` under ``key`` with its dtype and shape.
+
+    A new key gets a block of its own (on ``node`` when given); a key that exists is replaced
+    in place when the new bytes fit there. Arrays that are not C-contiguous are stored as their
+    C-contiguous copy.
+
+    Raises:
+        InvalidArgument: the array holds Python objects.
+        KeyConflict: the key exists and the array does not fit in its place.
+    """
+    key = validate_key(str(key))
+    arr = np.asarray(array)
+    dt = _dtype(arr.dtype)
+    arr = np.ascontiguousarray(arr)
+    meta = {"dtype": dt.str if dt.fields is None else dt.descr, "shape": list(arr.shape)}
+    if node is not None and pool.find_key(key) is None:
+        block_id = pool.allocate(max(arr.nbytes, 1), node=node)["block_id"]
+        offset, allocated = 0, block_id
+    else:
+        block_id, offset, allocated = pool.place_for(key, arr.nbytes)
+    try:
+        info = pool.write(block_id, arr.reshape(-1).view(np.uint8), offset=offset, key=key,
+                          meta=meta)
+    except BaseException:
+        if allocated is not None:
+            pool.deallocate(allocated)
+        raise
+    return {**info, "key": key, "offset": offset, "length": arr.nbytes}
+
+
+def get(pool: MemoryPool, key: str) -> np.ndarray:
+    """The array stored under ``key``: zero-copy on the block's host, else a read-only copy.
+
+    A key stored as plain bytes (``grid memory store``) comes back as a uint8 array.
+
+    Raises:
+        KeyNotFound: no block holds ``key``.
+    """
+    key = validate_key(str(key))
+    found = pool.find_key(key)
+    if found is None:
+        raise KeyNotFound(f"no key named {key!r}; `grid memory list-objects` shows the keys")
+    meta = found.get("meta") or {"dtype": "|u1", "shape": [sum(n for _, n in found["extents"])]}
+    descr = meta["dtype"]
+    dt = np.dtype(descr if isinstance(descr, str) else [tuple(f) for f in descr])
+    dims = tuple(meta["shape"])
+    if len(found["extents"]) == 1:
+        start, length = found["extents"][0]
+        return _array(pool, found, dt, dims, start, length)
+    joined = pool.read(key)  # several extents: their bytes one after another, a copy
+    result = np.frombuffer(joined, dtype=dt).reshape(dims)
+    result.flags.writeable = False
+    return result

@@ -1,0 +1,1 @@
+"""Async entry points for orchestration code (the guide's ``DistributedMemoryPool``)."""
