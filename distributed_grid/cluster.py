@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from distributed_grid.errors import ClusterError, InvalidArgument, NodeNotFound
+from distributed_grid.errors import ClusterError, InvalidArgument, NodeNotFound, NodeUnavailable
 
 NAMESPACE = "distributed_grid"
 NODE_LABEL = "grid.node"
@@ -244,11 +244,12 @@ def start_local(nodes: tuple[str, ...] | list[str] = (), head_name: str | None =
                                f"(log: {log_path})")
         time.sleep(0.2)
     with open(ready, encoding="utf-8") as f:
-        address = json.load(f)["address"]
+        ready_info = json.load(f)
+    address = ready_info["address"]
     os.unlink(ready)
     entries = _load_started()
     entries.append({"pid": proc.pid, "role": "local", "name": head_name, "nodes": names,
-                    "address": address})
+                    "address": address, "raylets": ready_info["raylets"]})
     _save_started(entries)
     return address
 
@@ -397,7 +398,12 @@ def _reap(pid: int) -> None:
 
 
 def nodes(include_dead: bool = False) -> list[NodeInfo]:
-    """The cluster's nodes, named by label ``grid.node``, else the config file, else host name."""
+    """The cluster's nodes, named by label ``grid.node``, else the config file, else host name.
+
+    Args:
+        include_dead: also the nodes that left the cluster, unless a node of the same name is
+            back (alive nodes come first).
+    """
     import ray
 
     from distributed_grid.config import node_name_for_host
@@ -413,9 +419,13 @@ def nodes(include_dead: bool = False) -> list[NodeInfo]:
         name = labels.get(NODE_LABEL) or node_name_for_host(
             hostname, n.get("NodeManagerAddress", "")
         ) or _safe_name(hostname)
-        base, i = name, 2
-        while name in taken:  # two unlabelled raylets on one host
-            name, i = f"{base}-{i}", i + 1
+        if not n.get("Alive"):
+            if name in taken:
+                continue  # the node is back, or another of its name was gone before
+        else:
+            base, i = name, 2
+            while name in taken:  # two unlabelled raylets on one host
+                name, i = f"{base}-{i}", i + 1
         taken.add(name)
         result.append(
             NodeInfo(
@@ -441,11 +451,16 @@ def find_node(name: str) -> NodeInfo:
     """The alive node called ``name``.
 
     Raises:
-        NodeNotFound: no alive node has that name (the message lists the known ones).
+        NodeUnavailable: the node was part of the cluster but is gone.
+        NodeNotFound: no node has that name (the message lists the known ones).
     """
-    known = nodes()
+    known = nodes(include_dead=True)
     for node in known:
-        if node.name == name:
+        if node.name == name and node.alive:
             return node
-    names = ", ".join(n.name for n in known) or "none"
+    if any(node.name == name for node in known):
+        raise NodeUnavailable(
+            f"node {name} is gone from the cluster: its blocks are lost until it returns"
+        )
+    names = ", ".join(n.name for n in known if n.alive) or "none"
     raise NodeNotFound(f"no node named {name!r} in the cluster; known nodes: {names}")

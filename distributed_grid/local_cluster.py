@@ -46,9 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.head_name:
         head_args["labels"] = {NODE_LABEL: args.head_name}
     cluster = Cluster(initialize_head=True, head_node_args=head_args)
+    raylets = {args.head_name or "head": _raylet_pid(cluster.head_node)}
     for name in [n for n in args.nodes.split(",") if n]:
-        cluster.add_node(num_cpus=1, labels={NODE_LABEL: name},
-                         object_store_memory=args.object_store_memory)
+        node = cluster.add_node(num_cpus=1, labels={NODE_LABEL: name},
+                                object_store_memory=args.object_store_memory)
+        raylets[name] = _raylet_pid(node)
     cluster.wait_for_nodes()
 
     stop = threading.Event()
@@ -56,11 +58,18 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     tmp = args.ready_file + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"address": cluster.address, "pid": os.getpid()}, f)
+        json.dump({"address": cluster.address, "pid": os.getpid(), "raylets": raylets}, f)
     os.replace(tmp, args.ready_file)
     stop.wait()
     cluster.shutdown()
     return 0
+
+
+def _raylet_pid(node) -> int:
+    """The pid of a node's raylet: ending it takes the node out of the cluster (tests do)."""
+    from ray._private import ray_constants
+
+    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
 
 
 if __name__ == "__main__":

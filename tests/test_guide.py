@@ -10,56 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import tempfile
-
-import pytest
-from conftest import GRID
-
-from distributed_grid.memory.segment import list_segment_names
-
-
-class FreshGrid:
-    """``grid`` in a private TMPDIR with no RAY_ADDRESS: it sees only the clusters it starts."""
-
-    def __init__(self, cwd) -> None:
-        self.tmp = tempfile.mkdtemp(prefix="dgf", dir="/tmp")
-        self.cwd = cwd
-        self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        self.env["TMPDIR"] = self.tmp
-        self.cluster_id: str | None = None
-
-    def remember_cluster(self) -> dict:
-        """The cluster's status; notes its id so the fixture can check its segments are gone."""
-        status = json.loads(self.out("cluster", "status", "--json"))
-        self.cluster_id = status["cluster_id"]
-        return status
-
-    def __call__(self, *args, env=None, check=True) -> subprocess.CompletedProcess:
-        result = subprocess.run([GRID, *map(str, args)], capture_output=True, cwd=self.cwd,
-                                env={**self.env, **(env or {})}, timeout=600)
-        if check and result.returncode != 0:
-            raise AssertionError(f"grid {' '.join(map(str, args))} exited "
-                                 f"{result.returncode}:\n{result.stderr.decode(errors='replace')}")
-        return result
-
-    def out(self, *args, **kw) -> str:
-        return self(*args, **kw).stdout.decode().strip()
-
-
-@pytest.fixture
-def fresh(tmp_path):
-    """A FreshGrid; whatever cluster it started is stopped after the test, blocks freed."""
-    grid = FreshGrid(tmp_path)
-    try:
-        yield grid
-    finally:
-        stopped = grid("cluster", "stop", check=False)
-        shutil.rmtree(grid.tmp, ignore_errors=True)
-        assert stopped.returncode == 0, stopped.stderr.decode(errors="replace")
-        left = list_segment_names(f"dg.{grid.cluster_id}.") if grid.cluster_id else []
-        assert not left, f"grid cluster stop left segments behind: {sorted(left)}"
 
 
 def make(path, size: int, seed: int) -> bytes:

@@ -32,9 +32,10 @@ from distributed_grid.memory import segment as seg
 from distributed_grid.memory.block_id import looks_like_block_id, parse_block_id
 from distributed_grid.memory.extents import slice_extents
 from distributed_grid.memory.store import check_range, validate_key
-from distributed_grid.memory.store_actor import get_store, make_lease
+from distributed_grid.memory.store_actor import get_store, last_known_blocks, make_lease
 
 FORCE_REMOTE_ENV = "DISTRIBUTED_GRID_FORCE_REMOTE"
+STORE_CALL_TIMEOUT = 300.0  # seconds; a store that has not answered by then counts as gone
 
 Progress = Callable[[int], None]
 
@@ -98,7 +99,7 @@ class MemoryPool:
         import ray
 
         try:
-            return ray.get(refs)
+            return ray.get(refs, timeout=STORE_CALL_TIMEOUT)
         except Exception as exc:
             self._reraise(exc, node)
 
@@ -175,6 +176,8 @@ class MemoryPool:
         number, node = parse_block_id(block_id)
         try:
             cluster.find_node(node)
+        except NodeUnavailable as exc:
+            raise NodeUnavailable(f"block {block_id} is lost: {exc}") from exc
         except GridError as exc:
             raise BlockNotFound(f"no block {block_id}: {exc}") from exc
         return self._call(node, "block_info", number)
@@ -196,8 +199,14 @@ class MemoryPool:
         return self._call(node, "deallocate", number)
 
     def list_blocks(self) -> list[dict[str, Any]]:
-        """Every block of every alive node, ordered by node then number."""
+        """Every block of the cluster, ordered by node then number.
+
+        Blocks of a node that is gone are listed as they were last known, with status "lost".
+        """
         blocks = [b for per_node in self._call_all("list_blocks").values() for b in per_node]
+        for node in cluster.nodes(include_dead=True):
+            if not node.alive:
+                blocks += [{**b, "status": "lost"} for b in last_known_blocks(node.name)]
         return sorted(blocks, key=lambda b: (b["node"], b["number"]))
 
     def stats(self) -> list[dict[str, Any]]:
@@ -416,10 +425,14 @@ class MemoryPool:
     @staticmethod
     def _reraise(exc: Exception, node: str) -> None:
         """Turn a Ray error from ``node``'s store into the library's own error (the one place)."""
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
         if isinstance(exc, RayTaskError) and isinstance(getattr(exc, "cause", None), GridError):
             raise exc.cause from None
+        if isinstance(exc, GetTimeoutError):
+            raise NodeUnavailable(
+                f"the store of node {node} did not answer within {STORE_CALL_TIMEOUT:.0f} s"
+            ) from exc
         if isinstance(exc, RayActorError):
             raise NodeUnavailable(
                 f"the store of node {node} is unavailable ({type(exc).__name__}); "

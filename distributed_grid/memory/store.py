@@ -468,6 +468,22 @@ class BlockStore:
         return self.segment(number).data()[offset : offset + length]
 
 
+def remove_host_leftovers(cluster_id: str) -> list[str]:
+    """Unlink this host's segments and journals of a cluster that is being stopped.
+
+    For nodes whose store is gone (a dead raylet), nobody else would free them.
+    """
+    names = seg.list_segment_names(f"dg.{cluster_id}.")
+    for name in names:
+        seg.unlink_segment(name)
+    for journal in seg.list_segment_names(f"dgj.{cluster_id}."):
+        try:
+            os.unlink(os.path.join(seg.SHM_DIR, journal.lstrip("/")))
+        except FileNotFoundError:
+            pass
+    return names
+
+
 def _by_offset(e: Extent) -> int:
     return e.offset
 

@@ -33,6 +33,7 @@ class StoreActor(BlockStore):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._publish()
         threading.Thread(target=self._lease_ticker, name="lease-check", daemon=True).start()
 
     @staticmethod
@@ -43,6 +44,23 @@ class StoreActor(BlockStore):
         while True:
             time.sleep(LEASE_CHECK_SECONDS)
             me.release_dead_leases.remote()
+
+    def _save(self) -> None:
+        super()._save()
+        self._publish()
+
+    def _publish(self) -> None:
+        """Leave the block list in the cluster's key-value store, for when this node is gone."""
+        import json
+
+        from ray.experimental import internal_kv
+
+        from distributed_grid.cluster import NAMESPACE
+
+        internal_kv._internal_kv_put(
+            snapshot_key(self.node), json.dumps(self.list_blocks()), overwrite=True,
+            namespace=NAMESPACE,
+        )
 
     def release_dead_leases(self) -> list[str]:
         """Free the blocks whose lease actor no longer exists; returns their ids."""
@@ -72,6 +90,23 @@ class StoreActor(BlockStore):
     def read_chunk(self, number: int, offset: int, length: int) -> np.ndarray:
         """Bytes of the block as a uint8 array; Ray copies it once, into the object store."""
         return np.frombuffer(self.read_view(number, offset, length), dtype=np.uint8)
+
+
+def snapshot_key(node: str) -> str:
+    """The key of a node's last published block list in Ray's key-value store."""
+    return f"blocks.{node}"
+
+
+def last_known_blocks(node: str) -> list[dict[str, Any]]:
+    """The block list a node's store published last (for a node that is gone)."""
+    import json
+
+    from ray.experimental import internal_kv
+
+    from distributed_grid.cluster import NAMESPACE
+
+    raw = internal_kv._internal_kv_get(snapshot_key(node), namespace=NAMESPACE)
+    return json.loads(raw) if raw else []
 
 
 class Lease:

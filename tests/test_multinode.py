@@ -1,0 +1,63 @@
+"""Several nodes for real: raylets labelled gpu1, gpu2 (and a node that goes away)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from distributed_grid import cluster
+from distributed_grid.errors import NodeNotFound
+
+
+@pytest.mark.parametrize("node", ["head", "gpu1", "gpu2"])
+def test_allocation_lands_on_the_named_nodes_store(pool, blocks, node):
+    block_id = blocks.new(4096, node=node)
+    assert block_id.endswith("_" + node)
+    served_by = pool._call(node, "ping")
+    assert served_by["node_id"] == cluster.find_node(node).node_id
+    assert pool.block_info(block_id)["node"] == node
+
+
+def test_list_objects_shows_blocks_of_every_node(grid, blocks):
+    made = {blocks.new(1024, node=n) for n in ("head", "gpu1", "gpu2")}
+    listed = grid.listing()
+    assert made <= {b["block_id"] for b in listed}
+    assert {b["node"] for b in listed if b["block_id"] in made} == {"head", "gpu1", "gpu2"}
+
+
+def test_unknown_node_lists_the_known_ones(pool):
+    with pytest.raises(NodeNotFound, match="known nodes: .*gpu1.*gpu2"):
+        pool.allocate(10, node="gpu7")
+
+
+def test_a_node_that_is_gone(fresh, tmp_path):
+    fresh("cluster", "start", "--nodes", "gpu1,gpu3")
+    fresh.remember_cluster()
+    block_id = fresh.out("memory", "allocate", "1MiB", "--node", "gpu3")
+    (tmp_path / "f").write_bytes(b"on gpu3")
+    fresh("memory", "store", "doomed", tmp_path / "f", "--block-id", block_id)
+    keeper = fresh.out("memory", "allocate", "4096", "--node", "gpu1")
+
+    record = os.path.join(fresh.tmp, f"distributed_grid-{os.getuid()}", "started.json")
+    with open(record, encoding="utf-8") as f:
+        (entry,) = json.load(f)
+    os.kill(entry["raylets"]["gpu3"], signal.SIGKILL)  # a raylet this test's cluster started
+
+    deadline = time.monotonic() + 180
+    while "gpu3" in {n["node"] for n in fresh.remember_cluster()["nodes"]}:
+        assert time.monotonic() < deadline, "Ray still reports gpu3 alive"
+        time.sleep(1)
+
+    listing = {b["block_id"]: b for b in json.loads(fresh.out("memory", "list-objects", "--json"))}
+    assert listing[block_id]["status"] == "lost"
+    assert listing[block_id]["keys"] == {"doomed": [[0, 7]]}
+    assert listing[keeper]["status"] == "ok"
+    for args in (["memory", "retrieve", block_id], ["memory", "allocate", "10", "--node", "gpu3"],
+                 ["memory", "deallocate", block_id]):
+        failed = fresh(*args, check=False)
+        assert failed.returncode == 1
+        assert "gpu3 is gone" in failed.stderr.decode().splitlines()[-1]
