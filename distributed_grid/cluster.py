@@ -161,9 +161,10 @@ def connect(address: str | None = None, start_if_missing: bool = True) -> str:
     use_auto = explicit is None and (not ours or ours[0]["role"] == "head")
     if target is None or not _answers(target):
         if explicit is not None:
+            source = "" if address else " (from RAY_ADDRESS; unset it to use the embedded cluster)"
             raise ClusterError(
-                f"no Ray cluster answers at {explicit}; start one with `grid cluster start`, "
-                "or unset RAY_ADDRESS to use the embedded local cluster"
+                f"no Ray cluster answers at {explicit}{source}; start one with "
+                "`grid cluster start`"
             )
         if not start_if_missing:
             raise ClusterError("no Ray cluster is running; start one with `grid cluster start`")
