@@ -75,12 +75,18 @@ class Row:
 
 
 class Results:
-    def __init__(self) -> None:
+    def __init__(self, tmp: str) -> None:
         self.rows: dict[str, Row] = {}
         self.mismatches: list[str] = []
         self.verified = 0
+        self.tmp = tmp
+        self.peak_own = 0
+
+    def sample_memory(self) -> None:
+        self.peak_own = max(self.peak_own, own_footprint(self.tmp))
 
     def add(self, row: Row) -> Row:
+        self.sample_memory()  # after the runs, before the phase frees what it holds
         self.rows[row.key] = row
         log(f"{row.name}: best {row.best:.3f} s, {row.gbps:.2f} GB/s "
             f"(runs: {', '.join(f'{t:.3f}' for t in row.times)})")
@@ -160,6 +166,29 @@ class MemoryWatch:
         self._stop.set()
         self._thread.join()
         return self.start - self.lowest
+
+
+def own_footprint(tmp: str) -> int:
+    """Memory this run holds now: PSS of anonymous and shared memory (blocks, Ray's object
+    stores) summed over this process and every process that inherited ``TMPDIR=tmp`` from it.
+    Page cache of files is left out (the kernel can drop it)."""
+    marker = b"\0TMPDIR=" + os.fsencode(tmp) + b"\0"
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if int(entry) != os.getpid():
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if marker not in b"\0" + f.read():
+                        continue
+            with open(f"/proc/{entry}/smaps_rollup", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith(("Pss_Anon:", "Pss_Shmem:")):
+                        total += int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            continue
+    return total
 
 
 # -- files and hashes -------------------------------------------------------------------------
@@ -539,8 +568,10 @@ def print_table(doc: dict[str, Any]) -> None:
     print()
     print("The CLI rows time whole `grid` processes: Python start-up, imports and Ray connect "
           "are included.")
-    print(f"peak drop of the host's MemAvailable during the run: "
-          f"{human(doc['peak_mem_drop_bytes'])} (other processes on the host count too)")
+    print(f"memory: this run's peak {human(doc['peak_own_memory_bytes'])} (PSS of anonymous + "
+          f"shared memory of its processes, sampled after each measurement; page cache not "
+          f"counted); host MemAvailable fell by at most {human(doc['peak_mem_drop_bytes'])} "
+          f"(every process on the host counts)")
     verdict = "all equal" if not doc["mismatches"] else f"MISMATCH in {doc['mismatches']}"
     print(f"round trips verified with sha256: {doc['verified_round_trips']}, {verdict}")
 
@@ -570,7 +601,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--json", action="store_true", help="print the results as JSON")
         parser.add_argument("--no-cli", action="store_true", help="skip the CLI measurements")
         args = parser.parse_args(argv)
-        size = parse_size(args.size)
+        try:
+            size = parse_size(args.size, "--size")
+        except ValueError as exc:
+            parser.error(str(exc))
         if size <= 0 or args.repeat < 1:
             parser.error("--size and --repeat must be positive")
 
@@ -579,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         from distributed_grid import cluster
         from distributed_grid.memory import transfer
 
-        res = Results()
+        res = Results(tmp)
         src = os.path.join(tmp, "src.bin")
         dst = os.path.join(tmp, "dst.bin")
         out = os.path.join(tmp, "out.bin")
@@ -620,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
             "size_bytes": size, "repeat": args.repeat, "machine": machine_info(),
             "ray": ray.__version__, "numpy": np.__version__, "address": address,
             "object_store_bytes": store_bytes, "chunk_bytes": transfer.CHUNK,
-            "in_flight": transfer.IN_FLIGHT, "peak_mem_drop_bytes": watch.stop(),
+            "in_flight": transfer.IN_FLIGHT, "peak_own_memory_bytes": res.peak_own,
+            "peak_mem_drop_bytes": watch.stop(),
         }
         doc = as_json(res, meta)
         if args.json:
@@ -659,23 +694,30 @@ def _cleanup(tmp: str, cluster: Any, pool: Any, rpool: Any) -> None:
 
 
 def _end_leftovers(tmp: str) -> None:
-    """End, by pid, processes that still name our private temp dir on their command line.
+    """End, by pid, processes of this run that outlived it.
 
-    Only this run's processes can name it (mkdtemp made it unique): a cluster supervisor or Ray
-    daemon left behind when the run was interrupted while the cluster was starting, before
-    ``start_local`` had recorded it for ``stop_started``.
+    They are told apart by our private temp dir, which only this run's processes can name
+    (mkdtemp made it unique): on the command line, or as ``TMPDIR`` in the environment they
+    inherited from us. Such are a cluster supervisor and its Ray daemons and workers left behind
+    when the run was interrupted while the cluster was starting, before ``start_local`` had
+    recorded it for ``stop_started``.
     """
-    needle = os.fsencode(tmp + os.sep)
+    in_cmdline = os.fsencode(tmp + os.sep)
+    in_environ = b"\0TMPDIR=" + os.fsencode(tmp) + b"\0"
     mine = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if needle in f.read():
-                    mine.append(int(entry))
+                found = in_cmdline in f.read()
+            if not found:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    found = in_environ in b"\0" + f.read()
         except OSError:
             continue
+        if found:
+            mine.append(int(entry))
     if not mine:
         return
     log(f"ending {len(mine)} leftover process(es) of this run: {mine}")

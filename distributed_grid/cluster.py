@@ -233,17 +233,21 @@ def start_local(nodes: tuple[str, ...] | list[str] = (), head_name: str | None =
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     deadline = time.monotonic() + timeout
-    while not os.path.exists(ready):
-        if proc.poll() is not None:
-            with open(log_path, encoding="utf-8", errors="replace") as f:
-                tail = "\n".join(f.read().strip().splitlines()[-5:])
-            raise ClusterError(f"the local cluster failed to start (exit {proc.returncode}):\n"
-                               f"{tail}")
-        if time.monotonic() > deadline:
-            proc.terminate()
-            raise ClusterError(f"the local cluster did not start within {timeout:.0f} s "
-                               f"(log: {log_path})")
-        time.sleep(0.2)
+    try:
+        while not os.path.exists(ready):
+            if proc.poll() is not None:
+                with open(log_path, encoding="utf-8", errors="replace") as f:
+                    tail = "\n".join(f.read().strip().splitlines()[-5:])
+                raise ClusterError(f"the local cluster failed to start (exit "
+                                   f"{proc.returncode}):\n{tail}")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the local cluster did not start within {timeout:.0f} s "
+                                   f"(log: {log_path})")
+            time.sleep(0.2)
+    except BaseException:  # also Ctrl-C: the supervisor runs in its own session
+        proc.terminate()
+        proc.wait(timeout=60)
+        raise
     with open(ready, encoding="utf-8") as f:
         ready_info = json.load(f)
     address = ready_info["address"]

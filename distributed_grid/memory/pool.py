@@ -338,6 +338,7 @@ class MemoryPool:
         try:
             segment = self._local_segment(block)
             if segment is not None:
+                segment.populate(offset, length)
                 dest = segment.data()
                 try:
                     fill_local(dest[offset : offset + length])
@@ -404,6 +405,7 @@ class MemoryPool:
         for piece in pieces:
             segment = self._local_segment(piece.block)
             if segment is not None:
+                segment.populate(piece.offset, piece.length)
                 data = segment.data()
                 try:
                     transfer.drain_to_sink(
@@ -443,8 +445,8 @@ class MemoryPool:
     def read(self, target: str, size: int | None = None, offset: int = 0) -> bytes:
         """The bytes of a block or key (default: up to the block's high-water mark)."""
         pieces = self.plan_read(target, size, offset)
-        out = bytearray()
-        self.read_into_sink(pieces, out.extend)
+        out = bytearray(sum(p.length for p in pieces))
+        self.read_into_sink(pieces, _into(memoryview(out)))
         return bytes(out)
 
     def retrieve_to_file(self, target: str, path: str, size: int | None = None, offset: int = 0,

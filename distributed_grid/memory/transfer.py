@@ -85,11 +85,10 @@ def remote_fill(store: Any, number: int, block_offset: int, length: int,
     import ray
 
     pending: deque[tuple[Any, int]] = deque()
+    buf = np.empty(min(CHUNK, length), dtype=np.uint8)  # reused: ray.put copies it
     for pos, n in _chunks(length):
-        buf = np.empty(n, dtype=np.uint8)
-        read_into(pos, memoryview(buf))
-        ref = ray.put(buf)
-        del buf
+        read_into(pos, memoryview(buf)[:n])
+        ref = ray.put(buf[:n])
         pending.append((store.write_chunk.remote(number, block_offset + pos, ref), n))
         if len(pending) >= IN_FLIGHT:
             done, size = pending.popleft()
