@@ -467,5 +467,5 @@ def find_node(name: str) -> NodeInfo:
         raise NodeUnavailable(
             f"node {name} is gone from the cluster: its blocks are lost until it returns"
         )
-    names = ", ".join(n.name for n in known if n.alive) or "none"
+    names = ", ".join(sorted(n.name for n in known if n.alive)) or "none"
     raise NodeNotFound(f"no node named {name!r} in the cluster; known nodes: {names}")

@@ -85,10 +85,12 @@ def remote_fill(store: Any, number: int, block_offset: int, length: int,
     import ray
 
     pending: deque[tuple[Any, int]] = deque()
-    buf = np.empty(min(CHUNK, length), dtype=np.uint8)  # reused: ray.put copies it
     for pos, n in _chunks(length):
-        read_into(pos, memoryview(buf)[:n])
-        ref = ray.put(buf[:n])
+        # A fresh buffer per chunk: Ray may keep a small object's buffer without copying it.
+        buf = np.empty(n, dtype=np.uint8)
+        read_into(pos, memoryview(buf))
+        ref = ray.put(buf)
+        del buf
         pending.append((store.write_chunk.remote(number, block_offset + pos, ref), n))
         if len(pending) >= IN_FLIGHT:
             done, size = pending.popleft()
