@@ -61,3 +61,34 @@ def test_a_node_that_is_gone(fresh, tmp_path):
         failed = fresh(*args, check=False)
         assert failed.returncode == 1
         assert "gpu3 is gone" in failed.stderr.decode().splitlines()[-1]
+
+
+def test_cluster_config_caps_a_node_and_names_an_unlabelled_one(fresh, tmp_path):
+    config = tmp_path / "cluster.yaml"
+    config.write_text(
+        "nodes:\n"
+        "  - {name: bignode, host: 127.0.0.1, role: head, memory: 1MiB}\n"
+    )
+    first = fresh("memory", "allocate", "4096", "--config", config)  # the embedded cluster
+    fresh.remember_cluster()
+    assert first.stdout.decode().strip() == "block_0_bignode"  # its head carries no label
+    line = fresh("memory", "allocate", "1MiB", "--config", config, check=False)
+    assert line.returncode == 1
+    assert "can hold is 1044480 bytes (node bignode)" in line.stderr.decode()
+    line = fresh("memory", "allocate", "1MiB", "--node", "bignode", "--config", config, check=False)
+    assert "it can hold at most 1044480 more bytes" in line.stderr.decode()
+    assert fresh.out("memory", "allocate", "1044480", "--config", config) == "block_1_bignode"
+    status = json.loads(fresh.out("cluster", "status", "--json", "--config", config))
+    (node,) = status["nodes"]
+    assert node["node"] == "bignode" and node["capacity"] == 2**20
+
+
+def test_malformed_config_names_the_line(fresh, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("nodes:\n  - name: a\n    host: [unclosed\n")
+    failed = fresh("memory", "list-objects", "--config", config, check=False)
+    assert failed.returncode == 1
+    assert "line" in failed.stderr.decode().splitlines()[-1]
+    config.write_text("nodes:\n  - {name: a, host: h, role: boss}\n")
+    failed = fresh("memory", "list-objects", "--config", config, check=False)
+    assert "nodes[0].role must be head or worker" in failed.stderr.decode()

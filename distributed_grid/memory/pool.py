@@ -90,7 +90,7 @@ class MemoryPool:
         handle = self._stores.get(node_name)
         if handle is None:
             node = cluster.find_node(node_name)
-            handle = get_store(node.name, node.node_id, self.cluster_id, memory_cap(node.name))
+            handle = get_store(node.name, node.node_id, self.cluster_id)
             self._stores[node_name] = handle
         return handle
 
@@ -147,12 +147,13 @@ class MemoryPool:
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise InvalidArgument(f"size must be a positive number of bytes, got {size!r}")
         node = cluster.find_node(node).name if node is not None else self._choose_node(size)
-        return self._call(node, "allocate", size, self._lease[0] if self._lease else None)
+        return self._call(node, "allocate", size, self._lease[0] if self._lease else None,
+                          memory_cap(node))
 
     def _choose_node(self, size: int) -> str:
         known = self.nodes()
         candidates = [n.name for n in known if not n.is_head] or [n.name for n in known]
-        refs = [self._store(name).stats.remote() for name in candidates]
+        refs = [self._store(name).stats.remote(memory_cap(name)) for name in candidates]
         stats = {name: self._get(ref, name) for name, ref in zip(candidates, refs, strict=True)}
         # Nodes on one host see the same free memory, give or take the last few pages: compare
         # it in 64 MiB steps, then prefer the node holding fewer block bytes, then the name.
@@ -211,13 +212,13 @@ class MemoryPool:
 
     def stats(self) -> list[dict[str, Any]]:
         """Per node: shared-memory capacity and free bytes, block count and bytes."""
-        nodes = {n.name: n for n in self.nodes()}
-        result = []
-        for name, s in self._call_all("stats").items():
-            node = nodes[name]
-            result.append({**s, "node_id": node.node_id, "address": node.address,
-                           "hostname": node.hostname, "is_head": node.is_head})
-        return result
+        nodes = self.nodes()
+        refs = [self._store(n.name).stats.remote(memory_cap(n.name)) for n in nodes]
+        return [
+            {**self._get(ref, node.name), "node_id": node.node_id, "address": node.address,
+             "hostname": node.hostname, "is_head": node.is_head}
+            for node, ref in zip(nodes, refs, strict=True)
+        ]
 
     def destroy_all(self) -> int:
         """Free every block on every node (before the cluster is stopped); returns the count."""

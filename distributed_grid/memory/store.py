@@ -181,20 +181,27 @@ class BlockStore:
     def used_bytes(self) -> int:
         return sum(r.size for r in self.blocks.values() if r.status == "ok")
 
-    def free_bytes(self) -> int:
-        """Bytes a new block may still take: the host's free shared memory, under the cap."""
+    def free_bytes(self, capacity: int | None = None) -> int:
+        """Bytes a new block may still take: the host's free shared memory, under the cap.
+
+        Args:
+            capacity: the cap to apply (a client's cluster config); None for the store's own.
+        """
         _, free = seg.shm_capacity()
         free = max(0, free - seg.HEADER_SIZE)
-        if self.capacity is not None:
-            free = min(free, max(0, self.capacity - self.used_bytes()))
+        cap = self.capacity if capacity is None else capacity
+        if cap is not None:
+            free = min(free, max(0, cap - self.used_bytes()))
         return free
 
-    def allocate(self, size: int, lease: str | None = None) -> dict[str, Any]:
+    def allocate(self, size: int, lease: str | None = None,
+                 capacity: int | None = None) -> dict[str, Any]:
         """Create a block of ``size`` bytes and return its info.
 
         Args:
             size: the block's size in bytes.
             lease: for a non-persistent block, the name of the actor whose life it shares.
+            capacity: the cap on this node's block bytes in the caller's cluster config.
 
         Raises:
             InvalidArgument: ``size`` is not a positive integer.
@@ -202,7 +209,7 @@ class BlockStore:
         """
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise InvalidArgument(f"block size must be a positive number of bytes, got {size!r}")
-        free = self.free_bytes()
+        free = self.free_bytes(capacity)
         if size > free:
             raise StoreFull(
                 f"cannot allocate {size} bytes on node {self.node}: it can hold at most "
@@ -300,14 +307,14 @@ class BlockStore:
         self._record(number)
         return self.info(number)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, capacity: int | None = None) -> dict[str, Any]:
         total, free = seg.shm_capacity()
         return {
             "node": self.node,
             "shm_total": total,
             "shm_free": free,
-            "capacity": self.capacity,
-            "free_for_blocks": self.free_bytes(),
+            "capacity": self.capacity if capacity is None else capacity,
+            "free_for_blocks": self.free_bytes(capacity),
             "blocks": sum(1 for r in self.blocks.values() if r.status == "ok"),
             "block_bytes": self.used_bytes(),
         }

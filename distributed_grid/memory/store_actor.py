@@ -131,7 +131,7 @@ def make_lease() -> tuple[str, Any]:
     return name, handle
 
 
-def get_store(node_name: str, node_id: str, cluster_id: str, capacity: int | None = None):
+def get_store(node_name: str, node_id: str, cluster_id: str):
     """The handle of ``node_name``'s store actor, created on that node if it is not running."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -156,5 +156,5 @@ def get_store(node_name: str, node_id: str, cluster_id: str, capacity: int | Non
             max_concurrency=1,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         )
-        .remote(node_name, cluster_id, capacity)
+        .remote(node_name, cluster_id)
     )
