@@ -10,7 +10,8 @@ travel through the store actor as ObjectRefs, in bounded chunks.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +77,6 @@ class MemoryPool:
         self.cluster_id = cluster.cluster_id()
         self.force_remote = _force_remote_default() if force_remote is None else force_remote
         self._stores: dict[str, Any] = {}
-        self._attached: dict[str, seg.Segment] = {}
         self.persistent = persistent
         self._lease: tuple[str, Any] | None = None if persistent else make_lease()
 
@@ -111,25 +111,40 @@ class MemoryPool:
         refs = [getattr(self._store(name), method).remote(*args) for name in names]
         return {name: self._get(ref, name) for name, ref in zip(names, refs, strict=True)}
 
-    def _local_segment(self, block: dict[str, Any]) -> seg.Segment | None:
-        """This process's mapping of the block, when it is provably on this host."""
+    def _attach(self, block: dict[str, Any]) -> seg.Segment | None:
+        """A new mapping of the block, when it is provably on this host (else None).
+
+        Mappings are not kept between operations: a block deallocated elsewhere must not stay
+        in memory because this process once touched it. (Attaching costs ~20 µs.)
+        """
         if self.force_remote:
             return None
-        name = block["segment"]
-        segment = self._attached.get(name)
-        if segment is None:
-            try:
-                segment = seg.Segment.attach(name)
-            except (seg.SegmentNotFound, InvalidArgument, OSError):
-                return None
-            self._attached[name] = segment
+        try:
+            segment = seg.Segment.attach(block["segment"])
+        except (seg.SegmentNotFound, InvalidArgument, OSError):
+            return None
         if segment.token.hex() != block["token"] or segment.size != block["size"]:
+            segment.close()
             return None
         return segment
 
+    @contextmanager
+    def _mapped(self, block: dict[str, Any]) -> Iterator[seg.Segment | None]:
+        """:meth:`_attach` for the length of one operation."""
+        segment = self._attach(block)
+        try:
+            yield segment
+        finally:
+            if segment is not None:
+                try:
+                    segment.close()
+                except BufferError:
+                    pass  # a view made during the operation lives on; the mapping goes with it
+
     def is_local(self, block_id: str) -> bool:
         """Whether this process reaches ``block_id`` zero-copy (same host, proven by token)."""
-        return self._local_segment(self.block_info(block_id)) is not None
+        with self._mapped(self.block_info(block_id)) as segment:
+            return segment is not None
 
     # -- blocks ---------------------------------------------------------------------------------
 
@@ -189,14 +204,8 @@ class MemoryPool:
         Raises:
             BlockNotFound: no such block.
         """
-        info = self.block_info(block_id)
+        self.block_info(block_id)  # a lost node's block: NodeUnavailable, not a hang
         number, node = parse_block_id(block_id)
-        stale = self._attached.pop(info["segment"], None)
-        if stale is not None:
-            try:
-                stale.close()
-            except BufferError:
-                pass  # a view of it is still alive; the mapping goes with the view
         return self._call(node, "deallocate", number)
 
     def list_blocks(self) -> list[dict[str, Any]]:
@@ -337,15 +346,12 @@ class MemoryPool:
         self.block_info(block_id)  # BlockNotFound before anything else
         block = self._call(node, "prepare_write", number, offset, length, key, force)
         try:
-            segment = self._local_segment(block)
-            if segment is not None:
-                segment.populate(offset, length)
-                dest = segment.data()
-                try:
-                    fill_local(dest[offset : offset + length])
-                finally:
-                    dest.release()
-            else:
+            with self._mapped(block) as segment:
+                if segment is not None:
+                    segment.populate(offset, length)
+                    with segment.data() as dest:
+                        fill_local(dest[offset : offset + length])
+            if segment is None:
                 try:
                     transfer.remote_fill(self._store(node), number, offset, length, read_into,
                                          progress or transfer._noop)
@@ -404,17 +410,14 @@ class MemoryPool:
         """Hand the bytes of ``pieces`` to ``sink`` in order; returns the byte count."""
         progress = progress or transfer._noop
         for piece in pieces:
-            segment = self._local_segment(piece.block)
-            if segment is not None:
-                segment.populate(piece.offset, piece.length)
-                data = segment.data()
-                try:
-                    transfer.drain_to_sink(
-                        data[piece.offset : piece.offset + piece.length], sink, progress
-                    )
-                finally:
-                    data.release()
-            else:
+            with self._mapped(piece.block) as segment:
+                if segment is not None:
+                    segment.populate(piece.offset, piece.length)
+                    with segment.data() as data:
+                        transfer.drain_to_sink(
+                            data[piece.offset : piece.offset + piece.length], sink, progress
+                        )
+            if segment is None:
                 node = piece.block["node"]
                 try:
                     transfer.remote_drain(self._store(node), piece.block["number"], piece.offset,
@@ -508,12 +511,16 @@ class MemoryPool:
         return arrays.get(self, key)
 
     def local_data(self, block: dict[str, Any]) -> memoryview | None:
-        """A writable memoryview of the block's data when it is on this host, else None."""
-        segment = self._local_segment(block)
+        """A writable memoryview of the block's data when it is on this host, else None.
+
+        The view holds its own mapping: the memory stays valid while the view (or an array
+        over it) lives, even if the block is deallocated meanwhile, and goes with it.
+        """
+        segment = self._attach(block)
         return None if segment is None else segment.data()
 
     def close(self) -> None:
-        """Drop this process's mappings; a non-persistent pool also frees its blocks.
+        """Release the pool: a non-persistent pool frees the blocks it allocated.
 
         Persistent blocks stay: they belong to the stores. Live views stay valid until released.
         """
@@ -524,12 +531,6 @@ class MemoryPool:
             self._lease = None
             self._call_all("release_lease", name)
             ray.kill(handle)
-        for segment in self._attached.values():
-            try:
-                segment.close()
-            except BufferError:
-                pass
-        self._attached.clear()
 
 
 def _into(dest: memoryview) -> transfer.Sink:
