@@ -271,28 +271,36 @@ def start_head(name: str | None = None, port: int | None = None,
     args = ["--head", f"--port={port or _free_port()}"]
     if num_cpus is not None:
         args.append(f"--num-cpus={num_cpus}")
-    return _start_node(args, name, loopback=False, role="head")
+    return _start_node(args, name, role="head")
 
 
 def start_worker(address: str, name: str | None = None, num_cpus: int | None = None) -> str:
-    """Start a Ray worker node on this host that joins the cluster at ``address``."""
+    """Start a Ray worker node on this host that joins the cluster at ``address``.
+
+    Raises:
+        InvalidArgument: ``address`` is a loopback cluster (it takes no workers from outside:
+            start it with ``--nodes`` instead).
+        ClusterError: no cluster answers at ``address``.
+    """
+    if _is_loopback(address):
+        raise InvalidArgument(
+            f"{address} is a cluster for one host on loopback, which Ray lets no worker join; "
+            "start it with its nodes instead: grid cluster start --nodes gpu1,gpu2"
+        )
     if not _answers(address):
         raise ClusterError(f"no Ray cluster answers at {address}")
     args = [f"--address={address}"]
     if num_cpus is not None:
         args.append(f"--num-cpus={num_cpus}")
-    return _start_node(args, name, _is_loopback(address), role="worker", address=address)
+    return _start_node(args, name, role="worker", address=address)
 
 
-def _start_node(
-    args: list[str], name: str | None, loopback: bool, role: str, address: str | None = None
-) -> str:
+def _start_node(args: list[str], name: str | None, role: str, address: str | None = None) -> str:
+    """``ray start --block`` in its own session, recorded by pid; returns the head's address."""
     from distributed_grid.memory.store import validate_node_name
 
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
-    if loopback:
-        env[_LOOPBACK_ENV] = "0"
     cmd = [
         _ray_executable(),
         "start",

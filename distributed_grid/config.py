@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from distributed_grid.errors import InvalidArgument
 
@@ -155,12 +154,3 @@ def memory_cap(node: str) -> int | None:
     config = active_config()
     entry = config.node(node) if config is not None else None
     return entry.memory if entry is not None else None
-
-
-def describe(config: ClusterConfig) -> dict[str, Any]:
-    """Plain data of a config, for ``--json`` output."""
-    return {
-        "source": config.source,
-        "address": config.address,
-        "nodes": [n.__dict__ for n in config.nodes],
-    }

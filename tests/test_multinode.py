@@ -92,3 +92,10 @@ def test_malformed_config_names_the_line(fresh, tmp_path):
     config.write_text("nodes:\n  - {name: a, host: h, role: boss}\n")
     failed = fresh("memory", "list-objects", "--config", config, check=False)
     assert "nodes[0].role must be head or worker" in failed.stderr.decode()
+
+
+def test_joining_a_loopback_cluster_is_refused_clearly(grid, cluster_address):
+    line = grid.fails("cluster", "start", "--address", cluster_address, "--name", "gpu9")
+    assert "start it with its nodes instead" in line
+    assert "gpu9" not in {n["node"] for n in json.loads(grid("cluster", "status", "--json")
+                                                          .stdout)["nodes"]}

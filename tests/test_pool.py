@@ -64,6 +64,7 @@ def test_store_actor_killed_with_sigkill_loses_nothing(pool, blocks, tmp_path, u
     assert pool.block_info(block_id) == before
     assert pool.read(unique) == data
     assert pool.find_key(unique)["block_id"] == block_id
+    assert pool.keys()[unique] == block_id
     fresh = blocks.new(4096, node="gpu2")
     assert int(fresh.split("_")[1]) > int(block_id.split("_")[1])
 
