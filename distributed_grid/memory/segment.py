@@ -208,6 +208,11 @@ class Segment:
         return f"Segment({self.name!r}, size={self.size}, {state})"
 
 
+def segment_exists(name: str) -> bool:
+    """Whether a segment of that name exists on this host."""
+    return os.path.exists(os.path.join(SHM_DIR, name.lstrip("/")))
+
+
 def unlink_segment(name: str) -> bool:
     """Remove a segment's name from the host. Returns whether it existed."""
     return _unlink_quietly(name)
