@@ -20,6 +20,7 @@ from distributed_grid import cluster
 from distributed_grid.config import ClusterConfig, memory_cap, use_config
 from distributed_grid.errors import (
     BlockNotFound,
+    ClusterError,
     FileError,
     GridError,
     InvalidArgument,
@@ -34,7 +35,12 @@ from distributed_grid.memory import segment as seg
 from distributed_grid.memory.block_id import looks_like_block_id, parse_block_id
 from distributed_grid.memory.extents import slice_extents
 from distributed_grid.memory.store import check_range, validate_key
-from distributed_grid.memory.store_actor import get_store, last_known_blocks, make_lease
+from distributed_grid.memory.store_actor import (
+    STORE_PROTOCOL,
+    get_store,
+    last_known_blocks,
+    make_lease,
+)
 
 FORCE_REMOTE_ENV = "DISTRIBUTED_GRID_FORCE_REMOTE"
 STORE_CALL_TIMEOUT = 300.0  # seconds; a store that has not answered by then counts as gone
@@ -94,6 +100,14 @@ class MemoryPool:
         if handle is None:
             node = cluster.find_node(node_name)
             handle = get_store(node.name, node.node_id, self.cluster_id)
+            served = self._get(handle.ping.remote(), node_name)
+            if served.get("protocol") != STORE_PROTOCOL:
+                raise ClusterError(
+                    f"the store of node {node_name} runs another version of distributed_grid "
+                    f"(from {served.get('package', 'an older installation')}); the cluster was "
+                    "started by another installation: stop it (`grid cluster stop` there) and "
+                    "run again"
+                )
             self._stores[node_name] = handle
         return handle
 

@@ -18,6 +18,9 @@ import numpy as np
 from distributed_grid.memory.store import BlockStore
 
 ACTOR_PREFIX = "store."
+# Bumped whenever a store method changes its arguments or results: a client refuses to talk to
+# a store of another protocol (a cluster started by another installation of distributed_grid).
+STORE_PROTOCOL = 2
 LEASE_PREFIX = "lease."
 LEASE_CHECK_SECONDS = 2.0
 
@@ -81,7 +84,8 @@ class StoreActor(BlockStore):
         import ray
 
         return {"node": self.node, "pid": os.getpid(),
-                "node_id": ray.get_runtime_context().get_node_id()}
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "protocol": STORE_PROTOCOL, "package": os.path.dirname(os.path.dirname(__file__))}
 
     def write_chunk(self, number: int, offset: int, data: np.ndarray) -> int:
         """Copy a chunk that travelled as an ObjectRef into the block (the remote write path)."""
