@@ -158,7 +158,11 @@ def connect(address: str | None = None, start_if_missing: bool = True) -> str:
     target = explicit or (ours[0]["address"] if ours else None) or recorded_address()
     # "auto" lets Ray pick up its auth token for clusters `ray start` made (it does not for an
     # explicit address); a local cluster started here runs without token auth, on loopback.
-    use_auto = explicit is None and (not ours or ours[0]["role"] == "head")
+    use_auto = (explicit is None and (not ours or ours[0]["role"] == "head")) or (
+        # the host's own `ray start` head named explicitly (`grid cluster stop` does)
+        target == recorded_address() and any(e["address"] == target for e in ours
+                                             if e["role"] == "head")
+    )
     if target is None or not _answers(target):
         if explicit is not None:
             source = "" if address else " (from RAY_ADDRESS; unset it to use the embedded cluster)"
