@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,22 +237,7 @@ def start_local(nodes: tuple[str, ...] | list[str] = (), head_name: str | None =
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while not os.path.exists(ready):
-            if proc.poll() is not None:
-                with open(log_path, encoding="utf-8", errors="replace") as f:
-                    tail = "\n".join(f.read().strip().splitlines()[-5:])
-                raise ClusterError(f"the local cluster failed to start (exit "
-                                   f"{proc.returncode}):\n{tail}")
-            if time.monotonic() > deadline:
-                raise ClusterError(f"the local cluster did not start within {timeout:.0f} s "
-                                   f"(log: {log_path})")
-            time.sleep(0.2)
-    except BaseException:  # also Ctrl-C: the supervisor runs in its own session
-        proc.terminate()
-        proc.wait(timeout=60)
-        raise
+    _wait_until(proc, log_path, lambda: os.path.exists(ready), "the local cluster", timeout)
     with open(ready, encoding="utf-8") as f:
         ready_info = json.load(f)
     address = ready_info["address"]
@@ -324,7 +310,7 @@ def _start_node(args: list[str], name: str | None, role: str, address: str | Non
     if role == "head":
         address = _wait_for_head(proc, log_path, args)
     else:
-        _wait_for_log(proc, log_path, "Ray runtime started")
+        _wait_until(proc, log_path, _log_says(log_path, "Ray runtime started"), "`ray start`")
     entries = _load_started()
     entries.append({"pid": proc.pid, "role": role, "name": name, "address": address})
     _save_started(entries)
@@ -336,23 +322,40 @@ def _ray_executable() -> str:
     return candidate if os.path.exists(candidate) else "ray"
 
 
-def _wait_for_log(proc: subprocess.Popen, log_path: str, needle: str, timeout: float = 90) -> str:
+def _wait_until(proc: subprocess.Popen, log_path: str, ready: Callable[[], bool], what: str,
+                timeout: float = 120) -> None:
+    """Wait for a process started in its own session to be ready; end it if it never is.
+
+    It is also ended on Ctrl-C: in its own session nothing else would end it, and it is not
+    recorded yet, so `grid cluster stop` could not either.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                with open(log_path, encoding="utf-8", errors="replace") as f:
+                    tail = "\n".join(f.read().strip().splitlines()[-5:])
+                raise ClusterError(f"{what} failed to start (exit {proc.returncode}):\n{tail}")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{what} did not start within {timeout:.0f} s "
+                                   f"(log: {log_path})")
+            time.sleep(0.2)
+    except BaseException:
+        proc.terminate()
+        proc.wait(timeout=60)
+        raise
+
+
+def _log_says(log_path: str, needle: str) -> Callable[[], bool]:
+    def check() -> bool:
         with open(log_path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-        if needle in text:
-            return text
-        if proc.poll() is not None:
-            tail = "\n".join(text.strip().splitlines()[-5:])
-            raise ClusterError(f"`ray start` exited with code {proc.returncode}:\n{tail}")
-        time.sleep(0.2)
-    proc.terminate()
-    raise ClusterError(f"`ray start` did not come up within {timeout:.0f} s (log: {log_path})")
+            return needle in f.read()
+
+    return check
 
 
 def _wait_for_head(proc: subprocess.Popen, log_path: str, args: list[str]) -> str:
-    _wait_for_log(proc, log_path, "Ray runtime started")
+    _wait_until(proc, log_path, _log_says(log_path, "Ray runtime started"), "`ray start`")
     port = next(a.split("=", 1)[1] for a in args if a.startswith("--port="))
     for _ in range(100):
         recorded = recorded_address()

@@ -218,6 +218,18 @@ class MemoryPool:
             InvalidArgument: ``block_id`` is not of the form ``block_<n>_<node>``.
             BlockNotFound: no such block (its node is unknown, or it has no such block).
         """
+        number, node = self._locate(block_id)
+        return self._call(node, "block_info", number)
+
+    @staticmethod
+    def _locate(block_id: str) -> tuple[int, str]:
+        """``(number, node)`` of a block whose node is alive; no actor call.
+
+        Raises:
+            InvalidArgument: not a block id.
+            BlockNotFound: no node of that name.
+            NodeUnavailable: the node is gone (the block is lost).
+        """
         number, node = parse_block_id(block_id)
         try:
             cluster.find_node(node)
@@ -225,7 +237,7 @@ class MemoryPool:
             raise NodeUnavailable(f"block {block_id} is lost: {exc}") from exc
         except GridError as exc:
             raise BlockNotFound(f"no block {block_id}: {exc}") from exc
-        return self._call(node, "block_info", number)
+        return number, node
 
     def deallocate(self, block_id: str) -> dict[str, Any]:
         """Free a block and its keys; returns the info it had.
@@ -233,8 +245,7 @@ class MemoryPool:
         Raises:
             BlockNotFound: no such block.
         """
-        self.block_info(block_id)  # a lost node's block: NodeUnavailable, not a hang
-        number, node = parse_block_id(block_id)
+        number, node = self._locate(block_id)  # a lost node's block: NodeUnavailable
         info = self._call(node, "deallocate", number)
         self._drop_stale_mappings()  # our kept mapping of it, if any, goes now
         return info
@@ -298,8 +309,6 @@ class MemoryPool:
             allocated = None
             if block_id is None:
                 block_id, offset, allocated = self.place_for(key, length)
-            elif not isinstance(offset, int) or isinstance(offset, bool):
-                raise InvalidArgument(f"offset must be a whole number of bytes, got {offset!r}")
 
             def fill_local(dest: memoryview) -> None:
                 transfer.fill_from_file(fd, 0, dest, path, progress or transfer._noop)
@@ -373,8 +382,7 @@ class MemoryPool:
                      read_into: Callable[[int, memoryview], None],
                      progress: Progress | None,
                      meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        number, node = parse_block_id(block_id)
-        self.block_info(block_id)  # BlockNotFound before anything else
+        number, node = self._locate(block_id)
         block = self._call(node, "prepare_write", number, offset, length, key, force)
         try:
             with self._mapped(block) as segment:
@@ -462,7 +470,12 @@ class MemoryPool:
     @staticmethod
     def _reraise(exc: Exception, node: str) -> None:
         """Turn a Ray error from ``node``'s store into the library's own error (the one place)."""
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+        from ray.exceptions import (
+            ActorUnschedulableError,
+            GetTimeoutError,
+            RayActorError,
+            RayTaskError,
+        )
 
         if isinstance(exc, RayTaskError) and isinstance(getattr(exc, "cause", None), GridError):
             raise exc.cause from None
@@ -470,7 +483,7 @@ class MemoryPool:
             raise NodeUnavailable(
                 f"the store of node {node} did not answer within {STORE_CALL_TIMEOUT:.0f} s"
             ) from exc
-        if isinstance(exc, RayActorError):
+        if isinstance(exc, RayActorError | ActorUnschedulableError):  # the node just died
             raise NodeUnavailable(
                 f"the store of node {node} is unavailable ({type(exc).__name__}); "
                 "check `grid cluster status`"
