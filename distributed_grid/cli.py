@@ -22,10 +22,35 @@ from distributed_grid.format import (
     preview,
 )
 
+_OUT = None  # the command's real stdout once Ray is about to load (see _guard_stdout)
+
+
+def _out():
+    """Where the command's own output goes."""
+    return _OUT if _OUT is not None else sys.stdout
+
+
+def _guard_stdout() -> None:
+    """Keep Ray's messages out of the command's output.
+
+    Ray's driver prints cluster events (such as "(raylet) The node ... has been marked dead") to
+    stdout, which would corrupt ``--json`` output and the raw bytes of ``retrieve > FILE``. The
+    command keeps a private copy of stdout for its own output and points file descriptor 1 (and
+    ``sys.stdout``) at stderr, where Ray's messages are harmless.
+    """
+    global _OUT
+    if _OUT is not None:
+        return
+    sys.stdout.flush()
+    _OUT = os.fdopen(os.dup(1), "w", encoding=sys.stdout.encoding, errors="replace")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
 
 def _pool(config: str | None = None):
     from distributed_grid.memory.pool import MemoryPool
 
+    _guard_stdout()
     return MemoryPool(config=config)
 
 
@@ -46,7 +71,7 @@ def _flag(value: Any, what: str) -> bool:
 
 
 def _emit(data: Any) -> None:
-    print(_json.dumps(data, indent=2, sort_keys=True, default=str))
+    print(_json.dumps(data, indent=2, sort_keys=True, default=str), file=_out())
 
 
 class MemoryCommands:
@@ -66,7 +91,7 @@ class MemoryCommands:
         if size <= 0:
             raise InvalidArgument(f"size must be a positive number of bytes, got {size_in_bytes!r}")
         info = _pool(config).allocate(size, node=None if node is None else str(node))
-        _emit(info) if _flag(json, "json") else print(info["block_id"])
+        _emit(info) if _flag(json, "json") else print(info["block_id"], file=_out())
 
     def store(self, key: Any, file_path: Any, block_id: str | None = None, offset: Any = 0,
               force: bool = False, json: bool = False, config: str | None = None) -> None:
@@ -94,7 +119,7 @@ class MemoryCommands:
         if _flag(json, "json"):
             _emit(result)
             return
-        print(result["block_id"])
+        print(result["block_id"], file=_out())
         verb = "allocated and stored" if result["allocated"] else "stored"
         print(f"{verb} {result['length']} bytes of {path} as {result['key']!r} in "
               f"{result['block_id']} at offset {result['offset']}", file=sys.stderr)
@@ -123,14 +148,15 @@ class MemoryCommands:
                                                progress=bar.update, pieces=pieces)
             print(f"wrote {result['bytes']} bytes of {target} to {result['path']}",
                   file=sys.stderr)
-        elif sys.stdout.isatty():
+        elif _out().isatty():
             head = bytearray()
             pool.read_into_sink(pool.plan_read(target, min(total, 256), offset_n), head.extend)
-            print(preview(target, offset_n, total, bytes(head)))
+            print(preview(target, offset_n, total, bytes(head)), file=_out())
         else:
-            sys.stdout.flush()
+            out = _out()
+            out.flush()
             with Progress("retrieve", total) as bar:
-                pool.read_into_sink(pieces, transfer.fd_sink(sys.stdout.fileno()), bar.update)
+                pool.read_into_sink(pieces, transfer.fd_sink(out.fileno()), bar.update)
 
     def list_objects(self, json: bool = False, config: str | None = None) -> None:
         """Show every block of the cluster: id, node, size, used, keys, age, status.
@@ -143,7 +169,7 @@ class MemoryCommands:
         if _flag(json, "json"):
             _emit(blocks)
         else:
-            print(block_table(blocks))
+            print(block_table(blocks), file=_out())
 
     def deallocate(self, block_id: Any, json: bool = False, config: str | None = None) -> None:
         """Free a block and its keys.
@@ -157,7 +183,8 @@ class MemoryCommands:
         if _flag(json, "json"):
             _emit(info)
         else:
-            print(f"deallocated {info['block_id']} ({info['size']} bytes on {info['node']})")
+            print(f"deallocated {info['block_id']} ({info['size']} bytes on {info['node']})",
+                  file=_out())
 
 
 class ClusterCommands:
@@ -190,11 +217,11 @@ class ClusterCommands:
         if names or _flag(loopback, "loopback"):
             started = cluster.start_local(names, head_name=name, head_cpus=num_cpus)
             shown = ", ".join([name or "head", *names])
-            print(started)
+            print(started, file=_out())
             print(f"started a local cluster at {started} with nodes {shown}", file=sys.stderr)
             return
         started = cluster.start_head(name=name, port=port, num_cpus=num_cpus)
-        print(started)
+        print(started, file=_out())
         print(f"started a Ray head at {started}; join it from other hosts with "
               f"`grid cluster start --address {started} --name NAME`", file=sys.stderr)
 
@@ -224,7 +251,7 @@ class ClusterCommands:
             lost = remove_host_leftovers(cluster_id)
             if lost:
                 print(f"freed {len(lost)} segment(s) of nodes that were gone", file=sys.stderr)
-        print(f"stopped {len(stopped)} Ray node(s) started here")
+        print(f"stopped {len(stopped)} Ray node(s) started here", file=_out())
 
     def status(self, json: bool = False, config: str | None = None) -> None:
         """Show the nodes: names, shared-memory capacity and free bytes, blocks per node.
@@ -238,8 +265,8 @@ class ClusterCommands:
         if _flag(json, "json"):
             _emit({"address": pool.address, "cluster_id": pool.cluster_id, "nodes": stats})
         else:
-            print(f"cluster at {pool.address}")
-            print(node_table(stats))
+            print(f"cluster at {pool.address}", file=_out())
+            print(node_table(stats), file=_out())
 
 
 def _names(nodes: Any) -> list[str]:
@@ -253,6 +280,7 @@ def _names(nodes: Any) -> list[str]:
 def _pool_for(address: str):
     from distributed_grid.memory.pool import MemoryPool
 
+    _guard_stdout()
     return MemoryPool(address, start_if_missing=False)
 
 
@@ -275,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         try:
-            sys.stdout.close()
+            _out().close()
         except OSError:
             pass
         return 1
@@ -293,7 +321,7 @@ def run() -> None:
     """
     code = main()
     if "ray" in sys.modules:
-        for stream in (sys.stdout, sys.stderr):
+        for stream in (_out(), sys.stderr):
             try:
                 stream.flush()
             except (OSError, ValueError):
