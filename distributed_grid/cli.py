@@ -91,7 +91,7 @@ class MemoryCommands:
         if size <= 0:
             raise InvalidArgument(f"size must be a positive number of bytes, got {size_in_bytes!r}")
         info = _pool(config).allocate(size, node=None if node is None else str(node))
-        _emit(info) if _flag(json, "json") else print(info["block_id"], file=_out())
+        _emit(info.to_json()) if _flag(json, "json") else print(info.block_id, file=_out())
 
     def store(self, key: Any, file_path: Any, block_id: str | None = None, offset: Any = 0,
               force: bool = False, json: bool = False, config: str | None = None) -> None:
@@ -117,12 +117,12 @@ class MemoryCommands:
                                      else str(block_id), offset=offset,
                                      force=_flag(force, "force"), progress=bar.update)
         if _flag(json, "json"):
-            _emit(result)
+            _emit(result.to_json())
             return
-        print(result["block_id"], file=_out())
-        verb = "allocated and stored" if result["allocated"] else "stored"
-        print(f"{verb} {result['length']} bytes of {path} as {result['key']!r} in "
-              f"{result['block_id']} at offset {result['offset']}", file=sys.stderr)
+        print(result.block_id, file=_out())
+        verb = "allocated and stored" if result.allocated else "stored"
+        print(f"{verb} {result.length} bytes of {path} as {result.key!r} in "
+              f"{result.block_id} at offset {result.offset}", file=sys.stderr)
 
     def retrieve(self, block_id: Any, output: str | None = None, size: Any = None,
                  offset: Any = 0, config: str | None = None) -> None:
@@ -146,8 +146,7 @@ class MemoryCommands:
             with Progress("retrieve", total) as bar:
                 result = pool.retrieve_to_file(target, str(output), size_n, offset_n,
                                                progress=bar.update, pieces=pieces)
-            print(f"wrote {result['bytes']} bytes of {target} to {result['path']}",
-                  file=sys.stderr)
+            print(f"wrote {result.bytes} bytes of {target} to {result.path}", file=sys.stderr)
         elif _out().isatty():
             head = bytearray()
             pool.read_into_sink(pool.plan_read(target, min(total, 256), offset_n), head.extend)
@@ -167,7 +166,7 @@ class MemoryCommands:
         """
         blocks = _pool(config).list_blocks()
         if _flag(json, "json"):
-            _emit(blocks)
+            _emit([b.to_json() for b in blocks])
         else:
             print(block_table(blocks), file=_out())
 
@@ -181,9 +180,9 @@ class MemoryCommands:
         """
         info = _pool(config).deallocate(str(block_id))
         if _flag(json, "json"):
-            _emit(info)
+            _emit(info.to_json())
         else:
-            print(f"deallocated {info['block_id']} ({info['size']} bytes on {info['node']})",
+            print(f"deallocated {info.block_id} ({info.size} bytes on {info.node})",
                   file=_out())
 
 
@@ -204,51 +203,51 @@ class ClusterCommands:
             port: the head's port (not with --loopback or --nodes); default: a free one.
             num_cpus: CPUs the node offers to Ray.
         """
-        from distributed_grid import cluster
+        from distributed_grid import lifecycle
 
         name = None if name is None else str(name)
         names = _names(nodes)
         if address is not None:
             if names:
                 raise InvalidArgument("--nodes starts a new local cluster; it cannot join one")
-            cluster.start_worker(str(address), name=name, num_cpus=num_cpus)
+            lifecycle.start_worker(str(address), name=name, num_cpus=num_cpus)
             print(f"joined {address} as {name or 'a worker'}", file=sys.stderr)
             return
         if names or _flag(loopback, "loopback"):
-            started = cluster.start_local(names, head_name=name, head_cpus=num_cpus)
-            shown = ", ".join([name or "head", *names])
+            head = name or lifecycle.host_node_name()
+            started = lifecycle.start_local(names, head_name=head, head_cpus=num_cpus)
+            shown = ", ".join([head, *names])
             print(started, file=_out())
             print(f"started a local cluster at {started} with nodes {shown}", file=sys.stderr)
             return
-        started = cluster.start_head(name=name, port=port, num_cpus=num_cpus)
+        started = lifecycle.start_head(name=name, port=port, num_cpus=num_cpus)
         print(started, file=_out())
         print(f"started a Ray head at {started}; join it from other hosts with "
               f"`grid cluster start --address {started} --name NAME`", file=sys.stderr)
 
     def stop(self) -> None:
         """Free the cluster's blocks and stop the Ray nodes that `grid cluster start` started."""
-        from distributed_grid import cluster
+        from distributed_grid import lifecycle
+        from distributed_grid.memory.store import remove_cluster_files
 
-        started = cluster.started_here()
+        started = lifecycle.started_here()
         if not started:
             print("no cluster started by grid is running on this host; nothing to stop",
                   file=sys.stderr)
             return
-        from distributed_grid.memory.store import remove_host_leftovers
-
         heads = [e for e in started if e["role"] in ("head", "local")]
-        cluster_id = None
-        if heads:
+        cluster_ids = {e["cluster_id"] for e in heads if e.get("cluster_id")}
+        for entry in heads:
             try:
-                pool = _pool_for(heads[0]["address"])
-                cluster_id = pool.cluster_id
+                pool = _pool_for(entry["address"])
+                cluster_ids.add(pool.cluster_id)
                 freed = pool.destroy_all()
                 print(f"freed {freed} block(s)", file=sys.stderr)
             except GridError as exc:
                 print(f"warning: blocks not freed: {exc}", file=sys.stderr)
-        stopped = cluster.stop_started()
-        if cluster_id is not None:
-            lost = remove_host_leftovers(cluster_id)
+        stopped = lifecycle.stop_started()
+        for cluster_id in sorted(cluster_ids):
+            lost = remove_cluster_files(cluster_id)
             if lost:
                 print(f"freed {len(lost)} segment(s) of nodes that were gone", file=sys.stderr)
         print(f"stopped {len(stopped)} Ray node(s) started here", file=_out())
@@ -263,7 +262,8 @@ class ClusterCommands:
         pool = _pool(config)
         stats = pool.stats()
         if _flag(json, "json"):
-            _emit({"address": pool.address, "cluster_id": pool.cluster_id, "nodes": stats})
+            _emit({"address": pool.address, "cluster_id": pool.cluster_id,
+                   "nodes": [s.to_json() for s in stats]})
         else:
             print(f"cluster at {pool.address}", file=_out())
             print(node_table(stats), file=_out())

@@ -62,7 +62,7 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
     """
     import yaml
 
-    from distributed_grid.memory.store import validate_node_name
+    from distributed_grid.names import validate_node_name
     from distributed_grid.sizes import parse_size
 
     source = str(path)

@@ -9,17 +9,21 @@ Every public error derives from :class:`GridError`, so a caller (and the CLI) ca
      │    ├── BlockNotFound                 no block with that id
      │    ├── KeyNotFound                   no key with that name
      │    └── NodeNotFound                  no node with that name
-     ├── KeyConflict                        a write onto bytes that another key owns
+     ├── KeyConflict                        a write onto bytes (or a key) that another key owns
      ├── StoreFull (MemoryError)            the node's shared memory cannot hold the block
      ├── NodeUnavailable (ConnectionError)  the node or its store actor is gone
      ├── ClusterError (RuntimeError)        no cluster could be reached or started
+     │    └── VersionMismatch               a store or database of another distributed_grid version
      └── FileError (OSError)                an input file unreadable, an output unwritable
 
-Messages carry the numbers: what was asked, and what is allowed. Every error pickles (it must
-cross the actor boundary), which is why each one keeps its message as its only argument.
+Messages carry the numbers: what was asked, and what is allowed. The same facts are attributes
+(``exc.block_id``, ``exc.node``, ``exc.offset``...), for code that handles the error. Every error
+pickles with its class, message and facts (it must cross the actor boundary).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "BlockNotFound",
@@ -34,18 +38,33 @@ __all__ = [
     "NotFound",
     "OutOfBounds",
     "StoreFull",
+    "VersionMismatch",
 ]
 
 
 class GridError(Exception):
-    """Base class of every error distributed_grid raises on purpose."""
+    """Base class of every error distributed_grid raises on purpose.
 
-    def __init__(self, message: str) -> None:
+    Args:
+        message: the one line a person reads.
+        **facts: what the message names, kept as attributes (``block_id="block_0_gpu2"``).
+    """
+
+    def __init__(self, message: str, **facts: Any) -> None:
         super().__init__(message)
         self.message = message
+        self.__dict__.update(facts)
 
-    def __reduce__(self):  # keep the exact class across pickling (Ray, multiprocessing)
-        return (type(self), (self.message,))
+    @property
+    def facts(self) -> dict[str, Any]:
+        """The error's facts by name (everything but the message)."""
+        return {k: v for k, v in self.__dict__.items() if k != "message"}
+
+    def __reduce__(self):  # keep the exact class and the facts across pickling (Ray)
+        return (type(self), (self.message,), self.facts)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def __str__(self) -> str:
         return self.message
@@ -56,7 +75,7 @@ class InvalidArgument(GridError, ValueError):
 
 
 class OutOfBounds(InvalidArgument):
-    """A read or write range does not fit inside the block."""
+    """A read or write range does not fit inside the block (or the key's bytes)."""
 
 
 class NotFound(GridError, LookupError):
@@ -76,7 +95,7 @@ class NodeNotFound(NotFound):
 
 
 class KeyConflict(GridError):
-    """A write would overwrite bytes that belong to another key (or another extent)."""
+    """A write would overwrite bytes of another key, or put a key in a second block."""
 
 
 class StoreFull(GridError, MemoryError):
@@ -89,6 +108,10 @@ class NodeUnavailable(GridError, ConnectionError):
 
 class ClusterError(GridError, RuntimeError):
     """No Ray cluster could be reached or started."""
+
+
+class VersionMismatch(ClusterError):
+    """A store actor or a node database was made by another version of distributed_grid."""
 
 
 class FileError(GridError, OSError):

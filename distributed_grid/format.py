@@ -5,9 +5,12 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from distributed_grid.sizes import format_size
+
+if TYPE_CHECKING:
+    from distributed_grid.memory.records import BlockInfo, NodeStats
 
 PROGRESS_MIN_BYTES = 32 * 2**20  # smaller transfers finish before a bar would help
 
@@ -31,38 +34,37 @@ def format_age(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
-def _keys_cell(block: dict[str, Any]) -> str:
+def _keys_cell(block: BlockInfo) -> str:
     parts = []
-    for key, extents in sorted(block["keys"].items()):
+    for key, extents in sorted(block.keys.items()):
         if len(extents) == 1:
             parts.append(f"{key}@{extents[0][0]}+{extents[0][1]}")
         else:
             parts.append(f"{key}[{len(extents)} extents]")
-    parts += [f"{k} (writing)" for k in block.get("pending_keys", []) if k not in block["keys"]]
+    parts += [f"{k} (writing)" for k in block.pending_keys if k not in block.keys]
     text = ", ".join(parts) or "-"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def block_table(blocks: list[dict[str, Any]]) -> str:
+def block_table(blocks: list[BlockInfo]) -> str:
     """The ``list-objects`` table."""
     if not blocks:
         return "no blocks allocated"
     now = time.time()
     rows = [
-        [b["block_id"], b["node"], format_size(b["size"]), format_size(b["used"]),
-         _keys_cell(b), format_age(now - b["created"]), b["status"]]
+        [b.block_id, b.node, format_size(b.size), format_size(b.used), _keys_cell(b),
+         format_age(now - b.created), b.status]
         for b in blocks
     ]
     return table(["BLOCK ID", "NODE", "SIZE", "USED", "KEYS", "AGE", "STATUS"], rows)
 
 
-def node_table(stats: list[dict[str, Any]]) -> str:
+def node_table(stats: list[NodeStats]) -> str:
     """The ``cluster status`` table."""
     rows = [
-        [s["node"], "head" if s["is_head"] else "worker", s["address"],
-         format_size(s["shm_total"]), format_size(s["shm_free"]), str(s["blocks"]),
-         format_size(s["block_bytes"])]
-        for s in sorted(stats, key=lambda s: (not s["is_head"], s["node"]))
+        [s.node, "head" if s.is_head else "worker", s.address, format_size(s.shm_total),
+         format_size(s.shm_free), str(s.blocks), format_size(s.block_bytes)]
+        for s in sorted(stats, key=lambda s: (not s.is_head, s.node))
     ]
     return table(["NODE", "ROLE", "ADDRESS", "SHM TOTAL", "SHM FREE", "BLOCKS", "BLOCK BYTES"],
                  rows)

@@ -40,8 +40,8 @@ def run(pool: MemoryPool, node: str | None, keep: bool) -> int:
         size = os.path.getsize(path)
         try:
             if node is not None:
-                block_id = pool.allocate(size, node=node)["block_id"]
-            block_id = pool.store_file(key, path, block_id=block_id)["block_id"]
+                block_id = pool.allocate(size, node=node).block_id
+            block_id = pool.store_file(key, path, block_id=block_id).block_id
             print(f"node A (pid {os.getpid()}): stored data.json ({size} bytes) as {key!r} in "
                   f"{block_id}, {'local zero-copy' if pool.is_local(block_id) else 'remote'} path")
             env = {**os.environ, "RAY_ADDRESS": pool.address, FORCE_REMOTE_ENV: "1"}
@@ -73,7 +73,7 @@ def read_stage(key: str, output: str) -> int:
     found = pool.find_key(key)
     if found is None:
         sys.exit(f"error: node B sees no key {key!r}")
-    block_id = found["block_id"]
+    block_id = found.block_id
     path = "local zero-copy" if pool.is_local(block_id) else "remote (ObjectRef)"
     result = pool.retrieve_to_file(block_id, output)
     try:
@@ -82,7 +82,7 @@ def read_stage(key: str, output: str) -> int:
     except ValueError as exc:
         sys.exit(f"error: {block_id} does not hold JSON: {exc}")
     print(f"node B (pid {os.getpid()}): retrieved {block_id} to {os.path.basename(output)} "
-          f"({result['bytes']} bytes) over the {path} path: job {doc['job']!r}, "
+          f"({result.bytes} bytes) over the {path} path: job {doc['job']!r}, "
           f"{len(doc['items'])} items")
     return 0
 

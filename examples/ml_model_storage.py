@@ -83,11 +83,11 @@ def run(pool: MemoryPool, node: str | None, keep: bool) -> int:
         np.savez(path, **weights)
         size = os.path.getsize(path)
         print(f"saved {len(weights)} tensors to {os.path.basename(path)} ({size} bytes)")
-        block_id = None if node is None else pool.allocate(size, node=node)["block_id"]
+        block_id = None if node is None else pool.allocate(size, node=node).block_id
         try:
-            block_id = pool.store_file(key, path, block_id=block_id)["block_id"]
+            block_id = pool.store_file(key, path, block_id=block_id).block_id
             print(f"stored the file as {key!r} in {block_id} (local: {pool.is_local(block_id)})")
-            [(start, length)] = pool.find_key(key)["extents"]
+            [(start, length)] = pool.find_key(key).extents
             block = pool.view(block_id, dtype="uint8", shape=(length,), offset=start)
             how = "zero-copy view" if pool.is_local(block_id) else "view of a fetched copy"
             tensors = load_npz_in_place(block)

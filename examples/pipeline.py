@@ -65,7 +65,7 @@ def run(pool: MemoryPool, node: str | None, size: int, keep: bool) -> int:
                  f"0 and {OFFSET_B} in a block of {size} bytes")
     key = f"results-{os.getpid()}"
     env = {**os.environ, "RAY_ADDRESS": pool.address}  # the children's cluster
-    block_id = pool.allocate(size, node=node)["block_id"]
+    block_id = pool.allocate(size, node=node).block_id
     print(f"allocated workspace {block_id} ({size} bytes); key {key!r}")
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -22,6 +22,7 @@ _SESSION_TMP = tempfile.mkdtemp(prefix="dgt", dir="/tmp")  # short: Ray's socket
 os.environ["TMPDIR"] = _SESSION_TMP
 tempfile.tempdir = None  # forget a temp dir tempfile may have cached before this line
 os.environ.pop("RAY_ADDRESS", None)
+os.environ.pop("XDG_RUNTIME_DIR", None)  # the session's records live under its own TMPDIR
 os.environ.pop("DISTRIBUTED_GRID_FORCE_REMOTE", None)
 os.environ.pop("DISTRIBUTED_GRID_CONFIG", None)
 
@@ -33,13 +34,29 @@ def pytest_unconfigure(config):
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
+def cluster_files(cluster_id: str) -> list[str]:
+    """What a cluster keeps in /dev/shm: segments, node catalogs, the key directory."""
+    return sorted(e for e in os.listdir("/dev/shm")
+                  if e.split(".")[0] in ("dg", "dgc", "dgk") and e.split(".")[1:2] == [cluster_id])
+
+
+def sweep(cluster_id: str) -> list[str]:
+    """Remove everything a cluster keeps in /dev/shm; returns what was there."""
+    left = cluster_files(cluster_id)
+    for entry in left:
+        try:
+            os.unlink(os.path.join("/dev/shm", entry))
+        except FileNotFoundError:
+            pass
+    return left
+
+
 @pytest.fixture(scope="session")
 def cluster_address():
     """The address of the session's cluster: a head named ``head`` and workers gpu1, gpu2."""
-    from distributed_grid import cluster
-    from distributed_grid.memory import segment
+    from distributed_grid import lifecycle
 
-    address = cluster.start_local(list(WORKERS), head_name="head", head_cpus=2)
+    address = lifecycle.start_local(list(WORKERS), head_name="head", head_cpus=2)
     cid = None
     try:
         from distributed_grid.memory import MemoryPool
@@ -49,18 +66,9 @@ def cluster_address():
         yield address
         pool.destroy_all()
     finally:
-        cluster.stop_started(address)
-        leftovers = []
-        if cid is not None:
-            leftovers = segment.list_segment_names(f"dg.{cid}.") + segment.list_segment_names(
-                f"dgj.{cid}."
-            )
-            for name in leftovers:
-                segment.unlink_segment(name)
-                path = os.path.join(segment.SHM_DIR, name.lstrip("/"))
-                if os.path.exists(path):
-                    os.unlink(path)
-        assert not leftovers, f"segments left in /dev/shm after the session: {leftovers}"
+        lifecycle.stop_started(address)
+        leftovers = sweep(cid) if cid is not None else []
+        assert not leftovers, f"files left in /dev/shm after the session: {leftovers}"
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +96,7 @@ def blocks(pool):
             self.ids: list[str] = []
 
         def new(self, size: int, node: str | None = None) -> str:
-            block_id = pool.allocate(size, node=node)["block_id"]
+            block_id = pool.allocate(size, node=node).block_id
             self.ids.append(block_id)
             return block_id
 
@@ -191,7 +199,5 @@ def fresh(tmp_path):
         stopped = grid("cluster", "stop", check=False)
         shutil.rmtree(grid.tmp, ignore_errors=True)
         assert stopped.returncode == 0, stopped.stderr.decode(errors="replace")
-        from distributed_grid.memory.segment import list_segment_names
-
-        left = list_segment_names(f"dg.{grid.cluster_id}.") if grid.cluster_id else []
-        assert not left, f"grid cluster stop left segments behind: {sorted(left)}"
+        left = sweep(grid.cluster_id) if grid.cluster_id else []
+        assert not left, f"grid cluster stop left files behind: {left}"

@@ -37,7 +37,7 @@ def test_remote_view_is_a_read_only_copy(pool, remote_pool, blocks):
 
 
 def test_view_outlives_deallocation(pool, grid):
-    block_id = pool.allocate(2**20, node="gpu1")["block_id"]
+    block_id = pool.allocate(2**20, node="gpu1").block_id
     arr = pool.view(block_id, dtype="uint8")
     arr[:5] = [1, 2, 3, 4, 5]
     pool.deallocate(block_id)
@@ -70,7 +70,7 @@ def test_view_bounds_and_alignment(view_block, dtype, offset, count):
 
 @pytest.fixture(scope="module")
 def view_block(pool):
-    block_id = pool.allocate(256, node="gpu1")["block_id"]
+    block_id = pool.allocate(256, node="gpu1").block_id
     yield pool, block_id
     pool.deallocate(block_id)
 
@@ -98,7 +98,7 @@ def test_put_get_round_trip_zero_copy(pool, remote_pool, unique):
         assert not far.flags.writeable and far[0, 0] == 42
         assert pool.read(unique) == pool.get(unique).tobytes()
     finally:
-        pool.deallocate(info["block_id"])
+        pool.deallocate(info.block_id)
 
 
 def test_put_refuses_object_arrays_and_replaces_in_place(pool, unique):
@@ -108,10 +108,10 @@ def test_put_refuses_object_arrays_and_replaces_in_place(pool, unique):
     first = pool.put(unique, np.zeros(100, dtype="i8"))
     try:
         again = pool.put(unique, np.ones((5, 5), dtype="i4")[:, ::2])  # not contiguous
-        assert again["block_id"] == first["block_id"]
+        assert again.block_id == first.block_id
         np.testing.assert_array_equal(pool.get(unique), np.ones((5, 3), dtype="i4"))
     finally:
-        pool.deallocate(first["block_id"])
+        pool.deallocate(first.block_id)
 
 
 def test_keys_from_the_cli_are_arrays_of_bytes(pool, grid, tmp_path, unique, blocks):
@@ -139,7 +139,7 @@ def test_async_pool_as_the_guide_uses_it(cluster_address, grid):
     block_id, data, everything, stats = asyncio.run(main())
     try:
         assert data == b"guide" and everything == bytes(10) + b"guide"
-        assert block_id in {b["block_id"] for b in stats["blocks"]}
+        assert block_id in {b.block_id for b in stats["blocks"]}
         assert grid("memory", "retrieve", block_id, "--offset", "10").stdout == b"guide"
     finally:
         grid("memory", "deallocate", block_id)
@@ -152,13 +152,13 @@ def test_non_persistent_blocks_go_with_shutdown(pool, cluster_address):
         memory_pool = DistributedMemoryPool(address=cluster_address)
         await memory_pool.initialize(persistent=False)
         block_id = await memory_pool.allocate(4096)
-        listed = {b["block_id"] for b in pool.list_blocks()}
+        listed = {b.block_id for b in pool.list_blocks()}
         await memory_pool.shutdown()
         return block_id, listed
 
     block_id, listed = asyncio.run(main())
     assert block_id in listed
-    assert block_id not in {b["block_id"] for b in pool.list_blocks()}
+    assert block_id not in {b.block_id for b in pool.list_blocks()}
 
 
 OWNER = """
@@ -184,10 +184,10 @@ def test_blocks_of_a_killed_owner(pool, cluster_address, persistent):
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait()
     if persistent:
-        assert pool.block_info(block_id)["persistent"]
+        assert pool.block_info(block_id).persistent
         pool.deallocate(block_id)
         return
     deadline = time.monotonic() + 120  # the store checks leases every few seconds
-    while block_id in {b["block_id"] for b in pool.list_blocks()}:
+    while block_id in {b.block_id for b in pool.list_blocks()}:
         assert time.monotonic() < deadline, f"{block_id} outlived its killed owner"
         time.sleep(0.5)

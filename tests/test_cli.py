@@ -190,7 +190,7 @@ def assert_unchanged(pool, before: list[dict], block_id: str, data: bytes) -> No
 
 
 def test_list_objects_json_is_the_library_listing(grid, pool, filled_block):
-    assert grid.listing() == json.loads(json.dumps(pool.list_blocks()))
+    assert grid.listing() == json.loads(json.dumps([b.to_json() for b in pool.list_blocks()]))
 
 
 BAD_INPUTS = [

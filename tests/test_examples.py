@@ -30,7 +30,7 @@ def run_example(name: str, address: str, *args: str) -> str:
 
 
 def block_ids(pool) -> set[str]:
-    return {b["block_id"] for b in pool.list_blocks()}
+    return {b.block_id for b in pool.list_blocks()}
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +77,7 @@ def test_keep_leaves_the_block(cluster_address, pool):
     (block_id,) = kept
     assert f"kept {block_id}" in out, out
     key = next(line.split("'")[1] for line in out.splitlines() if line.startswith("node A ("))
-    assert pool.find_key(key)["block_id"] == block_id
+    assert pool.find_key(key).block_id == block_id
     pool.deallocate(block_id)
 
 

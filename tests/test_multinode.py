@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from distributed_grid import cluster
 from distributed_grid.errors import NodeNotFound
 
 
@@ -17,9 +16,9 @@ from distributed_grid.errors import NodeNotFound
 def test_allocation_lands_on_the_named_nodes_store(pool, blocks, node):
     block_id = blocks.new(4096, node=node)
     assert block_id.endswith("_" + node)
-    served_by = pool._call(node, "ping")
-    assert served_by["node_id"] == cluster.find_node(node).node_id
-    assert pool.block_info(block_id)["node"] == node
+    served_by = pool.ray.call(node, "ping")
+    assert served_by["node_id"] == pool.ray.node(node).node_id
+    assert pool.block_info(block_id).node == node
 
 
 def test_list_objects_shows_blocks_of_every_node(grid, blocks):

@@ -49,12 +49,12 @@ def test_store_actor_killed_with_sigkill_loses_nothing(pool, blocks, tmp_path, u
     block_id = blocks.new(200_000, node="gpu2")
     pool.store_file(unique, str(tmp_path / "f"), block_id=block_id, offset=1000)
     before = pool.block_info(block_id)
-    old_pid = pool._call("gpu2", "ping")["pid"]
+    old_pid = pool.ray.call("gpu2", "ping")["pid"]
     os.kill(old_pid, signal.SIGKILL)
     deadline = time.monotonic() + 120
     while True:  # the next calls are retried by Ray once the actor is restarted
         try:
-            new_pid = pool._call("gpu2", "ping")["pid"]
+            new_pid = pool.ray.call("gpu2", "ping")["pid"]
             break
         except GridError:
             if time.monotonic() > deadline:
@@ -63,7 +63,7 @@ def test_store_actor_killed_with_sigkill_loses_nothing(pool, blocks, tmp_path, u
     assert new_pid != old_pid
     assert pool.block_info(block_id) == before
     assert pool.read(unique) == data
-    assert pool.find_key(unique)["block_id"] == block_id
+    assert pool.find_key(unique).block_id == block_id
     assert pool.keys()[unique] == block_id
     fresh = blocks.new(4096, node="gpu2")
     assert int(fresh.split("_")[1]) > int(block_id.split("_")[1])
@@ -82,7 +82,7 @@ def test_errors_cross_the_actor_boundary_as_themselves(pool, blocks):
 
 
 def test_stats_report_every_node(pool):
-    names = {s["node"] for s in pool.stats()}
+    names = {s.node for s in pool.stats()}
     assert {"head", "gpu1", "gpu2"} <= names
 
 
@@ -100,7 +100,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(target=blocks, size=st.integers(1, 3000), node=st.sampled_from(["gpu1", "gpu2"]))
     def allocate(self, size, node):
-        block_id = self.pool.allocate(size, node=node)["block_id"]
+        block_id = self.pool.allocate(size, node=node).block_id
         self.model[block_id] = bytearray(size)
         self.used[block_id] = 0
         return block_id
@@ -139,11 +139,11 @@ class StoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def listing_matches_model(self):
-        listed = {b["block_id"]: b for b in self.pool.list_blocks() if b["block_id"] in self.model}
+        listed = {b.block_id: b for b in self.pool.list_blocks() if b.block_id in self.model}
         assert set(listed) == set(self.model)
         for block_id, info in listed.items():
-            assert info["size"] == len(self.model[block_id])
-            assert info["used"] == self.used[block_id]
+            assert info.size == len(self.model[block_id])
+            assert info.used == self.used[block_id]
 
     def teardown(self):
         for block_id in list(self.model):

@@ -12,13 +12,15 @@ from hypothesis import strategies as st
 from distributed_grid import errors
 from distributed_grid.config import ClusterConfig, NodeConfig, load_config
 from distributed_grid.errors import GridError, InvalidArgument
-from distributed_grid.memory.block_id import (
+from distributed_grid.memory.segment import SegmentNotFound
+from distributed_grid.names import (
+    check_range,
     format_block_id,
     looks_like_block_id,
     parse_block_id,
+    validate_key,
+    validate_node_name,
 )
-from distributed_grid.memory.segment import SegmentNotFound
-from distributed_grid.memory.store import validate_node_name
 from distributed_grid.sizes import format_size, parse_size
 
 NODE_NAMES = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True)
@@ -251,6 +253,7 @@ BUILTIN_BASE = {
     "StoreFull": MemoryError,
     "NodeUnavailable": ConnectionError,
     "ClusterError": RuntimeError,
+    "VersionMismatch": RuntimeError,
     "FileError": OSError,
 }
 ERROR_CLASSES = [getattr(errors, name) for name in errors.__all__] + [SegmentNotFound]
@@ -291,6 +294,38 @@ def test_error_hierarchy():
     for cls in (errors.BlockNotFound, errors.KeyNotFound, errors.NodeNotFound, SegmentNotFound):
         assert issubclass(cls, errors.NotFound)
     assert not issubclass(errors.KeyConflict, (ValueError, LookupError, OSError))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_errors_carry_their_facts_as_attributes_across_pickling(protocol):
+    original = errors.OutOfBounds("cannot write 5 bytes at offset 8 into block_0_gpu2 (size 10)",
+                                  block_id="block_0_gpu2", offset=8, length=5, block_size=10)
+    copy = pickle.loads(pickle.dumps(original, protocol=protocol))
+    assert type(copy) is errors.OutOfBounds
+    assert (copy.block_id, copy.offset, copy.length, copy.block_size) == ("block_0_gpu2", 8, 5, 10)
+    assert copy.facts == original.facts == {"block_id": "block_0_gpu2", "offset": 8, "length": 5,
+                                            "block_size": 10}
+    assert str(copy) == str(original)
+
+
+def test_range_errors_name_their_facts():
+    with pytest.raises(errors.OutOfBounds) as info:
+        check_range("block_3_gpu1", 100, 90, 20, "write")
+    assert "cannot write 20 bytes at offset 90 into block_3_gpu1 (size 100)" in str(info.value)
+    assert info.value.facts == {"block_id": "block_3_gpu1", "offset": 90, "length": 20,
+                                "block_size": 100}
+    with pytest.raises(errors.OutOfBounds, match="offset must be 0 or more"):
+        check_range("block_3_gpu1", 100, -1, 1, "read")
+    with pytest.raises(errors.InvalidArgument, match="whole number of bytes"):
+        check_range("block_3_gpu1", 100, 1.5, 1, "read")
+    check_range("block_3_gpu1", 100, 90, 10, "read")  # exactly to the end fits
+
+
+@pytest.mark.parametrize("key", ["", "a\0b", "k" * 1025, None, 5, b"bytes"])
+def test_invalid_keys_are_refused(key):
+    with pytest.raises(errors.InvalidArgument, match="invalid key") as info:
+        validate_key(key)
+    assert info.value.key == key
 
 
 def test_pickled_error_keeps_its_cause_free_message():

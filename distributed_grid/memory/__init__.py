@@ -19,13 +19,23 @@ from distributed_grid.errors import (
     NotFound,
     OutOfBounds,
     StoreFull,
+    VersionMismatch,
 )
-from distributed_grid.memory.block_id import format_block_id, parse_block_id
 from distributed_grid.memory.pool import FORCE_REMOTE_ENV, MemoryPool
+from distributed_grid.memory.records import (
+    BlockInfo,
+    KeyPlace,
+    NodeInfo,
+    NodeStats,
+    RetrieveResult,
+    StoreResult,
+)
+from distributed_grid.names import format_block_id, parse_block_id
 from distributed_grid.sizes import format_size, parse_size
 
 __all__ = [
     "FORCE_REMOTE_ENV",
+    "BlockInfo",
     "BlockNotFound",
     "ClusterError",
     "FileError",
@@ -33,12 +43,18 @@ __all__ = [
     "InvalidArgument",
     "KeyConflict",
     "KeyNotFound",
+    "KeyPlace",
     "MemoryPool",
+    "NodeInfo",
     "NodeNotFound",
+    "NodeStats",
     "NodeUnavailable",
     "NotFound",
     "OutOfBounds",
+    "RetrieveResult",
     "StoreFull",
+    "StoreResult",
+    "VersionMismatch",
     "connect",
     "format_block_id",
     "format_size",

@@ -10,15 +10,29 @@ the mapping (and so the memory) goes when the last view is released.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from distributed_grid.errors import InvalidArgument, KeyNotFound, OutOfBounds
-from distributed_grid.memory.store import validate_key
+from distributed_grid.memory.records import BlockInfo, KeyPlace, StoreResult
+from distributed_grid.names import validate_key
 
-if TYPE_CHECKING:
-    from distributed_grid.memory.pool import MemoryPool
+
+class Blocks(Protocol):
+    """The part of :class:`~distributed_grid.memory.pool.MemoryPool`'s public surface that
+    arrays are built on."""
+
+    def block_info(self, block_id: str) -> BlockInfo: ...
+    def local_data(self, block: BlockInfo) -> memoryview | None: ...
+    def read(self, target: str, size: int | None = None, offset: int = 0) -> bytes: ...
+    def find_key(self, key: str) -> KeyPlace | None: ...
+    def place_for(self, key: str, length: int) -> tuple[str, int, str | None]: ...
+    def allocate(self, size: int, node: str | None = None) -> BlockInfo: ...
+    def deallocate(self, block_id: str) -> BlockInfo: ...
+    def write(self, block_id: str, data: Any, offset: int = 0, key: str | None = None,
+              force: bool = False, progress: Any = None,
+              meta: dict[str, Any] | None = None) -> BlockInfo: ...
 
 
 def _dtype(dtype: Any) -> np.dtype:
@@ -50,7 +64,7 @@ def _shape(shape: Any, dtype: np.dtype, available: int) -> tuple[int, ...]:
     return dims
 
 
-def view(pool: MemoryPool, block_id: str, dtype: Any = "uint8", shape: Any = None,
+def view(pool: Blocks, block_id: str, dtype: Any = "uint8", shape: Any = None,
          offset: int = 0) -> np.ndarray:
     """An array of ``dtype`` and ``shape`` over a block's bytes from ``offset``.
 
@@ -73,34 +87,36 @@ def view(pool: MemoryPool, block_id: str, dtype: Any = "uint8", shape: Any = Non
     block = pool.block_info(block_id)
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
         raise OutOfBounds(f"offset must be a whole number of bytes, 0 or more, got {offset!r}")
-    if offset > block["size"]:
-        raise OutOfBounds(f"offset {offset} is past the end of {block_id} (size {block['size']})")
+    if offset > block.size:
+        raise OutOfBounds(f"offset {offset} is past the end of {block_id} (size {block.size})",
+                          block_id=block_id, offset=offset)
     if offset % dt.alignment:
         raise InvalidArgument(
             f"offset {offset} is not a multiple of {dt}'s alignment ({dt.alignment} bytes)"
         )
-    dims = _shape(shape, dt, block["size"] - offset)
+    dims = _shape(shape, dt, block.size - offset)
     nbytes = math.prod(dims) * dt.itemsize
-    if offset + nbytes > block["size"]:
+    if offset + nbytes > block.size:
         raise OutOfBounds(
             f"an array of shape {dims} and dtype {dt} needs {nbytes} bytes at offset {offset}, "
-            f"but {block_id} (size {block['size']}) has {block['size'] - offset} from there"
+            f"but {block_id} (size {block.size}) has {block.size - offset} from there",
+            block_id=block_id, offset=offset, length=nbytes,
         )
     return _array(pool, block, dt, dims, offset, nbytes)
 
 
-def _array(pool: MemoryPool, block: dict[str, Any], dt: np.dtype, dims: tuple[int, ...],
+def _array(pool: Blocks, block: BlockInfo, dt: np.dtype, dims: tuple[int, ...],
            offset: int, nbytes: int) -> np.ndarray:
     data = pool.local_data(block)
     if data is not None:
         return np.frombuffer(data, dtype=dt, count=math.prod(dims), offset=offset).reshape(dims)
-    copy = pool.read(block["block_id"], size=nbytes, offset=offset)
+    copy = pool.read(block.block_id, size=nbytes, offset=offset)
     result = np.frombuffer(copy, dtype=dt).reshape(dims)
     result.flags.writeable = False
     return result
 
 
-def put(pool: MemoryPool, key: str, array: Any, node: str | None = None) -> dict[str, Any]:
+def put(pool: Blocks, key: str, array: Any, node: str | None = None) -> StoreResult:
     """Store ``array`` under ``key`` with its dtype and shape.
 
     A new key gets a block of its own (on ``node`` when given); a key that exists is replaced
@@ -117,7 +133,7 @@ def put(pool: MemoryPool, key: str, array: Any, node: str | None = None) -> dict
     arr = np.ascontiguousarray(arr)
     meta = {"dtype": dt.str if dt.fields is None else dt.descr, "shape": list(arr.shape)}
     if node is not None and pool.find_key(key) is None:
-        block_id = pool.allocate(max(arr.nbytes, 1), node=node)["block_id"]
+        block_id = pool.allocate(max(arr.nbytes, 1), node=node).block_id
         offset, allocated = 0, block_id
     else:
         block_id, offset, allocated = pool.place_for(key, arr.nbytes)
@@ -128,10 +144,11 @@ def put(pool: MemoryPool, key: str, array: Any, node: str | None = None) -> dict
         if allocated is not None:
             pool.deallocate(allocated)
         raise
-    return {**info, "key": key, "offset": offset, "length": arr.nbytes}
+    return StoreResult(block=info, key=key, offset=offset, length=arr.nbytes,
+                       allocated=allocated is not None)
 
 
-def get(pool: MemoryPool, key: str) -> np.ndarray:
+def get(pool: Blocks, key: str) -> np.ndarray:
     """The array stored under ``key``: zero-copy on the block's host, else a read-only copy.
 
     A key stored as plain bytes (``grid memory store``) comes back as a uint8 array.
@@ -142,14 +159,15 @@ def get(pool: MemoryPool, key: str) -> np.ndarray:
     key = validate_key(str(key))
     found = pool.find_key(key)
     if found is None:
-        raise KeyNotFound(f"no key named {key!r}; `grid memory list-objects` shows the keys")
-    meta = found.get("meta") or {"dtype": "|u1", "shape": [sum(n for _, n in found["extents"])]}
+        raise KeyNotFound(f"no key named {key!r}; `grid memory list-objects` shows the keys",
+                          key=key)
+    meta = found.meta or {"dtype": "|u1", "shape": [found.length]}
     descr = meta["dtype"]
     dt = np.dtype(descr if isinstance(descr, str) else [tuple(f) for f in descr])
     dims = tuple(meta["shape"])
-    if len(found["extents"]) == 1:
-        start, length = found["extents"][0]
-        return _array(pool, found, dt, dims, start, length)
+    if len(found.extents) == 1:
+        start, length = found.extents[0]
+        return _array(pool, found.block, dt, dims, start, length)
     joined = pool.read(key)  # several extents: their bytes one after another, a copy
     result = np.frombuffer(joined, dtype=dt).reshape(dims)
     result.flags.writeable = False

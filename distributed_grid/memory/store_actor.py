@@ -1,76 +1,205 @@
-"""The per-node store as a Ray actor: one per node, detached, named, pinned, restartable.
+"""A node's store served to the cluster: one Ray actor per node, detached, named, pinned,
+restartable.
 
-The class is :class:`~distributed_grid.memory.store.BlockStore` plus the two byte-moving methods
-of the remote path; Ray is applied here, at the edge, in :func:`get_store`. Because every call to
-a node's metadata goes through this one actor (``max_concurrency=1``), it is the only writer.
-A restarted actor (after SIGKILL, say) re-runs ``__init__``, which adopts the node's journal.
+The actor is :class:`~distributed_grid.memory.store.BlockStore` (every method of it is a method
+of the actor) plus what only a process of the node's host can do for other hosts: copying chunks
+that travel as ObjectRefs into and out of the segments, and, on the head, serving the cluster's
+key directory. It keeps no state that the node's catalog does not have, so a restarted actor
+(after SIGKILL, say) simply opens the catalog again.
+
+When it starts it reconciles the catalog with the host's segments and writes the node's record
+in the runtime directory, so processes of the host can reach the node without Ray. A thread then
+does the node's upkeep every ``TICK_SECONDS``: frees the blocks of leases whose owner is gone,
+undoes creations whose creator died, reports the node's size to the key directory and publishes
+the block list to the cluster's key-value store (for listing the blocks if the node goes away).
+Ray is applied here, at the edge, in :func:`get_store`.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import socket
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from distributed_grid.memory.store import BlockStore
+from distributed_grid import _ray
+from distributed_grid.errors import BlockNotFound
+from distributed_grid.memory.directory import KeyDirectory
+from distributed_grid.memory.mappings import Mappings
+from distributed_grid.memory.records import BlockInfo, NodeStats
+from distributed_grid.memory.store import STORE_PROTOCOL, BlockStore
+from distributed_grid.names import check_range
+from distributed_grid.runtime import NodeRecord, process_start, write_node_record
 
+NAMESPACE = "distributed_grid"
 ACTOR_PREFIX = "store."
-# Bumped whenever a store method changes its arguments or results: a client refuses to talk to
-# a store of another protocol (a cluster started by another installation of distributed_grid).
-STORE_PROTOCOL = 2
 LEASE_PREFIX = "lease."
-LEASE_CHECK_SECONDS = 2.0
+TICK_SECONDS = 2.0
+CONCURRENCY = 4  # calls served at once: chunk copies overlap; the catalog serializes changes
+
+log = logging.getLogger(__name__)
+
+
+class _NotYet(Exception):
+    """The head's store is not running yet: report the node's size on a later round."""
 
 
 class StoreActor(BlockStore):
     """A node's :class:`BlockStore`, served to the cluster.
 
-    Non-persistent blocks live by a lease: a named actor that the allocating process owns, which
-    Ray ends when that process ends, however it ends. A thread of this actor asks it every
-    ``LEASE_CHECK_SECONDS`` to free the blocks of leases that are gone; the request goes through
-    the actor's own queue, so metadata still has one writer.
+    Args:
+        node: the node's name.
+        cluster_id: the cluster's identity.
+        head: the name of the head node, whose store keeps the key directory.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._publish()
-        threading.Thread(target=self._lease_ticker, name="lease-check", daemon=True).start()
+    def __init__(self, node: str, cluster_id: str, head: str) -> None:
+        super().__init__(node, cluster_id)
+        self.head = head
+        self.is_head = node == head
+        self.mappings = Mappings()
+        self.directory = KeyDirectory(cluster_id) if self.is_head else None
+        self.reconcile()
+        context = ray.get_runtime_context()
+        raylet = os.getppid()  # Ray starts its workers from the node's raylet
+        write_node_record(NodeRecord(
+            cluster_id=cluster_id, node=node, node_id=context.get_node_id(),
+            address=context.gcs_address, catalog=self.catalog.path, is_head=self.is_head,
+            hostname=socket.gethostname(), ip=ray.util.get_node_ip_address(),
+            raylet_pid=raylet, raylet_start=process_start(raylet), protocol=STORE_PROTOCOL,
+            directory=self.directory.path if self.directory is not None else None,
+        ))
+        self._reported: tuple[int, int] | None = None
+        self._published: int | None = None
+        self._lock = threading.Lock()
+        threading.Thread(target=self._upkeep_forever, name="upkeep", daemon=True).start()
 
-    @staticmethod
-    def _lease_ticker() -> None:
-        import ray
+    def ping(self) -> dict[str, Any]:
+        """Who serves this store: its process, Ray node, protocol and installation."""
+        return {"node": self.node, "pid": os.getpid(),
+                "node_id": ray.get_runtime_context().get_node_id(), "protocol": STORE_PROTOCOL,
+                "package": os.path.dirname(os.path.dirname(__file__))}
 
-        me = ray.get_runtime_context().current_actor
+    # -- bytes (the remote path) ----------------------------------------------------------------
+
+    @contextmanager
+    def _mapped(self, block: BlockInfo) -> Iterator[memoryview]:
+        with self.mappings.mapped(block) as segment:
+            if segment is None:
+                raise BlockNotFound(f"the shared memory of {block.block_id} is gone from its "
+                                    "host", block_id=block.block_id, node=self.node)
+            yield segment.data()
+
+    def write_chunk(self, number: int, offset: int, data: np.ndarray) -> int:
+        """Copy a chunk that travelled as an ObjectRef into the block; returns its size."""
+        block = self.block_info(number)
+        view = memoryview(data).cast("B")
+        check_range(block.block_id, block.size, offset, view.nbytes, "write")
+        with self._mapped(block) as dest:
+            dest[offset : offset + view.nbytes] = view
+            dest.release()
+        return view.nbytes
+
+    def read_chunk(self, number: int, offset: int, length: int) -> np.ndarray:
+        """Bytes of the block as a uint8 array over the mapping; Ray copies it once, into the
+        object store, when it returns."""
+        block = self.block_info(number)
+        check_range(block.block_id, block.size, offset, length, "read")
+        with self._mapped(block) as data:
+            return np.frombuffer(data[offset : offset + length], dtype=np.uint8)
+
+    def deallocate(self, number: int) -> BlockInfo:
+        info = super().deallocate(number)
+        self.mappings.drop_stale()
+        return info
+
+    def destroy(self) -> int:
+        """Free every block, remove the catalog (and on the head the key directory)."""
+        self.mappings.close()
+        count = super().destroy()
+        if self.directory is not None:
+            self.directory.remove()
+        return count
+
+    # -- the key directory (the head's store) --------------------------------------------------
+
+    def _dir(self) -> KeyDirectory:
+        if self.directory is None:
+            raise RuntimeError(f"node {self.node} is not the head: it keeps no key directory")
+        return self.directory
+
+    def dir_lookup(self, key: str) -> tuple[str, int] | None:
+        return self._dir().lookup(key)
+
+    def dir_claim(self, key: str, block_id: str) -> tuple[str, int] | None:
+        return self._dir().claim(key, block_id)
+
+    def dir_take_over(self, key: str, block_id: str, holder: tuple[str, int]) -> bool:
+        return self._dir().take_over(key, block_id, holder)
+
+    def dir_forget_blocks(self, block_ids: list[str]) -> int:
+        return self._dir().forget_blocks(block_ids)
+
+    def dir_report(self, stats: NodeStats, is_head: bool) -> None:
+        self._dir().report(stats, is_head)
+
+    def dir_node_sizes(self) -> list[NodeStats]:
+        return self._dir().node_sizes()
+
+    # -- upkeep ---------------------------------------------------------------------------------
+
+    def _upkeep_forever(self) -> None:
         while True:
-            time.sleep(LEASE_CHECK_SECONDS)
-            me.release_dead_leases.remote()
+            time.sleep(TICK_SECONDS)
+            try:
+                self.upkeep()
+            except Exception:  # keep ticking: the next round may succeed
+                log.exception("store upkeep of node %s failed", self.node)
 
-    def _save(self) -> None:
-        super()._save()
-        self._publish()
+    def upkeep(self) -> dict[str, Any]:
+        """One round of the node's upkeep (see the module's docstring); returns what it did."""
+        with self._lock:
+            done: dict[str, Any] = {"leases": self.release_dead_leases(), "reaped": self.reap()}
+            counts = self.catalog.counts()
+            if counts != self._reported:
+                try:
+                    self._report()
+                    self._reported = counts
+                except _NotYet:
+                    pass
+            version = self.catalog.data_version()
+            if version != self._published:
+                self._publish()
+                self._published = version
+            return done
+
+    def _report(self) -> None:
+        stats = self.stats()
+        if self.directory is not None:
+            self.directory.report(stats, True)
+        else:
+            try:
+                head = ray.get_actor(ACTOR_PREFIX + self.head, namespace=NAMESPACE)
+            except ValueError:  # the head's store starts when somebody first needs it
+                raise _NotYet from None
+            ray.get(head.dir_report.remote(stats, False), timeout=60)
 
     def _publish(self) -> None:
-        """Leave the block list in the cluster's key-value store, for when this node is gone."""
-        import json
-
-        from ray.experimental import internal_kv
-
-        from distributed_grid.cluster import NAMESPACE
-
-        internal_kv._internal_kv_put(
-            snapshot_key(self.node), json.dumps(self.list_blocks()), overwrite=True,
-            namespace=NAMESPACE,
-        )
+        blocks = [b.to_json() for b in self.list_blocks()]
+        _ray.kv_put(snapshot_key(self.node), json.dumps(blocks).encode(), NAMESPACE)
 
     def release_dead_leases(self) -> list[str]:
         """Free the blocks whose lease actor no longer exists; returns their ids."""
-        import ray
-
-        from distributed_grid.cluster import NAMESPACE
-
         freed: list[str] = []
         for lease in self.leases():
             try:
@@ -79,38 +208,16 @@ class StoreActor(BlockStore):
                 freed += self.release_lease(lease)
         return freed
 
-    def ping(self) -> dict[str, Any]:
-        """Who serves this store: its process id and Ray node id."""
-        import ray
-
-        return {"node": self.node, "pid": os.getpid(),
-                "node_id": ray.get_runtime_context().get_node_id(),
-                "protocol": STORE_PROTOCOL, "package": os.path.dirname(os.path.dirname(__file__))}
-
-    def write_chunk(self, number: int, offset: int, data: np.ndarray) -> int:
-        """Copy a chunk that travelled as an ObjectRef into the block (the remote write path)."""
-        return self.write_bytes(number, offset, data)
-
-    def read_chunk(self, number: int, offset: int, length: int) -> np.ndarray:
-        """Bytes of the block as a uint8 array; Ray copies it once, into the object store."""
-        return np.frombuffer(self.read_view(number, offset, length), dtype=np.uint8)
-
 
 def snapshot_key(node: str) -> str:
     """The key of a node's last published block list in Ray's key-value store."""
     return f"blocks.{node}"
 
 
-def last_known_blocks(node: str) -> list[dict[str, Any]]:
+def last_published(node: str) -> list[BlockInfo]:
     """The block list a node's store published last (for a node that is gone)."""
-    import json
-
-    from ray.experimental import internal_kv
-
-    from distributed_grid.cluster import NAMESPACE
-
-    raw = internal_kv._internal_kv_get(snapshot_key(node), namespace=NAMESPACE)
-    return json.loads(raw) if raw else []
+    raw = _ray.kv_get(snapshot_key(node), NAMESPACE)
+    return [BlockInfo.from_json(b) for b in json.loads(raw)] if raw else []
 
 
 class Lease:
@@ -122,12 +229,6 @@ class Lease:
 
 def make_lease() -> tuple[str, Any]:
     """Create a lease owned by this process; returns its name and handle."""
-    import uuid
-
-    import ray
-
-    from distributed_grid.cluster import NAMESPACE
-
     name = LEASE_PREFIX + uuid.uuid4().hex
     handle = ray.remote(Lease).options(name=name, namespace=NAMESPACE, num_cpus=0,
                                        lifetime=None).remote()
@@ -135,14 +236,16 @@ def make_lease() -> tuple[str, Any]:
     return name, handle
 
 
-def get_store(node_name: str, node_id: str, cluster_id: str):
-    """The handle of ``node_name``'s store actor, created on that node if it is not running."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+def get_store(node: str, node_id: str, cluster_id: str, head: str) -> Any:
+    """The handle of ``node``'s store actor, created on that node if it is not running.
 
-    from distributed_grid.cluster import NAMESPACE
-
-    name = ACTOR_PREFIX + node_name
+    Args:
+        node: the node's name.
+        node_id: its Ray node id (the actor is pinned there).
+        cluster_id: the cluster's identity.
+        head: the head node's name.
+    """
+    name = ACTOR_PREFIX + node
     try:
         return ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
@@ -150,15 +253,9 @@ def get_store(node_name: str, node_id: str, cluster_id: str):
     return (
         ray.remote(StoreActor)
         .options(
-            name=name,
-            namespace=NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            num_cpus=0,
-            max_restarts=-1,
-            max_task_retries=3,
-            max_concurrency=1,
+            name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0,
+            max_restarts=-1, max_task_retries=3, max_concurrency=CONCURRENCY,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         )
-        .remote(node_name, cluster_id)
+        .remote(node, cluster_id, head)
     )

@@ -1,35 +1,37 @@
 """Moving bytes between files, buffers and blocks, in bounded chunks, with progress.
 
-Local path: the block's mapping is filled straight from the file (``os.preadv`` into the
-mapping, one copy, two threads: the kernel copy releases the GIL) or drained straight into the
-output. Remote path: chunks travel as Ray ObjectRefs with at most ``IN_FLIGHT`` chunks
-outstanding, so a block of any size never needs more than ``IN_FLIGHT * CHUNK`` bytes of object
-store at once.
+A transfer has a *source* (``source(pos, buf)`` fills ``buf`` with the source's bytes from
+``pos``) or a *sink* (``sink(view)`` takes the next bytes of the output, in order). The local
+path fills a block's mapping straight from the source, in ``CHUNK``-sized pieces on
+``COPY_THREADS`` threads (a file is read with ``preadv`` straight into the mapping: one copy, and
+the kernel's copy releases the GIL); the remote path (:mod:`distributed_grid.memory.remote`)
+sends the same pieces as ObjectRefs.
 """
 
 from __future__ import annotations
 
 import os
-from collections import deque
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from distributed_grid.errors import FileError
 
 CHUNK = 64 * 2**20
-IN_FLIGHT = 4
 COPY_THREADS = 2
 
 Progress = Callable[[int], None]  # called with the number of bytes just moved
+Source = Callable[[int, memoryview], None]  # fills the buffer with the bytes from a position
 Sink = Callable[[memoryview], None]  # takes the next bytes of the output, in order
 
 
-def _noop(_: int) -> None:
+def no_progress(_: int) -> None:
     pass
 
 
-def _chunks(length: int, chunk: int = CHUNK) -> Iterator[tuple[int, int]]:
+def chunks(length: int, chunk: int | None = None) -> Iterator[tuple[int, int]]:
+    """``(position, size)`` of each piece of ``length`` bytes."""
+    chunk = chunk or CHUNK
     pos = 0
     while pos < length:
         n = min(chunk, length - pos)
@@ -37,91 +39,63 @@ def _chunks(length: int, chunk: int = CHUNK) -> Iterator[tuple[int, int]]:
         pos += n
 
 
-def fill_from_file(fd: int, file_offset: int, dest: memoryview, path: str,
-                   progress: Progress = _noop) -> None:
-    """Read ``len(dest)`` bytes of the file at ``file_offset`` into ``dest`` (one copy)."""
+def fill(dest: memoryview, source: Source, progress: Progress = no_progress) -> None:
+    """Fill ``dest`` from ``source`` (piece by piece, on two threads when there are several)."""
 
-    def read_piece(start: int, n: int) -> int:
-        view = dest[start : start + n]
-        got = 0
-        while got < n:
-            r = os.preadv(fd, [view[got:]], file_offset + start + got)
-            if r == 0:
-                raise FileError(f"{path} ended early: expected {len(dest)} bytes")
-            got += r
+    def piece(pos: int, n: int) -> None:
+        source(pos, dest[pos : pos + n])
         progress(n)
-        return n
 
-    pieces = list(_chunks(len(dest)))
+    pieces = list(chunks(len(dest)))
     if len(pieces) <= 1:
-        for start, n in pieces:
-            read_piece(start, n)
+        for pos, n in pieces:
+            piece(pos, n)
         return
     with ThreadPoolExecutor(COPY_THREADS) as pool:
-        for future in [pool.submit(read_piece, s, n) for s, n in pieces]:
+        for future in [pool.submit(piece, pos, n) for pos, n in pieces]:
             future.result()
 
 
-def drain_to_sink(source: memoryview, sink: Sink, progress: Progress = _noop) -> None:
-    """Hand ``source`` to ``sink`` chunk by chunk."""
-    for start, n in _chunks(len(source)):
-        sink(source[start : start + n])
+def drain(source: memoryview, sink: Sink, progress: Progress = no_progress) -> None:
+    """Hand ``source`` to ``sink`` piece by piece."""
+    for pos, n in chunks(len(source)):
+        sink(source[pos : pos + n])
         progress(n)
 
 
-def remote_fill(store: Any, number: int, block_offset: int, length: int,
-                read_into: Callable[[int, memoryview], None], progress: Progress = _noop) -> None:
-    """Send ``length`` bytes into a remote block, chunk by chunk, as ObjectRefs.
+def file_source(fd: int, path: str, length: int) -> Source:
+    """The bytes of an open file (``length`` of them), read with ``preadv``."""
 
-    Args:
-        store: the block's store actor handle.
-        number: the block's number on its node.
-        block_offset: where in the block the bytes go.
-        length: how many bytes.
-        read_into: ``read_into(pos, buffer)`` fills ``buffer`` with the bytes at ``pos``.
-        progress: called with each chunk's size once the store has it.
-    """
-    import numpy as np
-    import ray
+    def read(pos: int, buf: memoryview) -> None:
+        got = 0
+        while got < len(buf):
+            n = os.preadv(fd, [buf[got:]], pos + got)
+            if n == 0:
+                raise FileError(f"{path} ended early: expected {length} bytes", path=path)
+            got += n
 
-    pending: deque[tuple[Any, int]] = deque()
-    for pos, n in _chunks(length):
-        # A fresh buffer per chunk: Ray may keep a small object's buffer without copying it.
-        buf = np.empty(n, dtype=np.uint8)
-        read_into(pos, memoryview(buf))
-        ref = ray.put(buf)
-        del buf
-        pending.append((store.write_chunk.remote(number, block_offset + pos, ref), n))
-        if len(pending) >= IN_FLIGHT:
-            done, size = pending.popleft()
-            ray.get(done)
-            progress(size)
-    while pending:
-        done, size = pending.popleft()
-        ray.get(done)
-        progress(size)
+    return read
 
 
-def remote_drain(store: Any, number: int, offset: int, length: int, sink: Sink,
-                 progress: Progress = _noop) -> None:
-    """Fetch ``length`` bytes of a remote block from ``offset``; hand them to ``sink`` in order."""
-    import ray
+def buffer_source(data: memoryview) -> Source:
+    """The bytes of a buffer."""
 
-    pending: deque[tuple[Any, int]] = deque()
-    chunks = iter(_chunks(length))
-    for pos, n in chunks:
-        pending.append((store.read_chunk.remote(number, offset + pos, n), n))
-        if len(pending) >= IN_FLIGHT:
-            break
-    while pending:
-        ref, n = pending.popleft()
-        array = ray.get(ref)
-        sink(memoryview(array))
-        del array, ref
-        progress(n)
-        nxt = next(chunks, None)
-        if nxt is not None:
-            pending.append((store.read_chunk.remote(number, offset + nxt[0], nxt[1]), nxt[1]))
+    def read(pos: int, buf: memoryview) -> None:
+        buf[:] = data[pos : pos + len(buf)]
+
+    return read
+
+
+def buffer_sink(dest: memoryview) -> Sink:
+    """A sink filling ``dest`` from its start."""
+    pos = 0
+
+    def write(view: memoryview) -> None:
+        nonlocal pos
+        dest[pos : pos + len(view)] = view
+        pos += len(view)
+
+    return write
 
 
 def fd_sink(fd: int) -> Sink:
@@ -138,3 +112,23 @@ def fd_sink(fd: int) -> Sink:
             view = view[n:]
 
     return write
+
+
+def open_input(path: str) -> tuple[int, int]:
+    """Open a regular file for reading; returns its descriptor and size.
+
+    Raises:
+        FileError: it does not exist, cannot be read, or is not a regular file.
+    """
+    path = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError as exc:
+        raise FileError(f"cannot read {path}: no such file", path=path) from exc
+    except OSError as exc:
+        raise FileError(f"cannot read {path}: {exc.strerror}", path=path) from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise FileError(f"cannot read {path}: not a regular file", path=path)
+    return fd, st.st_size

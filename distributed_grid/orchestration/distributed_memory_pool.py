@@ -54,7 +54,7 @@ class DistributedMemoryPool:
     async def allocate(self, size: int, preferred_node: str | None = None) -> str:
         """Allocate a block of ``size`` bytes; returns its id (``block_<n>_<node>``)."""
         info = await asyncio.to_thread(self.pool.allocate, size, preferred_node)
-        return info["block_id"]
+        return info.block_id
 
     async def write(self, block_id: str, data: Any, offset: int = 0) -> int:
         """Write bytes (any buffer) into a block at ``offset``; returns the count written."""
@@ -69,8 +69,9 @@ class DistributedMemoryPool:
         """Free a block and its keys."""
         await asyncio.to_thread(self.pool.deallocate, block_id)
 
-    async def get_stats(self) -> dict[str, Any]:
-        """Per node shared-memory capacity and free bytes, and the blocks of the cluster."""
+    async def get_stats(self) -> dict[str, list[Any]]:
+        """Per node shared-memory capacity and free bytes (``NodeStats``), and the blocks of the
+        cluster (``BlockInfo``)."""
         stats, blocks = await asyncio.gather(asyncio.to_thread(self.pool.stats),
                                              asyncio.to_thread(self.pool.list_blocks))
         return {"nodes": stats, "blocks": blocks}

@@ -1,0 +1,50 @@
+"""The private Ray APIs distributed_grid uses, each behind one function of ours.
+
+Ray does not promise to keep these. ``tests/test_ray_private.py`` calls every function here
+against a real cluster, so an upgrade of Ray that changes one fails that test by name instead of
+failing somewhere deep in a command.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def kv_put(key: str, value: bytes, namespace: str) -> None:
+    """Put ``value`` under ``key`` in the cluster's key-value store (GCS), replacing it."""
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(key, value, overwrite=True, namespace=namespace)
+
+
+def kv_get(key: str, namespace: str) -> bytes | None:
+    """The value under ``key`` in the cluster's key-value store, or None."""
+    from ray.experimental import internal_kv
+
+    return internal_kv._internal_kv_get(key, namespace=namespace)
+
+
+def keep_loopback_addresses() -> None:
+    """Make an already imported Ray keep 127.0.0.1 addresses as they are.
+
+    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, at import; a process that imported Ray
+    before it knew the cluster was a loopback one flips the constant instead.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def one_host_cluster(head_args: dict[str, Any]) -> Any:
+    """A head started through ``ray.cluster_utils.Cluster`` (which can add raylets on loopback,
+    unlike ``ray start``)."""
+    from ray.cluster_utils import Cluster
+
+    return Cluster(initialize_head=True, head_node_args=head_args)
+
+
+def raylet_pid(node: Any) -> int:
+    """The pid of a ``Cluster`` node's raylet: ending it takes the node out of the cluster."""
+    from ray._private import ray_constants
+
+    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid

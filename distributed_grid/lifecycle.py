@@ -1,0 +1,325 @@
+"""Which cluster a command means, and starting and stopping clusters on this host.
+
+No Ray runs in this process here: Ray runs in the processes started (the supervisor of a
+one-host cluster, ``ray start`` for a head or a worker), each in its own session, recorded by pid
+in the runtime directory so ``grid cluster stop`` ends exactly those.
+
+Which cluster: an explicit address, else ``RAY_ADDRESS``, else the one ``grid`` started on this
+host, else the one Ray recorded as current, else (when allowed) the embedded default: a
+one-host cluster started on demand, announced in one line on stderr.
+
+A cluster that this package starts for one host runs on loopback (127.0.0.1). Ray replaces
+127.0.0.1 with the host's outward address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set
+in every process before Ray is imported; :mod:`distributed_grid.cluster` sets it when it connects
+to a loopback address, and the processes started here get it in their environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from distributed_grid import runtime
+from distributed_grid.errors import ClusterError, InvalidArgument
+from distributed_grid.names import validate_node_name
+
+NODE_LABEL = "grid.node"
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@dataclass(frozen=True)
+class Target:
+    """The cluster a command uses.
+
+    ``use_auto``: connect with ``address="auto"``, which also picks up the auth token of a
+    cluster ``ray start`` made on this host (Ray does not for an explicit address).
+    """
+
+    address: str
+    use_auto: bool = False
+
+
+# -- addresses ---------------------------------------------------------------------------------
+
+
+def _ray_temp_root() -> str:
+    base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    return os.path.join(base, "ray")
+
+
+def recorded_address() -> str | None:
+    """The address Ray recorded for the latest cluster started on this host, if any."""
+    try:
+        with open(os.path.join(_ray_temp_root(), "ray_current_cluster"), encoding="utf-8") as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``(host, port)`` of ``HOST:PORT``."""
+    address = address.removeprefix("ray://")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidArgument(f"invalid cluster address {address!r}: use HOST:PORT")
+    return host, int(port)
+
+
+def answers(address: str, timeout: float = 1.0) -> bool:
+    """Whether something listens at ``address`` (a TCP connect; no Ray)."""
+    try:
+        with socket.create_connection(split_address(address), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def is_loopback(address: str) -> bool:
+    host, _ = split_address(address)
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_cluster(address: str | None = None, start_if_missing: bool = True) -> Target:
+    """The cluster a command uses (starting the embedded default if none answers).
+
+    Args:
+        address: ``HOST:PORT`` of the cluster's head; None for ``RAY_ADDRESS`` or the cluster
+            recorded on this host.
+        start_if_missing: start the embedded local cluster when no cluster answers (only when
+            no address was given).
+
+    Raises:
+        ClusterError: the given cluster does not answer, or none could be started.
+    """
+    explicit = address or os.environ.get("RAY_ADDRESS") or None
+    if explicit in ("auto", "local"):
+        explicit = None
+    ours = [e for e in runtime.started_entries() if e["role"] in ("local", "head")]
+    recorded = recorded_address()
+    target = explicit or (ours[0]["address"] if ours else None) or recorded
+    use_auto = (explicit is None and (not ours or ours[0]["role"] == "head")) or (
+        # the host's own `ray start` head named explicitly (`grid cluster stop` does)
+        target == recorded and any(e["address"] == target for e in ours if e["role"] == "head")
+    )
+    if target is not None and answers(target):
+        return Target(target, use_auto)
+    if explicit is not None:
+        source = "" if address else " (from RAY_ADDRESS; unset it to use the embedded cluster)"
+        raise ClusterError(f"no Ray cluster answers at {explicit}{source}; start one with "
+                           "`grid cluster start`", address=explicit)
+    if not start_if_missing:
+        raise ClusterError("no Ray cluster is running; start one with `grid cluster start`")
+    started = start_local()
+    print(f"distributed_grid: no Ray cluster was running; started a local one at {started} "
+          "(stop it with `grid cluster stop`)", file=sys.stderr)
+    return Target(started)
+
+
+# -- starting ----------------------------------------------------------------------------------
+
+
+def host_node_name() -> str:
+    """The name this host's node gets when nothing else names it: the cluster config's name
+    for this host, else the host name made safe for a block id."""
+    from distributed_grid.config import node_name_for_host
+
+    hostname = socket.gethostname()
+    return node_name_for_host(hostname, "127.0.0.1") or safe_name(hostname)
+
+
+def safe_name(hostname: str) -> str:
+    """A host name turned into a valid node name."""
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in hostname).strip("-._")
+    return (cleaned or "node")[:64]
+
+
+def start_local(nodes: tuple[str, ...] | list[str] = (), head_name: str | None = None,
+                head_cpus: int | None = None, timeout: float = 180) -> str:
+    """Start a cluster for this host alone (loopback): a head plus one raylet per name.
+
+    Every node carries its name as a label (the head's default: :func:`host_node_name`), and
+    its store is running when this returns. The cluster outlives the caller; ``grid cluster
+    stop`` ends it by the pid of its supervisor. Returns the head's address.
+    """
+    names = [validate_node_name(n) for n in nodes]
+    head = validate_node_name(head_name) if head_name is not None else host_node_name()
+    if len(set(names + [head])) != len(names) + 1:
+        raise InvalidArgument(f"node names must differ, got {[head, *names]}")
+    ready = os.path.join(runtime.runtime_dir(),
+                         f"local-{os.getpid()}-{time.monotonic_ns()}.json")
+    cmd = [sys.executable, "-m", "distributed_grid.local_cluster", "--ready-file", ready,
+           "--nodes", ",".join(names), "--head-name", head]
+    if head_cpus is not None:
+        cmd += ["--head-cpus", str(head_cpus)]
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env[LOOPBACK_ENV] = "0"
+    log_path = ready.removesuffix(".json") + ".log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    _wait_until(proc, log_path, lambda: os.path.exists(ready), "the local cluster", timeout)
+    with open(ready, encoding="utf-8") as f:
+        ready_info = json.load(f)
+    os.unlink(ready)
+    runtime.record_started({"pid": proc.pid, "role": "local", "name": head, "nodes": names,
+                            "address": ready_info["address"], "raylets": ready_info["raylets"],
+                            "cluster_id": ready_info["cluster_id"]})
+    return ready_info["address"]
+
+
+def start_head(name: str | None = None, port: int | None = None,
+               num_cpus: int | None = None) -> str:
+    """Start a Ray head on this host, reachable by other hosts, that outlives the caller.
+
+    Args:
+        name: the node name (label ``grid.node``); None leaves the host name.
+        port: the GCS port; None picks a free one.
+        num_cpus: CPUs to advertise; None lets Ray count them.
+    """
+    args = ["--head", f"--port={port or _free_port()}"]
+    if num_cpus is not None:
+        args.append(f"--num-cpus={num_cpus}")
+    return _start_node(args, name, role="head")
+
+
+def start_worker(address: str, name: str | None = None, num_cpus: int | None = None) -> str:
+    """Start a Ray worker node on this host that joins the cluster at ``address``.
+
+    Raises:
+        InvalidArgument: ``address`` is a loopback cluster (it takes no workers from outside:
+            start it with ``--nodes`` instead).
+        ClusterError: no cluster answers at ``address``.
+    """
+    if is_loopback(address):
+        raise InvalidArgument(
+            f"{address} is a cluster for one host on loopback, which Ray lets no worker join; "
+            "start it with its nodes instead: grid cluster start --nodes gpu1,gpu2"
+        )
+    if not answers(address):
+        raise ClusterError(f"no Ray cluster answers at {address}", address=address)
+    args = [f"--address={address}"]
+    if num_cpus is not None:
+        args.append(f"--num-cpus={num_cpus}")
+    return _start_node(args, name, role="worker", address=address)
+
+
+def _start_node(args: list[str], name: str | None, role: str, address: str | None = None) -> str:
+    """``ray start --block`` in its own session, recorded by pid; returns the head's address."""
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    cmd = [_ray_executable(), "start", "--block", "--disable-usage-stats",
+           "--include-dashboard=false", *args]
+    if name is not None:
+        cmd.append("--labels=" + json.dumps({NODE_LABEL: validate_node_name(name)}))
+    log_path = os.path.join(runtime.runtime_dir(), f"ray-{role}-{int(time.time() * 1000)}.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    _wait_until(proc, log_path, _log_says(log_path, "Ray runtime started"), "`ray start`")
+    head_address = _wait_for_head(log_path, args) if role == "head" else str(address)
+    runtime.record_started({"pid": proc.pid, "role": role, "name": name,
+                            "address": head_address})
+    return head_address
+
+
+def _ray_executable() -> str:
+    candidate = os.path.join(os.path.dirname(sys.executable), "ray")
+    return candidate if os.path.exists(candidate) else "ray"
+
+
+def _wait_until(proc: subprocess.Popen, log_path: str, ready: Callable[[], bool], what: str,
+                timeout: float = 120) -> None:
+    """Wait for a process started in its own session to be ready; end it if it never is.
+
+    It is also ended on Ctrl-C: in its own session nothing else would end it, and it is not
+    recorded yet, so `grid cluster stop` could not either.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                with open(log_path, encoding="utf-8", errors="replace") as f:
+                    tail = "\n".join(f.read().strip().splitlines()[-5:])
+                raise ClusterError(f"{what} failed to start (exit {proc.returncode}):\n{tail}")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{what} did not start within {timeout:.0f} s "
+                                   f"(log: {log_path})")
+            time.sleep(0.2)
+    except BaseException:
+        proc.terminate()
+        proc.wait(timeout=60)
+        raise
+
+
+def _log_says(log_path: str, needle: str) -> Callable[[], bool]:
+    def check() -> bool:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            return needle in f.read()
+
+    return check
+
+
+def _wait_for_head(log_path: str, args: list[str]) -> str:
+    port = next(a.split("=", 1)[1] for a in args if a.startswith("--port="))
+    for _ in range(100):
+        recorded = recorded_address()
+        if recorded and recorded.endswith(":" + port):
+            return recorded
+        time.sleep(0.1)
+    raise ClusterError(f"the Ray head started but did not record its address (log: {log_path})")
+
+
+# -- stopping ----------------------------------------------------------------------------------
+
+
+def started_here() -> list[dict]:
+    """The nodes started on this host by ``grid cluster start`` that are still running."""
+    return runtime.started_entries()
+
+
+def stop_started(address: str | None = None, timeout: float = 60) -> list[dict]:
+    """End the nodes started here (workers first), by pid; returns what was stopped.
+
+    Args:
+        address: only the cluster at this address; None for every cluster started here.
+        timeout: seconds to wait for each node to end before it is killed.
+    """
+    entries = [e for e in started_here() if address is None or e["address"] == address]
+    entries.sort(key=lambda e: e["role"] != "worker")
+    for entry in entries:
+        try:
+            os.kill(entry["pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + timeout
+        while runtime.process_alive(entry["pid"], entry.get("start")):
+            _reap(entry["pid"])
+            if time.monotonic() > deadline:
+                os.kill(entry["pid"], signal.SIGKILL)
+                _reap(entry["pid"])
+                break
+            time.sleep(0.1)
+    runtime.forget_started({e["pid"] for e in entries})
+    return entries
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

@@ -1,0 +1,149 @@
+"""A small SQLite database that every process of the host shares: the mechanism under the
+node catalog and the key directory.
+
+Why SQLite, in WAL mode (benchmarks/bench_catalog_engines.py measured it against LMDB): each
+change is one transaction of 10-30 µs whatever the number of rows, readers never wait for the
+writer, the write lock is the single-writer rule across processes, and a process killed in the
+middle of a transaction (SIGKILL included) leaves the state from before it. It is in the
+standard library and its indexes are real.
+
+The files live in /dev/shm beside the segments they describe. Durability past a reboot would be
+pointless there (the blocks do not survive one), so ``synchronous=NORMAL`` costs nothing it
+could protect; atomicity against a crashed process does not depend on it.
+
+A database records its schema version in ``PRAGMA user_version``; one of another version is
+refused with :class:`~distributed_grid.errors.VersionMismatch` before anything reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from distributed_grid.errors import VersionMismatch
+
+BUSY_TIMEOUT_MS = 60_000  # a writer waits this long for another's transaction to end
+
+
+class Database:
+    """One SQLite file, opened by this process (thread-safe: one connection, one lock).
+
+    Args:
+        path: the file; created with mode 0600 when missing.
+        schema: SQL that creates the tables (run once, by the first process to open the file).
+        version: the schema version this code reads and writes.
+        what: how messages name the database ("the catalog of node gpu1").
+    """
+
+    _db: sqlite3.Connection | None = None
+
+    def __init__(self, path: str, schema: str, version: int, what: str) -> None:
+        self.path = path
+        self.what = what
+        self._lock = threading.RLock()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # SQLite's own files copy this mode
+        os.close(fd)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._db = db
+            self._prepare(schema, version)
+        except BaseException:
+            db.close()
+            self._db = None
+            raise
+
+    def _prepare(self, schema: str, version: int) -> None:
+        try:
+            if self.scalar("PRAGMA journal_mode") != "wal":
+                self.scalar("PRAGMA journal_mode=WAL")  # persistent: stays with the file
+            found = self.scalar("PRAGMA user_version")
+            if found == 0:
+                with self.transaction() as db:
+                    if db.execute("PRAGMA user_version").fetchone()[0] == 0:  # nobody beat us
+                        for statement in schema.split(";"):
+                            if statement.strip():
+                                db.execute(statement)
+                        db.execute(f"PRAGMA user_version={int(version)}")
+                found = self.scalar("PRAGMA user_version")
+        except sqlite3.DatabaseError as exc:
+            raise VersionMismatch(
+                f"{self.what} ({self.path}) is not a database this distributed_grid can read "
+                f"({exc}); stop that cluster (`grid cluster stop`) and start it again",
+                path=self.path,
+            ) from exc
+        if found != version:
+            raise VersionMismatch(
+                f"{self.what} ({self.path}) has schema version {found}, but this "
+                f"distributed_grid reads version {version}: another version of distributed_grid "
+                "made it; stop that cluster (`grid cluster stop`) and start it again",
+                path=self.path, found=found, expected=version,
+            )
+        self.scalar("PRAGMA synchronous=NORMAL")
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection (raises once closed)."""
+        if self._db is None:
+            raise ValueError(f"{self.what} is closed")
+        return self._db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: it holds the database's write lock from its first statement,
+        and commits when the block ends or rolls back if it raises."""
+        with self._lock:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside it sees the same committed state."""
+        with self._lock:
+            db = self.db
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("COMMIT")
+
+    def scalar(self, sql: str, args: tuple = ()) -> object:
+        """The first column of the first row of one query (None when there is no row)."""
+        with self._lock:
+            row = self.db.execute(sql, args).fetchone()
+        return None if row is None else row[0]
+
+    def rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Every row of one query (a statement reads one committed state)."""
+        with self._lock:
+            return self.db.execute(sql, args).fetchall()
+
+    def data_version(self) -> int:
+        """A number that changes whenever another connection commits a change."""
+        return int(self.scalar("PRAGMA data_version"))  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Close this process's connection (the file stays). Safe to call twice."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+def remove_database(path: str) -> None:
+    """Delete a database file and its WAL and shared-memory index files, if they exist."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.unlink(path + suffix)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,59 @@
+"""This host's part of a cluster, from the records its stores wrote: no Ray needed to read it.
+
+Which nodes of the cluster at an address run on this host (their catalogs are here), which of
+them are gone (their raylet died), where the key directory is when the head is here, and
+whether the whole cluster is on this host: a one-host cluster's supervisor records every node,
+so when all of them are accounted for, no command about that cluster needs another host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from distributed_grid.memory.records import NodeInfo
+from distributed_grid.runtime import NodeRecord, cluster_record, node_records
+
+
+@dataclass(frozen=True)
+class HostNodes:
+    """The nodes of one cluster that live on this host."""
+
+    cluster_id: str | None = None
+    alive: dict[str, NodeRecord] = field(default_factory=dict)
+    dead: dict[str, NodeRecord] = field(default_factory=dict)
+    complete: bool = False
+    head: str | None = None
+
+    @classmethod
+    def find(cls, address: str) -> HostNodes:
+        """What this host holds of the cluster at ``address`` (nothing if no store runs here)."""
+        every = node_records(address=address, alive_only=False)
+        whole = cluster_record(address)
+        alive = [r for r in every if r.alive]
+        if whole is not None:
+            cluster_id = whole.cluster_id
+        elif alive:
+            cluster_id = alive[0].cluster_id
+        else:
+            return cls()
+        mine = [r for r in every if r.cluster_id == cluster_id]
+        live = {r.node: r for r in mine if r.alive}
+        gone = {r.node: r for r in mine if not r.alive and r.node not in live}
+        head = next((r.node for r in mine if r.is_head), whole.head if whole else None)
+        complete = whole is not None and set([whole.head, *whole.nodes]) <= set(live) | set(gone)
+        return cls(cluster_id=cluster_id, alive=live, dead=gone, complete=complete, head=head)
+
+    @property
+    def directory(self) -> str | None:
+        """The key directory's file, when the head's store runs on this host."""
+        record = self.alive.get(self.head) if self.head else None
+        return record.directory if record is not None else None
+
+    def node_infos(self) -> list[NodeInfo]:
+        """The recorded nodes, alive ones first (the head first among them)."""
+        def info(r: NodeRecord, alive: bool) -> NodeInfo:
+            return NodeInfo(name=r.node, node_id=r.node_id, address=r.ip, hostname=r.hostname,
+                            is_head=r.is_head, alive=alive)
+
+        ordered = sorted(self.alive.values(), key=lambda r: (not r.is_head, r.node))
+        return [info(r, True) for r in ordered] + [info(r, False) for r in self.dead.values()]

@@ -1,0 +1,82 @@
+"""This process's mappings of block segments: attached on demand, proven by token, a few kept.
+
+A block is on this host when this process can attach its segment and reads in the header the
+token the block's catalog recorded: that proves it is the same memory. A new mapping costs a
+page fault per page on the first bulk copy, so the last ``KEPT`` mappings stay open between
+operations; each operation first drops kept mappings whose segment is gone from the host, so a
+block freed elsewhere is not held in memory by this process for long.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from distributed_grid.errors import InvalidArgument
+from distributed_grid.memory import segment as seg
+from distributed_grid.memory.records import BlockInfo
+
+KEPT = 8
+
+
+class Mappings:
+    """The segments this process has mapped for bulk copies."""
+
+    def __init__(self, kept: int = KEPT) -> None:
+        self.kept = kept
+        self._lock = threading.Lock()
+        self._open: OrderedDict[str, seg.Segment] = OrderedDict()
+
+    @staticmethod
+    def attach(block: BlockInfo) -> seg.Segment | None:
+        """A new mapping of the block when it is provably on this host, else None."""
+        try:
+            segment = seg.Segment.attach(block.segment)
+        except (seg.SegmentNotFound, InvalidArgument, OSError):
+            return None
+        if segment.token.hex() != block.token or segment.size != block.size:
+            segment.close()
+            return None
+        return segment
+
+    @contextmanager
+    def mapped(self, block: BlockInfo) -> Iterator[seg.Segment | None]:
+        """A kept mapping of the block for a bulk copy (None when it is not on this host)."""
+        self.drop_stale()
+        with self._lock:
+            segment = self._open.pop(block.segment, None)
+        if segment is not None and segment.token.hex() != block.token:
+            close_quietly(segment)
+            segment = None
+        if segment is None:
+            segment = self.attach(block)
+        if segment is None:
+            yield None
+            return
+        with self._lock:
+            self._open[block.segment] = segment
+            while len(self._open) > self.kept:
+                close_quietly(self._open.popitem(last=False)[1])
+        yield segment
+
+    def drop_stale(self) -> None:
+        """Close kept mappings whose segment is gone from the host (their block was freed)."""
+        with self._lock:
+            for name in [n for n in self._open if not seg.segment_exists(n)]:
+                close_quietly(self._open.pop(name))
+
+    def close(self) -> None:
+        """Close every kept mapping (live views over them stay valid)."""
+        with self._lock:
+            while self._open:
+                close_quietly(self._open.popitem()[1])
+
+
+def close_quietly(segment: seg.Segment) -> None:
+    """Close a mapping; one that a live view still uses goes when the view does."""
+    try:
+        segment.close()
+    except BufferError:
+        pass

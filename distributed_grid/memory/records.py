@@ -1,0 +1,153 @@
+"""What crosses a boundary, as types a reader can see: block facts, key places, node stats.
+
+Every record is a frozen dataclass; ``to_json()`` is what ``--json`` prints, and its shape is
+the CLI's stable output. Records pickle (they cross the actor boundary) and hold plain data only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+Extent = tuple[int, int]  # (offset in the block, length)
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """The facts of one block.
+
+    ``keys`` maps each key with complete bytes in the block to its extents in the key's order;
+    ``pending_keys`` are keys being written. ``used`` is the high-water mark: the end of the
+    block's furthest completed write. ``status`` is ``ok``, ``missing`` (its shared memory
+    vanished from the host) or ``lost`` (its node left the cluster).
+    """
+
+    block_id: str
+    node: str
+    number: int
+    size: int
+    used: int
+    created: float
+    status: str
+    segment: str
+    token: str
+    keys: dict[str, list[Extent]]
+    pending_keys: list[str]
+    persistent: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The block as plain data (what ``list-objects --json`` prints for it)."""
+        data = asdict(self)
+        data["keys"] = {k: [list(e) for e in ext] for k, ext in self.keys.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BlockInfo:
+        """The inverse of :meth:`to_json`."""
+        keys = {k: [(int(o), int(n)) for o, n in ext] for k, ext in data["keys"].items()}
+        return cls(**{**data, "keys": keys})
+
+    def with_status(self, status: str) -> BlockInfo:
+        """The same block with another status (``lost`` for a node that is gone)."""
+        return replace(self, status=status)
+
+
+@dataclass(frozen=True)
+class KeyPlace:
+    """Where a key's bytes are: its block, its extents in order, and what they hold.
+
+    ``meta`` describes an array stored with ``put`` (dtype and shape); None for plain bytes.
+    """
+
+    key: str
+    block: BlockInfo
+    extents: list[Extent]
+    meta: dict[str, Any] | None
+
+    @property
+    def block_id(self) -> str:
+        """The id of the key's block."""
+        return self.block.block_id
+
+    @property
+    def length(self) -> int:
+        """The key's byte count (its extents one after another)."""
+        return sum(n for _, n in self.extents)
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node of the cluster as distributed_grid names it."""
+
+    name: str
+    node_id: str
+    address: str
+    hostname: str
+    is_head: bool
+    alive: bool
+
+
+@dataclass(frozen=True)
+class NodeStats:
+    """A node's shared memory and blocks, as its store sees them."""
+
+    node: str
+    shm_total: int
+    shm_free: int
+    capacity: int | None
+    free_for_blocks: int
+    blocks: int
+    block_bytes: int
+    node_id: str = ""
+    address: str = ""
+    hostname: str = ""
+    is_head: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The node as plain data (what ``cluster status --json`` prints for it)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """Where a store (``store_file``, ``write``, ``put``) put its bytes."""
+
+    block: BlockInfo
+    key: str | None
+    offset: int
+    length: int
+    allocated: bool
+
+    @property
+    def block_id(self) -> str:
+        """The id of the block written."""
+        return self.block.block_id
+
+    def to_json(self) -> dict[str, Any]:
+        """The block's facts plus key, offset, length and whether it was allocated."""
+        return {**self.block.to_json(), "key": self.key, "offset": self.offset,
+                "length": self.length, "allocated": self.allocated}
+
+
+@dataclass(frozen=True)
+class RetrieveResult:
+    """What ``retrieve_to_file`` wrote."""
+
+    target: str
+    path: str
+    bytes: int
+    offset: int
+    blocks: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as plain data."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of bytes of one block, part of what a read returns."""
+
+    block: BlockInfo
+    offset: int
+    length: int

@@ -1,0 +1,162 @@
+"""A node on another host (or any node, when the remote path is forced), reached through its
+store actor; and the key directory, reached through the head's store.
+
+:class:`RemoteNode` has the same methods as :class:`~distributed_grid.memory.local.LocalNode`;
+each metadata call is one round trip. Bytes travel as ObjectRefs in chunks of
+``transfer.CHUNK`` with at most ``IN_FLIGHT`` outstanding, so a block of any size never needs
+more than ``IN_FLIGHT * CHUNK`` bytes of object store at once, and progress can be shown.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from distributed_grid.cluster import RayCluster
+from distributed_grid.memory import transfer
+from distributed_grid.memory.records import BlockInfo, KeyPlace, NodeStats
+
+IN_FLIGHT = 4
+
+
+class RemoteNode:
+    """A node whose store this process calls through Ray.
+
+    Args:
+        cluster: this process's view of the cluster.
+        node: the node's name.
+    """
+
+    is_local = False
+
+    def __init__(self, cluster: RayCluster, node: str) -> None:
+        self.cluster = cluster
+        self.node = node
+        cluster.store(node)  # fails now (NodeNotFound, NodeUnavailable) rather than later
+
+    def _call(self, method: str, *args: Any) -> Any:
+        return self.cluster.call(self.node, method, *args)
+
+    def submit(self, method: str, *args: Any) -> Any:
+        """Start a call without waiting (for calls to many nodes at once)."""
+        return self.cluster.submit(self.node, method, *args)
+
+    def result(self, ref: Any) -> Any:
+        return self.cluster.result(ref, self.node)
+
+    # -- metadata: one round trip each -----------------------------------------------------------
+
+    def allocate(self, size: int, lease: str | None = None,
+                 capacity: int | None = None) -> BlockInfo:
+        return self._call("allocate", size, lease, capacity)
+
+    def deallocate(self, number: int) -> BlockInfo:
+        return self._call("deallocate", number)
+
+    def block_info(self, number: int) -> BlockInfo:
+        return self._call("block_info", number)
+
+    def list_blocks(self) -> list[BlockInfo]:
+        return self._call("list_blocks")
+
+    def find_key(self, key: str) -> KeyPlace | None:
+        return self._call("find_key", key)
+
+    def holds_key(self, key: str, number: int) -> bool:
+        return self._call("holds_key", key, number)
+
+    def list_keys(self) -> dict[str, str]:
+        return self._call("list_keys")
+
+    def stats(self, capacity: int | None = None) -> NodeStats:
+        return self._call("stats", capacity)
+
+    def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
+                      force: bool = False, writer: str | None = None) -> BlockInfo:
+        return self._call("prepare_write", number, offset, length, key, force, writer)
+
+    def commit_write(self, number: int, offset: int, length: int, key: str | None = None,
+                     meta: dict[str, Any] | None = None) -> BlockInfo:
+        return self._call("commit_write", number, offset, length, key, meta)
+
+    def abort_write(self, number: int, offset: int, key: str | None = None) -> None:
+        self._call("abort_write", number, offset, key)
+
+    def release_lease(self, lease: str) -> list[str]:
+        return self._call("release_lease", lease)
+
+    def destroy(self) -> int:
+        return self._call("destroy")
+
+    # -- bytes: chunks as ObjectRefs -------------------------------------------------------------
+
+    def fill(self, block: BlockInfo, offset: int, length: int, source: transfer.Source,
+             progress: transfer.Progress = transfer.no_progress) -> None:
+        """Send ``length`` bytes from ``source`` into the block at ``offset``, chunk by chunk."""
+        pending: deque[tuple[Any, int]] = deque()
+        for pos, n in transfer.chunks(length):
+            # A fresh buffer per chunk: Ray may keep a small object's buffer without copying it.
+            buf = np.empty(n, dtype=np.uint8)
+            source(pos, memoryview(buf))
+            ref = self.cluster.put(buf)
+            del buf
+            pending.append((self.submit("write_chunk", block.number, offset + pos, ref), n))
+            if len(pending) >= IN_FLIGHT:
+                done, size = pending.popleft()
+                self.result(done)
+                progress(size)
+        while pending:
+            done, size = pending.popleft()
+            self.result(done)
+            progress(size)
+
+    def drain(self, block: BlockInfo, offset: int, length: int, sink: transfer.Sink,
+              progress: transfer.Progress = transfer.no_progress) -> None:
+        """Fetch ``length`` bytes of the block from ``offset``; hand them to ``sink`` in order."""
+        pending: deque[tuple[Any, int]] = deque()
+        pieces = iter(transfer.chunks(length))
+        for pos, n in pieces:
+            pending.append((self.submit("read_chunk", block.number, offset + pos, n), n))
+            if len(pending) >= IN_FLIGHT:
+                break
+        while pending:
+            ref, n = pending.popleft()
+            array = self.result(ref)
+            sink(memoryview(array))
+            del array, ref
+            progress(n)
+            nxt = next(pieces, None)
+            if nxt is not None:
+                pending.append((self.submit("read_chunk", block.number, offset + nxt[0],
+                                            nxt[1]), nxt[1]))
+
+
+class RemoteDirectory:
+    """The key directory, reached through the head's store (see ``memory/directory.py``)."""
+
+    def __init__(self, cluster: RayCluster) -> None:
+        self.cluster = cluster
+        self.head = cluster.head().name
+
+    def _call(self, method: str, *args: Any) -> Any:
+        return self.cluster.call(self.head, method, *args)
+
+    def lookup(self, key: str) -> tuple[str, int] | None:
+        return self._call("dir_lookup", key)
+
+    def claim(self, key: str, block_id: str) -> tuple[str, int] | None:
+        return self._call("dir_claim", key, block_id)
+
+    def take_over(self, key: str, block_id: str, holder: tuple[str, int]) -> bool:
+        return self._call("dir_take_over", key, block_id, holder)
+
+    def forget_blocks(self, block_ids: list[str]) -> int:
+        return self._call("dir_forget_blocks", block_ids)
+
+    def report(self, stats: NodeStats, is_head: bool) -> None:
+        self._call("dir_report", stats, is_head)
+
+    def node_sizes(self) -> list[NodeStats]:
+        return self._call("dir_node_sizes")
