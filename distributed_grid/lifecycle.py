@@ -148,12 +148,20 @@ def safe_name(hostname: str) -> str:
 
 
 def start_local(nodes: tuple[str, ...] | list[str] = (), head_name: str | None = None,
-                head_cpus: int | None = None, timeout: float = 180) -> str:
+                head_cpus: int | None = None, object_store_memory: int | None = None,
+                timeout: float = 300) -> str:
     """Start a cluster for this host alone (loopback): a head plus one raylet per name.
 
     Every node carries its name as a label (the head's default: :func:`host_node_name`), and
     its store is running when this returns. The cluster outlives the caller; ``grid cluster
     stop`` ends it by the pid of its supervisor. Returns the head's address.
+
+    Args:
+        nodes: the worker nodes' names.
+        head_name: the head's name.
+        head_cpus: CPUs the head offers to Ray (None: Ray counts them).
+        object_store_memory: bytes of Ray object store per node (None: 2 GiB).
+        timeout: seconds to wait for the cluster to be ready.
     """
     names = [validate_node_name(n) for n in nodes]
     head = validate_node_name(head_name) if head_name is not None else host_node_name()
@@ -165,6 +173,8 @@ def start_local(nodes: tuple[str, ...] | list[str] = (), head_name: str | None =
            "--nodes", ",".join(names), "--head-name", head]
     if head_cpus is not None:
         cmd += ["--head-cpus", str(head_cpus)]
+    if object_store_memory is not None:
+        cmd += ["--object-store-memory", str(object_store_memory)]
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     env[LOOPBACK_ENV] = "0"

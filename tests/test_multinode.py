@@ -5,11 +5,20 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 from distributed_grid.errors import NodeNotFound
+
+REMOTE = {"DISTRIBUTED_GRID_FORCE_REMOTE": "1"}
+PUBLISHED = """
+import sys
+from distributed_grid.memory import MemoryPool
+print([b.to_json() for b in MemoryPool(force_remote=True).ray.last_published(sys.argv[1])])
+"""
 
 
 @pytest.mark.parametrize("node", ["head", "gpu1", "gpu2"])
@@ -40,6 +49,11 @@ def test_a_node_that_is_gone(fresh, tmp_path):
     (tmp_path / "f").write_bytes(b"on gpu3")
     fresh("memory", "store", "doomed", tmp_path / "f", "--block-id", block_id)
     keeper = fresh.out("memory", "allocate", "4096", "--node", "gpu1")
+    deadline = time.monotonic() + 60  # gpu3's store publishes its blocks a few seconds later
+    while "doomed" not in subprocess.run([sys.executable, "-c", PUBLISHED, "gpu3"], env=fresh.env,
+                                         capture_output=True, text=True, check=True).stdout:
+        assert time.monotonic() < deadline, "gpu3's store never published its block list"
+        time.sleep(0.5)
 
     record = os.path.join(fresh.tmp, f"distributed_grid-{os.getuid()}", "started.json")
     with open(record, encoding="utf-8") as f:
@@ -47,19 +61,24 @@ def test_a_node_that_is_gone(fresh, tmp_path):
     os.kill(entry["raylets"]["gpu3"], signal.SIGKILL)  # a raylet this test's cluster started
 
     deadline = time.monotonic() + 180
-    while "gpu3" in {n["node"] for n in fresh.remember_cluster()["nodes"]}:
-        assert time.monotonic() < deadline, "Ray still reports gpu3 alive"
+    while "gpu3" in {n["node"] for n in fresh.remember_cluster()["nodes"]} | {
+            n["node"] for n in json.loads(fresh.out("cluster", "status", "--json", env=REMOTE))[
+                "nodes"]}:  # this host's records see it at once, Ray after its heartbeats
+        assert time.monotonic() < deadline, "gpu3 is still reported alive"
         time.sleep(1)
 
-    listing = {b["block_id"]: b for b in json.loads(fresh.out("memory", "list-objects", "--json"))}
-    assert listing[block_id]["status"] == "lost"
-    assert listing[block_id]["keys"] == {"doomed": [[0, 7]]}
-    assert listing[keeper]["status"] == "ok"
+    for env in ({}, REMOTE):  # from its catalog on this host; from what it published
+        listing = {b["block_id"]: b for b in json.loads(fresh.out("memory", "list-objects",
+                                                                  "--json", env=env))}
+        assert listing[block_id]["status"] == "lost"
+        assert listing[block_id]["keys"] == {"doomed": [[0, 7]]}
+        assert listing[keeper]["status"] == "ok"
     for args in (["memory", "retrieve", block_id], ["memory", "allocate", "10", "--node", "gpu3"],
-                 ["memory", "deallocate", block_id]):
-        failed = fresh(*args, check=False)
-        assert failed.returncode == 1
-        assert "gpu3 is gone" in failed.stderr.decode().splitlines()[-1]
+                 ["memory", "deallocate", block_id], ["memory", "retrieve", "doomed"]):
+        for env in ({}, REMOTE):
+            failed = fresh(*args, check=False, env=env)
+            assert failed.returncode == 1
+            assert "gpu3 is gone" in failed.stderr.decode().splitlines()[-1], (args, env)
 
 
 def test_cluster_config_caps_a_node_and_names_an_unlabelled_one(fresh, tmp_path):

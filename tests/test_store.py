@@ -433,7 +433,8 @@ def test_local_node_fills_and_drains_the_segment(cluster_id):
         got = bytearray()
         node.drain(block, 0, 1000, got.extend)
         assert bytes(got[100 : 100 + len(payload)]) == payload and bytes(got[:100]) == bytes(100)
-        view = node.data(block)  # a live window over the block, not a copy
+        size, view = node.open_block(block.number)  # a live window over the block, no copy
+        assert size == 1000
         node.fill(block, 0, 4, transfer.buffer_source(memoryview(b"WXYZ")))
         assert bytes(view[:4]) == b"WXYZ"
         node.deallocate(block.number)

@@ -23,8 +23,7 @@ class Blocks(Protocol):
     """The part of :class:`~distributed_grid.memory.pool.MemoryPool`'s public surface that
     arrays are built on."""
 
-    def block_info(self, block_id: str) -> BlockInfo: ...
-    def local_data(self, block: BlockInfo) -> memoryview | None: ...
+    def open_block(self, block_id: str) -> tuple[int, memoryview | None]: ...
     def read(self, target: str, size: int | None = None, offset: int = 0) -> bytes: ...
     def find_key(self, key: str) -> KeyPlace | None: ...
     def place_for(self, key: str, length: int) -> tuple[str, int, str | None]: ...
@@ -84,33 +83,33 @@ def view(pool: Blocks, block_id: str, dtype: Any = "uint8", shape: Any = None,
         OutOfBounds: the array would not fit inside the block.
     """
     dt = _dtype(dtype)
-    block = pool.block_info(block_id)
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
         raise OutOfBounds(f"offset must be a whole number of bytes, 0 or more, got {offset!r}")
-    if offset > block.size:
-        raise OutOfBounds(f"offset {offset} is past the end of {block_id} (size {block.size})",
+    size, data = pool.open_block(block_id)
+    if offset > size:
+        raise OutOfBounds(f"offset {offset} is past the end of {block_id} (size {size})",
                           block_id=block_id, offset=offset)
     if offset % dt.alignment:
         raise InvalidArgument(
             f"offset {offset} is not a multiple of {dt}'s alignment ({dt.alignment} bytes)"
         )
-    dims = _shape(shape, dt, block.size - offset)
+    dims = _shape(shape, dt, size - offset)
     nbytes = math.prod(dims) * dt.itemsize
-    if offset + nbytes > block.size:
+    if offset + nbytes > size:
         raise OutOfBounds(
             f"an array of shape {dims} and dtype {dt} needs {nbytes} bytes at offset {offset}, "
-            f"but {block_id} (size {block.size}) has {block.size - offset} from there",
+            f"but {block_id} (size {size}) has {size - offset} from there",
             block_id=block_id, offset=offset, length=nbytes,
         )
-    return _array(pool, block, dt, dims, offset, nbytes)
+    return _array(pool, block_id, data, dt, dims, offset, nbytes)
 
 
-def _array(pool: Blocks, block: BlockInfo, dt: np.dtype, dims: tuple[int, ...],
-           offset: int, nbytes: int) -> np.ndarray:
-    data = pool.local_data(block)
+def _array(pool: Blocks, block_id: str, data: memoryview | None, dt: np.dtype,
+           dims: tuple[int, ...], offset: int, nbytes: int) -> np.ndarray:
+    """The array over ``data`` (the block's memory on this host), else a read-only copy."""
     if data is not None:
         return np.frombuffer(data, dtype=dt, count=math.prod(dims), offset=offset).reshape(dims)
-    copy = pool.read(block.block_id, size=nbytes, offset=offset)
+    copy = pool.read(block_id, size=nbytes, offset=offset)
     result = np.frombuffer(copy, dtype=dt).reshape(dims)
     result.flags.writeable = False
     return result
@@ -167,7 +166,8 @@ def get(pool: Blocks, key: str) -> np.ndarray:
     dims = tuple(meta["shape"])
     if len(found.extents) == 1:
         start, length = found.extents[0]
-        return _array(pool, found.block, dt, dims, start, length)
+        _, data = pool.open_block(found.block_id)
+        return _array(pool, found.block_id, data, dt, dims, start, length)
     joined = pool.read(key)  # several extents: their bytes one after another, a copy
     result = np.frombuffer(joined, dtype=dt).reshape(dims)
     result.flags.writeable = False

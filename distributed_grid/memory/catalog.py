@@ -22,8 +22,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from distributed_grid.errors import InvalidArgument
 from distributed_grid.memory.database import Database, remove_database
@@ -70,8 +69,7 @@ CREATE INDEX key_meta_by_block ON key_meta(block)
 _HOLDS_MEMORY = ("creating", "ok")
 
 
-@dataclass(frozen=True)
-class BlockRow:
+class BlockRow(NamedTuple):
     """One row of ``blocks``."""
 
     number: int
@@ -85,8 +83,7 @@ class BlockRow:
     creator: str | None
 
 
-@dataclass(frozen=True)
-class ExtentRow:
+class ExtentRow(NamedTuple):
     """One row of ``extents``: a run of a block's bytes that belongs to a key."""
 
     id: int
@@ -104,6 +101,8 @@ class ExtentRow:
 
 _BLOCK_COLUMNS = "number, size, segment, token, created, high_water, state, lease, creator"
 _EXTENT_COLUMNS = "id, block, key, offset, length, complete, writer"
+_BLOCK_COLUMNS_OF_B = ", ".join(f"b.{c}" for c in _BLOCK_COLUMNS.split(", "))
+_EXTENT_COLUMNS_OF_E = ", ".join(f"e.{c}" for c in _EXTENT_COLUMNS.split(", "))
 
 
 def catalog_path(cluster_id: str, node: str) -> str:
@@ -190,6 +189,18 @@ class Catalog:
     def block(self, number: int) -> BlockRow | None:
         rows = self._db.rows(f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE number=?", (number,))
         return BlockRow(*rows[0]) if rows else None
+
+    def block_and_extents(self, number: int) -> tuple[BlockRow | None, list[ExtentRow]]:
+        """A block's row and its extents by offset, read in one statement (one state)."""
+        rows = self._db.rows(
+            f"SELECT {_BLOCK_COLUMNS_OF_B}, {_EXTENT_COLUMNS_OF_E} FROM blocks b "
+            "LEFT JOIN extents e ON e.block = b.number WHERE b.number=? ORDER BY e.offset, e.id",
+            (number,))
+        if not rows:
+            return None, []
+        width = len(BlockRow._fields)
+        extents = [ExtentRow(*r[width:]) for r in rows if r[width] is not None]
+        return BlockRow(*rows[0][:width]), extents
 
     def blocks(self, states: tuple[str, ...] = ("ok", "missing")) -> list[BlockRow]:
         marks = ",".join("?" * len(states))

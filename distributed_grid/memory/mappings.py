@@ -29,14 +29,19 @@ class Mappings:
         self._lock = threading.Lock()
         self._open: OrderedDict[str, seg.Segment] = OrderedDict()
 
-    @staticmethod
-    def attach(block: BlockInfo) -> seg.Segment | None:
+    @classmethod
+    def attach(cls, block: BlockInfo) -> seg.Segment | None:
         """A new mapping of the block when it is provably on this host, else None."""
+        return cls.attach_row(block.segment, block.token, block.size)
+
+    @staticmethod
+    def attach_row(name: str, token: str, size: int) -> seg.Segment | None:
+        """A new mapping of segment ``name`` if it holds ``token`` and ``size`` bytes, else None."""
         try:
-            segment = seg.Segment.attach(block.segment)
+            segment = seg.Segment.attach(name)
         except (seg.SegmentNotFound, InvalidArgument, OSError):
             return None
-        if segment.token.hex() != block.token or segment.size != block.size:
+        if segment.token.hex() != token or segment.size != size:
             segment.close()
             return None
         return segment

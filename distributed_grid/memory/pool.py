@@ -621,14 +621,19 @@ class MemoryPool:
 
         return arrays.get(self, key)
 
-    def local_data(self, block: BlockInfo) -> memoryview | None:
-        """A writable memoryview of the block's bytes when it is on this host, else None.
+    def open_block(self, block_id: str) -> tuple[int, memoryview | None]:
+        """A block's size and, on this host, a writable view of its bytes (None elsewhere).
 
-        The view holds its own mapping: the memory stays valid while the view (or an array
-        over it) lives, even if the block is deallocated meanwhile, and goes with it.
+        The view holds a mapping of its own: the memory stays valid while the view (or an
+        array over it) lives, even if the block is deallocated meanwhile, and goes with it.
+
+        Raises:
+            BlockNotFound: no such block.
         """
-        node = self._node(block.node)
-        return node.data(block) if isinstance(node, LocalNode) else None
+        number, node = self._block_node(block_id)
+        if isinstance(node, LocalNode):
+            return node.open_block(number)
+        return node.block_info(number).size, None
 
     def close(self) -> None:
         """Release the pool: its kept mappings; a non-persistent pool also frees its blocks.

@@ -19,6 +19,10 @@ from distributed_grid.memory import transfer
 from distributed_grid.memory.records import BlockInfo, KeyPlace, NodeStats
 
 IN_FLIGHT = 4
+# A chunk smaller than this travels inside the call itself; a bigger one is put in the object
+# store first (from there it reaches the node's store at ~10 GB/s instead of ~4). A 16-byte
+# write through a put took 7 ms here, inline 1.5 ms.
+INLINE_BYTES = 64 * 2**10
 
 
 class RemoteNode:
@@ -100,9 +104,10 @@ class RemoteNode:
             # A fresh buffer per chunk: Ray may keep a small object's buffer without copying it.
             buf = np.empty(n, dtype=np.uint8)
             source(pos, memoryview(buf))
-            ref = self.cluster.put(buf)
+            chunk = buf if n < INLINE_BYTES else self.cluster.put(buf)
             del buf
-            pending.append((self.submit("write_chunk", block.number, offset + pos, ref), n))
+            pending.append((self.submit("write_chunk", block.number, offset + pos, chunk), n))
+            del chunk
             if len(pending) >= IN_FLIGHT:
                 done, size = pending.popleft()
                 self.result(done)

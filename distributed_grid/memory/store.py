@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import time
-from dataclasses import replace
 from typing import Any
 
 from distributed_grid.errors import (
@@ -74,7 +73,9 @@ class BlockStore:
 
     def _row(self, number: int, settled: bool = True) -> BlockRow:
         """The block's row; raises BlockNotFound unless it exists (and is usable if settled)."""
-        row = self.catalog.block(number)
+        return self._usable(number, self.catalog.block(number), settled)
+
+    def _usable(self, number: int, row: BlockRow | None, settled: bool = True) -> BlockRow:
         if row is None or row.state == "creating":
             raise BlockNotFound(
                 f"no block {self.block_id(number)} on node {self.node}",
@@ -111,8 +112,8 @@ class BlockStore:
         Raises:
             BlockNotFound: no such block, or its segment is gone.
         """
-        with self.catalog.snapshot():
-            return self._info(self._row(number))
+        row, extents = self.catalog.block_and_extents(number)
+        return self._info(self._usable(number, row), extents)
 
     def list_blocks(self) -> list[BlockInfo]:
         """Every block of the node (missing ones too), by number."""
@@ -215,7 +216,7 @@ class BlockStore:
                 seg.unlink_segment(name)
                 raise BlockNotFound(f"block {self.block_id(number)} vanished while created")
             self.catalog.set_state(row, "ok")
-        return self._info(replace(row, state="ok"), [])
+        return self._info(row._replace(state="ok"), [])
 
     def _forget_creation(self, number: int) -> None:
         with self.catalog.transaction():

@@ -1,0 +1,344 @@
+#!/usr/bin/env python3
+"""The control plane's costs, against the limits measured in the same run.
+
+Everything runs in one process on private loopback clusters (a fresh ``/tmp/dgc*`` TMPDIR, so
+no other cluster of the host is touched), stopped at the end also on error or Ctrl-C. Nothing
+here asserts a speed: it prints medians and ratios.
+
+What it measures (p50 = median of the per-operation times):
+
+1. blocks: allocate, block_info, prepare+commit (a 16-byte keyed write: prepare, key claim,
+   copy, commit) and deallocate on one node holding 100 and then 10,000 blocks, on the local
+   path (this host's catalog) and on the remote path (the node's store actor through Ray).
+2. view: ``pool.view`` of a block on this host against a raw ``mmap`` + ``np.frombuffer`` of a
+   file of the same size in /dev/shm.
+3. CLI: ``grid memory list-objects`` with 10,000 blocks, a host-local ``grid memory retrieve B
+   --size 1`` against ``python -c "import ray"``, ``grid memory store`` of a page-cached file
+   against ``cp`` of it to /dev/shm, and ``grid cluster stop`` with 10,000 blocks (all whole
+   processes).
+4. nodes: find_key, retrieve of a key (``pool.read``) and list-objects on clusters of 2 and of
+   16 simulated worker nodes, local and remote path.
+
+    python benchmarks/bench_control.py [--only blocks,view,cli,nodes] [--blocks 10000]
+                                       [--file-size 1GiB] [--nodes 2,16] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+SECTIONS = ("blocks", "view", "cli", "nodes")
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def p50(fn: Callable[[int], object], repeat: int) -> float:
+    """Median seconds of ``fn(i)`` over ``repeat`` calls."""
+    samples = []
+    for i in range(repeat):
+        start = time.perf_counter()
+        fn(i)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def whole(cmd: list[str], env: dict[str, str], **kw) -> float:
+    """Seconds of one whole process (start to exit)."""
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, **kw)
+    return time.perf_counter() - start
+
+
+def paired(a: list[str], b: list[str], env: dict[str, str], runs: int,
+           before: Callable[[], None] | None = None) -> tuple[float, float]:
+    """Median seconds of two commands run in turn (A B A B ...), so drift hits both alike."""
+    times_a, times_b = [], []
+    for _ in range(runs):
+        if before:
+            before()
+        times_a.append(whole(a, env))
+        if before:
+            before()
+        times_b.append(whole(b, env))
+    return statistics.median(times_a), statistics.median(times_b)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, tmp: str) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.results: dict[str, dict] = {}
+        self.grid = os.path.join(os.path.dirname(sys.executable), "grid")
+        self.env = dict(os.environ)
+
+    # -- 1. blocks -----------------------------------------------------------------------------
+
+    def fill(self, pool, node: str, count: int) -> None:
+        """Add ``count`` blocks of 4 KiB to ``node``, each holding a key."""
+        for _ in range(count):
+            block_id = pool.allocate(4096, node=node).block_id
+            pool.write(block_id, b"filler", key=f"filler-{block_id}")
+
+    def block_ops(self, pool, node: str, repeat: int) -> dict[str, float]:
+        fresh: list[str] = []
+        allocate = p50(lambda i: fresh.append(pool.allocate(4096, node=node).block_id), repeat)
+        info = p50(lambda i: pool.block_info(fresh[i]), repeat)
+        write = p50(lambda i: pool.write(fresh[i], b"0123456789abcdef", key=f"k{time.time_ns()}"),
+                    repeat)
+        free = p50(lambda i: pool.deallocate(fresh[i]), repeat)
+        return {"allocate": allocate, "block_info": info, "prepare+commit": write,
+                "deallocate": free}
+
+    def section_blocks(self, pool, remote) -> None:
+        held = 0
+        for existing in (100, self.args.blocks):
+            self.fill(pool, "gpu1", existing - held)
+            held = existing
+            log(f"blocks: gpu1 holds {existing} blocks; timing ...")
+            local = self.block_ops(pool, "gpu1", 300)
+            far = self.block_ops(remote, "gpu1", 100)
+            self.results.setdefault("blocks", {})[existing] = {"local": local, "remote": far}
+
+    # -- 2. view -------------------------------------------------------------------------------
+
+    def section_view(self, pool) -> None:
+        import numpy as np
+
+        size = 64 * 2**20
+        block_id = pool.allocate(size, node="gpu1").block_id
+        path = os.path.join("/dev/shm", f"dgbench-view-{os.getpid()}")
+        with open(path, "wb") as f:
+            os.posix_fallocate(f.fileno(), 0, size)
+        try:
+            def raw(i: int) -> None:
+                fd = os.open(path, os.O_RDWR)
+                m = mmap.mmap(fd, size)
+                os.close(fd)
+                arr = np.frombuffer(m, dtype=np.uint8)
+                del arr
+                m.close()
+
+            def view(i: int) -> None:
+                arr = pool.view(block_id, dtype="uint8")
+                del arr
+
+            view(0)
+            raw_s, view_s = p50(raw, 500), p50(view, 500)
+            self.results["view"] = {"size": size, "raw_mmap_frombuffer": raw_s,
+                                    "pool_view": view_s}
+        finally:
+            os.unlink(path)
+            pool.deallocate(block_id)
+
+    # -- 3. whole processes --------------------------------------------------------------------
+
+    def section_cli(self, pool, address: str) -> None:
+        env = {**self.env, "RAY_ADDRESS": address}
+        cli: dict[str, float] = {}
+        count = len(pool.list_blocks())
+        log(f"cli: list-objects with {count} blocks ...")
+        cli["blocks_listed"] = count
+        cli["list_objects"] = statistics.median(
+            whole([self.grid, "memory", "list-objects"], env) for _ in range(5))
+        small = pool.allocate(4096, node="gpu1").block_id
+        log("cli: a host-local retrieve against `python -c 'import ray'` ...")
+        cli["retrieve_size_1"], cli["import_ray"] = paired(
+            [self.grid, "memory", "retrieve", small, "--size", "1"],
+            [sys.executable, "-c", "import ray"], env, runs=10)
+        pool.deallocate(small)
+
+        from distributed_grid.sizes import parse_size
+
+        size = parse_size(self.args.file_size)
+        src = os.path.join(self.tmp, "file.bin")
+        log(f"cli: grid memory store of {size} bytes against cp to /dev/shm ...")
+        with open(src, "wb") as f:
+            for _ in range(size // 2**24):
+                f.write(os.urandom(2**24))
+            f.write(os.urandom(size % 2**24))
+        with open(src, "rb") as f:
+            while f.read(2**24):  # page cache warm
+                pass
+        dst = f"/dev/shm/dgbench-cp-{os.getpid()}"
+
+        def clear() -> None:  # each run writes new pages: a fresh block, a new file
+            if os.path.exists(dst):
+                os.unlink(dst)
+            place = pool.find_key("bench-file")
+            if place is not None:
+                pool.deallocate(place.block_id)
+
+        try:
+            cli["store_file"], cli["cp_to_shm"] = paired(
+                [self.grid, "memory", "store", "bench-file", src], ["cp", src, dst], env,
+                runs=self.args.file_runs, before=clear)
+            cli["file_size"] = size
+        finally:
+            clear()
+            os.unlink(src)
+        self.results["cli"] = cli
+
+    def cluster_stop(self, address: str) -> None:
+        env = {**self.env, "RAY_ADDRESS": address}
+        log("cli: grid cluster stop ...")
+        start = time.perf_counter()
+        subprocess.run([self.grid, "cluster", "stop"], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        self.results.setdefault("cli", {})["cluster_stop"] = time.perf_counter() - start
+
+    # -- 4. nodes ------------------------------------------------------------------------------
+
+    def section_nodes(self) -> None:
+        from distributed_grid import lifecycle
+        from distributed_grid.memory import MemoryPool
+
+        per_nodes = {}
+        for count in self.args.node_counts:
+            names = [f"w{i}" for i in range(count)]
+            log(f"nodes: starting a cluster of {count} worker nodes ...")
+            address = lifecycle.start_local(names, head_name="head",
+                                            object_store_memory=100 * 2**20)
+            try:
+                pool = MemoryPool(address)
+                remote = MemoryPool(address, force_remote=True)
+                keys = []
+                for i, name in enumerate(names):
+                    for j in range(10):
+                        block_id = pool.allocate(4096, node=name).block_id
+                        key = f"key-{name}-{j}"
+                        pool.write(block_id, b"payload-%d" % i, key=key)
+                        keys.append(key)
+                remote.list_blocks()  # every store's handle known before timing
+                per_nodes[count] = {"local": self.key_ops(pool, keys),
+                                    "remote": self.key_ops(remote, keys)}
+            finally:
+                log(f"nodes: stopping the cluster of {count} ...")
+                lifecycle.stop_started(address)
+        self.results["nodes"] = per_nodes
+
+    @staticmethod
+    def key_ops(pool, keys: list[str]) -> dict[str, float]:
+        pool.find_key(keys[0])
+        return {
+            "find_key": p50(lambda i: pool.find_key(keys[(i * 7) % len(keys)]), 200),
+            "retrieve_key": p50(lambda i: pool.read(keys[(i * 11) % len(keys)]), 200),
+            "list_objects": p50(lambda i: pool.list_blocks(), 30),
+        }
+
+    # -- report --------------------------------------------------------------------------------
+
+    def report(self) -> str:
+        r = self.results
+        lines = [f"machine: {os.cpu_count()} cores, {platform.machine()}, "
+                 f"Python {platform.python_version()}, {platform.system()} {platform.release()}"]
+        if "blocks" in r:
+            small, big = sorted(r["blocks"])
+            lines += ["", f"blocks on one node (p50, microseconds): {small} vs {big} blocks",
+                      f"{'operation':<16}{'path':<8}{small:>10}{big:>10}{'ratio':>8}"]
+            for path in ("local", "remote"):
+                for op in r["blocks"][small][path]:
+                    a, b = r["blocks"][small][path][op], r["blocks"][big][path][op]
+                    lines.append(f"{op:<16}{path:<8}{a * 1e6:>10.0f}{b * 1e6:>10.0f}"
+                                 f"{b / a:>7.2f}x")
+        if "view" in r:
+            v = r["view"]
+            lines += ["", f"view of a {v['size'] // 2**20} MiB block on its host (p50): "
+                      f"pool.view {v['pool_view'] * 1e6:.1f} us, raw mmap + np.frombuffer "
+                      f"{v['raw_mmap_frombuffer'] * 1e6:.1f} us "
+                      f"({v['pool_view'] / v['raw_mmap_frombuffer']:.2f}x)"]
+        if "cli" in r:
+            c = r["cli"]
+            lines.append("")
+            if "list_objects" in c:
+                lines.append(f"grid memory list-objects with {c['blocks_listed']} blocks: "
+                             f"{c['list_objects']:.3f} s (whole process, median of 5)")
+                lines.append(f"grid memory retrieve B --size 1: {c['retrieve_size_1']:.3f} s; "
+                             f"python -c 'import ray': {c['import_ray']:.3f} s "
+                             f"({c['retrieve_size_1'] / c['import_ray']:.2f}x)")
+                gb = c["file_size"] / 1e9
+                lines.append(
+                    f"grid memory store of {c['file_size'] / 2**30:.2f} GiB: {c['store_file']:.3f}"
+                    f" s ({gb / c['store_file']:.2f} GB/s); cp to /dev/shm: {c['cp_to_shm']:.3f} s "
+                    f"({gb / c['cp_to_shm']:.2f} GB/s); store/cp speed "
+                    f"{c['cp_to_shm'] / c['store_file']:.2f}x")
+            if "cluster_stop" in c:
+                lines.append(f"grid cluster stop with {c.get('blocks_listed', '?')} blocks: "
+                             f"{c['cluster_stop']:.2f} s")
+        if "nodes" in r:
+            few, many = sorted(r["nodes"])
+            lines += ["", f"per operation (p50, microseconds) at {few} vs {many} worker nodes",
+                      f"{'operation':<14}{'path':<8}{few:>10}{many:>10}{'ratio':>8}"]
+            for path in ("local", "remote"):
+                for op in r["nodes"][few][path]:
+                    a, b = r["nodes"][few][path][op], r["nodes"][many][path][op]
+                    lines.append(f"{op:<14}{path:<8}{a * 1e6:>10.0f}{b * 1e6:>10.0f}"
+                                 f"{b / a:>7.2f}x")
+        return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default=",".join(SECTIONS))
+    parser.add_argument("--blocks", type=int, default=10_000)
+    parser.add_argument("--file-size", default="1GiB")
+    parser.add_argument("--file-runs", type=int, default=3)
+    parser.add_argument("--nodes", default="2,16")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    args.node_counts = [int(n) for n in args.nodes.split(",")]
+    sections = set(args.only.split(","))
+
+    tmp = tempfile.mkdtemp(prefix="dgc", dir="/tmp")
+    os.environ["TMPDIR"] = tmp  # a private Ray temp dir and runtime records
+    tempfile.tempdir = None
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ.pop("XDG_RUNTIME_DIR", None)
+    from distributed_grid import lifecycle
+    from distributed_grid.memory import MemoryPool
+
+    bench = Bench(args, tmp)
+    try:
+        if sections & {"blocks", "view", "cli"}:
+            log("starting a cluster (head + gpu1) with `grid cluster start` ...")
+            out = subprocess.run([bench.grid, "cluster", "start", "--nodes", "gpu1"], check=True,
+                                 capture_output=True, text=True, env=bench.env)
+            address = out.stdout.strip()
+            pool = MemoryPool(address)
+            remote = MemoryPool(address, force_remote=True)
+            if "blocks" in sections:
+                bench.section_blocks(pool, remote)
+            if "view" in sections:
+                bench.section_view(pool)
+            if "cli" in sections:
+                bench.section_cli(pool, address)
+            pool.close()
+            remote.close()
+            bench.cluster_stop(address)
+        if "nodes" in sections:
+            bench.section_nodes()
+    finally:
+        if "ray" in sys.modules:  # leave the cluster before it goes, or Ray waits for it
+            import ray
+
+            ray.shutdown()
+        lifecycle.stop_started()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(bench.results, indent=2) if args.json else bench.report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
