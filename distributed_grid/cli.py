@@ -155,7 +155,7 @@ class MemoryCommands:
             out = _out()
             out.flush()
             with Progress("retrieve", total) as bar:
-                pool.read_into_sink(pieces, transfer.fd_sink(out.fileno()), bar.update)
+                pool.read_into_sink(pieces, transfer.FdSink(out.fileno()), bar.update)
 
     def list_objects(self, json: bool = False, config: str | None = None) -> None:
         """Show every block of the cluster: id, node, size, used, keys, age, status.

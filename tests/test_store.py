@@ -30,7 +30,6 @@ from distributed_grid.errors import (
 from distributed_grid.memory import segment as seg
 from distributed_grid.memory.catalog import SCHEMA_VERSION
 from distributed_grid.memory.local import LocalNode
-from distributed_grid.memory.mappings import Mappings
 from distributed_grid.memory.store import BlockStore
 from distributed_grid.names import parse_block_id
 
@@ -425,26 +424,55 @@ def test_abort_drops_the_pending_extent(store):
 def test_local_node_fills_and_drains_the_segment(cluster_id):
     from distributed_grid.memory import transfer
 
-    node = LocalNode(NODE, cluster_id, Mappings())
+    node = LocalNode(NODE, cluster_id)
     try:
         block = node.allocate(1000)
         payload = bytes(range(256)) * 3
-        node.fill(block, 100, len(payload), transfer.buffer_source(memoryview(payload)))
+        node.fill(block, 100, len(payload), transfer.BufferSource(memoryview(payload)))
         got = bytearray()
-        node.drain(block, 0, 1000, got.extend)
+        node.drain(block, 0, 1000, transfer.CallableSink(got.extend))
         assert bytes(got[100 : 100 + len(payload)]) == payload and bytes(got[:100]) == bytes(100)
+        into = bytearray(10)
+        node.drain(block, 100, 10, transfer.BufferSink(memoryview(into)))
+        assert bytes(into) == payload[:10]
         size, view = node.open_block(block.number)  # a live window over the block, no copy
         assert size == 1000
-        node.fill(block, 0, 4, transfer.buffer_source(memoryview(b"WXYZ")))
+        node.fill(block, 0, 4, transfer.BufferSource(memoryview(b"WXYZ")))
         assert bytes(view[:4]) == b"WXYZ"
         node.deallocate(block.number)
         assert bytes(view[:4]) == b"WXYZ"  # the mapping lives as long as the view
         view.release()
         with pytest.raises(BlockNotFound):
-            node.fill(block, 0, 1, transfer.buffer_source(memoryview(b"x")))
+            node.fill(block, 0, 1, transfer.BufferSource(memoryview(b"x")))
     finally:
-        node.mappings.close()
         node.close()
+
+
+@pytest.mark.parametrize("length", [0, 1, 2**20 - 1, 2**20, 3 * 2**20 + 5])
+def test_file_and_buffer_copies_through_the_descriptor_split_across_threads(tmp_path, length):
+    from distributed_grid.memory import transfer
+
+    data = os.urandom(length)
+    (tmp_path / "src").write_bytes(data)
+    base = 4096 + 3
+    with open(tmp_path / "dst", "w+b") as out:
+        fd, size = transfer.open_input(str(tmp_path / "src"))
+        try:
+            transfer.fill_fd(out.fileno(), base, size, transfer.FileSource(fd, "src", size))
+        finally:
+            os.close(fd)
+        moved = []
+        transfer.fill_fd(out.fileno(), base + length, length,
+                         transfer.BufferSource(memoryview(data[::-1])), moved.append)
+        assert sum(moved) == length
+        out.seek(0)
+        assert out.read()[base:] == data + data[::-1]
+        piped = bytearray()
+        transfer.drain_fd(out.fileno(), base, 2 * length, transfer.CallableSink(piped.extend))
+        assert bytes(piped) == data + data[::-1]
+        with open(tmp_path / "copy", "wb") as copy:
+            transfer.drain_fd(out.fileno(), base, length, transfer.FdSink(copy.fileno()))
+    assert (tmp_path / "copy").read_bytes() == data
 
 
 # -- capacity --------------------------------------------------------------------------------

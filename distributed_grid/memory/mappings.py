@@ -14,7 +14,6 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from distributed_grid.errors import InvalidArgument
 from distributed_grid.memory import segment as seg
 from distributed_grid.memory.records import BlockInfo
 
@@ -29,22 +28,13 @@ class Mappings:
         self._lock = threading.Lock()
         self._open: OrderedDict[str, seg.Segment] = OrderedDict()
 
-    @classmethod
-    def attach(cls, block: BlockInfo) -> seg.Segment | None:
-        """A new mapping of the block when it is provably on this host, else None."""
-        return cls.attach_row(block.segment, block.token, block.size)
-
     @staticmethod
-    def attach_row(name: str, token: str, size: int) -> seg.Segment | None:
-        """A new mapping of segment ``name`` if it holds ``token`` and ``size`` bytes, else None."""
+    def attach(block: BlockInfo) -> seg.Segment | None:
+        """A new mapping of the block when it is provably on this host, else None."""
         try:
-            segment = seg.Segment.attach(name)
-        except (seg.SegmentNotFound, InvalidArgument, OSError):
+            return seg.attach_block(block.segment, bytes.fromhex(block.token), block.size)
+        except (seg.SegmentNotFound, OSError):
             return None
-        if segment.token.hex() != token or segment.size != size:
-            segment.close()
-            return None
-        return segment
 
     @contextmanager
     def mapped(self, block: BlockInfo) -> Iterator[seg.Segment | None]:

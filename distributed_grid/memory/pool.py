@@ -2,8 +2,8 @@
 
 A block id names its node. A node whose store runs on this host (its record in the runtime
 directory says so, and its raylet is alive) is a :class:`~distributed_grid.memory.local.LocalNode`:
-its catalog is read and changed in this process and its bytes copied through this process's
-mappings, with no round trip and no Ray. Any other node is a
+its catalog is read and changed in this process and its bytes copied through the segments'
+descriptors or viewed through a mapping, with no round trip and no Ray. Any other node is a
 :class:`~distributed_grid.memory.remote.RemoteNode`, reached through its store actor; Ray is
 imported and connected only then. ``DISTRIBUTED_GRID_FORCE_REMOTE=1`` takes the remote path for
 every node (the way a process on another host would).
@@ -39,7 +39,6 @@ from distributed_grid.memory.directory import KeyDirectory
 from distributed_grid.memory.extents import slice_extents
 from distributed_grid.memory.host import HostNodes
 from distributed_grid.memory.local import LocalNode
-from distributed_grid.memory.mappings import Mappings
 from distributed_grid.memory.records import (
     BlockInfo,
     KeyPlace,
@@ -125,7 +124,6 @@ class MemoryPool:
         self.host = HostNodes() if self.force_remote else HostNodes.find(self.address)
         self.persistent = persistent
         self._ray: RayCluster | None = None
-        self._mappings = Mappings()
         self._nodes: dict[str, Node] = {}
         self._directory: Any = None
         self._lease: tuple[str, Any] | None = None if persistent else self.ray.make_lease()
@@ -167,7 +165,7 @@ class MemoryPool:
                     f"the store of node {name} runs another version of distributed_grid "
                     f"(protocol {record.protocol}, this one speaks {STORE_PROTOCOL}); stop that "
                     "cluster (`grid cluster stop`) and start it again", node=name)
-            return LocalNode(name, record.cluster_id, self._mappings)
+            return LocalNode(name, record.cluster_id)
         if name in self.host.dead:
             raise NodeUnavailable(
                 f"node {name} is gone from the cluster: its blocks are lost until it returns",
@@ -308,12 +306,10 @@ class MemoryPool:
     def is_local(self, block_id: str) -> bool:
         """Whether this process reaches ``block_id`` zero-copy (same host, proven by token)."""
         number, node = self._block_node(block_id)
-        if not node.is_local:
+        if not isinstance(node, LocalNode):
             return False
-        segment = self._mappings.attach(node.block_info(number))
-        if segment is None:
-            return False
-        segment.close()
+        _, data = node.open_block(number)
+        data.release()
         return True
 
     def list_blocks(self) -> list[BlockInfo]:
@@ -440,7 +436,7 @@ class MemoryPool:
                 block_id, offset, allocated = self.place_for(key, length)
             try:
                 info = self._write(block_id, offset, length, key, force,
-                                   transfer.file_source(fd, str(path), length), progress)
+                                   transfer.FileSource(fd, str(path), length), progress)
             except BaseException:
                 if allocated is not None:
                     self.deallocate(allocated)
@@ -488,7 +484,7 @@ class MemoryPool:
         if key is not None:
             key = validate_key(str(key))
         return self._write(block_id, offset, len(view), key, force,
-                           transfer.buffer_source(view), progress, meta)
+                           transfer.BufferSource(view), progress, meta)
 
     def _write(self, block_id: str, offset: int, length: int, key: str | None, force: bool,
                source: transfer.Source, progress: Progress | None,
@@ -540,9 +536,12 @@ class MemoryPool:
         runs = slice_extents(found.extents, offset, size, what=f"key {target!r}")
         return [Piece(found.block, start, length) for start, length in runs]
 
-    def read_into_sink(self, pieces: list[Piece], sink: transfer.Sink,
+    def read_into_sink(self, pieces: list[Piece],
+                       sink: transfer.Sink | Callable[[memoryview], object],
                        progress: Progress | None = None) -> int:
-        """Hand the bytes of ``pieces`` to ``sink`` in order; returns the byte count."""
+        """Hand the bytes of ``pieces`` to ``sink`` (a :class:`~distributed_grid.memory.
+        transfer.Sink` or a callable) in order; returns the byte count."""
+        sink = transfer.as_sink(sink)
         for piece in pieces:
             _, node = self._block_node(piece.block.block_id)
             node.drain(piece.block, piece.offset, piece.length, sink,
@@ -553,7 +552,7 @@ class MemoryPool:
         """The bytes of a block or key (default: up to the block's high-water mark)."""
         pieces = self.plan_read(target, size, offset)
         out = bytearray(sum(p.length for p in pieces))
-        self.read_into_sink(pieces, transfer.buffer_sink(memoryview(out)))
+        self.read_into_sink(pieces, transfer.BufferSink(memoryview(out)))
         return bytes(out)
 
     def retrieve_to_file(self, target: str, path: str, size: int | None = None, offset: int = 0,
@@ -580,7 +579,7 @@ class MemoryPool:
             raise FileError(f"cannot write {path}: {exc.strerror}", path=path) from exc
         try:
             with os.fdopen(fd, "wb", buffering=0) as f:
-                written = self.read_into_sink(pieces, transfer.fd_sink(f.fileno()), progress)
+                written = self.read_into_sink(pieces, transfer.FdSink(f.fileno()), progress)
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -636,7 +635,7 @@ class MemoryPool:
         return node.block_info(number).size, None
 
     def close(self) -> None:
-        """Release the pool: its kept mappings; a non-persistent pool also frees its blocks.
+        """Release the pool's connections; a non-persistent pool also frees its blocks.
 
         Persistent blocks stay: they belong to the stores. Live views stay valid until released.
         """
@@ -645,4 +644,7 @@ class MemoryPool:
             self._lease = None
             self._each_node("release_lease", name)
             self.ray.end_lease(handle)
-        self._mappings.close()
+        for node in self._nodes.values():
+            if isinstance(node, LocalNode):
+                node.close()
+        self._nodes.clear()

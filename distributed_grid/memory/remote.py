@@ -103,7 +103,7 @@ class RemoteNode:
         for pos, n in transfer.chunks(length):
             # A fresh buffer per chunk: Ray may keep a small object's buffer without copying it.
             buf = np.empty(n, dtype=np.uint8)
-            source(pos, memoryview(buf))
+            source.read_into(pos, memoryview(buf))
             chunk = buf if n < INLINE_BYTES else self.cluster.put(buf)
             del buf
             pending.append((self.submit("write_chunk", block.number, offset + pos, chunk), n))
@@ -129,7 +129,7 @@ class RemoteNode:
         while pending:
             ref, n = pending.popleft()
             array = self.result(ref)
-            sink(memoryview(array))
+            sink.write(memoryview(array))
             del array, ref
             progress(n)
             nxt = next(pieces, None)

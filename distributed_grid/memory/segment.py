@@ -38,7 +38,6 @@ LAYOUT_VERSION = 1
 TOKEN_SIZE = 16
 SHM_DIR = "/dev/shm"  # where Linux keeps POSIX shared memory; used to list and measure
 _HEADER = struct.Struct("<8sIIQ16s")
-_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+
 
 
 class SegmentNotFound(NotFound):
@@ -70,7 +69,6 @@ class Segment:
     """
 
     _mmap: mmap.mmap | None = None
-    _populated = False
 
     def __init__(self, name: str, mapping: mmap.mmap, size: int, token: bytes) -> None:
         self.name = name
@@ -98,27 +96,14 @@ class Segment:
     def attach(cls, name: str) -> Segment:
         """Map an existing segment read-write, without populating its pages.
 
-        Opening costs the same for any size: no copy and no page walk. The header is read
-        through the descriptor (``pread``), not the new mapping, which spares a page fault
-        (about 14 µs on this VM, most of what opening a view would cost).
+        Opening costs the same for any size: no copy and no page walk.
 
         Raises:
             SegmentNotFound: no segment of that name on this host.
             InvalidArgument: the segment is not a distributed_grid segment.
         """
-        try:  # what shm_open(3) does on Linux, without a posix_ipc object per open
-            fd = os.open(os.path.join(SHM_DIR, name.lstrip("/")),
-                         os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError as exc:
-            raise SegmentNotFound(f"no shared-memory segment {name} on this host") from exc
+        fd, total, size, token = _open(name)
         try:
-            total = os.fstat(fd).st_size
-            header = os.pread(fd, _HEADER.size, 0)
-            if total < HEADER_SIZE or len(header) < _HEADER.size:
-                raise InvalidArgument(f"segment {name} is too small to hold a header ({total} B)")
-            magic, version, _, size, token = _HEADER.unpack(header)
-            if magic != MAGIC or version != LAYOUT_VERSION or HEADER_SIZE + size > total:
-                raise InvalidArgument(f"segment {name} is not a distributed_grid segment")
             mapping = mmap.mmap(fd, total, flags=mmap.MAP_SHARED)
         finally:
             os.close(fd)
@@ -136,23 +121,6 @@ class Segment:
         if self._mmap is None:
             raise ValueError(f"segment {self.name} is closed")
         return memoryview(self._mmap)[HEADER_SIZE : HEADER_SIZE + self.size]
-
-    def populate(self, offset: int, length: int) -> None:
-        """Map the pages of ``length`` data bytes from ``offset`` before a bulk copy.
-
-        A fresh mapping takes a page fault per page on first touch; populating first makes a
-        1 GiB copy through a new mapping about twice as fast here (benchmarks/README.md). Only
-        bulk copies call it, so opening a view stays independent of the block's size.
-        """
-        if self._mmap is None or length <= 0 or self._populated:
-            return
-        start = (HEADER_SIZE + offset) // mmap.PAGESIZE * mmap.PAGESIZE
-        end = HEADER_SIZE + offset + length
-        try:
-            self._mmap.madvise(_MADV_POPULATE_READ, start, end - start)
-        except OSError:
-            return  # kernels before 5.14: the copy faults the pages in instead
-        self._populated = offset == 0 and length == self.size  # a kept mapping skips the walk
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -219,6 +187,68 @@ def create_segment(name: str, size: int, token: bytes) -> None:
         _unlink_quietly(name)
         raise
     shm.close_fd()
+
+
+def _open(name: str) -> tuple[int, int, int, bytes]:
+    """Open a segment and read its header; returns ``(fd, total bytes, data size, token)``.
+
+    The header is read through the descriptor (``pread``), never through a mapping: a new
+    mapping's first touch is a page fault, about 14 µs on this VM.
+    """
+    try:  # what shm_open(3) does on Linux, without a posix_ipc object per open
+        fd = os.open(os.path.join(SHM_DIR, name.lstrip("/")),
+                     os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError as exc:
+        raise SegmentNotFound(f"no shared-memory segment {name} on this host") from exc
+    try:
+        total = os.fstat(fd).st_size
+        header = os.pread(fd, _HEADER.size, 0)
+        if total < HEADER_SIZE or len(header) < _HEADER.size:
+            raise InvalidArgument(f"segment {name} is too small to hold a header ({total} B)")
+        magic, version, _, size, token = _HEADER.unpack(header)
+        if magic != MAGIC or version != LAYOUT_VERSION or HEADER_SIZE + size > total:
+            raise InvalidArgument(f"segment {name} is not a distributed_grid segment")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, total, size, token
+
+
+def attach_block(name: str, token: bytes, size: int) -> Segment:
+    """Map a segment that must hold ``token`` and ``size`` data bytes (a block's own memory).
+
+    Raises:
+        SegmentNotFound: no such segment, or it holds another token or size.
+    """
+    try:
+        segment = Segment.attach(name)
+    except InvalidArgument as exc:
+        raise SegmentNotFound(f"segment {name} is not the block's: {exc}") from exc
+    if segment.token != token or segment.size != size:
+        segment.close()
+        raise SegmentNotFound(f"segment {name} holds another block")
+    return segment
+
+
+def open_data(name: str, token: bytes, size: int) -> int:
+    """A descriptor of a segment for bulk copies (``pread``/``pwrite``/``sendfile``).
+
+    The segment must hold ``token`` and ``size`` data bytes (it is then the block's own
+    memory); its data starts at byte :data:`HEADER_SIZE` of the descriptor. Copies through the
+    descriptor fault in no page table: into a fresh block they ran 1.25x, and out of one into a
+    pipe 3x, the speed of the same copies through a new mapping here. The caller closes it.
+
+    Raises:
+        SegmentNotFound: no such segment, or it holds another token or size.
+    """
+    try:
+        fd, _, found_size, found_token = _open(name)
+    except InvalidArgument as exc:
+        raise SegmentNotFound(f"segment {name} is not the block's: {exc}") from exc
+    if found_token != token or found_size != size:
+        os.close(fd)
+        raise SegmentNotFound(f"segment {name} holds another block")
+    return fd
 
 
 def segment_exists(name: str) -> bool:

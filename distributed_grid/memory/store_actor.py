@@ -34,6 +34,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distributed_grid import _ray
 from distributed_grid.errors import BlockNotFound
+from distributed_grid.memory import segment as seg
+from distributed_grid.memory import transfer
 from distributed_grid.memory.directory import KeyDirectory
 from distributed_grid.memory.mappings import Mappings
 from distributed_grid.memory.records import BlockInfo, NodeStats
@@ -105,9 +107,16 @@ class StoreActor(BlockStore):
         block = self.block_info(number)
         view = memoryview(data).cast("B")
         check_range(block.block_id, block.size, offset, view.nbytes, "write")
-        with self._mapped(block) as dest:
-            dest[offset : offset + view.nbytes] = view
-            dest.release()
+        try:
+            fd = seg.open_data(block.segment, bytes.fromhex(block.token), block.size)
+        except seg.SegmentNotFound as exc:
+            raise BlockNotFound(f"the shared memory of {block.block_id} is gone from its host",
+                                block_id=block.block_id, node=self.node) from exc
+        try:
+            transfer.fill_fd(fd, seg.HEADER_SIZE + offset, view.nbytes,
+                             transfer.BufferSource(view))
+        finally:
+            os.close(fd)
         return view.nbytes
 
     def read_chunk(self, number: int, offset: int, length: int) -> np.ndarray:

@@ -1,11 +1,14 @@
-"""Moving bytes between files, buffers and blocks, in bounded chunks, with progress.
+"""Moving bytes between files, buffers and blocks, in bounded pieces, with progress.
 
-A transfer has a *source* (``source(pos, buf)`` fills ``buf`` with the source's bytes from
-``pos``) or a *sink* (``sink(view)`` takes the next bytes of the output, in order). The local
-path fills a block's mapping straight from the source, in ``CHUNK``-sized pieces on
-``COPY_THREADS`` threads (a file is read with ``preadv`` straight into the mapping: one copy, and
-the kernel's copy releases the GIL); the remote path (:mod:`distributed_grid.memory.remote`)
-sends the same pieces as ObjectRefs.
+A transfer reads from a :class:`Source` (a file, or a buffer in memory) and writes to a
+:class:`Sink` (a file or pipe, a buffer, or any callable taking the bytes in order).
+
+On the block's host the bytes go through the segment's file descriptor, never through a new
+mapping (a mapping faults in each page on first touch, which cost more than the copy itself
+here): into a block with ``pwrite`` on ``COPY_THREADS`` threads (a buffer is written as it is, a
+file through a small buffer per thread that stays in the CPU's cache); out of one with
+``sendfile`` into a file or pipe, or ``preadv`` straight into a buffer. Elsewhere the same
+pieces travel as ObjectRefs (:mod:`distributed_grid.memory.remote`).
 """
 
 from __future__ import annotations
@@ -17,12 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from distributed_grid.errors import FileError
 
-CHUNK = 64 * 2**20
+CHUNK = 64 * 2**20  # the unit of the remote path, and of progress on the local one
+PIECE = 2**20  # what one pread/pwrite moves on the local path
 COPY_THREADS = 2
 
 Progress = Callable[[int], None]  # called with the number of bytes just moved
-Source = Callable[[int, memoryview], None]  # fills the buffer with the bytes from a position
-Sink = Callable[[memoryview], None]  # takes the next bytes of the output, in order
 
 
 def no_progress(_: int) -> None:
@@ -39,79 +41,168 @@ def chunks(length: int, chunk: int | None = None) -> Iterator[tuple[int, int]]:
         pos += n
 
 
-def fill(dest: memoryview, source: Source, progress: Progress = no_progress) -> None:
-    """Fill ``dest`` from ``source`` (piece by piece, on two threads when there are several)."""
+# -- sources and sinks -------------------------------------------------------------------------
 
-    def piece(pos: int, n: int) -> None:
-        source(pos, dest[pos : pos + n])
-        progress(n)
 
-    pieces = list(chunks(len(dest)))
-    if len(pieces) <= 1:
-        for pos, n in pieces:
-            piece(pos, n)
+class Source:
+    """Where the bytes of a write come from."""
+
+    in_memory = False  # True when :meth:`view` gives the bytes without a copy
+
+    def read_into(self, pos: int, buf: memoryview) -> None:
+        """Fill ``buf`` with the source's bytes from ``pos``."""
+        raise NotImplementedError
+
+    def view(self, pos: int, n: int) -> memoryview:
+        """The bytes themselves (only when :attr:`in_memory`)."""
+        raise NotImplementedError
+
+
+class FileSource(Source):
+    """The bytes of an open file (``length`` of them), read with ``preadv``."""
+
+    def __init__(self, fd: int, path: str, length: int) -> None:
+        self.fd, self.path, self.length = fd, path, length
+
+    def read_into(self, pos: int, buf: memoryview) -> None:
+        got = 0
+        while got < len(buf):
+            n = os.preadv(self.fd, [buf[got:]], pos + got)
+            if n == 0:
+                raise FileError(f"{self.path} ended early: expected {self.length} bytes",
+                                path=self.path)
+            got += n
+
+
+class BufferSource(Source):
+    """The bytes of a buffer."""
+
+    in_memory = True
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+
+    def read_into(self, pos: int, buf: memoryview) -> None:
+        buf[:] = self.data[pos : pos + len(buf)]
+
+    def view(self, pos: int, n: int) -> memoryview:
+        return self.data[pos : pos + n]
+
+
+class Sink:
+    """Where the bytes of a read go, in order."""
+
+    def write(self, view: memoryview) -> None:
+        raise NotImplementedError
+
+
+class FdSink(Sink):
+    """A file or pipe, written from the current position (short writes handled)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, view: memoryview) -> None:
+        while len(view):
+            view = view[_write_errors(os.write, self.fd, view):]
+
+
+class BufferSink(Sink):
+    """A buffer, filled from its start."""
+
+    def __init__(self, dest: memoryview) -> None:
+        self.dest = dest
+        self.pos = 0
+
+    def write(self, view: memoryview) -> None:
+        self.dest[self.pos : self.pos + len(view)] = view
+        self.pos += len(view)
+
+
+class CallableSink(Sink):
+    """Any callable that takes the bytes in order (``bytearray.extend``, say)."""
+
+    def __init__(self, write: Callable[[memoryview], object]) -> None:
+        self._write = write
+
+    def write(self, view: memoryview) -> None:
+        self._write(view)
+
+
+def as_sink(sink: Sink | Callable[[memoryview], object]) -> Sink:
+    return sink if isinstance(sink, Sink) else CallableSink(sink)
+
+
+def _write_errors(call: Callable[..., int], *args: object) -> int:
+    """Run one write to the output; its errors (but a closed pipe) become :class:`FileError`."""
+    try:
+        return call(*args)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise FileError(f"cannot write the output: {exc.strerror}") from exc
+
+
+# -- the local path: a segment's descriptor ----------------------------------------------------
+
+
+def fill_fd(fd: int, base: int, length: int, source: Source,
+            progress: Progress = no_progress) -> None:
+    """Write ``length`` bytes of ``source`` at ``base`` of descriptor ``fd``.
+
+    Each of ``COPY_THREADS`` threads writes one half (the kernel's copy releases the GIL).
+    """
+
+    def span(start: int, n: int) -> None:
+        buf = None if source.in_memory else memoryview(bytearray(min(PIECE, n)))
+        done = 0
+        for pos, size in chunks(n, PIECE):
+            if buf is None:
+                data = source.view(start + pos, size)
+            else:
+                data = buf[:size]
+                source.read_into(start + pos, data)
+            written = 0
+            while written < size:
+                written += os.pwrite(fd, data[written:], base + start + pos + written)
+            done += size
+            if done >= CHUNK:
+                progress(done)
+                done = 0
+        if done:
+            progress(done)
+
+    half = -(-length // COPY_THREADS // PIECE) * PIECE  # whole pieces per thread
+    spans = [(s, min(half, length - s)) for s in range(0, length, half)] if length else []
+    if len(spans) <= 1:
+        for start, n in spans:
+            span(start, n)
         return
-    with ThreadPoolExecutor(COPY_THREADS) as pool:
-        for future in [pool.submit(piece, pos, n) for pos, n in pieces]:
+    with ThreadPoolExecutor(len(spans)) as pool:
+        for future in [pool.submit(span, start, n) for start, n in spans]:
             future.result()
 
 
-def drain(source: memoryview, sink: Sink, progress: Progress = no_progress) -> None:
-    """Hand ``source`` to ``sink`` piece by piece."""
-    for pos, n in chunks(len(source)):
-        sink(source[pos : pos + n])
+def drain_fd(fd: int, base: int, length: int, sink: Sink,
+             progress: Progress = no_progress) -> None:
+    """Hand ``length`` bytes at ``base`` of descriptor ``fd`` to ``sink``, in order."""
+    for pos, n in chunks(length):
+        if isinstance(sink, FdSink):  # in the kernel: no copy through this process
+            sent = 0
+            while sent < n:
+                sent += _write_errors(os.sendfile, sink.fd, fd, base + pos + sent, n - sent)
+        elif isinstance(sink, BufferSink):  # straight into the destination
+            got = 0
+            while got < n:
+                got += os.preadv(fd, [sink.dest[sink.pos + got : sink.pos + n]],
+                                 base + pos + got)
+            sink.pos += n
+        else:
+            buf = memoryview(bytearray(min(PIECE, n)))
+            for at, size in chunks(n, PIECE):
+                os.preadv(fd, [buf[:size]], base + pos + at)
+                sink.write(buf[:size])
         progress(n)
-
-
-def file_source(fd: int, path: str, length: int) -> Source:
-    """The bytes of an open file (``length`` of them), read with ``preadv``."""
-
-    def read(pos: int, buf: memoryview) -> None:
-        got = 0
-        while got < len(buf):
-            n = os.preadv(fd, [buf[got:]], pos + got)
-            if n == 0:
-                raise FileError(f"{path} ended early: expected {length} bytes", path=path)
-            got += n
-
-    return read
-
-
-def buffer_source(data: memoryview) -> Source:
-    """The bytes of a buffer."""
-
-    def read(pos: int, buf: memoryview) -> None:
-        buf[:] = data[pos : pos + len(buf)]
-
-    return read
-
-
-def buffer_sink(dest: memoryview) -> Sink:
-    """A sink filling ``dest`` from its start."""
-    pos = 0
-
-    def write(view: memoryview) -> None:
-        nonlocal pos
-        dest[pos : pos + len(view)] = view
-        pos += len(view)
-
-    return write
-
-
-def fd_sink(fd: int) -> Sink:
-    """A sink writing to a file descriptor (a file or a pipe), handling short writes."""
-
-    def write(view: memoryview) -> None:
-        while len(view):
-            try:
-                n = os.write(fd, view)
-            except BrokenPipeError:
-                raise
-            except OSError as exc:
-                raise FileError(f"cannot write the output: {exc.strerror}") from exc
-            view = view[n:]
-
-    return write
 
 
 def open_input(path: str) -> tuple[int, int]:
