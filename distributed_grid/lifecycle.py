@@ -20,15 +20,18 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from distributed_grid import runtime
 from distributed_grid.errors import ClusterError, InvalidArgument
 from distributed_grid.names import validate_node_name
+
+if TYPE_CHECKING:
+    import subprocess
 
 NODE_LABEL = "grid.node"
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -179,6 +182,8 @@ def start_local(nodes: tuple[str, ...] | list[str] = (), head_name: str | None =
     env.pop("RAY_ADDRESS", None)
     env[LOOPBACK_ENV] = "0"
     log_path = ready.removesuffix(".json") + ".log"
+    import subprocess
+
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -237,6 +242,8 @@ def _start_node(args: list[str], name: str | None, role: str, address: str | Non
     if name is not None:
         cmd.append("--labels=" + json.dumps({NODE_LABEL: validate_node_name(name)}))
     log_path = os.path.join(runtime.runtime_dir(), f"ray-{role}-{int(time.time() * 1000)}.log")
+    import subprocess
+
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from distributed_grid.config import ClusterConfig, memory_cap, use_config
 from distributed_grid.errors import (
@@ -64,34 +64,13 @@ if TYPE_CHECKING:
     import numpy as np
 
     from distributed_grid.cluster import RayCluster
+    from distributed_grid.memory.remote import RemoteNode
+
+    Node = LocalNode | RemoteNode  # what the pool asks of a node is the same of both
 
 FORCE_REMOTE_ENV = "DISTRIBUTED_GRID_FORCE_REMOTE"
 
 Progress = Callable[[int], None]
-
-
-class Node(Protocol):
-    """What the pool asks of a node, local or remote (see ``local.py`` and ``remote.py``)."""
-
-    node: str
-    is_local: bool
-
-    def allocate(self, size: int, lease: str | None = None,
-                 capacity: int | None = None) -> BlockInfo: ...
-    def deallocate(self, number: int) -> BlockInfo: ...
-    def block_info(self, number: int) -> BlockInfo: ...
-    def find_key(self, key: str) -> KeyPlace | None: ...
-    def holds_key(self, key: str, number: int) -> bool: ...
-    def stats(self, capacity: int | None = None) -> NodeStats: ...
-    def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
-                      force: bool = False, writer: str | None = None) -> BlockInfo: ...
-    def commit_write(self, number: int, offset: int, length: int, key: str | None = None,
-                     meta: dict[str, Any] | None = None) -> BlockInfo: ...
-    def abort_write(self, number: int, offset: int, key: str | None = None) -> None: ...
-    def fill(self, block: BlockInfo, offset: int, length: int, source: transfer.Source,
-             progress: transfer.Progress = ...) -> None: ...
-    def drain(self, block: BlockInfo, offset: int, length: int, sink: transfer.Sink,
-              progress: transfer.Progress = ...) -> None: ...
 
 
 def _force_remote_default() -> bool:

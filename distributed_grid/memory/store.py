@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import time
 from typing import Any
 
@@ -186,7 +185,7 @@ class BlockStore:
             StoreFull: the node cannot hold ``size`` more bytes.
         """
         positive_size(size, "block size")
-        token = secrets.token_bytes(seg.TOKEN_SIZE)
+        token = os.urandom(seg.TOKEN_SIZE)
         with self.catalog.transaction():
             free = self.free_bytes(capacity)  # counts read under the write lock: no overshoot
             if size > free:
