@@ -18,8 +18,13 @@ What it measures (p50 = median of the per-operation times):
    processes).
 4. nodes: find_key, retrieve of a key (``pool.read``) and list-objects on clusters of 2 and of
    16 simulated worker nodes, local and remote path.
+5. paths: the decisions under the data path, on raw segments (no cluster): creating a segment
+   with ``posix_fallocate`` alone and with its creator's mapping populated (``MAP_POPULATE``);
+   copying a page-cached file into a fresh segment through a new mapping (``preadv`` into it)
+   and through the descriptor (``pwrite``), two threads each; and copying a segment into a pipe
+   through a new mapping (``write``) and with ``sendfile``.
 
-    python benchmarks/bench_control.py [--only blocks,view,cli,nodes] [--blocks 10000]
+    python benchmarks/bench_control.py [--only blocks,view,cli,nodes,paths] [--blocks 10000]
                                        [--file-size 1GiB] [--nodes 2,16] [--json]
 """
 
@@ -38,20 +43,27 @@ import tempfile
 import time
 from collections.abc import Callable
 
-SECTIONS = ("blocks", "view", "cli", "nodes")
+SECTIONS = ("blocks", "view", "cli", "nodes", "paths")
 
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def p50(fn: Callable[[int], object], repeat: int) -> float:
-    """Median seconds of ``fn(i)`` over ``repeat`` calls."""
+def leave_ray() -> None:
+    """Disconnect this process from its Ray cluster before that cluster stops (a process stays
+    connected to one cluster, and one whose cluster is gone is ended by Ray after a minute)."""
+    if "ray" in sys.modules:
+        sys.modules["ray"].shutdown()
+
+
+def p50(fn: Callable[[int], object], repeat: int, clock=time.perf_counter) -> float:
+    """Median seconds of ``fn(i)`` over ``repeat`` calls (wall clock, or ``clock``)."""
     samples = []
     for i in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         fn(i)
-        samples.append(time.perf_counter() - start)
+        samples.append(clock() - start)
     return statistics.median(samples)
 
 
@@ -226,17 +238,142 @@ class Bench:
                                     "remote": self.key_ops(remote, keys)}
             finally:
                 log(f"nodes: stopping the cluster of {count} ...")
+                leave_ray()
                 lifecycle.stop_started(address)
         self.results["nodes"] = per_nodes
 
     @staticmethod
     def key_ops(pool, keys: list[str]) -> dict[str, float]:
+        """Wall time per operation, and this process's CPU time per operation: with 2 cores,
+        every raylet of the cluster takes some CPU even when idle, which slows any wall clock
+        as nodes are added; the CPU time shows what the operation itself costs."""
         pool.find_key(keys[0])
-        return {
-            "find_key": p50(lambda i: pool.find_key(keys[(i * 7) % len(keys)]), 200),
-            "retrieve_key": p50(lambda i: pool.read(keys[(i * 11) % len(keys)]), 200),
-            "list_objects": p50(lambda i: pool.list_blocks(), 30),
-        }
+        ops = {"find_key": (lambda i: pool.find_key(keys[(i * 7) % len(keys)]), 200),
+               "retrieve_key": (lambda i: pool.read(keys[(i * 11) % len(keys)]), 200),
+               "list_objects": (lambda i: pool.list_blocks(), 30)}
+        result = {}
+        for name, (fn, repeat) in ops.items():
+            result[name] = p50(fn, repeat)
+            result[name + " cpu"] = p50(fn, repeat, clock=time.process_time)
+        return result
+
+    # -- 5. the data path's decisions, on raw segments -----------------------------------------
+
+    def section_paths(self) -> None:
+        import threading
+
+        from distributed_grid.memory import segment as seg
+        from distributed_grid.memory import transfer
+        from distributed_grid.sizes import parse_size
+
+        size = parse_size(self.args.file_size)
+        src = os.path.join(self.tmp, "paths.bin")
+        with open(src, "wb") as f:
+            for _ in range(-(-size // 2**24)):
+                f.write(os.urandom(min(2**24, size - f.tell())))
+        with open(src, "rb") as f:
+            while f.read(2**24):
+                pass
+        name = f"/dgbench-paths-{os.getpid()}"
+        token = bytes(16)
+        total = seg.HEADER_SIZE + size
+
+        def fresh() -> None:
+            seg.unlink_segment(name)
+            seg.create_segment(name, size, token)
+
+        def halves(fn) -> None:
+            half = size // 2 // 4096 * 4096
+            threads = [threading.Thread(target=fn, args=(a, b))
+                       for a, b in ((0, half), (half, size - half))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        def into_mapping() -> None:
+            fd = os.open(src, os.O_RDONLY)
+            segment = seg.Segment.attach(name)
+            data = segment.data()
+
+            def copy(a: int, n: int) -> None:
+                for pos, k in transfer.chunks(n):
+                    got = 0
+                    while got < k:
+                        got += os.preadv(fd, [data[a + pos + got : a + pos + k]], a + pos + got)
+            halves(copy)
+            data.release()
+            segment.close()
+            os.close(fd)
+
+        def into_descriptor() -> None:
+            fd = os.open(src, os.O_RDONLY)
+            dst = seg.open_data(name, token, size)
+            transfer.fill_fd(dst, seg.HEADER_SIZE, size, transfer.FileSource(fd, src, size))
+            os.close(dst)
+            os.close(fd)
+
+        def to_pipe(use_sendfile: bool) -> None:
+            r, w = os.pipe()
+
+            def drain_pipe() -> None:
+                while os.read(r, 2**20):
+                    pass
+
+            reader = threading.Thread(target=drain_pipe)
+            reader.start()
+            if use_sendfile:
+                fd = seg.open_data(name, token, size)
+                transfer.drain_fd(fd, seg.HEADER_SIZE, size, transfer.FdSink(w))
+                os.close(fd)
+            else:
+                segment = seg.Segment.attach(name)
+                data = segment.data()
+                transfer.FdSink(w).write(data)
+                data.release()
+                segment.close()
+            os.close(w)
+            reader.join()
+            os.close(r)
+
+        def populate() -> None:
+            seg.unlink_segment(name)
+            seg.create_segment(name, size, token)
+            fd = os.open(f"/dev/shm{name}", os.O_RDWR)
+            m = mmap.mmap(fd, total, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+            os.close(fd)
+            m.close()
+
+        runs = 3
+        paths: dict[str, float] = {"size": size}
+        try:
+            log("paths: creating segments ...")
+            paths["create"] = statistics.median(self._time(fresh) for _ in range(runs))
+            paths["create_populated"] = statistics.median(
+                self._time(populate) for _ in range(runs))
+            log("paths: copying a file into a fresh segment ...")
+            into = {"mapping": [], "descriptor": []}
+            for _ in range(runs):
+                for label, fn in (("mapping", into_mapping), ("descriptor", into_descriptor)):
+                    fresh()
+                    into[label].append(self._time(fn))
+            paths["fill_mapping"] = statistics.median(into["mapping"])
+            paths["fill_descriptor"] = statistics.median(into["descriptor"])
+            log("paths: copying a segment into a pipe ...")
+            paths["pipe_mapping"] = statistics.median(
+                self._time(lambda: to_pipe(False)) for _ in range(runs))
+            paths["pipe_sendfile"] = statistics.median(
+                self._time(lambda: to_pipe(True)) for _ in range(runs))
+        finally:
+            seg.unlink_segment(name)
+            os.unlink(src)
+        self.results["paths"] = paths
+
+    @staticmethod
+    def _time(fn: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
 
     # -- report --------------------------------------------------------------------------------
 
@@ -286,6 +423,17 @@ class Bench:
                     a, b = r["nodes"][few][path][op], r["nodes"][many][path][op]
                     lines.append(f"{op:<14}{path:<8}{a * 1e6:>10.0f}{b * 1e6:>10.0f}"
                                  f"{b / a:>7.2f}x")
+        if "paths" in r:
+            p = r["paths"]
+            gib = p["size"] / 2**30
+            lines += ["", f"data path decisions, {gib:.2f} GiB, medians of 3:",
+                      f"create a segment: posix_fallocate {p['create']:.3f} s; with the "
+                      f"creator's mapping populated {p['create_populated']:.3f} s",
+                      f"file into a fresh segment: new mapping {p['fill_mapping']:.3f} s, "
+                      f"descriptor {p['fill_descriptor']:.3f} s "
+                      f"({p['fill_mapping'] / p['fill_descriptor']:.2f}x)",
+                      f"segment into a pipe: new mapping {p['pipe_mapping']:.3f} s, sendfile "
+                      f"{p['pipe_sendfile']:.3f} s ({p['pipe_mapping'] / p['pipe_sendfile']:.2f}x)"]
         return "\n".join(lines)
 
 
@@ -326,14 +474,14 @@ def main(argv: list[str] | None = None) -> int:
                 bench.section_cli(pool, address)
             pool.close()
             remote.close()
+            leave_ray()
             bench.cluster_stop(address)
         if "nodes" in sections:
             bench.section_nodes()
+        if "paths" in sections:
+            bench.section_paths()
     finally:
-        if "ray" in sys.modules:  # leave the cluster before it goes, or Ray waits for it
-            import ray
-
-            ray.shutdown()
+        leave_ray()
         lifecycle.stop_started()
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(bench.results, indent=2) if args.json else bench.report())

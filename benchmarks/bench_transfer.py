@@ -292,7 +292,7 @@ def bench_local(res: Results, pool: Any, src: str, out: str, size: int, digest: 
     for i in range(repeat):
         if block_id:
             pool.deallocate(block_id)
-        block_id = pool.allocate(size, node="gpu1")["block_id"]
+        block_id = pool.allocate(size, node="gpu1").block_id
         times.append(timed(lambda b=block_id: pool.store_file(key, src, block_id=b, offset=0)))
         res.check(f"local store into fresh block, run {i + 1}",
                   hash_block(pool, block_id, size), digest)
@@ -352,7 +352,8 @@ def bench_ray(res: Results, src: str, size: int, repeat: int, gpu1_id: str,
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from distributed_grid.memory.transfer import CHUNK, IN_FLIGHT
+    from distributed_grid.memory.remote import IN_FLIGHT
+    from distributed_grid.memory.transfer import CHUNK
 
     holder = ray.remote(Holder).options(
         num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(gpu1_id, soft=False)
@@ -442,7 +443,7 @@ def bench_remote(res: Results, pool: Any, rpool: Any, src: str, out: str, size: 
     for i in range(repeat):
         if block_id:
             pool.deallocate(block_id)
-        block_id = pool.allocate(size, node="gpu1")["block_id"]
+        block_id = pool.allocate(size, node="gpu1").block_id
         times.append(timed(lambda b=block_id: rpool.store_file(key, src, block_id=b, offset=0)))
         res.check(f"remote store (read back locally), run {i + 1}",
                   hash_block(pool, block_id, size), digest)
@@ -486,7 +487,7 @@ def bench_cli(res: Results, pool: Any, address: str, tmp: str, src: str, out: st
     for i in range(repeat):
         if block_id:
             pool.deallocate(block_id)
-        block_id = pool.allocate(size, node="gpu1")["block_id"]
+        block_id = pool.allocate(size, node="gpu1").block_id
         times.append(timed(lambda b=block_id: run("memory", "store", "bench-cli", src,
                                                    "--block-id", b)))
         res.check(f"CLI store, run {i + 1}", hash_block(pool, block_id, size), digest)
@@ -610,8 +611,8 @@ def main(argv: list[str] | None = None) -> int:
 
         import numpy as np
 
-        from distributed_grid import cluster
-        from distributed_grid.memory import transfer
+        from distributed_grid import lifecycle as cluster
+        from distributed_grid.memory import remote, transfer
 
         res = Results(tmp)
         src = os.path.join(tmp, "src.bin")
@@ -635,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         rpool = MemoryPool(address, force_remote=True)
         import ray
 
-        gpu1 = cluster.find_node("gpu1")
+        gpu1 = rpool.ray.node("gpu1")
         store_bytes = min(int(n["Resources"].get("object_store_memory", 0))
                           for n in ray.nodes() if n.get("Alive"))
 
@@ -654,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
             "size_bytes": size, "repeat": args.repeat, "machine": machine_info(),
             "ray": ray.__version__, "numpy": np.__version__, "address": address,
             "object_store_bytes": store_bytes, "chunk_bytes": transfer.CHUNK,
-            "in_flight": transfer.IN_FLIGHT, "peak_own_memory_bytes": res.peak_own,
+            "in_flight": remote.IN_FLIGHT, "peak_own_memory_bytes": res.peak_own,
             "peak_mem_drop_bytes": watch.stop(),
         }
         doc = as_json(res, meta)

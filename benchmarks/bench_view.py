@@ -5,8 +5,8 @@ times, for each, in the same run:
 
 - attach: mapping the block's segment and making a numpy view over it, with no actor call
   (``Segment.attach`` + ``np.frombuffer``), each time a fresh mapping;
-- pool.view: the library call a user makes (``MemoryPool.view``), which also asks the store for
-  the block's info (one actor round trip) and reuses this process's mapping;
+- pool.view: the library call a user makes (``MemoryPool.view``), which also reads the block's
+  row from its node's catalog on this host (no round trip) and maps the segment;
 - ray.get: a zero-copy ``ray.get`` of a numpy array of the same size already in the object
   store, the closest thing Ray offers.
 
@@ -50,13 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("RAY_ADDRESS", None)
     import numpy as np
 
-    from distributed_grid import cluster
+    from distributed_grid import lifecycle
     from distributed_grid.memory import MemoryPool
     from distributed_grid.memory.segment import Segment
     from distributed_grid.sizes import format_size, parse_size
 
     sizes = {"small": parse_size(args.small), "big": parse_size(args.big)}
-    address = cluster.start_local(["gpu1"], head_name="head")
+    address = lifecycle.start_local(["gpu1"], head_name="head")
     pool = None
     try:
         import ray
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             block = pool.allocate(size, node="gpu1")
 
             def attach(block=block):
-                segment = Segment.attach(block["segment"])
+                segment = Segment.attach(block.segment)
                 data = segment.data()
                 arr = np.frombuffer(data, dtype=np.uint8)
                 del arr
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 segment.close()
 
             def view(block=block):
-                pool.view(block["block_id"], dtype="uint8")
+                pool.view(block.block_id, dtype="uint8")
 
             ref = ray.put(np.zeros(size, dtype=np.uint8))
 
@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ray_get_us": _median_us(get, args.repeat),
             }
             del ref
-            pool.close()
-            pool.deallocate(block["block_id"])
+            pool.deallocate(block.block_id)
         ratios = {k: results["big"][k] / results["small"][k]
                   for k in ("attach_us", "pool_view_us", "ray_get_us")}
         if args.json:
@@ -107,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if pool is not None:
             pool.destroy_all()
-        cluster.stop_started(address)
+        if "ray" in sys.modules:
+            sys.modules["ray"].shutdown()
+        lifecycle.stop_started(address)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -27,6 +27,7 @@ from distributed_grid.lifecycle import LOOPBACK_ENV, NODE_LABEL, Target, is_loop
 from distributed_grid.memory.records import BlockInfo, NodeInfo
 from distributed_grid.memory.store import STORE_PROTOCOL
 from distributed_grid.memory.store_actor import NAMESPACE, get_store, last_published, make_lease
+from distributed_grid.runtime import same_address
 
 HEAD_RESOURCE = "node:__internal_head__"
 CALL_TIMEOUT = 300.0  # seconds; a store that has not answered by then counts as gone
@@ -39,6 +40,12 @@ def connect(target: Target) -> None:
         ClusterError: the cluster cannot be reached.
     """
     if ray.is_initialized():
+        current = ray.get_runtime_context().gcs_address
+        if not same_address(current, target.address):
+            raise ClusterError(
+                f"this process is connected to the Ray cluster at {current}, not {target.address}:"
+                " a process reaches one Ray cluster; use another process for the other one",
+                address=target.address)
         return
     if is_loopback(target.address):
         if os.environ.get(LOOPBACK_ENV) != "0":

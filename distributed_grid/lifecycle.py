@@ -4,9 +4,10 @@ No Ray runs in this process here: Ray runs in the processes started (the supervi
 one-host cluster, ``ray start`` for a head or a worker), each in its own session, recorded by pid
 in the runtime directory so ``grid cluster stop`` ends exactly those.
 
-Which cluster: an explicit address, else ``RAY_ADDRESS``, else the one ``grid`` started on this
-host, else the one Ray recorded as current, else (when allowed) the embedded default: a
-one-host cluster started on demand, announced in one line on stderr.
+Which cluster: an explicit address, else the one this process is connected to (code running in
+a Ray task or driver), else ``RAY_ADDRESS``, else the one ``grid`` started on this host, else the
+one Ray recorded as current, else (when allowed) the embedded default: a one-host cluster
+started on demand, announced in one line on stderr.
 
 A cluster that this package starts for one host runs on loopback (127.0.0.1). Ray replaces
 127.0.0.1 with the host's outward address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set
@@ -108,6 +109,9 @@ def find_cluster(address: str | None = None, start_if_missing: bool = True) -> T
     Raises:
         ClusterError: the given cluster does not answer, or none could be started.
     """
+    ray = sys.modules.get("ray")
+    if address is None and ray is not None and ray.is_initialized():
+        return Target(ray.get_runtime_context().gcs_address)  # the cluster this process is in
     explicit = address or os.environ.get("RAY_ADDRESS") or None
     if explicit in ("auto", "local"):
         explicit = None

@@ -11,7 +11,8 @@ is why the raylets are started through ``ray.cluster_utils.Cluster``.
 
 Before it says it is ready, the supervisor starts every node's store (each writes its node's
 record) and records the cluster's nodes in the runtime directory: from then on a command on this
-host can serve any block of the cluster without Ray.
+host can serve any block of the cluster without Ray. When it ends the cluster it removes the
+cluster's records and whatever of its blocks is left in /dev/shm, however it was told to stop.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from distributed_grid import _ray, cluster, runtime
     from distributed_grid.lifecycle import NODE_LABEL, Target
+    from distributed_grid.memory.store import remove_cluster_files
     from distributed_grid.memory.store_actor import get_store
 
     head_args: dict = {"include_dashboard": False, "object_store_memory": args.object_store_memory,
@@ -56,16 +58,17 @@ def main(argv: list[str] | None = None) -> int:
         raylets[name] = _ray.raylet_pid(node)
     ray_cluster.wait_for_nodes()
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *_: stop.set())
-
     cluster.connect(Target(ray_cluster.address))
     cluster_id = cluster.session_cluster_id()
     ids = {n.name: n.node_id for n in cluster.node_table(include_dead=False)}
     stores = [get_store(name, ids[name], cluster_id, args.head_name)
               for name in [args.head_name, *workers]]
     ray.get([store.ping.remote() for store in stores])  # each has written its node's record
+    ray.shutdown()  # the stores are detached and stay; a driver's signal handlers would not
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
     runtime.write_cluster_record(runtime.ClusterRecord(
         cluster_id=cluster_id, address=ray_cluster.address, supervisor_pid=os.getpid(),
         supervisor_start=runtime.process_start(os.getpid()), head=args.head_name, nodes=workers,
@@ -78,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(tmp, args.ready_file)
     stop.wait()
     runtime.forget_cluster(cluster_id)
-    ray.shutdown()
     ray_cluster.shutdown()
+    remove_cluster_files(cluster_id)  # the stores are gone: nothing of the cluster may stay
     return 0
 
 

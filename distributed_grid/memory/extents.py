@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from distributed_grid.errors import OutOfBounds
+from distributed_grid.names import check_start
 
 
 def slice_extents(extents: Sequence[Sequence[int]], offset: int, size: int | None,
@@ -25,17 +26,16 @@ def slice_extents(extents: Sequence[Sequence[int]], offset: int, size: int | Non
         OutOfBounds: ``offset`` or ``size`` is negative, or the range passes the key's end.
     """
     total = sum(length for _, length in extents)
-    if offset < 0:
-        raise OutOfBounds(f"offset must be 0 or more, got {offset}")
-    if size is not None and size < 0:
-        raise OutOfBounds(f"size must be 0 or more, got {size}")
+    check_start(offset, size)
     if offset > total:
-        raise OutOfBounds(f"offset {offset} is past the end of {what} ({total} bytes)")
+        raise OutOfBounds(f"offset {offset} is past the end of {what} ({total} bytes)",
+                          offset=offset, total=total)
     want = total - offset if size is None else size
     if offset + want > total:
         raise OutOfBounds(
             f"cannot read {want} bytes at offset {offset} of {what} ({total} bytes): "
-            f"at most {total - offset} bytes remain from that offset"
+            f"at most {total - offset} bytes remain from that offset",
+            offset=offset, length=want, total=total,
         )
     runs: list[tuple[int, int]] = []
     skip = offset
