@@ -4,9 +4,11 @@ version, file mode, crash safety, several processes at once)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -679,3 +681,47 @@ def test_a_client_killed_in_the_middle_of_changes_leaves_the_catalog_consistent(
     for block in store.list_blocks():  # every key that committed reads back
         for extents in block.keys.values():
             assert read(store, block.number, *extents[0]) == b"kill."
+
+
+# -- a full /dev/shm (a private 16 MiB tmpfs, never the host's) -------------------------------
+
+FULL = textwrap.dedent("""
+    import json, os, sqlite3, sys
+    from distributed_grid.errors import StoreFull
+    from distributed_grid.memory import segment as seg
+    from distributed_grid.memory.store import BlockStore
+
+    store = BlockStore("n1", "fulltest")
+    sizes, refused = [], []
+    while len(refused) < 3:  # 1 MiB blocks until the tmpfs says no, then 1-byte ones
+        size = 2**20 if not refused else 1
+        before = (store.list_blocks(), sorted(seg.list_segment_names(store.prefix)))
+        try:
+            sizes.append(store.allocate(size).size)
+        except StoreFull as exc:
+            refused.append(str(exc))
+            after = (store.list_blocks(), sorted(seg.list_segment_names(store.prefix)))
+            assert after == before, (exc, before, after)
+    db = sqlite3.connect(store.catalog.path)
+    assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    for block in store.list_blocks()[:2]:
+        store.deallocate(block.number)
+    again = store.allocate(2**20)  # freed megabytes are usable again
+    print(json.dumps({"megabytes": sizes.count(2**20), "refused": refused,
+                      "again": again.block_id}))
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="mounting a private tmpfs needs root and unshare")
+def test_a_full_shared_memory_is_store_full_and_changes_nothing():
+    script = ("mount -t tmpfs -o size=16m tmpfs /dev/shm && "
+              f"exec {sys.executable} -c \"$0\"")
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script, FULL], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    done = json.loads(result.stdout)
+    assert 12 <= done["megabytes"] <= 15  # 16 MiB, less the catalog and the headers
+    for line in done["refused"]:  # one line each, saying what is short
+        assert "\n" not in line and ("bytes" in line or "cannot grow" in line), line
+    assert done["again"].startswith("block_")

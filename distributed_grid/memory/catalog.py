@@ -190,6 +190,12 @@ class Catalog:
         rows = self._db.rows(f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE number=?", (number,))
         return BlockRow(*rows[0]) if rows else None
 
+    def place_of(self, number: int) -> tuple[int, str, str, str] | None:
+        """``(size, segment, token, state)`` of a block: all that mapping it needs."""
+        rows = self._db.rows("SELECT size, segment, token, state FROM blocks WHERE number=?",
+                             (number,))
+        return rows[0] if rows else None
+
     def block_and_extents(self, number: int) -> tuple[BlockRow | None, list[ExtentRow]]:
         """A block's row and its extents by offset, read in one statement (one state)."""
         rows = self._db.rows(

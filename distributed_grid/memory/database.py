@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from distributed_grid.errors import VersionMismatch
+from distributed_grid.errors import ClusterError, StoreFull, VersionMismatch
 
 BUSY_TIMEOUT_MS = 60_000  # a writer waits this long for another's transaction to end
 
@@ -58,18 +58,27 @@ class Database:
             raise
 
     def _prepare(self, schema: str, version: int) -> None:
+        db = self.db
         try:
-            if self.scalar("PRAGMA journal_mode") != "wal":
-                self.scalar("PRAGMA journal_mode=WAL")  # persistent: stays with the file
-            found = self.scalar("PRAGMA user_version")
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")  # persistent: stays with the file
+            found = db.execute("PRAGMA user_version").fetchone()[0]
             if found == 0:
-                with self.transaction() as db:
+                db.execute("BEGIN IMMEDIATE")
+                try:
                     if db.execute("PRAGMA user_version").fetchone()[0] == 0:  # nobody beat us
                         for statement in schema.split(";"):
                             if statement.strip():
                                 db.execute(statement)
                         db.execute(f"PRAGMA user_version={int(version)}")
-                found = self.scalar("PRAGMA user_version")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+                found = db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.OperationalError as exc:  # locked past the timeout, out of space...
+            with self._errors():
+                raise exc
         except sqlite3.DatabaseError as exc:
             raise VersionMismatch(
                 f"{self.what} ({self.path}) is not a database this distributed_grid can read "
@@ -83,7 +92,7 @@ class Database:
                 "made it; stop that cluster (`grid cluster stop`) and start it again",
                 path=self.path, found=found, expected=version,
             )
-        self.scalar("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA synchronous=NORMAL")
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -93,10 +102,23 @@ class Database:
         return self._db
 
     @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite's errors as the library's own, in one line (a full /dev/shm is StoreFull)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            text = str(exc)
+            if "full" in text:
+                raise StoreFull(f"{self.what} ({self.path}) cannot grow: {text}; free blocks "
+                                "or shared memory first", path=self.path) from exc
+            raise ClusterError(f"{self.what} ({self.path}) failed: {text}",
+                               path=self.path) from exc
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: it holds the database's write lock from its first statement,
         and commits when the block ends or rolls back if it raises."""
-        with self._lock:
+        with self._lock, self._errors():
             db = self.db
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -109,7 +131,7 @@ class Database:
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: every query inside it sees the same committed state."""
-        with self._lock:
+        with self._lock, self._errors():
             db = self.db
             db.execute("BEGIN")
             try:
@@ -119,13 +141,13 @@ class Database:
 
     def scalar(self, sql: str, args: tuple = ()) -> object:
         """The first column of the first row of one query (None when there is no row)."""
-        with self._lock:
+        with self._lock, self._errors():
             row = self.db.execute(sql, args).fetchone()
         return None if row is None else row[0]
 
     def rows(self, sql: str, args: tuple = ()) -> list[tuple]:
         """Every row of one query (a statement reads one committed state)."""
-        with self._lock:
+        with self._lock, self._errors():
             return self.db.execute(sql, args).fetchall()
 
     def data_version(self) -> int:

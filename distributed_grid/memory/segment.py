@@ -214,6 +214,27 @@ def _open(name: str) -> tuple[int, int, int, bytes]:
     return fd, total, size, token
 
 
+def map_data(name: str, token: bytes, size: int) -> memoryview:
+    """A writable view of a block's bytes over a new mapping of its segment (no page touched).
+
+    The mapping lives as long as the view (or anything made over it, a numpy array say).
+
+    Raises:
+        SegmentNotFound: no such segment, or it holds another token or size.
+    """
+    try:
+        fd, total, found_size, found_token = _open(name)
+    except InvalidArgument as exc:
+        raise SegmentNotFound(f"segment {name} is not the block's: {exc}") from exc
+    try:
+        if found_token != token or found_size != size:
+            raise SegmentNotFound(f"segment {name} holds another block")
+        mapping = mmap.mmap(fd, total, flags=mmap.MAP_SHARED)
+    finally:
+        os.close(fd)
+    return memoryview(mapping)[HEADER_SIZE : HEADER_SIZE + size]
+
+
 def attach_block(name: str, token: bytes, size: int) -> Segment:
     """Map a segment that must hold ``token`` and ``size`` data bytes (a block's own memory).
 

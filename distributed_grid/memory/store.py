@@ -25,6 +25,7 @@ from typing import Any
 
 from distributed_grid.errors import (
     BlockNotFound,
+    GridError,
     KeyConflict,
     KeyNotFound,
     StoreFull,
@@ -198,31 +199,33 @@ class BlockStore:
             self.catalog.insert_block(number, size, name, token.hex(), time.time(), lease,
                                       self.me)
         try:
-            seg.create_segment(name, size, token)
-        except FileExistsError:  # left by a crash before its row was committed; nobody has it
-            seg.unlink_segment(name)
             try:
                 seg.create_segment(name, size, token)
-            except BaseException:
-                self._forget_creation(number)
-                raise
-        except BaseException:
-            self._forget_creation(number)
-            raise
-        with self.catalog.transaction():
-            row = self.catalog.block(number)
-            if row is None:  # reaped: impossible while this process lives, but never leak
+            except FileExistsError:  # left by a catalog that was removed: no block owns it
                 seg.unlink_segment(name)
-                raise BlockNotFound(f"block {self.block_id(number)} vanished while created")
-            self.catalog.set_state(row, "ok")
+                seg.create_segment(name, size, token)
+            with self.catalog.transaction():
+                row = self.catalog.block(number)
+                if row is None:  # reaped: impossible while this process lives, but never leak
+                    raise BlockNotFound(f"block {self.block_id(number)} vanished while created")
+                self.catalog.set_state(row, "ok")
+        except BaseException:
+            self._forget_creation(number, name)
+            raise
         return self._info(row._replace(state="ok"), [])
 
-    def _forget_creation(self, number: int) -> None:
-        with self.catalog.transaction():
-            row = self.catalog.block(number)
-            if row is not None:
-                self.catalog.delete_block(row)
-        seg.unlink_segment(f"{self.prefix}{number}")
+    def _forget_creation(self, number: int, segment: str) -> None:
+        """Undo a creation that failed: the segment first (it frees the room a full /dev/shm
+        needs for the catalog's own change), then the row; a row that cannot go now is the
+        reaper's once this process is gone."""
+        seg.unlink_segment(segment)
+        try:
+            with self.catalog.transaction():
+                row = self.catalog.block(number)
+                if row is not None:
+                    self.catalog.delete_block(row)
+        except GridError:
+            pass
 
     def deallocate(self, number: int) -> BlockInfo:
         """Free a block and forget its keys; returns the facts it had.
