@@ -11,8 +11,8 @@ started on demand, announced in one line on stderr.
 
 A cluster that this package starts for one host runs on loopback (127.0.0.1). Ray replaces
 127.0.0.1 with the host's outward address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set
-in every process before Ray is imported; :mod:`distributed_grid.cluster` sets it when it connects
-to a loopback address, and the processes started here get it in their environment.
+in every process before Ray is imported; :mod:`distributed_grid.memory.cluster` sets it when it
+connects to a loopback address, and the processes started here get it in their environment.
 """
 
 from __future__ import annotations

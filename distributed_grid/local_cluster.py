@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    from distributed_grid import _ray, cluster, runtime
+    from distributed_grid import _ray, runtime
     from distributed_grid.lifecycle import NODE_LABEL, Target
+    from distributed_grid.memory import cluster
     from distributed_grid.memory.store import remove_cluster_files
     from distributed_grid.memory.store_actor import get_store
 

@@ -63,7 +63,7 @@ from distributed_grid.runtime import this_process
 if TYPE_CHECKING:
     import numpy as np
 
-    from distributed_grid.cluster import RayCluster
+    from distributed_grid.memory.cluster import RayCluster
     from distributed_grid.memory.remote import RemoteNode
 
     Node = LocalNode | RemoteNode  # what the pool asks of a node is the same of both
@@ -114,7 +114,7 @@ class MemoryPool:
         """The cluster through Ray, connected on first use (only a need for another host, or a
         non-persistent pool's lease, brings Ray in)."""
         if self._ray is None:
-            from distributed_grid.cluster import RayCluster
+            from distributed_grid.memory.cluster import RayCluster
 
             self._ray = RayCluster(self.target)
         return self._ray

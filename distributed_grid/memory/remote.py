@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from distributed_grid.cluster import RayCluster
 from distributed_grid.memory import transfer
+from distributed_grid.memory.cluster import RayCluster
 from distributed_grid.memory.records import BlockInfo, KeyPlace, NodeStats
 
 IN_FLIGHT = 4
