@@ -205,3 +205,24 @@ def test_upkeep_publishes_the_block_list_for_when_the_node_is_gone(pool, blocks,
         assert time.monotonic() < deadline, "gpu1's store never published its block list"
         time.sleep(0.5)
     assert published[block_id] == pool.block_info(block_id)
+
+
+def test_a_catalog_of_another_version_is_one_error_line(fresh):
+    import sqlite3
+
+    from distributed_grid.memory.catalog import SCHEMA_VERSION, catalog_path
+
+    fresh("cluster", "start", "--nodes", "gpu1")
+    cluster_id = fresh.remember_cluster()["cluster_id"]
+    block_id = fresh.out("memory", "allocate", "4096", "--node", "gpu1")
+    db = sqlite3.connect(catalog_path(cluster_id, "gpu1"))
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 41}")
+    db.commit()
+    db.close()
+    for args in (["memory", "retrieve", block_id], ["memory", "list-objects"]):
+        failed = fresh(*args, check=False)
+        err = failed.stderr.decode()
+        assert failed.returncode == 1 and "Traceback" not in err, err
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("error: the catalog of node gpu1") and "schema version" in line
+        assert f"reads version {SCHEMA_VERSION}" in line
