@@ -8,8 +8,8 @@ cluster again, also on error or Ctrl-C. Nothing here asserts a speed: it prints 
 Measured, all at one size (default 1 GiB), each the best of ``--repeat`` runs:
 
 * limits: memcpy (``np.copyto``, one thread and two threads), ``cp`` of a file (page cache warm)
-* local path (same host, zero-copy mapping): ``store_file`` into a fresh block (the client maps
-  the segment for the first time) and into an already mapped block; ``retrieve_to_file``
+* local path (same host, through the segment's descriptor): ``store_file`` into a block just
+  allocated and into a block written before (its pages exist); ``retrieve_to_file``
 * raw Ray: an actor on ``gpu1`` returning a numpy array fetched by the driver (whole, and in the
   package's chunks with its in-flight bound, which is what the remote retrieve does), the
   driver's own ``ray.put`` + ``ray.get``, and ``ray.put`` + a ref handed to an actor on ``gpu1``
@@ -296,16 +296,15 @@ def bench_local(res: Results, pool: Any, src: str, out: str, size: int, digest: 
         times.append(timed(lambda b=block_id: pool.store_file(key, src, block_id=b, offset=0)))
         res.check(f"local store into fresh block, run {i + 1}",
                   hash_block(pool, block_id, size), digest)
-    res.add(Row("store_local_fresh", "store_file, local, fresh block (new mapping)", size, times,
-                vs={"cp": "cp", "memcpy": "memcpy", "memcpy2": "memcpy 2t"},
-                note="pays this process's first-touch page faults on the block"))
+    res.add(Row("store_local_fresh", "store_file, local, block just allocated", size, times,
+                vs={"cp": "cp", "memcpy": "memcpy", "memcpy2": "memcpy 2t"}))
 
     times = []
     for i in range(repeat):
         times.append(timed(lambda: pool.store_file(key, src, block_id=block_id, offset=0)))
-        res.check(f"local store into mapped block, run {i + 1}",
+        res.check(f"local store into a written block, run {i + 1}",
                   hash_block(pool, block_id, size), digest)
-    res.add(Row("store_local", "store_file, local, block already mapped", size, times,
+    res.add(Row("store_local", "store_file, local, block written before", size, times,
                 vs={"cp": "cp", "memcpy": "memcpy", "memcpy2": "memcpy 2t"}))
 
     times = []

@@ -6,9 +6,9 @@ A transfer reads from a :class:`Source` (a file, or a buffer in memory) and writ
 On the block's host the bytes go through the segment's file descriptor, never through a new
 mapping (a mapping faults in each page on first touch, which cost more than the copy itself
 here): into a block with ``pwrite`` on ``COPY_THREADS`` threads (a buffer is written as it is, a
-file through a small buffer per thread that stays in the CPU's cache); out of one with
-``sendfile`` into a file or pipe, or ``preadv`` straight into a buffer. Elsewhere the same
-pieces travel as ObjectRefs (:mod:`distributed_grid.memory.remote`).
+file through a small buffer per thread that stays in the CPU's cache); out of one into a file the
+same way, into a pipe with ``sendfile``, into a buffer with ``preadv`` straight into it.
+Elsewhere the same pieces travel as ObjectRefs (:mod:`distributed_grid.memory.remote`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from distributed_grid.errors import FileError
 
@@ -58,15 +59,15 @@ class Source:
 
 
 class FileSource(Source):
-    """The bytes of an open file (``length`` of them), read with ``preadv``."""
+    """The bytes of an open file (``length`` of them from ``start``), read with ``preadv``."""
 
-    def __init__(self, fd: int, path: str, length: int) -> None:
-        self.fd, self.path, self.length = fd, path, length
+    def __init__(self, fd: int, path: str, length: int, start: int = 0) -> None:
+        self.fd, self.path, self.length, self.start = fd, path, length, start
 
     def read_into(self, pos: int, buf: memoryview) -> None:
         got = 0
         while got < len(buf):
-            n = os.preadv(self.fd, [buf[got:]], pos + got)
+            n = os.preadv(self.fd, [buf[got:]], self.start + pos + got)
             if n == 0:
                 raise FileError(f"{self.path} ended early: expected {self.length} bytes",
                                 path=self.path)
@@ -135,14 +136,21 @@ def as_sink(sink: Sink | Callable[[memoryview], object]) -> Sink:
     return sink if isinstance(sink, Sink) else CallableSink(sink)
 
 
-def _write_errors(call: Callable[..., int], *args: object) -> int:
-    """Run one write to the output; its errors (but a closed pipe) become :class:`FileError`."""
+@contextmanager
+def _output_errors() -> Iterator[None]:
+    """Errors writing the output (but a closed pipe) become :class:`FileError`."""
     try:
-        return call(*args)
+        yield
     except BrokenPipeError:
         raise
     except OSError as exc:
         raise FileError(f"cannot write the output: {exc.strerror}") from exc
+
+
+def _write_errors(call: Callable[..., int], *args: object) -> int:
+    """Run one write to the output, its errors as :func:`_output_errors` says."""
+    with _output_errors():
+        return call(*args)
 
 
 # -- the local path: a segment's descriptor ----------------------------------------------------
@@ -190,8 +198,14 @@ def fill_fd(fd: int, base: int, length: int, source: Source,
 def drain_fd(fd: int, base: int, length: int, sink: Sink,
              progress: Progress = no_progress) -> None:
     """Hand ``length`` bytes at ``base`` of descriptor ``fd`` to ``sink``, in order."""
+    if isinstance(sink, FdSink) and sink.is_file:  # a file: both halves at once, in place
+        out = os.lseek(sink.fd, 0, os.SEEK_CUR)
+        with _output_errors():
+            fill_fd(sink.fd, out, length, FileSource(fd, "the block", length, base), progress)
+        os.lseek(sink.fd, out + length, os.SEEK_SET)
+        return
     for pos, n in chunks(length):
-        if isinstance(sink, FdSink) and not sink.is_file:  # in the kernel: no copy here
+        if isinstance(sink, FdSink):  # a pipe: in the kernel, no copy through this process
             sent = 0
             while sent < n:
                 sent += _write_errors(os.sendfile, sink.fd, fd, base + pos + sent, n - sent)
