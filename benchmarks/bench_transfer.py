@@ -16,7 +16,7 @@ Measured, all at one size (default 1 GiB), each the best of ``--repeat`` runs:
   (whole and chunked, which is what the remote store does)
 * remote path (``force_remote=True``): ``store_file`` and ``retrieve_to_file``
 * the CLI (``grid memory store`` / ``grid memory retrieve`` as subprocesses), including process
-  start-up and Ray connect
+  start-up (Ray is not imported: the blocks are on this host)
 
 Run: ``/tmp/dgvenv/bin/python benchmarks/bench_transfer.py [--size 1GiB] [--repeat 3] [--json]``
 Exit status: 0, or 1 when a round trip changed a byte (or the run failed).
@@ -479,7 +479,7 @@ def bench_cli(res: Results, pool: Any, address: str, tmp: str, src: str, out: st
                                f"{proc.stderr.strip()[-500:]}")
 
     run("memory", "list-objects", "--json")  # warm the file cache for the imports
-    res.add(Row("cli_startup", "grid memory list-objects (start-up + connect only)", 0,
+    res.add(Row("cli_startup", "grid memory list-objects (start-up only: no bytes, no Ray)", 0,
                 [timed(lambda: run("memory", "list-objects", "--json")) for _ in range(repeat)]))
 
     times, block_id = [], ""
@@ -491,7 +491,7 @@ def bench_cli(res: Results, pool: Any, address: str, tmp: str, src: str, out: st
                                                    "--block-id", b)))
         res.check(f"CLI store, run {i + 1}", hash_block(pool, block_id, size), digest)
     res.add(Row("cli_store", "grid memory store KEY FILE --block-id B", size, times,
-                vs={"cp": "cp"}, note="includes process start-up and Ray connect"))
+                vs={"cp": "cp"}, note="includes process start-up"))
 
     times = []
     for i in range(repeat):
@@ -500,7 +500,7 @@ def bench_cli(res: Results, pool: Any, address: str, tmp: str, src: str, out: st
         res.check(f"CLI retrieve, run {i + 1}", hash_file(out), digest)
     remove(out)
     res.add(Row("cli_retrieve", "grid memory retrieve B --output OUT", size, times,
-                vs={"cp": "cp"}, note="includes process start-up and Ray connect"))
+                vs={"cp": "cp"}, note="includes process start-up"))
     pool.deallocate(block_id)
     start = res.rows["cli_startup"].best
     for key in ("cli_store", "cli_retrieve"):
@@ -566,8 +566,8 @@ def print_table(doc: dict[str, Any]) -> None:
         for name, note in notes:
             print(f"* {name}: {note}")
     print()
-    print("The CLI rows time whole `grid` processes: Python start-up, imports and Ray connect "
-          "are included.")
+    print("The CLI rows time whole `grid` processes: Python start-up and imports are included "
+          "(the blocks are on this host, so no Ray).")
     print(f"memory: this run's peak {human(doc['peak_own_memory_bytes'])} (PSS of anonymous + "
           f"shared memory of its processes, sampled after each measurement; page cache not "
           f"counted); host MemAvailable fell by at most {human(doc['peak_mem_drop_bytes'])} "

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         import ray
 
         pool = MemoryPool(address)
+        pool.ray  # noqa: B018  (connects this process to the cluster, for the ray.get row)
         results = {}
         for label, size in sizes.items():
             block = pool.allocate(size, node="gpu1")

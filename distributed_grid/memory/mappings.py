@@ -1,10 +1,10 @@
-"""This process's mappings of block segments: attached on demand, proven by token, a few kept.
+"""The store actor's mappings of its blocks for remote reads: attached on demand, a few kept.
 
-A block is on this host when this process can attach its segment and reads in the header the
-token the block's catalog recorded: that proves it is the same memory. A new mapping costs a
-page fault per page on the first bulk copy, so the last ``KEPT`` mappings stay open between
-operations; each operation first drops kept mappings whose segment is gone from the host, so a
-block freed elsewhere is not held in memory by this process for long.
+A chunk read for another host is returned as a numpy array over the block's mapping, so Ray
+copies it once, straight into the object store. A new mapping faults in each page on first
+touch, so the last ``KEPT`` mappings stay open between calls; each call first drops kept mappings
+whose segment is gone from the host, so a freed block is not held in memory for long. A segment
+is mapped only if its header holds the token the block's catalog recorded.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ KEPT = 8
 
 
 class Mappings:
-    """The segments this process has mapped for bulk copies."""
+    """The segments this process keeps mapped."""
 
     def __init__(self, kept: int = KEPT) -> None:
         self.kept = kept
@@ -38,7 +38,7 @@ class Mappings:
 
     @contextmanager
     def mapped(self, block: BlockInfo) -> Iterator[seg.Segment | None]:
-        """A kept mapping of the block for a bulk copy (None when it is not on this host)."""
+        """A kept mapping of the block (None when its segment is not here, or not the block's)."""
         self.drop_stale()
         with self._lock:
             segment = self._open.pop(block.segment, None)
