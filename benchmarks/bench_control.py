@@ -391,14 +391,8 @@ class Bench:
         lines = [f"machine: {os.cpu_count()} cores, {platform.machine()}, "
                  f"Python {platform.python_version()}, {platform.system()} {platform.release()}"]
         if "blocks" in r:
-            small, big = sorted(r["blocks"])
-            lines += ["", f"blocks on one node (p50, microseconds): {small} vs {big} blocks",
-                      f"{'operation':<18}{'path':<8}{small:>10}{big:>10}{'ratio':>8}"]
-            for path in ("local", "remote"):
-                for op in r["blocks"][small][path]:
-                    a, b = r["blocks"][small][path][op], r["blocks"][big][path][op]
-                    lines.append(f"{op:<18}{path:<8}{a * 1e6:>10.0f}{b * 1e6:>10.0f}"
-                                 f"{b / a:>7.2f}x")
+            lines += ["", "blocks on one node (p50, microseconds): {} vs {} blocks".format(
+                *sorted(r["blocks"])), *_compare(r["blocks"])]
         if "view" in r:
             v = r["view"]
             lines += ["", f"view of a {v['size'] // 2**20} MiB block on its host (p50): "
@@ -428,14 +422,8 @@ class Bench:
                 lines.append(f"grid cluster stop with {c.get('blocks_listed', '?')} blocks: "
                              f"{c['cluster_stop']:.2f} s")
         if "nodes" in r:
-            few, many = sorted(r["nodes"])
-            lines += ["", f"per operation (p50, microseconds) at {few} vs {many} worker nodes",
-                      f"{'operation':<18}{'path':<8}{few:>10}{many:>10}{'ratio':>8}"]
-            for path in ("local", "remote"):
-                for op in r["nodes"][few][path]:
-                    a, b = r["nodes"][few][path][op], r["nodes"][many][path][op]
-                    lines.append(f"{op:<18}{path:<8}{a * 1e6:>10.0f}{b * 1e6:>10.0f}"
-                                 f"{b / a:>7.2f}x")
+            lines += ["", "per operation (p50, microseconds) at {} vs {} worker nodes".format(
+                *sorted(r["nodes"])), *_compare(r["nodes"])]
         if "paths" in r:
             p = r["paths"]
             gib = p["size"] / 2**30
@@ -448,6 +436,17 @@ class Bench:
                       f"segment into a pipe: new mapping {p['pipe_mapping']:.3f} s, sendfile "
                       f"{p['pipe_sendfile']:.3f} s ({p['pipe_mapping'] / p['pipe_sendfile']:.2f}x)"]
         return "\n".join(lines)
+
+
+def _compare(by_count: dict[int, dict[str, dict[str, float]]]) -> list[str]:
+    """A table of each operation's p50 at the smaller and the bigger count, and their ratio."""
+    few, many = sorted(by_count)
+    lines = [f"{'operation':<18}{'path':<8}{few:>10}{many:>10}{'ratio':>8}"]
+    for path in ("local", "remote"):
+        for op, a in by_count[few][path].items():
+            b = by_count[many][path][op]
+            lines.append(f"{op:<18}{path:<8}{a * 1e6:>10.0f}{b * 1e6:>10.0f}{b / a:>7.2f}x")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

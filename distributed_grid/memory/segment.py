@@ -214,6 +214,19 @@ def _open(name: str) -> tuple[int, int, int, bytes]:
     return fd, total, size, token
 
 
+def _open_block(name: str, token: bytes, size: int) -> tuple[int, int]:
+    """Open a segment that must hold ``token`` and ``size`` data bytes (a block's own memory);
+    returns ``(fd, total bytes)``."""
+    try:
+        fd, total, found_size, found_token = _open(name)
+    except InvalidArgument as exc:
+        raise SegmentNotFound(f"segment {name} is not the block's: {exc}") from exc
+    if found_token != token or found_size != size:
+        os.close(fd)
+        raise SegmentNotFound(f"segment {name} holds another block")
+    return fd, total
+
+
 def map_data(name: str, token: bytes, size: int) -> memoryview:
     """A writable view of a block's bytes over a new mapping of its segment (no page touched).
 
@@ -222,13 +235,8 @@ def map_data(name: str, token: bytes, size: int) -> memoryview:
     Raises:
         SegmentNotFound: no such segment, or it holds another token or size.
     """
+    fd, total = _open_block(name, token, size)
     try:
-        fd, total, found_size, found_token = _open(name)
-    except InvalidArgument as exc:
-        raise SegmentNotFound(f"segment {name} is not the block's: {exc}") from exc
-    try:
-        if found_token != token or found_size != size:
-            raise SegmentNotFound(f"segment {name} holds another block")
         mapping = mmap.mmap(fd, total, flags=mmap.MAP_SHARED)
     finally:
         os.close(fd)
@@ -236,19 +244,17 @@ def map_data(name: str, token: bytes, size: int) -> memoryview:
 
 
 def attach_block(name: str, token: bytes, size: int) -> Segment:
-    """Map a segment that must hold ``token`` and ``size`` data bytes (a block's own memory).
+    """:meth:`Segment.attach` of a segment that must hold ``token`` and ``size`` data bytes.
 
     Raises:
         SegmentNotFound: no such segment, or it holds another token or size.
     """
+    fd, total = _open_block(name, token, size)
     try:
-        segment = Segment.attach(name)
-    except InvalidArgument as exc:
-        raise SegmentNotFound(f"segment {name} is not the block's: {exc}") from exc
-    if segment.token != token or segment.size != size:
-        segment.close()
-        raise SegmentNotFound(f"segment {name} holds another block")
-    return segment
+        mapping = mmap.mmap(fd, total, flags=mmap.MAP_SHARED)
+    finally:
+        os.close(fd)
+    return Segment(name, mapping, size, token)
 
 
 def open_data(name: str, token: bytes, size: int) -> int:
@@ -262,14 +268,7 @@ def open_data(name: str, token: bytes, size: int) -> int:
     Raises:
         SegmentNotFound: no such segment, or it holds another token or size.
     """
-    try:
-        fd, _, found_size, found_token = _open(name)
-    except InvalidArgument as exc:
-        raise SegmentNotFound(f"segment {name} is not the block's: {exc}") from exc
-    if found_token != token or found_size != size:
-        os.close(fd)
-        raise SegmentNotFound(f"segment {name} holds another block")
-    return fd
+    return _open_block(name, token, size)[0]
 
 
 def segment_exists(name: str) -> bool:

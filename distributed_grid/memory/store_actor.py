@@ -1,11 +1,11 @@
 """A node's store served to the cluster: one Ray actor per node, detached, named, pinned,
 restartable.
 
-The actor is :class:`~distributed_grid.memory.store.BlockStore` (every method of it is a method
-of the actor) plus what only a process of the node's host can do for other hosts: copying chunks
-that travel as ObjectRefs into and out of the segments, and, on the head, serving the cluster's
-key directory. It keeps no state that the node's catalog does not have, so a restarted actor
-(after SIGKILL, say) simply opens the catalog again.
+The actor is the node's store on its own host (:class:`~distributed_grid.memory.local.LocalNode`:
+every method of it is a method of the actor) plus what only a process of the node's host can do
+for other hosts: copying chunks that travel as ObjectRefs into and out of the segments, and, on
+the head, serving the cluster's key directory. It keeps no state that the node's catalog does
+not have, so a restarted actor (after SIGKILL, say) simply opens the catalog again.
 
 When it starts it reconciles the catalog with the host's segments and writes the node's record
 in the runtime directory, so processes of the host can reach the node without Ray. A thread then
@@ -34,12 +34,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distributed_grid import _ray
 from distributed_grid.errors import BlockNotFound
-from distributed_grid.memory import segment as seg
 from distributed_grid.memory import transfer
 from distributed_grid.memory.directory import KeyDirectory
+from distributed_grid.memory.local import LocalNode
 from distributed_grid.memory.mappings import Mappings
 from distributed_grid.memory.records import BlockInfo, NodeStats
-from distributed_grid.memory.store import STORE_PROTOCOL, BlockStore
+from distributed_grid.memory.store import STORE_PROTOCOL
 from distributed_grid.names import check_range
 from distributed_grid.runtime import NodeRecord, process_start, write_node_record
 
@@ -56,8 +56,8 @@ class _NotYet(Exception):
     """The head's store is not running yet: report the node's size on a later round."""
 
 
-class StoreActor(BlockStore):
-    """A node's :class:`BlockStore`, served to the cluster.
+class StoreActor(LocalNode):
+    """A node's :class:`~distributed_grid.memory.store.BlockStore`, served to the cluster.
 
     Args:
         node: the node's name.
@@ -107,16 +107,7 @@ class StoreActor(BlockStore):
         block = self.block_info(number)
         view = memoryview(data).cast("B")
         check_range(block.block_id, block.size, offset, view.nbytes, "write")
-        try:
-            fd = seg.open_data(block.segment, bytes.fromhex(block.token), block.size)
-        except seg.SegmentNotFound as exc:
-            raise BlockNotFound(f"the shared memory of {block.block_id} is gone from its host",
-                                block_id=block.block_id, node=self.node) from exc
-        try:
-            transfer.fill_fd(fd, seg.HEADER_SIZE + offset, view.nbytes,
-                             transfer.BufferSource(view))
-        finally:
-            os.close(fd)
+        self.fill(block, offset, view.nbytes, transfer.BufferSource(view))
         return view.nbytes
 
     def read_chunk(self, number: int, offset: int, length: int) -> np.ndarray:
