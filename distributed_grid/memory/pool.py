@@ -175,12 +175,14 @@ class MemoryPool:
             raise BlockNotFound(f"no block {block_id}: {exc}", block_id=block_id,
                                 node=name) from exc
 
-    def _each_node(self, method: str, *args: Any) -> dict[str, Any]:
-        """Ask every alive node once: remote ones all at once, local ones meanwhile."""
+    def _each_node(self, method: str,
+                   args: Callable[[str], tuple] = lambda _: ()) -> dict[str, Any]:
+        """Call ``method(*args(node))`` of every alive node once: the remote ones all at once,
+        the local ones meanwhile."""
         nodes = {n.name: self._node(n.name) for n in self.nodes()}
-        refs = {name: node.submit(method, *args)  # type: ignore[attr-defined]
+        refs = {name: node.submit(method, *args(name))  # type: ignore[attr-defined]
                 for name, node in nodes.items() if not node.is_local}
-        results = {name: getattr(node, method)(*args) for name, node in nodes.items()
+        results = {name: getattr(node, method)(*args(name)) for name, node in nodes.items()
                    if node.is_local}
         for name, ref in refs.items():
             results[name] = nodes[name].result(ref)  # type: ignore[attr-defined]
@@ -200,10 +202,11 @@ class MemoryPool:
         return self._directory
 
     def _report(self, node: Node) -> None:
-        """Tell a local key directory a local node's new size (others report every tick)."""
-        if node.is_local and isinstance(self.directory, KeyDirectory):
-            record = self.host.alive.get(node.node)
-            self.directory.report(node.stats(), bool(record and record.is_head))
+        """Tell the key directory a node's new size when both are on this host; other sizes
+        reach it from the nodes' stores every few seconds (no round trip for this)."""
+        record = self.host.alive.get(node.node)
+        if record is not None and self.host.directory is not None:
+            self.directory.report(node.stats(), record.is_head)
 
     # -- blocks ---------------------------------------------------------------------------------
 
@@ -305,9 +308,7 @@ class MemoryPool:
     def _lost_blocks(self, name: str) -> list[BlockInfo]:
         record = self.host.dead.get(name)
         if record is not None and os.path.exists(record.catalog):  # its catalog is on this host
-            from distributed_grid.memory.store import BlockStore
-
-            store = BlockStore(name, record.cluster_id)
+            store = LocalNode(name, record.cluster_id)
             try:
                 return store.list_blocks()
             finally:
@@ -316,19 +317,10 @@ class MemoryPool:
 
     def stats(self) -> list[NodeStats]:
         """Per node: shared-memory capacity and free bytes, block count and bytes."""
-        nodes = {n.name: n for n in self.nodes()}
-        per_node = self._each_node_stats(list(nodes))
-        return [replace(per_node[name], node_id=n.node_id, address=n.address,
-                        hostname=n.hostname, is_head=n.is_head) for name, n in nodes.items()]
-
-    def _each_node_stats(self, names: list[str]) -> dict[str, NodeStats]:
-        clients = {name: self._node(name) for name in names}
-        refs = {name: c.submit("stats", memory_cap(name))  # type: ignore[attr-defined]
-                for name, c in clients.items() if not c.is_local}
-        result = {name: c.stats(memory_cap(name)) for name, c in clients.items() if c.is_local}
-        for name, ref in refs.items():
-            result[name] = clients[name].result(ref)  # type: ignore[attr-defined]
-        return result
+        per_node = self._each_node("stats", lambda name: (memory_cap(name),))
+        return [replace(per_node[n.name], node_id=n.node_id, address=n.address,
+                        hostname=n.hostname, is_head=n.is_head)
+                for n in self.nodes() if n.name in per_node]
 
     def destroy_all(self) -> int:
         """Free every block on every node (before the cluster is stopped); returns the count."""
@@ -621,7 +613,7 @@ class MemoryPool:
         if self._lease is not None:
             name, handle = self._lease
             self._lease = None
-            self._each_node("release_lease", name)
+            self._each_node("release_lease", lambda _: (name,))
             self.ray.end_lease(handle)
         for node in self._nodes.values():
             if isinstance(node, LocalNode):
