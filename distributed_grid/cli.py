@@ -227,7 +227,7 @@ class ClusterCommands:
 
     def stop(self) -> None:
         """Free the cluster's blocks and stop the Ray nodes that `grid cluster start` started."""
-        from distributed_grid import lifecycle
+        from distributed_grid import lifecycle, runtime
         from distributed_grid.memory.store import remove_cluster_files
 
         started = lifecycle.started_here()
@@ -247,6 +247,7 @@ class ClusterCommands:
                 print(f"warning: blocks not freed: {exc}", file=sys.stderr)
         stopped = lifecycle.stop_started()
         for cluster_id in sorted(cluster_ids):
+            runtime.forget_cluster(cluster_id)
             lost = remove_cluster_files(cluster_id)
             if lost:
                 print(f"freed {len(lost)} segment(s) of nodes that were gone", file=sys.stderr)
