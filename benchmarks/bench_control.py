@@ -18,6 +18,9 @@ What it measures (p50 = median of the per-operation times):
    processes).
 4. nodes: find_key, retrieve of a key (``pool.read``) and list-objects on clusters of 2 and of
    16 simulated worker nodes, local and remote path.
+6. directory: the options for the key directory, p50 of a lookup and of a claim: the SQLite file
+   on the head's host (direct, and through the head's store from elsewhere), and Ray's GCS
+   key-value store (``_internal_kv``; it inserts if absent but has no compare-and-swap).
 5. paths: the decisions under the data path, on raw segments (no cluster): creating a segment
    with ``posix_fallocate`` alone and with its creator's mapping populated (``MAP_POPULATE``);
    copying a page-cached file into a fresh segment through a new mapping (``preadv`` into it)
@@ -43,7 +46,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-SECTIONS = ("blocks", "view", "cli", "nodes", "paths")
+SECTIONS = ("blocks", "view", "cli", "nodes", "paths", "directory")
 
 
 def log(msg: str) -> None:
@@ -266,6 +269,41 @@ class Bench:
             result[name + " cpu"] = p50(fn, repeat, clock=time.process_time)
         return result
 
+    # -- 6. the key directory's options -------------------------------------------------------
+
+    def section_directory(self, pool) -> None:
+        from distributed_grid import _ray
+        from distributed_grid.memory.directory import KeyDirectory
+        from distributed_grid.memory.remote import RemoteDirectory
+
+        local = pool.directory
+        assert isinstance(local, KeyDirectory), "the bench's head is on this host"
+        remote = RemoteDirectory(pool.ray)
+        for i in range(200):
+            local.claim(f"dirbench-{i}", "block_0_gpu1")
+        ns = "distributed_grid_bench"
+        for i in range(200):
+            _ray.kv_put(f"dirbench-{i}", b"block_0_gpu1", ns)
+
+        def kv_insert(i: int) -> None:
+            from ray.experimental import internal_kv
+
+            internal_kv._internal_kv_put(f"dirbench-new-{i}", b"block_0_gpu1", overwrite=False,
+                                         namespace=ns)
+
+        self.results["directory"] = {
+            "sqlite lookup, on the head's host": p50(lambda i: local.lookup(f"dirbench-{i}"),
+                                                     200),
+            "sqlite claim, on the head's host": p50(
+                lambda i: local.claim(f"dirbench-{i}", "block_0_gpu1"), 200),
+            "sqlite lookup, through the head's store": p50(
+                lambda i: remote.lookup(f"dirbench-{i}"), 200),
+            "sqlite claim, through the head's store": p50(
+                lambda i: remote.claim(f"dirbench-{i}", "block_0_gpu1"), 200),
+            "GCS kv get": p50(lambda i: _ray.kv_get(f"dirbench-{i}", ns), 200),
+            "GCS kv insert-if-absent": p50(kv_insert, 200),
+        }
+
     # -- 5. the data path's decisions, on raw segments -----------------------------------------
 
     def section_paths(self) -> None:
@@ -419,11 +457,14 @@ class Bench:
                     f"({gb / c['store_in_place']:.2f} GB/s); cp again {c['cp_to_shm_again']:.3f} s"
                     f"; store/cp speed {c['cp_to_shm_again'] / c['store_in_place']:.2f}x")
             if "cluster_stop" in c:
-                lines.append(f"grid cluster stop with {c.get('blocks_listed', '?')} blocks: "
-                             f"{c['cluster_stop']:.2f} s")
+                held = f" with {c['blocks_listed']} blocks" if "blocks_listed" in c else ""
+                lines.append(f"grid cluster stop{held}: {c['cluster_stop']:.2f} s")
         if "nodes" in r:
             lines += ["", "per operation (p50, microseconds) at {} vs {} worker nodes".format(
                 *sorted(r["nodes"])), *_compare(r["nodes"])]
+        if "directory" in r:
+            lines += ["", "key directory options (p50, microseconds):"]
+            lines += [f"{name:<42}{t * 1e6:>8.0f}" for name, t in r["directory"].items()]
         if "paths" in r:
             p = r["paths"]
             gib = p["size"] / 2**30
@@ -471,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = Bench(args, tmp)
     try:
-        if sections & {"blocks", "view", "cli"}:
+        if sections & {"blocks", "view", "cli", "directory"}:
             log("starting a cluster (head + gpu1) with `grid cluster start` ...")
             out = subprocess.run([bench.grid, "cluster", "start", "--nodes", "gpu1"], check=True,
                                  capture_output=True, text=True, env=bench.env)
@@ -484,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.section_view(pool)
             if "cli" in sections:
                 bench.section_cli(pool, address)
+            if "directory" in sections:
+                bench.section_directory(pool)
             pool.close()
             remote.close()
             leave_ray()
