@@ -227,6 +227,14 @@ def _open_block(name: str, token: bytes, size: int) -> tuple[int, int]:
     return fd, total
 
 
+def _map_block(name: str, token: bytes, size: int) -> mmap.mmap:
+    fd, total = _open_block(name, token, size)
+    try:
+        return mmap.mmap(fd, total, flags=mmap.MAP_SHARED)
+    finally:
+        os.close(fd)
+
+
 def map_data(name: str, token: bytes, size: int) -> memoryview:
     """A writable view of a block's bytes over a new mapping of its segment (no page touched).
 
@@ -235,12 +243,7 @@ def map_data(name: str, token: bytes, size: int) -> memoryview:
     Raises:
         SegmentNotFound: no such segment, or it holds another token or size.
     """
-    fd, total = _open_block(name, token, size)
-    try:
-        mapping = mmap.mmap(fd, total, flags=mmap.MAP_SHARED)
-    finally:
-        os.close(fd)
-    return memoryview(mapping)[HEADER_SIZE : HEADER_SIZE + size]
+    return memoryview(_map_block(name, token, size))[HEADER_SIZE : HEADER_SIZE + size]
 
 
 def attach_block(name: str, token: bytes, size: int) -> Segment:
@@ -249,12 +252,7 @@ def attach_block(name: str, token: bytes, size: int) -> Segment:
     Raises:
         SegmentNotFound: no such segment, or it holds another token or size.
     """
-    fd, total = _open_block(name, token, size)
-    try:
-        mapping = mmap.mmap(fd, total, flags=mmap.MAP_SHARED)
-    finally:
-        os.close(fd)
-    return Segment(name, mapping, size, token)
+    return Segment(name, _map_block(name, token, size), size, token)
 
 
 def open_data(name: str, token: bytes, size: int) -> int:
