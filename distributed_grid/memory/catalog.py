@@ -119,7 +119,8 @@ class Catalog:
         path: the file; None for :func:`catalog_path`.
 
     Raises:
-        VersionMismatch: the file holds a catalog of another schema version, or of another node.
+        VersionMismatch: the file holds a catalog of another schema version (or no catalog).
+        InvalidArgument: the file is the catalog of another node or cluster.
     """
 
     def __init__(self, node: str, cluster_id: str, path: str | None = None) -> None:
