@@ -128,15 +128,21 @@ class Catalog:
         self.cluster_id = validate_cluster_id(cluster_id)
         self.path = path or catalog_path(cluster_id, node)
         self._db = Database(self.path, _SCHEMA, SCHEMA_VERSION, f"the catalog of node {node}")
-        if self.meta("node") is None:
+        owner = self._owner()
+        if owner == (None, None):
             with self._db.transaction() as db:  # the first process to open the catalog
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('node', ?), ('cluster_id', ?)",
                            (node, cluster_id))
-        owner = (self.meta("node"), self.meta("cluster_id"))
+            owner = self._owner()
         if owner != (node, cluster_id):
             self._db.close()
             raise InvalidArgument(f"{self.path} is the catalog of node {owner[0]} of cluster "
                                   f"{owner[1]}, not of {node} of {cluster_id}")
+
+    def _owner(self) -> tuple[Any, Any]:
+        found = dict(self._db.rows(
+            "SELECT name, value FROM meta WHERE name IN ('node', 'cluster_id')"))
+        return found.get("node"), found.get("cluster_id")
 
     # -- transactions --------------------------------------------------------------------------
 

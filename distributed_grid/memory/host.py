@@ -27,19 +27,19 @@ class HostNodes:
     @classmethod
     def find(cls, address: str) -> HostNodes:
         """What this host holds of the cluster at ``address`` (nothing if no store runs here)."""
-        every = node_records(address=address, alive_only=False)
+        every = [(r, r.alive) for r in node_records(address=address, alive_only=False)]
         whole = cluster_record(address)
-        alive = [r for r in every if r.alive]
+        alive = [r for r, up in every if up]
         if whole is not None:
             cluster_id = whole.cluster_id
         elif alive:
             cluster_id = alive[0].cluster_id
         else:
             return cls()
-        mine = [r for r in every if r.cluster_id == cluster_id]
-        live = {r.node: r for r in mine if r.alive}
-        gone = {r.node: r for r in mine if not r.alive and r.node not in live}
-        head = next((r.node for r in mine if r.is_head), whole.head if whole else None)
+        mine = [(r, up) for r, up in every if r.cluster_id == cluster_id]
+        live = {r.node: r for r, up in mine if up}
+        gone = {r.node: r for r, up in mine if not up and r.node not in live}
+        head = next((r.node for r, _ in mine if r.is_head), whole.head if whole else None)
         complete = whole is not None and set([whole.head, *whole.nodes]) <= set(live) | set(gone)
         return cls(cluster_id=cluster_id, alive=live, dead=gone, complete=complete, head=head)
 

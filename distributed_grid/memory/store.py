@@ -132,10 +132,9 @@ class BlockStore:
             number = self.catalog.block_of_key(key, complete_only=True)
             if number is None:
                 return None
-            row = self.catalog.block(number)
+            row, extents = self.catalog.block_and_extents(number)
             if row is None or row.state != "ok":
                 return None
-            extents = self.catalog.extents(number)
             meta = self.catalog.key_meta(key)
         own = [(e.offset, e.length) for e in extents if e.key == key and e.complete]
         return KeyPlace(key=key, block=self._info(row, extents), extents=own, meta=meta)
@@ -154,21 +153,18 @@ class BlockStore:
         Args:
             capacity: the cap to apply (a caller's cluster config); None for the store's own.
         """
-        _, free = seg.shm_capacity()
-        free = max(0, free - seg.HEADER_SIZE)
-        cap = self.capacity if capacity is None else capacity
-        if cap is not None:
-            free = min(free, max(0, cap - self.catalog.counts()[1]))
-        return free
+        return self.stats(capacity).free_for_blocks
 
     def stats(self, capacity: int | None = None) -> NodeStats:
         """The node's shared memory and blocks (no scan: the catalog keeps the counts)."""
         total, free = seg.shm_capacity()
         blocks, block_bytes = self.catalog.counts()
         cap = self.capacity if capacity is None else capacity
+        room = max(0, free - seg.HEADER_SIZE)
+        if cap is not None:
+            room = min(room, max(0, cap - block_bytes))
         return NodeStats(node=self.node, shm_total=total, shm_free=free, capacity=cap,
-                         free_for_blocks=self.free_bytes(capacity), blocks=blocks,
-                         block_bytes=block_bytes)
+                         free_for_blocks=room, blocks=blocks, block_bytes=block_bytes)
 
     # -- allocation -----------------------------------------------------------------------------
 
