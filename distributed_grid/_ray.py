@@ -48,3 +48,19 @@ def raylet_pid(node: Any) -> int:
     from ray._private import ray_constants
 
     return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+
+
+def dead_jobs() -> set[str]:
+    """The ids (hex) of the cluster's jobs that have ended: their drivers are gone."""
+    from ray._private.worker import global_worker
+
+    jobs = global_worker.gcs_client.get_all_job_info(
+        skip_submission_job_info_field=True, skip_is_running_tasks_field=True)
+    return {job_id.hex() for job_id, info in jobs.items() if info.is_dead}
+
+
+def job_id() -> str:
+    """This process's Ray job id (hex)."""
+    import ray
+
+    return ray.get_runtime_context().get_job_id()

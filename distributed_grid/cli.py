@@ -149,13 +149,14 @@ class MemoryCommands:
             print(f"wrote {result.bytes} bytes of {target} to {result.path}", file=sys.stderr)
         elif _out().isatty():
             head = bytearray()
-            pool.read_into_sink(pool.plan_read(target, min(total, 256), offset_n), head.extend)
+            pool.read_to(target, head.extend, min(total, 256), offset_n)
             print(preview(target, offset_n, total, bytes(head)), file=_out())
         else:
             out = _out()
             out.flush()
             with Progress("retrieve", total) as bar:
-                pool.read_into_sink(pieces, transfer.FdSink(out.fileno()), bar.update)
+                pool.read_to(target, transfer.FdSink(out.fileno()), size_n, offset_n,
+                             bar.update, pieces)
 
     def list_objects(self, json: bool = False, config: str | None = None) -> None:
         """Show every block of the cluster: id, node, size, used, keys, age, status.

@@ -10,6 +10,8 @@ Every public error derives from :class:`GridError`, so a caller (and the CLI) ca
      │    ├── KeyNotFound                   no key with that name
      │    └── NodeNotFound                  no node with that name
      ├── KeyConflict                        a write onto bytes (or a key) that another key owns
+ │    └── KeyBusy                       a write of a key while another write of it is running
+ ├── WriteInProgress (TimeoutError)     a read waited too long for a write of its bytes to end
      ├── StoreFull (MemoryError)            the node's shared memory cannot hold the block
      ├── NodeUnavailable (ConnectionError)  the node or its store actor is gone
      ├── ClusterError (RuntimeError)        no cluster could be reached or started
@@ -31,6 +33,7 @@ __all__ = [
     "FileError",
     "GridError",
     "InvalidArgument",
+    "KeyBusy",
     "KeyConflict",
     "KeyNotFound",
     "NodeNotFound",
@@ -39,6 +42,7 @@ __all__ = [
     "OutOfBounds",
     "StoreFull",
     "VersionMismatch",
+    "WriteInProgress",
 ]
 
 
@@ -96,6 +100,14 @@ class NodeNotFound(NotFound):
 
 class KeyConflict(GridError):
     """A write would overwrite bytes of another key, or put a key in a second block."""
+
+
+class KeyBusy(KeyConflict):
+    """A write of the key is in progress: a key has one writer at a time."""
+
+
+class WriteInProgress(GridError, TimeoutError):
+    """A read waited longer than its bound for a write of the same bytes to finish."""
 
 
 class StoreFull(GridError, MemoryError):

@@ -5,6 +5,11 @@ is seen by every other process of the host. Elsewhere it is a read-only copy fet
 ObjectRefs. Opening a view costs the same for any block size: the segment is mapped without
 populating it. A view stays valid while it lives, even if the block is deallocated meanwhile:
 the mapping (and so the memory) goes when the last view is released.
+
+A view is live memory: a write of the block by another process (``grid memory store``, a
+``put``) shows through it as it happens, so a view read while such a write runs can hold a mix
+of old and new bytes. ``consistent=True`` (on :func:`view` and :func:`get`) returns instead a
+read-only copy that is all from before a concurrent write or all from after it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ class Blocks(Protocol):
     def open_block(self, block_id: str) -> tuple[int, memoryview | None]: ...
     def read(self, target: str, size: int | None = None, offset: int = 0) -> bytes: ...
     def find_key(self, key: str) -> KeyPlace | None: ...
-    def place_for(self, key: str, length: int) -> tuple[str, int, str | None]: ...
+    def place_for(self, key: str, length: int,
+                  node: str | None = None) -> tuple[str, int, str | None]: ...
     def allocate(self, size: int, node: str | None = None) -> BlockInfo: ...
     def deallocate(self, block_id: str) -> BlockInfo: ...
     def write(self, block_id: str, data: Any, offset: int = 0, key: str | None = None,
@@ -64,7 +70,7 @@ def _shape(shape: Any, dtype: np.dtype, available: int) -> tuple[int, ...]:
 
 
 def view(pool: Blocks, block_id: str, dtype: Any = "uint8", shape: Any = None,
-         offset: int = 0) -> np.ndarray:
+         offset: int = 0, consistent: bool = False) -> np.ndarray:
     """An array of ``dtype`` and ``shape`` over a block's bytes from ``offset``.
 
     Args:
@@ -73,10 +79,12 @@ def view(pool: Blocks, block_id: str, dtype: Any = "uint8", shape: Any = None,
         dtype: any numpy dtype without Python objects.
         shape: the array's shape; None for as many items as fit after ``offset``.
         offset: where the array starts; a multiple of the dtype's alignment.
+        consistent: return a read-only copy that no concurrent write tore, wherever the block
+            is.
 
     Returns:
-        On the block's host, a writable array over the block's memory (no copy). Elsewhere, a
-        read-only copy.
+        On the block's host, a writable array over the block's memory (no copy). Elsewhere (or
+        with ``consistent``), a read-only copy.
 
     Raises:
         InvalidArgument: a bad dtype or shape, or an offset the dtype cannot be aligned at.
@@ -101,6 +109,9 @@ def view(pool: Blocks, block_id: str, dtype: Any = "uint8", shape: Any = None,
             f"but {block_id} (size {size}) has {size - offset} from there",
             block_id=block_id, offset=offset, length=nbytes,
         )
+    if consistent and data is not None:
+        data.release()
+        data = None
     return _array(pool, block_id, data, dt, dims, offset, nbytes)
 
 
@@ -131,11 +142,7 @@ def put(pool: Blocks, key: str, array: Any, node: str | None = None) -> StoreRes
     dt = _dtype(arr.dtype)
     arr = np.ascontiguousarray(arr)
     meta = {"dtype": dt.str if dt.fields is None else dt.descr, "shape": list(arr.shape)}
-    if node is not None and pool.find_key(key) is None:
-        block_id = pool.allocate(max(arr.nbytes, 1), node=node).block_id
-        offset, allocated = 0, block_id
-    else:
-        block_id, offset, allocated = pool.place_for(key, arr.nbytes)
+    block_id, offset, allocated = pool.place_for(key, arr.nbytes, node)
     try:
         info = pool.write(block_id, arr.reshape(-1).view(np.uint8), offset=offset, key=key,
                           meta=meta)
@@ -147,10 +154,11 @@ def put(pool: Blocks, key: str, array: Any, node: str | None = None) -> StoreRes
                        allocated=allocated is not None)
 
 
-def get(pool: Blocks, key: str) -> np.ndarray:
+def get(pool: Blocks, key: str, consistent: bool = False) -> np.ndarray:
     """The array stored under ``key``: zero-copy on the block's host, else a read-only copy.
 
-    A key stored as plain bytes (``grid memory store``) comes back as a uint8 array.
+    A key stored as plain bytes (``grid memory store``) comes back as a uint8 array. With
+    ``consistent``, a read-only copy that no concurrent write tore, wherever the block is.
 
     Raises:
         KeyNotFound: no block holds ``key``.
@@ -164,11 +172,11 @@ def get(pool: Blocks, key: str) -> np.ndarray:
     descr = meta["dtype"]
     dt = np.dtype(descr if isinstance(descr, str) else [tuple(f) for f in descr])
     dims = tuple(meta["shape"])
-    if len(found.extents) == 1:
+    if len(found.extents) == 1 and not consistent:
         start, length = found.extents[0]
         _, data = pool.open_block(found.block_id)
         return _array(pool, found.block_id, data, dt, dims, start, length)
-    joined = pool.read(key)  # several extents: their bytes one after another, a copy
+    joined = pool.read(key)  # a copy: several extents one after another, or consistent
     result = np.frombuffer(joined, dtype=dt).reshape(dims)
     result.flags.writeable = False
     return result

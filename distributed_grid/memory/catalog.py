@@ -13,7 +13,14 @@ This module is the schema and its queries; what may change and when (the policy)
 Block states: ``creating`` (its number is spent and its creator is making the segment),
 ``ok``, or ``missing`` (its segment vanished from the host). ``block_count`` and ``block_bytes``
 in ``meta`` count the blocks that hold memory (creating and ok), kept by every change, so no
-question about the node's size costs a scan.
+question about the node's size costs a scan. A block allocated for one write (``grid memory
+store`` without a block id) has a ``holder``, the writer, until that write commits: if the
+holder dies first, the block is freed.
+
+An extent is complete, or pending (being written) with its ``writer`` and the write-guard slot
+(``slot``, ``guard``: the slot's index and owner tag in the segment's header) the write holds.
+A key rewritten at the same offset keeps its complete extent beside the pending one until the
+new write commits, so the key stays readable meanwhile.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from distributed_grid.memory.database import Database, remove_database
 from distributed_grid.memory.segment import SHM_DIR
 from distributed_grid.names import validate_cluster_id, validate_node_name
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -44,10 +51,12 @@ CREATE TABLE blocks (
     high_water INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL CHECK (state IN ('creating', 'ok', 'missing')),
     lease TEXT REFERENCES leases(name),
-    creator TEXT
+    creator TEXT,
+    holder TEXT
 );
 CREATE INDEX blocks_by_lease ON blocks(lease) WHERE lease IS NOT NULL;
 CREATE INDEX blocks_not_ok ON blocks(state) WHERE state != 'ok';
+CREATE INDEX blocks_held ON blocks(holder) WHERE holder IS NOT NULL;
 CREATE TABLE extents (
     id INTEGER PRIMARY KEY,
     block INTEGER NOT NULL REFERENCES blocks(number) ON DELETE CASCADE,
@@ -55,9 +64,12 @@ CREATE TABLE extents (
     offset INTEGER NOT NULL CHECK (offset >= 0),
     length INTEGER NOT NULL CHECK (length >= 0),
     complete INTEGER NOT NULL DEFAULT 0,
-    writer TEXT
+    writer TEXT,
+    slot INTEGER,
+    guard INTEGER
 );
 CREATE INDEX extents_by_block ON extents(block, offset);
+CREATE INDEX extents_pending ON extents(block) WHERE complete = 0;
 CREATE INDEX extents_by_key ON extents(key, block);
 CREATE TABLE key_meta (
     key TEXT PRIMARY KEY,
@@ -81,6 +93,7 @@ class BlockRow(NamedTuple):
     state: str
     lease: str | None
     creator: str | None
+    holder: str | None
 
 
 class ExtentRow(NamedTuple):
@@ -93,14 +106,17 @@ class ExtentRow(NamedTuple):
     length: int
     complete: bool
     writer: str | None
+    slot: int | None
+    guard: int | None
 
     @property
     def end(self) -> int:
         return self.offset + self.length
 
 
-_BLOCK_COLUMNS = "number, size, segment, token, created, high_water, state, lease, creator"
-_EXTENT_COLUMNS = "id, block, key, offset, length, complete, writer"
+_BLOCK_COLUMNS = ("number, size, segment, token, created, high_water, state, lease, creator, "
+                  "holder")
+_EXTENT_COLUMNS = "id, block, key, offset, length, complete, writer, slot, guard"
 _BLOCK_COLUMNS_OF_B = ", ".join(f"b.{c}" for c in _BLOCK_COLUMNS.split(", "))
 _EXTENT_COLUMNS_OF_E = ", ".join(f"e.{c}" for c in _EXTENT_COLUMNS.split(", "))
 
@@ -227,13 +243,14 @@ class Catalog:
             f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE state != 'ok'")]
 
     def insert_block(self, number: int, size: int, segment: str, token: str, created: float,
-                     lease: str | None, creator: str) -> None:
+                     lease: str | None, creator: str, holder: str | None = None) -> None:
         """Record a block being created (inside a transaction)."""
         db = self._db.db
         if lease is not None:
             db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?)", (lease, created))
-        db.execute(f"INSERT INTO blocks ({_BLOCK_COLUMNS}) VALUES (?,?,?,?,?,0,'creating',?,?)",
-                   (number, size, segment, token, created, lease, creator))
+        db.execute(
+            f"INSERT INTO blocks ({_BLOCK_COLUMNS}) VALUES (?,?,?,?,?,0,'creating',?,?,?)",
+            (number, size, segment, token, created, lease, creator, holder))
         self._add_meta("block_count", 1)
         self._add_meta("block_bytes", size)
 
@@ -256,6 +273,16 @@ class Catalog:
         if row.lease is not None and db.execute(
                 "SELECT 1 FROM blocks WHERE lease=? LIMIT 1", (row.lease,)).fetchone() is None:
             db.execute("DELETE FROM leases WHERE name=?", (row.lease,))
+
+    def held_blocks(self) -> list[BlockRow]:
+        """Blocks allocated for a write that has not committed yet (an index keeps it cheap)."""
+        return [BlockRow(*r) for r in self._db.rows(
+            f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE holder IS NOT NULL")]
+
+    def let_go(self, number: int) -> None:
+        """The block's write committed: it no longer depends on its holder's life."""
+        self._db.db.execute("UPDATE blocks SET holder=NULL WHERE number=? AND holder IS NOT NULL",
+                            (number,))
 
     def raise_high_water(self, number: int, end: int) -> None:
         self._db.db.execute("UPDATE blocks SET high_water=max(high_water, ?) WHERE number=?",
@@ -297,18 +324,48 @@ class Catalog:
         return self._db.rows(
             "SELECT DISTINCT key, block FROM extents WHERE complete=1 ORDER BY block, key")
 
-    def add_extent(self, number: int, key: str, offset: int, length: int, writer: str) -> None:
-        """Claim a run of a block for ``key``, pending until :meth:`complete_extent`."""
+    def add_extent(self, number: int, key: str, offset: int, length: int, writer: str,
+                   slot: int | None = None, guard: int | None = None) -> None:
+        """Claim a run of a block for ``key``, pending until :meth:`complete_extent`.
+
+        Args:
+            slot, guard: the write-guard slot the write holds and its owner tag (None when the
+                write holds none).
+        """
         self._db.db.execute(
-            "INSERT INTO extents (block, key, offset, length, complete, writer) "
-            "VALUES (?,?,?,?,0,?)", (number, key, offset, length, writer))
+            "INSERT INTO extents (block, key, offset, length, complete, writer, slot, guard) "
+            "VALUES (?,?,?,?,0,?,?,?)", (number, key, offset, length, writer, slot, guard))
+
+    def pending_extent(self, number: int, key: str, offset: int) -> ExtentRow | None:
+        """The pending extent of ``key`` at ``offset`` in block ``number``, if any."""
+        rows = self._db.rows(
+            f"SELECT {_EXTENT_COLUMNS} FROM extents WHERE block=? AND key=? AND offset=? "
+            "AND complete=0", (number, key, offset))
+        return ExtentRow(*rows[0]) if rows else None
+
+    def pending_extents(self, key: str | None = None) -> list[ExtentRow]:
+        """Every pending extent of the node (or of ``key``), by block and offset."""
+        if key is None:
+            rows = self._db.rows(f"SELECT {_EXTENT_COLUMNS} FROM extents WHERE complete=0 "
+                                 "ORDER BY block, offset")
+        else:
+            rows = self._db.rows(f"SELECT {_EXTENT_COLUMNS} FROM extents WHERE key=? AND "
+                                 "complete=0 ORDER BY block, offset", (key,))
+        return [ExtentRow(*r) for r in rows]
 
     def complete_extent(self, number: int, key: str, offset: int, length: int) -> bool:
-        """Mark a pending extent complete; returns whether there was one."""
-        cursor = self._db.db.execute(
-            "UPDATE extents SET complete=1, writer=NULL WHERE block=? AND key=? AND offset=? "
-            "AND length=? AND complete=0", (number, key, offset, length))
-        return cursor.rowcount > 0
+        """Mark a pending extent complete, replacing the key's complete extent at the same
+        offset (the bytes it had were rewritten); returns whether there was a pending one."""
+        db = self._db.db
+        row = db.execute("SELECT id FROM extents WHERE block=? AND key=? AND offset=? AND "
+                         "length=? AND complete=0", (number, key, offset, length)).fetchone()
+        if row is None:
+            return False
+        db.execute("DELETE FROM extents WHERE block=? AND key=? AND offset=? AND complete=1",
+                   (number, key, offset))
+        db.execute("UPDATE extents SET complete=1, writer=NULL, slot=NULL, guard=NULL "
+                   "WHERE id=?", (row[0],))
+        return True
 
     def drop_extents(self, ids: list[int]) -> None:
         db = self._db.db

@@ -109,6 +109,7 @@ class RayCluster:
         connect(target)
         self.address = target.address
         self.cluster_id = session_cluster_id()
+        self.job_id = _ray.job_id()  # how the stores tell this process's writes (its job)
         self._nodes: dict[str, NodeInfo] | None = None
         self._stores: dict[str, Any] = {}
 

@@ -221,17 +221,21 @@ class MemoryPool:
             NodeNotFound: no node is called ``node``.
             StoreFull: the node cannot hold ``size`` bytes.
         """
+        return self._allocate(size, node)
+
+    def _allocate(self, size: int, node: str | None, holder: str | None = None) -> BlockInfo:
         positive_size(size)
         lease = self._lease[0] if self._lease else None
         if node is not None:
             chosen = self._node(node)
-            info = chosen.allocate(size, lease, memory_cap(node))
+            info = chosen.allocate(size, lease, memory_cap(node), holder)
         else:
-            chosen, info = self._allocate_anywhere(size, lease)
+            chosen, info = self._allocate_anywhere(size, lease, holder)
         self._report(chosen)
         return info
 
-    def _allocate_anywhere(self, size: int, lease: str | None) -> tuple[Node, BlockInfo]:
+    def _allocate_anywhere(self, size: int, lease: str | None,
+                           holder: str | None) -> tuple[Node, BlockInfo]:
         """Allocate on the worker with the most free memory, by the sizes the nodes last
         reported to the key directory (one query for any number of nodes). A node whose
         report was stale and turns out full is asked for its real size and the next tried."""
@@ -255,7 +259,7 @@ class MemoryPool:
                 break
             node = self._node(best)
             try:
-                return node, node.allocate(size, lease, memory_cap(best))
+                return node, node.allocate(size, lease, memory_cap(best), holder)
             except StoreFull:
                 sizes[best] = node.stats()  # its report was stale: rank it by what it says now
         raise StoreFull(f"cannot allocate {size} bytes: the most any node can hold is "
@@ -417,10 +421,13 @@ class MemoryPool:
         return StoreResult(block=info, key=key, offset=offset, length=length,
                            allocated=allocated is not None)
 
-    def place_for(self, key: str, length: int) -> tuple[str, int, str | None]:
+    def place_for(self, key: str, length: int,
+                  node: str | None = None) -> tuple[str, int, str | None]:
         """Where bytes stored under ``key`` without a block id go.
 
-        The key's place when it has one extent and the bytes fit there, else a new block.
+        The key's place when it has one extent and the bytes fit there, else a new block (on
+        ``node`` when given), held for this process's write: if the process dies before the
+        write commits, the block is freed.
 
         Returns:
             ``(block_id, offset, allocated_block_id_or_None)``.
@@ -438,7 +445,7 @@ class MemoryPool:
                 f"extent(s), block size {found.block.size}) and the new {length} bytes do not "
                 f"replace it in place; store it with --block-id {found.block_id} --offset N, "
                 f"or deallocate {found.block_id} first", key=key, block_id=found.block_id)
-        info = self.allocate(max(length, 1))
+        info = self._allocate(max(length, 1), node, holder=this_process())
         return info.block_id, 0, info.block_id
 
     def write(self, block_id: str, data: Any, offset: int = 0, key: str | None = None,
@@ -463,13 +470,15 @@ class MemoryPool:
         """prepare (claims the range) → claim the key in the directory → copy → commit."""
         number, node = self._block_node(block_id)
         block = node.prepare_write(number, offset, length, key, force, this_process())
+        copying = False
         try:
             if key is not None:
                 self._claim(key, block_id)
+            copying = True
             node.fill(block, offset, length, source, progress or transfer.no_progress)
         except BaseException:
             try:
-                node.abort_write(number, offset, key)
+                node.abort_write(number, offset, key, torn=copying)
             except GridError:
                 pass
             raise
@@ -519,12 +528,72 @@ class MemoryPool:
                        progress or transfer.no_progress)
         return sum(p.length for p in pieces)
 
+    def read_to(self, target: str, sink: transfer.Sink | Callable[[memoryview], object],
+                size: int | None = None, offset: int = 0, progress: Progress | None = None,
+                pieces: list[Piece] | None = None) -> int:
+        """Hand the bytes of a block or key to ``sink``, in order; returns the byte count.
+
+        The bytes are those from before a concurrent write or from after it, never a mix
+        (each block's write guard sees to a piece). A key is found again after its bytes were
+        read when its node's catalog changed meanwhile (always, for another host's node): if
+        its place moved, the read is done again, so a key rewritten meanwhile never comes back
+        as a mix of its old place and new bytes. A sink that cannot go back gets a key's bytes
+        once they are whole.
+
+        Args:
+            pieces: the plan from :meth:`plan_read` when the caller made it already.
+        """
+        sink = transfer.as_sink(sink)
+        if pieces is None:
+            pieces = self.plan_read(target, size, offset)
+        if looks_like_block_id(target):
+            return self.read_into_sink(pieces, sink, progress)
+        out = sink if sink.rewindable else transfer.BufferSink(
+            memoryview(bytearray(sum(p.length for p in pieces))))
+        while True:
+            versions = self._catalog_versions(pieces)
+            start = out.mark()
+            count = self.read_into_sink(pieces, out, progress if out is sink else None)
+            if versions is not None and versions == self._catalog_versions(pieces):
+                break
+            again = self.plan_read(target, size, offset)
+            if _places(again) == _places(pieces):
+                break
+            if isinstance(out, transfer.BufferSink) and \
+                    len(out.dest) - start < sum(p.length for p in again):
+                raise _PlanChanged(again)  # the caller's buffer no longer fits: it makes one
+            out.rewind(start)
+            pieces = again
+            if out is not sink:
+                out = transfer.BufferSink(memoryview(bytearray(sum(p.length for p in pieces))))
+        if out is not sink:
+            sink.write(out.dest[: out.pos])  # type: ignore[attr-defined]
+            (progress or transfer.no_progress)(count)
+        return count
+
+    def _catalog_versions(self, pieces: list[Piece]) -> tuple[int, ...] | None:
+        """The versions of the catalogs holding ``pieces`` (None if one is on another host)."""
+        versions = []
+        for piece in pieces:
+            _, node = self._block_node(piece.block.block_id)
+            if not isinstance(node, LocalNode):
+                return None
+            versions.append(node.catalog.data_version())
+        return tuple(versions)
+
     def read(self, target: str, size: int | None = None, offset: int = 0) -> bytes:
-        """The bytes of a block or key (default: up to the block's high-water mark)."""
+        """The bytes of a block or key (default: up to the block's high-water mark), as they
+        were before or after any concurrent write, never a mix."""
         pieces = self.plan_read(target, size, offset)
-        out = bytearray(sum(p.length for p in pieces))
-        self.read_into_sink(pieces, transfer.BufferSink(memoryview(out)))
-        return bytes(out)
+        while True:
+            out = bytearray(sum(p.length for p in pieces))
+            try:
+                count = self.read_to(target, transfer.BufferSink(memoryview(out)), size, offset,
+                                     pieces=pieces)
+            except _PlanChanged as changed:
+                pieces = changed.pieces
+                continue
+            return bytes(out[:count]) if count != len(out) else bytes(out)
 
     def retrieve_to_file(self, target: str, path: str, size: int | None = None, offset: int = 0,
                          progress: Progress | None = None,
@@ -550,7 +619,8 @@ class MemoryPool:
             raise FileError(f"cannot write {path}: {exc.strerror}", path=path) from exc
         try:
             with os.fdopen(fd, "wb", buffering=0) as f:
-                written = self.read_into_sink(pieces, transfer.FdSink(f.fileno()), progress)
+                written = self.read_to(target, transfer.FdSink(f.fileno()), size, offset,
+                                       progress, pieces)
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -564,14 +634,15 @@ class MemoryPool:
     # -- arrays ---------------------------------------------------------------------------------
 
     def view(self, block_id: str, dtype: Any = "uint8", shape: Any = None,
-             offset: int = 0) -> np.ndarray:
-        """A numpy array over a block: zero-copy and writable on this host, else a read-only copy.
+             offset: int = 0, consistent: bool = False) -> np.ndarray:
+        """A numpy array over a block: zero-copy and writable on this host (live memory), else
+        (or with ``consistent``) a read-only copy no concurrent write tore.
 
         See :func:`distributed_grid.memory.arrays.view`.
         """
         from distributed_grid.memory import arrays  # numpy is imported when arrays are used
 
-        return arrays.view(self, block_id, dtype, shape, offset)
+        return arrays.view(self, block_id, dtype, shape, offset, consistent)
 
     def put(self, key: str, array: Any, node: str | None = None) -> StoreResult:
         """Store a numpy array under ``key`` with its dtype and shape.
@@ -582,14 +653,14 @@ class MemoryPool:
 
         return arrays.put(self, key, array, node)
 
-    def get(self, key: str) -> np.ndarray:
+    def get(self, key: str, consistent: bool = False) -> np.ndarray:
         """The array stored under ``key``; zero-copy on this host.
 
         See :func:`distributed_grid.memory.arrays.get`.
         """
         from distributed_grid.memory import arrays
 
-        return arrays.get(self, key)
+        return arrays.get(self, key, consistent)
 
     def open_block(self, block_id: str) -> tuple[int, memoryview | None]:
         """A block's size and, on this host, a writable view of its bytes (None elsewhere).
@@ -619,3 +690,16 @@ class MemoryPool:
             if isinstance(node, LocalNode):
                 node.close()
         self._nodes.clear()
+
+
+class _PlanChanged(Exception):
+    """A key's place changed while it was read, and the caller's buffer does not fit it."""
+
+    def __init__(self, pieces: list[Piece]) -> None:
+        super().__init__("the key's place changed")
+        self.pieces = pieces
+
+
+def _places(pieces: list[Piece]) -> list[tuple[str, str, int, int]]:
+    """What a read plan reads: each piece's block (id and token), offset and length."""
+    return [(p.block.block_id, p.block.token, p.offset, p.length) for p in pieces]

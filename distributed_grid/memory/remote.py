@@ -17,6 +17,7 @@ import numpy as np
 from distributed_grid.memory import transfer
 from distributed_grid.memory.cluster import RayCluster
 from distributed_grid.memory.records import BlockInfo, KeyPlace, NodeStats
+from distributed_grid.memory.store import REMOTE_WRITER
 
 IN_FLIGHT = 4
 # A chunk smaller than this travels inside the call itself; a bigger one is put in the object
@@ -52,9 +53,16 @@ class RemoteNode:
 
     # -- metadata: one round trip each -----------------------------------------------------------
 
-    def allocate(self, size: int, lease: str | None = None,
-                 capacity: int | None = None) -> BlockInfo:
-        return self._call("allocate", size, lease, capacity)
+    def writer(self, identity: str | None) -> str | None:
+        """How the node's store names a writer of this process: by its Ray job too, whose end
+        the store sees."""
+        if identity is None:
+            return None
+        return f"{REMOTE_WRITER}{self.cluster.job_id}:{identity}"
+
+    def allocate(self, size: int, lease: str | None = None, capacity: int | None = None,
+                 holder: str | None = None) -> BlockInfo:
+        return self._call("allocate", size, lease, capacity, self.writer(holder))
 
     def deallocate(self, number: int) -> BlockInfo:
         return self._call("deallocate", number)
@@ -79,14 +87,16 @@ class RemoteNode:
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
                       force: bool = False, writer: str | None = None) -> BlockInfo:
-        return self._call("prepare_write", number, offset, length, key, force, writer)
+        return self._call("prepare_write", number, offset, length, key, force,
+                          self.writer(writer))
 
     def commit_write(self, number: int, offset: int, length: int, key: str | None = None,
                      meta: dict[str, Any] | None = None) -> BlockInfo:
         return self._call("commit_write", number, offset, length, key, meta)
 
-    def abort_write(self, number: int, offset: int, key: str | None = None) -> None:
-        self._call("abort_write", number, offset, key)
+    def abort_write(self, number: int, offset: int, key: str | None = None,
+                    torn: bool = True) -> None:
+        self._call("abort_write", number, offset, key, torn)
 
     def release_lease(self, lease: str) -> list[str]:
         return self._call("release_lease", lease)
@@ -119,7 +129,28 @@ class RemoteNode:
 
     def drain(self, block: BlockInfo, offset: int, length: int, sink: transfer.Sink,
               progress: transfer.Progress = transfer.no_progress) -> None:
-        """Fetch ``length`` bytes of the block from ``offset``; hand them to ``sink`` in order."""
+        """Fetch ``length`` bytes of the block from ``offset``; hand them to ``sink`` in order,
+        as they were before or after any concurrent write of them, never a mix.
+
+        The node's store waits until no write holds the range and notes the block's write
+        guard; once the chunks are here it says whether a write started or ended meanwhile,
+        and then they are fetched again (a sink that cannot go back gets them once whole).
+        """
+        if length <= 0:
+            return
+        target = sink if sink.rewindable else transfer.BufferSink(memoryview(bytearray(length)))
+        while True:
+            seq = self._call("read_begin", block.number, offset, length)
+            start = target.mark()
+            self._fetch(block, offset, length, target, progress)
+            if self._call("read_end", block.number, seq):
+                break
+            target.rewind(start)
+        if target is not sink:
+            sink.write(target.dest)  # type: ignore[attr-defined]
+
+    def _fetch(self, block: BlockInfo, offset: int, length: int, sink: transfer.Sink,
+               progress: transfer.Progress) -> None:
         pending: deque[tuple[Any, int]] = deque()
         pieces = iter(transfer.chunks(length))
         for pos, n in pieces:

@@ -13,7 +13,15 @@ reach somebody else's data. A creator killed before it finished leaves a ``creat
 Write protocol: ``prepare_write`` checks the range and records the key's extent as pending (the
 bytes it claims are then owned, so no other write can take them); the bytes are copied (by a
 local client straight into the mapping, or by the store actor from chunks sent through Ray);
-``commit_write`` marks the extent complete. A refused write has changed nothing.
+``commit_write`` marks the extent complete. A refused write has changed nothing. A key has one
+writer at a time: a second write of a key whose write is running is refused (:class:`KeyBusy`).
+
+Every pending write and every block allocated for one write has an owner, the writer: a process
+of this host (``host/pid/start``) or a client on another host, whose life the node's store actor
+judges. When the owner is gone its writes are undone (:meth:`BlockStore.reap_writes`): the
+pending extent is dropped, so are the complete extents its range overlapped (their bytes were
+being overwritten: they are neither old nor new), its write-guard slot is released, and a block
+allocated for it is freed.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import Any
 from distributed_grid.errors import (
     BlockNotFound,
     GridError,
+    KeyBusy,
     KeyConflict,
     KeyNotFound,
     StoreFull,
@@ -39,11 +48,13 @@ from distributed_grid.names import (
     positive_size,
     validate_key,
 )
-from distributed_grid.runtime import identity_alive, this_process
+from distributed_grid.runtime import identity_alive, tag_alive, this_process
 
 # Bumped whenever a store method or a record changes its shape: a client refuses to work with a
 # store (or a node record) of another protocol, made by another installation of distributed_grid.
-STORE_PROTOCOL = 3
+STORE_PROTOCOL = 4
+
+REMOTE_WRITER = "ray:"  # a writer on another host: ``ray:<job>:<host/pid/start>``
 
 
 class BlockStore:
@@ -168,14 +179,16 @@ class BlockStore:
 
     # -- allocation -----------------------------------------------------------------------------
 
-    def allocate(self, size: int, lease: str | None = None,
-                 capacity: int | None = None) -> BlockInfo:
+    def allocate(self, size: int, lease: str | None = None, capacity: int | None = None,
+                 holder: str | None = None) -> BlockInfo:
         """Create a block of ``size`` bytes and return its facts.
 
         Args:
             size: the block's size in bytes.
             lease: for a non-persistent block, the name of the actor whose life it shares.
             capacity: the cap on this node's block bytes in the caller's cluster config.
+            holder: the writer the block is allocated for: the block is freed if that writer
+                dies before its first write commits.
 
         Raises:
             InvalidArgument: ``size`` is not a positive integer.
@@ -193,7 +206,7 @@ class BlockStore:
             number = self.catalog.spend_number()
             name = f"{self.prefix}{number}"
             self.catalog.insert_block(number, size, name, token.hex(), time.time(), lease,
-                                      self.me)
+                                      self.me, holder)
         try:
             try:
                 seg.create_segment(name, size, token)
@@ -255,71 +268,92 @@ class BlockStore:
     # -- writes ---------------------------------------------------------------------------------
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
-                      force: bool = False, writer: str | None = None) -> BlockInfo:
+                      force: bool = False, writer: str | None = None, slot: int | None = None,
+                      guard: int | None = None) -> BlockInfo:
         """Check a write of ``length`` bytes at ``offset`` and claim the range for ``key``.
 
         Rules: the range must lie inside the block; it may not touch bytes of another key (nor
         of another extent of the same key) unless ``force``; a key written again at the same
-        offset replaces that extent. With ``force`` the overlapped extents of other keys are
-        dropped (their bytes are being overwritten). A key lives in one block of the node (the
-        cluster's key directory makes that one block of the cluster).
+        offset replaces that extent when the write commits (until then the key reads as it
+        was). With ``force`` the overlapped extents of other keys are dropped (their bytes are
+        being overwritten). A key lives in one block of the node (the cluster's key directory
+        makes that one block of the cluster) and has one writer at a time. Pending writes of
+        writers that are gone are undone first.
 
         Args:
             writer: who writes (``host/pid/start``); None for this process.
+            slot, guard: the write-guard slot the writer holds for the range, and its owner tag.
 
         Returns:
             The block's facts (segment name and token let a local client write directly).
 
         Raises:
-            OutOfBounds, InvalidArgument, KeyConflict, BlockNotFound.
+            OutOfBounds, InvalidArgument, KeyConflict, KeyBusy, BlockNotFound.
         """
         if key is not None:
             validate_key(key)
-        with self.catalog.transaction():
-            row = self._row(number)
-            block_id = self.block_id(number)
-            check_range(block_id, row.size, offset, length, "write")
-            if key is not None:
-                elsewhere = self.catalog.block_of_key(key)
-                if elsewhere is not None and elsewhere != number:
-                    other = self.block_id(elsewhere)
+        released: list[ExtentRow] = []
+        try:
+            with self.catalog.transaction():
+                row = self._row(number)
+                block_id = self.block_id(number)
+                check_range(block_id, row.size, offset, length, "write")
+                end = offset + length
+                if key is not None:
+                    for p in self.catalog.pending_extents(key):
+                        if self.write_gone(p):
+                            released += self._forget_write(p)
+                            continue
+                        raise KeyBusy(
+                            f"key {key!r} is being written (bytes {p.offset}..{p.end} of "
+                            f"{self.block_id(p.block)}, by {p.writer}); a key has one writer "
+                            "at a time: try again when that write has finished",
+                            key=key, block_id=self.block_id(p.block), writer=p.writer)
+                    elsewhere = self.catalog.block_of_key(key)
+                    if elsewhere is not None and elsewhere != number:
+                        other = self.block_id(elsewhere)
+                        raise KeyConflict(
+                            f"key {key!r} already lives in {other}; a key lives in one block: "
+                            f"store it there, or deallocate {other} first",
+                            key=key, block_id=other,
+                        )
+                for e in self.catalog.overlapping(number, offset, end):
+                    if not e.complete and self.write_gone(e):
+                        released += self._forget_write(e)
+                clashes = [e for e in self.catalog.overlapping(number, offset, end)
+                           if not (e.key == key and e.offset == offset and e.complete)]
+                if clashes and not force:
+                    e = clashes[0]
+                    who = "another extent of key" if e.key == key else "key"
                     raise KeyConflict(
-                        f"key {key!r} already lives in {other}; a key lives in one block: "
-                        f"store it there, or deallocate {other} first",
-                        key=key, block_id=other,
+                        f"cannot write {length} bytes at offset {offset} into {block_id}: bytes "
+                        f"{e.offset}..{e.end} belong to {who} {e.key!r}; write elsewhere, or "
+                        "pass --force to overwrite them",
+                        block_id=block_id, offset=offset, length=length, key=e.key,
                     )
-            end = offset + length
-            clashes = [e for e in self.catalog.overlapping(number, offset, end)
-                       if not (e.key == key and e.offset == offset)]
-            if clashes and not force:
-                e = clashes[0]
-                who = "another extent of key" if e.key == key else "key"
-                raise KeyConflict(
-                    f"cannot write {length} bytes at offset {offset} into {block_id}: bytes "
-                    f"{e.offset}..{e.end} belong to {who} {e.key!r}; write elsewhere, or pass "
-                    "--force to overwrite them",
-                    block_id=block_id, offset=offset, length=length, key=e.key,
-                )
-            self.catalog.drop_extents([e.id for e in clashes])
-            for dropped in {e.key for e in clashes}:
-                if not self.catalog.key_has_extents(dropped, number):
-                    self.catalog.set_key_meta(dropped, number, None)
-            if key is not None:
-                self.catalog.drop_extents([e.id for e in self.catalog.key_extents(key, number)
-                                           if e.offset == offset])
-                self.catalog.add_extent(number, key, offset, length, writer or self.me)
-            return self._info(row)
+                self._drop(number, clashes)
+                if key is not None:
+                    self.catalog.add_extent(number, key, offset, length, writer or self.me,
+                                            slot, guard)
+                info = self._info(row)
+        finally:
+            self._release_guards(released)
+        return info
 
     def commit_write(self, number: int, offset: int, length: int, key: str | None = None,
                      meta: dict[str, Any] | None = None) -> BlockInfo:
         """Mark a prepared write complete and move the block's high-water mark.
+
+        The key's complete extent at the same offset (its bytes before this write) is replaced,
+        and a block allocated for this write no longer depends on the writer's life.
 
         Args:
             meta: what the key's bytes are (an array's dtype and shape); None for plain bytes.
 
         Raises:
             KeyNotFound: no pending write of ``key`` at ``offset`` (it was overwritten with
-                ``force``, or its block deallocated and made again).
+                ``force``, undone because its writer seemed gone, or its block deallocated and
+                made again).
             BlockNotFound: the block is gone.
         """
         with self.catalog.transaction():
@@ -334,16 +368,109 @@ class BlockStore:
                     )
                 self.catalog.set_key_meta(key, number, meta)
             self.catalog.raise_high_water(number, offset + length)
+            self.catalog.let_go(number)
             return self._info(self.catalog.block(number))  # type: ignore[arg-type]
 
-    def abort_write(self, number: int, offset: int, key: str | None = None) -> None:
-        """Forget a prepared write that did not finish (its pending extent is dropped)."""
+    def abort_write(self, number: int, offset: int, key: str | None = None,
+                    torn: bool = True) -> None:
+        """Forget a prepared write that did not finish.
+
+        Args:
+            torn: whether bytes may have been copied: the key's complete extents that the
+                write's range overlapped are then dropped too (they hold a mix).
+        """
         if key is None:
             return
         with self.catalog.transaction():
-            self.catalog.drop_pending(number, key, offset)
-            if not self.catalog.key_has_extents(key, number):
-                self.catalog.set_key_meta(key, number, None)
+            pending = self.catalog.pending_extent(number, key, offset)
+            if pending is None:
+                return
+            self._drop(number, [pending])
+            if torn:
+                self._drop(number, [e for e in self.catalog.overlapping(
+                    number, pending.offset, pending.end) if e.complete])
+
+    def _drop(self, number: int, extents: list[ExtentRow]) -> None:
+        """Forget extents (inside a transaction), and the metadata of keys left with none."""
+        self.catalog.drop_extents([e.id for e in extents])
+        for dropped in {e.key for e in extents}:
+            if not self.catalog.key_has_extents(dropped, number):
+                self.catalog.set_key_meta(dropped, number, None)
+
+    def _forget_write(self, pending: ExtentRow) -> list[ExtentRow]:
+        """Undo the pending write of a writer that is gone (inside a transaction): its extent
+        and the complete extents its range overlapped. Returns it (its guard slot is released
+        by the caller, after the transaction)."""
+        torn = [e for e in self.catalog.overlapping(pending.block, pending.offset, pending.end)
+                if e.complete]
+        self._drop(pending.block, [pending, *torn])
+        return [pending]
+
+    def _release_guards(self, writes: list[ExtentRow]) -> None:
+        """Release the write-guard slots undone writes held (by their owner tag: a slot taken
+        meanwhile by another writer is left alone)."""
+        from distributed_grid.memory.seqguard import Guard
+
+        for w in writes:
+            if w.slot is None or w.guard is None:
+                continue
+            place = self.catalog.place_of(w.block)
+            if place is None:
+                continue
+            try:
+                fd = seg.open_data(place[1], bytes.fromhex(place[2]), place[0])
+            except seg.SegmentNotFound:
+                continue
+            try:
+                guard = Guard(fd)
+                guard.release(w.slot, w.guard)
+                guard.close()
+            finally:
+                os.close(fd)
+
+    def writer_alive(self, writer: str | None) -> bool | None:
+        """Whether the owner of a pending write (or of a block held for one) still runs.
+
+        None when this process cannot tell: a writer on another host, which the node's store
+        actor judges.
+        """
+        if not writer:
+            return False
+        return identity_alive(writer)
+
+    def write_gone(self, pending: ExtentRow) -> bool:
+        """Whether nobody can finish a pending write: its writer is gone, or the process that
+        held its guard slot (the only one copying its bytes) is."""
+        if pending.guard is not None and not tag_alive(pending.guard):
+            return True
+        return self.writer_alive(pending.writer) is False
+
+    def reap_writes(self) -> list[str]:
+        """Undo the writes whose writer is gone and free the blocks allocated for them;
+        returns what was undone (cheap: pending extents and held blocks are indexed)."""
+        undone: list[str] = []
+        for p in self.catalog.pending_extents():
+            if not self.write_gone(p):
+                continue
+            released: list[ExtentRow] = []
+            with self.catalog.transaction():
+                again = self.catalog.pending_extent(p.block, p.key, p.offset)
+                if again is None or again.id != p.id:
+                    continue
+                released = self._forget_write(again)
+            self._release_guards(released)
+            undone.append(f"write of key {p.key!r} at {p.offset} in {self.block_id(p.block)}")
+        for row in self.catalog.held_blocks():
+            if self.writer_alive(row.holder) is not False:
+                continue
+            with self.catalog.transaction():
+                again = self.catalog.block(row.number)
+                if again is None or again.holder != row.holder:
+                    continue
+                self.catalog.delete_block(again)
+            seg.unlink_segment(row.segment)
+            undone.append(f"block {self.block_id(row.number)} allocated for it")
+        return undone
 
     # -- upkeep ---------------------------------------------------------------------------------
 
@@ -426,4 +553,4 @@ def remove_cluster_files(cluster_id: str) -> list[str]:
     return names
 
 
-__all__ = ["STORE_PROTOCOL", "BlockStore", "catalog_path", "remove_cluster_files"]
+__all__ = ["REMOTE_WRITER", "STORE_PROTOCOL", "BlockStore", "catalog_path", "remove_cluster_files"]

@@ -10,9 +10,14 @@ not have, so a restarted actor (after SIGKILL, say) simply opens the catalog aga
 When it starts it reconciles the catalog with the host's segments and writes the node's record
 in the runtime directory, so processes of the host can reach the node without Ray. A thread then
 does the node's upkeep every ``TICK_SECONDS``: frees the blocks of leases whose owner is gone,
-undoes creations whose creator died, reports the node's size to the key directory and publishes
-the block list to the cluster's key-value store (for listing the blocks if the node goes away).
-Ray is applied here, at the edge, in :func:`get_store`.
+undoes creations and writes whose owner died, reports the node's size to the key directory and
+publishes the block list to the cluster's key-value store (for listing the blocks if the node
+goes away). Ray is applied here, at the edge, in :func:`get_store`.
+
+A client on another host writes through this actor: the actor holds the write's guard slot,
+and the writer is named ``ray:<job>:<host/pid/start>``. Such a writer is gone when its Ray job
+has ended, or when none of its calls arrived for ``ABANDON_SECONDS`` (a client that died while
+its job lives on); its writes are then undone and a chunk that arrives later is refused.
 """
 
 from __future__ import annotations
@@ -33,13 +38,14 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distributed_grid import _ray
-from distributed_grid.errors import BlockNotFound
+from distributed_grid.errors import BlockNotFound, KeyNotFound
 from distributed_grid.memory import transfer
 from distributed_grid.memory.directory import KeyDirectory
-from distributed_grid.memory.local import LocalNode
+from distributed_grid.memory.local import HeldSlot, LocalNode
 from distributed_grid.memory.mappings import Mappings
 from distributed_grid.memory.records import BlockInfo, NodeStats
-from distributed_grid.memory.store import STORE_PROTOCOL
+from distributed_grid.memory.seqguard import Guard
+from distributed_grid.memory.store import REMOTE_WRITER, STORE_PROTOCOL
 from distributed_grid.names import check_range
 from distributed_grid.runtime import NodeRecord, process_start, write_node_record
 
@@ -47,6 +53,7 @@ NAMESPACE = "distributed_grid"
 ACTOR_PREFIX = "store."
 LEASE_PREFIX = "lease."
 TICK_SECONDS = 2.0
+ABANDON_SECONDS = 60.0  # a remote writer silent this long is gone (a chunk takes seconds)
 CONCURRENCY = 4  # calls served at once: chunk copies overlap; the catalog serializes changes
 
 log = logging.getLogger(__name__)
@@ -84,6 +91,9 @@ class StoreActor(LocalNode):
         self._reported: tuple[int, int] | None = None
         self._published: int | None = None
         self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self._seen: dict[str, float] = {}
+        self._dead_jobs: set[str] = set()
         threading.Thread(target=self._upkeep_forever, name="upkeep", daemon=True).start()
 
     def ping(self) -> dict[str, Any]:
@@ -102,13 +112,68 @@ class StoreActor(LocalNode):
                                     "host", block_id=block.block_id, node=self.node)
             yield segment.data()
 
+    def allocate(self, size: int, lease: str | None = None, capacity: int | None = None,
+                 holder: str | None = None) -> BlockInfo:
+        self._saw(holder)
+        return super().allocate(size, lease, capacity, holder)
+
+    def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
+                      force: bool = False, writer: str | None = None, slot: int | None = None,
+                      guard: int | None = None) -> BlockInfo:
+        self._saw(writer)
+        return super().prepare_write(number, offset, length, key, force, writer, slot, guard)
+
+    def _saw(self, writer: str | None) -> None:
+        if writer is not None and writer.startswith(REMOTE_WRITER):
+            self._seen[writer] = time.monotonic()
+
+    def _write_of(self, number: int, offset: int, length: int) -> HeldSlot:
+        """The write this actor holds that covers the chunk (refused once it was undone)."""
+        with self._held_lock:
+            for (held_number, _, _), slots in self._held.items():
+                for held in slots:
+                    if held_number == number and held.guard is not None:
+                        start, end = held.range
+                        if start <= offset and offset + length <= end:
+                            held.seen = time.monotonic()
+                            self._saw(held.writer)
+                            return held
+        raise KeyNotFound(
+            f"no write of bytes {offset}..{offset + length} of {self.block_id(number)} is "
+            "in progress (it finished, or was undone because its writer fell silent)",
+            block_id=self.block_id(number), offset=offset)
+
     def write_chunk(self, number: int, offset: int, data: np.ndarray) -> int:
-        """Copy a chunk that travelled as an ObjectRef into the block; returns its size."""
+        """Copy a chunk that travelled as an ObjectRef into the block, inside a write this
+        actor prepared; returns its size."""
         block = self.block_info(number)
         view = memoryview(data).cast("B")
         check_range(block.block_id, block.size, offset, view.nbytes, "write")
+        self._write_of(number, offset, view.nbytes)
         self.fill(block, offset, view.nbytes, transfer.BufferSource(view))
         return view.nbytes
+
+    def read_begin(self, number: int, offset: int, length: int) -> int:
+        """Wait until no write holds ``offset..offset+length`` of the block; returns the guard's
+        sequence, for :meth:`read_end` after the chunks were read."""
+        block = self.block_info(number)
+        check_range(block.block_id, block.size, offset, length, "read")
+        with self._descriptor(block) as fd:
+            guard = Guard(fd)
+        try:
+            return self.wait_idle(block, guard, offset, offset + max(length, 1))
+        finally:
+            guard.close()
+
+    def read_end(self, number: int, seq: int) -> bool:
+        """Whether no write started or ended in the block since :meth:`read_begin`."""
+        block = self.block_info(number)
+        with self._descriptor(block) as fd:
+            guard = Guard(fd)
+        try:
+            return guard.end_read(seq)
+        finally:
+            guard.close()
 
     def read_chunk(self, number: int, offset: int, length: int) -> np.ndarray:
         """Bytes of the block as a uint8 array over the mapping; Ray copies it once, into the
@@ -169,7 +234,10 @@ class StoreActor(LocalNode):
     def upkeep(self) -> dict[str, Any]:
         """One round of the node's upkeep (see the module's docstring); returns what it did."""
         with self._lock:
-            done: dict[str, Any] = {"leases": self.release_dead_leases(), "reaped": self.reap()}
+            self._dead_jobs = _ray.dead_jobs()
+            done: dict[str, Any] = {"leases": self.release_dead_leases(), "reaped": self.reap(),
+                                    "abandoned": self.abandon_silent_writes(),
+                                    "writes": self.reap_writes()}
             counts = self.catalog.counts()
             if counts != self._reported:
                 try:
@@ -197,6 +265,27 @@ class StoreActor(LocalNode):
     def _publish(self) -> None:
         blocks = [b.to_json() for b in self.list_blocks()]
         _ray.kv_put(snapshot_key(self.node), json.dumps(blocks).encode(), NAMESPACE)
+
+    def writer_alive(self, writer: str | None) -> bool | None:
+        """A remote writer is alive while its Ray job runs and it called within
+        ``ABANDON_SECONDS``; others as :meth:`BlockStore.writer_alive` says."""
+        if writer is None or not writer.startswith(REMOTE_WRITER):
+            return super().writer_alive(writer)
+        job = writer[len(REMOTE_WRITER):].partition(":")[0]
+        if job in self._dead_jobs:
+            return False
+        return time.monotonic() - self._seen.get(writer, self._started) < ABANDON_SECONDS
+
+    def abandon_silent_writes(self) -> list[str]:
+        """Undo the writes this actor holds for remote writers that are gone."""
+        with self._held_lock:
+            writes = [(k, h) for k, slots in self._held.items() for h in slots]
+        undone = []
+        for (number, offset, key), held in writes:
+            if held.writer is not None and self.writer_alive(held.writer) is False:
+                self.abort_write(number, offset, key, torn=True)
+                undone.append(f"write at {offset} of {self.block_id(number)} by {held.writer}")
+        return undone
 
     def release_dead_leases(self) -> list[str]:
         """Free the blocks whose lease actor no longer exists; returns their ids."""

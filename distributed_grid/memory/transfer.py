@@ -90,9 +90,24 @@ class BufferSource(Source):
 
 
 class Sink:
-    """Where the bytes of a read go, in order."""
+    """Where the bytes of a read go, in order.
+
+    A read that met a concurrent write of its bytes is done again; a sink that can go back
+    (:attr:`rewindable`) is rewound to where the read began, any other gets the bytes only once
+    they are known to be whole.
+    """
+
+    rewindable = False
 
     def write(self, view: memoryview) -> None:
+        raise NotImplementedError
+
+    def mark(self) -> int:
+        """Where the next byte goes (for :meth:`rewind`)."""
+        raise NotImplementedError
+
+    def rewind(self, mark: int) -> None:
+        """Go back to ``mark``: the bytes written since are written again."""
         raise NotImplementedError
 
 
@@ -104,14 +119,23 @@ class FdSink(Sink):
         # Out of a segment, ``sendfile`` fed a pipe 2.5x faster than read + write here, but a
         # regular file up to 3x slower and unevenly: files take the read + write.
         self.is_file = stat.S_ISREG(os.fstat(fd).st_mode)
+        self.rewindable = self.is_file
 
     def write(self, view: memoryview) -> None:
         while len(view):
             view = view[_write_errors(os.write, self.fd, view):]
 
+    def mark(self) -> int:
+        return os.lseek(self.fd, 0, os.SEEK_CUR)
+
+    def rewind(self, mark: int) -> None:
+        os.lseek(self.fd, mark, os.SEEK_SET)
+
 
 class BufferSink(Sink):
     """A buffer, filled from its start."""
+
+    rewindable = True
 
     def __init__(self, dest: memoryview) -> None:
         self.dest = dest
@@ -120,6 +144,12 @@ class BufferSink(Sink):
     def write(self, view: memoryview) -> None:
         self.dest[self.pos : self.pos + len(view)] = view
         self.pos += len(view)
+
+    def mark(self) -> int:
+        return self.pos
+
+    def rewind(self, mark: int) -> None:
+        self.pos = mark
 
 
 class CallableSink(Sink):
