@@ -272,10 +272,10 @@ static PyMethodDef sg_methods[] = {
 
 static struct PyModuleDef sg_module = {
     PyModuleDef_HEAD_INIT,
-    "_seqguard",
-    "Atomics on a segment's header page: the write guard's mechanism (see seqguard.py).",
-    -1,
-    sg_methods,
+    .m_name = "_seqguard",
+    .m_doc = "Atomics on a segment's header page: the write guard's mechanism (see seqguard.py).",
+    .m_size = -1,
+    .m_methods = sg_methods,
 };
 
 PyMODINIT_FUNC
