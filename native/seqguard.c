@@ -211,7 +211,18 @@ sg_begin_read(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     header_close(&h);
-    return Py_BuildValue("(KK)", (unsigned long long)seq, (unsigned long long)busy);
+    PyObject *out = PyTuple_New(2);
+    PyObject *first = PyLong_FromUnsignedLongLong(seq);
+    PyObject *second = PyLong_FromUnsignedLongLong(busy);
+    if (out == NULL || first == NULL || second == NULL) {
+        Py_XDECREF(out);
+        Py_XDECREF(first);
+        Py_XDECREF(second);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, first);
+    PyTuple_SET_ITEM(out, 1, second);
+    return out;
 }
 
 static PyObject *
