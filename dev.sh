@@ -14,7 +14,7 @@ setup() {
     }
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     local stamp
-    stamp="$VENV/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)"
+    stamp="$VENV/.installed-$(cat pyproject.toml setup.py native/*.c | sha1sum | cut -c1-12)"
     if [ ! -f "$stamp" ]; then
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
         "$VENV/bin/python" -m pip install --quiet -e ".[test]"

@@ -15,8 +15,18 @@ Segment layout (the only place it is written down)::
     24      16    token: random bytes the owner writes at creation. A client that attaches the
                   segment and reads the token the store reported is on the same memory, which
                   proves the zero-copy path is valid.
-    40      4056  reserved, 0 (room for a seqlock word and pin counts)
+    40      24    reserved, 0
+    64      8     write guard: sequence (u64), +1 when a write starts, +1 when it ends
+    72      56    reserved, 0
+    128     2048  write guard: 64 slots of 32 bytes, each owner u64 (0 = free), start u64,
+                  end u64, spare u64 (0). A slot whose owner is set but whose end is 0 is
+                  being published (or released): it overlaps every range.
+    2176    1920  reserved, 0 (room for pin counts)
     4096    size  data
+
+The write guard's words are little-endian, naturally aligned and only accessed atomically, by
+:mod:`distributed_grid.memory.seqguard` (which states its protocol). A new header is all zeros
+there, which is an idle guard.
 
 The data starts on a page boundary so views over it are aligned for every dtype.
 """
@@ -38,6 +48,10 @@ LAYOUT_VERSION = 1
 TOKEN_SIZE = 16
 SHM_DIR = "/dev/shm"  # where Linux keeps POSIX shared memory; used to list and measure
 _HEADER = struct.Struct("<8sIIQ16s")
+GUARD_SEQUENCE_OFFSET = 64  # the write guard's fields, see the layout above
+GUARD_SLOTS_OFFSET = 128
+GUARD_SLOT_COUNT = 64
+GUARD_SLOT_SIZE = 32
 
 
 class SegmentNotFound(NotFound):
