@@ -81,6 +81,8 @@ class OutputFile:
 
     Args:
         path: where the bytes go, as the user gave it.
+        unnamed: write a regular file as an ``O_TMPFILE`` where the filesystem has one; False
+            always takes the named temporary file (what a filesystem without it gets).
 
     Raises:
         FileError: the path cannot be written (a directory, a link not followed, a file or
@@ -90,8 +92,9 @@ class OutputFile:
     fd: int = -1
     _dir_fd: int = -1
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, unnamed: bool = True) -> None:
         self.path = path
+        self.unnamed = unnamed
         self.replaces = False  # whether a regular file is written and renamed into place
         self._directory = ""  # the directory of a replaced file, and its name there
         self._name = ""
@@ -208,12 +211,13 @@ class OutputFile:
 
     def _create_temp(self) -> int:
         """An unnamed file in the directory, or a fresh named one where there is no O_TMPFILE."""
-        try:
-            return os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600,
-                           dir_fd=self._dir_fd)
-        except OSError as exc:
-            if exc.errno not in _NO_TMPFILE:
-                raise self._cannot_create(exc) from exc
+        if self.unnamed:
+            try:
+                return os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600,
+                               dir_fd=self._dir_fd)
+            except OSError as exc:
+                if exc.errno not in _NO_TMPFILE:
+                    raise self._cannot_create(exc) from exc
         for _ in range(_NAME_TRIES):
             name = _temp_name(self._name)
             try:
