@@ -208,8 +208,9 @@ class ClusterCommands:
             port: the head's port (not with --loopback or --nodes); default: a free one.
             num_cpus: CPUs the node offers to Ray.
         """
-        from distributed_grid import lifecycle
+        from distributed_grid import lifecycle, runtime
 
+        runtime.started_entries()  # a corrupt record is refused before anything is started
         name = None if name is None else str(name)
         names = _names(nodes)
         if address is not None:
