@@ -30,6 +30,13 @@ AS_NOBODY = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-grou
 WITHOUT_OVERRIDE = ["setpriv", "--inh-caps", "-dac_override,-dac_read_search",
                     "--bounding-set", "-dac_override,-dac_read_search"]
 
+# The host's /dev stays out of reach of the code under test: a retrieve that wrongly replaced
+# /dev/null or /dev/stdout (as the code before output_file.py did) meets a read-only /dev in a
+# mount namespace of its own (/dev/shm, a mount of its own, stays writable).
+READ_ONLY_DEV = ["unshare", "-m", "sh", "-c", "mount --rbind /dev /dev && "
+                 'mount -o remount,bind,ro /dev && exec "$0" "$@"']
+needs_private_dev = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                                       reason="a read-only /dev of its own needs root, unshare")
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
                                 reason="needs root and setpriv (to act as another user)")
 
@@ -211,18 +218,26 @@ def test_a_fifo_is_written_into(grid, stored, tmp_path):
     assert os.listdir(tmp_path) == ["fifo"]
 
 
+@needs_private_dev
 def test_dev_null_is_written_into(grid, stored):
     key, _ = stored
-    err = grid("memory", "retrieve", key, "--output", "/dev/null").stderr.decode()
+    result = subprocess.run([*READ_ONLY_DEV, GRID, "memory", "retrieve", key, "--output",
+                             "/dev/null"], env=grid.env, capture_output=True, timeout=300)
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
     assert f"wrote {2**20 + 3} bytes of {key} to /dev/null" in err
     assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
 
 
+@needs_private_dev
 def test_dev_stdout_is_the_commands_output(grid, stored):
     key, data = stored
-    result = grid("memory", "retrieve", key, "--output", "/dev/stdout")
+    result = subprocess.run([*READ_ONLY_DEV, GRID, "memory", "retrieve", key, "--output",
+                             "/dev/stdout"], env=grid.env, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()
     assert sha(result.stdout) == sha(data)
     assert len(result.stderr) < 4096  # the bytes did not go to stderr
+    assert os.readlink("/dev/stdout") == "/proc/self/fd/1"
 
 
 # -- failures leave nothing ---------------------------------------------------------------------
