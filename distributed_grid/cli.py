@@ -23,6 +23,7 @@ from distributed_grid.format import (
 )
 
 _OUT = None  # the command's real stdout once Ray is about to load (see _guard_stdout)
+_STDOUT_PATHS = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")  # --output names stdout
 
 
 def _out():
@@ -143,10 +144,14 @@ class MemoryCommands:
         pieces = pool.plan_read(target, size_n, offset_n)
         total = sum(p.length for p in pieces)
         if output is not None:
+            path = str(output)
+            if path in _STDOUT_PATHS:  # descriptor 1 is stderr now (_guard_stdout): the real one
+                path = f"/proc/self/fd/{_out().fileno()}"
+                _out().flush()
             with Progress("retrieve", total) as bar:
-                result = pool.retrieve_to_file(target, str(output), size_n, offset_n,
+                result = pool.retrieve_to_file(target, path, size_n, offset_n,
                                                progress=bar.update, pieces=pieces)
-            print(f"wrote {result.bytes} bytes of {target} to {result.path}", file=sys.stderr)
+            print(f"wrote {result.bytes} bytes of {target} to {output}", file=sys.stderr)
         elif _out().isatty():
             head = bytearray()
             pool.read_to(target, head.extend, min(total, 256), offset_n)
@@ -204,8 +209,9 @@ class ClusterCommands:
             port: the head's port (not with --loopback or --nodes); default: a free one.
             num_cpus: CPUs the node offers to Ray.
         """
-        from distributed_grid import lifecycle
+        from distributed_grid import lifecycle, runtime
 
+        runtime.started_entries()  # a corrupt record is refused before anything is started
         name = None if name is None else str(name)
         names = _names(nodes)
         if address is not None:

@@ -3,7 +3,9 @@
 Three kinds of file, each mode 0600 in a folder only the user can enter:
 
 - ``started.json``: the Ray processes ``grid cluster start`` (or the embedded default) started
-  on this host, by pid, so ``grid cluster stop`` ends exactly those.
+  on this host, by pid, so ``grid cluster stop`` ends exactly those. Every change to it is made
+  under ``started.lock`` (a ``filelock`` beside it), so concurrent starts lose no entry; a
+  corrupt one is an error, not an empty record.
 - ``nodes/<cluster id>.<node>.json``: written by a node's store when it starts: which cluster and
   node it serves, where the node's catalog is, and which raylet runs the node. A process on the
   same host reads them to reach the node's blocks without Ray.
@@ -22,8 +24,12 @@ import json
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from distributed_grid.errors import ClusterError
 
 # -- the folder --------------------------------------------------------------------------------
 
@@ -128,22 +134,65 @@ def _started_path() -> str:
     return os.path.join(runtime_dir(), "started.json")
 
 
+@contextmanager
+def _started_locked() -> Iterator[str]:
+    """Hold the lock of ``started.json`` (two ``grid cluster start`` at once would each write
+    back what they read, and one entry would be lost); yields the record's path."""
+    from filelock import FileLock  # 50 ms to import: only the commands that change the record
+
+    path = _started_path()
+    with FileLock(os.path.join(os.path.dirname(path), "started.lock"), mode=0o600):
+        yield path
+
+
+def _read_started(path: str) -> list[dict[str, Any]]:
+    """The entries of ``started.json`` (none if there is no file).
+
+    Raises:
+        ClusterError: the file is not a list of entries with a pid, a role and an address.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise ClusterError(f"cannot read {path}: {exc.strerror}", path=path) from exc
+    try:
+        entries = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        entries = None
+    if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("pid"), int) and "role" in e
+            and "address" in e for e in entries):
+        raise ClusterError(
+            f"{path} is corrupt: it should list the Ray processes `grid cluster start` started "
+            "on this host, so `grid cluster stop` cannot know what to stop; end them yourself "
+            "(`ps -ef | grep ray`), then move the file away", path=path)
+    return entries
+
+
 def started_entries(alive_only: bool = True) -> list[dict[str, Any]]:
-    """The Ray processes ``grid cluster start`` started on this host (those still running)."""
-    entries = _read_json(_started_path()) or []
+    """The Ray processes ``grid cluster start`` started on this host (those still running).
+
+    Raises:
+        ClusterError: the record is corrupt (its message names the file and what to do).
+    """
+    entries = _read_started(_started_path())
     return [e for e in entries if not alive_only or process_alive(e["pid"], e.get("start"))]
 
 
 def record_started(entry: dict[str, Any]) -> None:
     """Add a started process (``pid`` plus what it is) to the record."""
     entry = {**entry, "start": process_start(entry["pid"])}
-    _write_json(_started_path(), [*started_entries(alive_only=False), entry])
+    with _started_locked() as path:
+        _write_json(path, [*_read_started(path), entry])
 
 
 def forget_started(pids: set[int]) -> None:
     """Drop processes from the record (they were stopped)."""
-    _write_json(_started_path(), [e for e in started_entries(alive_only=False)
-                                  if e["pid"] not in pids])
+    with _started_locked() as path:
+        _write_json(path, [e for e in _read_started(path) if e["pid"] not in pids])
 
 
 # -- nodes and clusters ------------------------------------------------------------------------

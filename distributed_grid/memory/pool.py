@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from distributed_grid.config import ClusterConfig, memory_cap, use_config
 from distributed_grid.errors import (
     BlockNotFound,
-    FileError,
     GridError,
     KeyConflict,
     KeyNotFound,
@@ -39,6 +38,7 @@ from distributed_grid.memory.directory import KeyDirectory
 from distributed_grid.memory.extents import slice_extents
 from distributed_grid.memory.host import HostNodes
 from distributed_grid.memory.local import LocalNode
+from distributed_grid.memory.output_file import OutputFile
 from distributed_grid.memory.records import (
     BlockInfo,
     KeyPlace,
@@ -600,34 +600,20 @@ class MemoryPool:
                          pieces: list[Piece] | None = None) -> RetrieveResult:
         """Write a block's or key's bytes to ``path`` (replaced only once they are complete).
 
+        What happens to an existing file, a link, a FIFO or a device at ``path``: see
+        :mod:`distributed_grid.memory.output_file`.
+
         Args:
             pieces: the plan from :meth:`plan_read` when the caller made it already.
 
         Raises:
-            FileError: ``path`` cannot be written.
+            FileError: ``path`` cannot be written; it is as it was.
         """
         if pieces is None:
             pieces = self.plan_read(target, size, offset)
-        directory = os.path.dirname(os.path.abspath(path))
-        if os.path.isdir(path):
-            raise FileError(f"cannot write {path}: it is a directory; give a file path",
-                            path=path)
-        tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.part")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except OSError as exc:
-            raise FileError(f"cannot write {path}: {exc.strerror}", path=path) from exc
-        try:
-            with os.fdopen(fd, "wb", buffering=0) as f:
-                written = self.read_to(target, transfer.FdSink(f.fileno()), size, offset,
-                                       progress, pieces)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        with OutputFile(path) as out:
+            written = self.read_to(target, transfer.FdSink(out.fd), size, offset, progress,
+                                   pieces)
         return RetrieveResult(target=target, path=str(path), bytes=written, offset=offset,
                               blocks=sorted({p.block.block_id for p in pieces}))
 

@@ -1,0 +1,111 @@
+"""``started.json``, the record of what ``grid cluster start`` started on this host: changed under
+a lock (no start is lost when several run at once), and refused when corrupt."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import stat
+import subprocess
+import time
+
+from distributed_grid import runtime
+
+# conftest is imported in the tests, not here: the writers (spawned) import this module, and
+# conftest would give each of them a TMPDIR of its own
+
+WRITERS = 6
+ENTRIES_EACH = 25
+
+
+def _record_many(barrier, writer: int) -> None:
+    barrier.wait(timeout=120)  # every writer starts at once: the most contention
+    for n in range(ENTRIES_EACH):
+        runtime.record_started({"pid": os.getpid(), "role": "test", "address": "nowhere:0",
+                                "writer": writer, "n": n})
+
+
+def test_concurrent_records_lose_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the children's runtime directory too
+    spawn = multiprocessing.get_context("spawn")  # this process runs Ray's threads: no fork
+    barrier = spawn.Barrier(WRITERS)
+    writers = [spawn.Process(target=_record_many, args=(barrier, w)) for w in range(WRITERS)]
+    for proc in writers:
+        proc.start()
+    for proc in writers:
+        proc.join(timeout=300)
+    assert [proc.exitcode for proc in writers] == [0] * WRITERS
+    entries = runtime.started_entries(alive_only=False)
+    assert sorted((e["writer"], e["n"]) for e in entries) == [
+        (w, n) for w in range(WRITERS) for n in range(ENTRIES_EACH)]
+    lock = os.path.join(runtime.runtime_dir(), "started.lock")
+    assert stat.S_IMODE(os.stat(lock).st_mode) == 0o600
+    runtime.forget_started({e["pid"] for e in entries if e["writer"] % 2 == 0})
+    assert {e["writer"] for e in runtime.started_entries(alive_only=False)} == {1, 3, 5}
+
+
+def _session_of(pid: int) -> list[int]:
+    """The live processes of the session ``pid`` leads (a cluster's supervisor and its Ray)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != b"Z" and int(fields[3]) == pid:  # state, session id
+                found.append(int(name))
+    return found
+
+
+def test_two_starts_at_once_are_both_stopped(fresh):
+    from conftest import GRID, cluster_files, sweep
+
+    starts = [subprocess.Popen([GRID, "cluster", "start", "--loopback"], cwd=fresh.cwd,
+                               env=fresh.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+              for _ in range(2)]
+    results = [proc.communicate(timeout=600) for proc in starts]
+    assert [proc.returncode for proc in starts] == [0, 0], results
+    record = os.path.join(fresh.tmp, f"distributed_grid-{os.getuid()}", "started.json")
+    with open(record, encoding="utf-8") as f:
+        entries = json.load(f)
+    addresses = sorted(out.decode().strip() for out, _ in results)
+    assert sorted(e["address"] for e in entries) == addresses and len(set(addresses)) == 2
+    cluster_ids = [e["cluster_id"] for e in entries]
+    processes = {e["pid"]: _session_of(e["pid"]) for e in entries}
+    for pid, members in processes.items():
+        assert pid in members and len(members) > 1, (pid, members)  # the supervisor and its Ray
+    try:
+        stopped = fresh("cluster", "stop")
+        assert stopped.stdout.decode().strip() == "stopped 2 Ray node(s) started here"
+        deadline = time.monotonic() + 60
+        while any(map(_session_of, processes)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = {pid: _session_of(pid) for pid in processes}
+        assert not any(left.values()), f"processes of a stopped cluster still run: {left}"
+        assert [cluster_files(cid) for cid in cluster_ids] == [[], []]
+    finally:
+        for cid in cluster_ids:
+            sweep(cid)
+
+
+def test_a_corrupt_record_is_one_error_line_naming_it(fresh):
+    record = os.path.join(fresh.tmp, f"distributed_grid-{os.getuid()}", "started.json")
+    os.makedirs(os.path.dirname(record), mode=0o700)
+    with open(record, "w", encoding="utf-8") as f:
+        f.write('[{"pid": 12')  # cut short
+    try:
+        for args in (["cluster", "stop"], ["cluster", "status"], ["cluster", "start"]):
+            result = fresh(*args, check=False)
+            err = result.stderr.decode()
+            assert result.returncode == 1 and "Traceback" not in err, (args, err)
+            (line,) = err.strip().splitlines()
+            assert line.startswith(f"error: {record} is corrupt: "), line
+            assert "move the file away" in line, line
+        with open(record, encoding="utf-8") as f:
+            assert f.read() == '[{"pid": 12'
+        assert not os.path.exists(os.path.join(fresh.tmp, "ray")), "a start went ahead"
+    finally:
+        os.unlink(record)  # the fixture's `grid cluster stop` then finds nothing to stop
