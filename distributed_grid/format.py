@@ -60,14 +60,18 @@ def block_table(blocks: list[BlockInfo]) -> str:
 
 
 def node_table(stats: list[NodeStats]) -> str:
-    """The ``cluster status`` table."""
+    """The ``cluster status`` table; ROOM is the most a new block may take, and what bounds
+    it (``shm``, ``memory``, ``cgroup`` or ``capacity``)."""
     rows = [
         [s.node, "head" if s.is_head else "worker", s.address, format_size(s.shm_total),
-         format_size(s.shm_free), str(s.blocks), format_size(s.block_bytes)]
+         format_size(s.shm_free),
+         "-" if s.mem_available is None else format_size(s.mem_available),
+         f"{format_size(s.free_for_blocks)} ({s.limited_by})", str(s.blocks),
+         format_size(s.block_bytes)]
         for s in sorted(stats, key=lambda s: (not s.is_head, s.node))
     ]
-    return table(["NODE", "ROLE", "ADDRESS", "SHM TOTAL", "SHM FREE", "BLOCKS", "BLOCK BYTES"],
-                 rows)
+    return table(["NODE", "ROLE", "ADDRESS", "SHM TOTAL", "SHM FREE", "MEM AVAILABLE", "ROOM",
+                  "BLOCKS", "BLOCK BYTES"], rows)
 
 
 def preview(target: str, offset: int, total: int, head: bytes) -> str:

@@ -123,6 +123,9 @@ class StoreActor(LocalNode):
         self.mappings.drop_stale()
         return info
 
+    def _drop_freed_mappings(self) -> None:
+        self.mappings.drop_stale()
+
     def destroy(self) -> int:
         """Free every block, remove the catalog (and on the head the key directory)."""
         self.mappings.close()
