@@ -11,6 +11,7 @@ from distributed_grid.sizes import format_size
 
 if TYPE_CHECKING:
     from distributed_grid.memory.records import BlockInfo, NodeStats
+    from distributed_grid.memory.sweeper import Sweep
 
 PROGRESS_MIN_BYTES = 32 * 2**20  # smaller transfers finish before a bar would help
 
@@ -72,6 +73,19 @@ def node_table(stats: list[NodeStats]) -> str:
     ]
     return table(["NODE", "ROLE", "ADDRESS", "SHM TOTAL", "SHM FREE", "MEM AVAILABLE", "ROOM",
                   "BLOCKS", "BLOCK BYTES"], rows)
+
+
+def sweep_table(sweep: Sweep) -> str:
+    """The ``memory gc`` table: each file removed (or to remove), then the total."""
+    if not sweep.removed:
+        return "nothing to remove"
+    rows = [[f.cluster_id or "-", f.kind, f.name, format_size(f.bytes)] for f in sweep.removed]
+    clusters = len(sweep.clusters)
+    total = (f"{len(sweep.removed)} file(s) of {clusters} dead cluster(s) and stale temporary "
+             f"files, {format_size(sweep.bytes)}")
+    verdict = (f"would remove {total}; run without --dry-run to remove them" if sweep.dry_run
+               else f"removed {total}")
+    return table(["CLUSTER", "KIND", "NAME", "BYTES"], rows) + "\n" + verdict
 
 
 def preview(target: str, offset: int, total: int, head: bytes) -> str:
