@@ -80,9 +80,11 @@ def sweep_table(sweep: Sweep) -> str:
     if not sweep.removed:
         return "nothing to remove"
     rows = [[f.cluster_id or "-", f.kind, f.name, format_size(f.bytes)] for f in sweep.removed]
-    clusters = len(sweep.clusters)
-    total = (f"{len(sweep.removed)} file(s) of {clusters} dead cluster(s) and stale temporary "
-             f"files, {format_size(sweep.bytes)}")
+    temp = sum(f.kind == "temp file" for f in sweep.removed)
+    total = f"{len(sweep.removed)} file(s), {format_size(sweep.bytes)}: "
+    total += ", ".join(part for part in (
+        f"those of {len(sweep.clusters)} dead cluster(s)" if len(sweep.removed) > temp else "",
+        f"{temp} stale temporary file(s)" if temp else "") if part)
     verdict = (f"would remove {total}; run without --dry-run to remove them" if sweep.dry_run
                else f"removed {total}")
     return table(["CLUSTER", "KIND", "NAME", "BYTES"], rows) + "\n" + verdict
