@@ -124,6 +124,7 @@ def test_cgroup_v2_tightest_of_the_cgroup_and_its_ancestors(tmp_path):
     # reclaimable page cache (inactive_file) is not counted as used
     assert capacity.cgroup_room(str(proc), str(root)) == (GiB - 412 * 2**20, GiB)
     (root / "a" / "memory.max").write_text(str(1000 * 2**20))  # the parent is tighter
+    capacity._limits_read.clear()  # limits are read again each LIMIT_SECONDS
     assert capacity.cgroup_room(str(proc), str(root)) == (100 * 2**20, 1000 * 2**20)
     capacity._cgroup_folders.cache_clear()
 
@@ -140,6 +141,7 @@ def test_cgroup_v1_and_no_limit(tmp_path):
     assert capacity.cgroup_room(str(proc), str(root)) == (None, None)  # unlimited
     (root / "memory" / "job" / "memory.limit_in_bytes").write_text(str(GiB))
     (root / "memory" / "job" / "memory.usage_in_bytes").write_text(str(GiB // 2))
+    capacity._limits_read.clear()  # limits are read again each LIMIT_SECONDS
     assert capacity.cgroup_room(str(proc), str(root)) == (GiB // 2, GiB)
     capacity._cgroup_folders.cache_clear()
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import time
 from dataclasses import dataclass
 
 from distributed_grid.errors import InvalidArgument
@@ -124,16 +126,16 @@ def _read_small(path: str) -> bytes | None:
         os.close(fd)
 
 
+_MEMINFO_FIELDS = {name: re.compile(rb"^" + name + rb":\s+([0-9]+) kB", re.M)
+                   for name in (b"MemTotal", b"MemAvailable")}
+
+
 def read_meminfo(path: str = MEMINFO) -> tuple[int | None, int | None]:
     """``(MemTotal, MemAvailable)`` in bytes, None for what the file does not say."""
-    found: dict[bytes, int] = {}
-    for line in (_read_small(path) or b"").splitlines():
-        name, _, rest = line.partition(b":")
-        if name in (b"MemTotal", b"MemAvailable"):
-            value = rest.split()[0] if rest.split() else b""
-            if value.isdigit():
-                found[name] = int(value) * 1024  # the file counts kB (KiB)
-    return found.get(b"MemTotal"), found.get(b"MemAvailable")
+    data = _read_small(path) or b""
+    found = [pattern.search(data) for pattern in _MEMINFO_FIELDS.values()]
+    total, available = (int(m.group(1)) * 1024 if m else None for m in found)  # kB is KiB
+    return total, available
 
 
 def _read_int(path: str) -> int | None:
@@ -179,6 +181,19 @@ def _cgroup_folders(proc_cgroup: str, root: str) -> tuple[tuple[str, str, str, s
     return ()
 
 
+LIMIT_SECONDS = 1.0  # a limit is configuration: read again after this long; usage each time
+_limits_read: dict[str, tuple[float, int | None]] = {}
+
+
+def _limit(path: str) -> int | None:
+    now = time.monotonic()
+    seen = _limits_read.get(path)
+    if seen is None or now - seen[0] > LIMIT_SECONDS:
+        value = _read_int(path)
+        seen = _limits_read[path] = (now, None if value is None or value >= _UNLIMITED else value)
+    return seen[1]
+
+
 def cgroup_room(proc_cgroup: str = PROC_CGROUP,
                 root: str = CGROUP_ROOT) -> tuple[int | None, int | None]:
     """``(free, limit)`` of the tightest memory limit over this process's cgroup and its
@@ -186,8 +201,8 @@ def cgroup_room(proc_cgroup: str = PROC_CGROUP,
     ``(None, None)`` when no limit applies."""
     best: tuple[int, int] | None = None
     for folder, limit_file, usage_file, stat_key in _cgroup_folders(proc_cgroup, root):
-        limit = _read_int(os.path.join(folder, limit_file))
-        if limit is None or limit >= _UNLIMITED:
+        limit = _limit(os.path.join(folder, limit_file))
+        if limit is None:
             continue
         usage = _read_int(os.path.join(folder, usage_file))
         if usage is None:
