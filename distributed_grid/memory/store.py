@@ -54,8 +54,8 @@ class BlockStore:
         node: the node's name (part of every block id and segment name).
         cluster_id: the cluster's identity (part of every segment name, so two clusters on one
             host never collide).
-        capacity: the most bytes this store may hold in blocks; None for the host's free
-            shared memory (a caller's config may cap it further per call).
+        capacity: the most bytes this store may hold in blocks; None for what the host's
+            shared memory and memory can back (a caller's config may cap it further per call).
     """
 
     def __init__(self, node: str, cluster_id: str, capacity: int | None = None) -> None:
