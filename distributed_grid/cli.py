@@ -1,6 +1,6 @@
 """``grid``: the command line, a python-fire tree over the library.
 
-``grid memory allocate | store | retrieve | list-objects | deallocate`` and
+``grid memory allocate | store | retrieve | list-objects | deallocate | gc`` and
 ``grid cluster start | stop | status``. Each command coerces its arguments, calls the library,
 and formats the result; a :class:`~distributed_grid.errors.GridError` becomes one line
 ``error: ...`` on stderr and exit code 1. Heavy imports (Ray, numpy) happen inside the commands
@@ -20,6 +20,7 @@ from distributed_grid.format import (
     block_table,
     node_table,
     preview,
+    sweep_table,
 )
 
 _OUT = None  # the command's real stdout once Ray is about to load (see _guard_stdout)
@@ -190,6 +191,27 @@ class MemoryCommands:
         else:
             print(f"deallocated {info.block_id} ({info.size} bytes on {info.node})",
                   file=_out())
+
+
+    def gc(self, dry_run: bool = False, json: bool = False) -> None:
+        """Remove what dead clusters left on this host: their shared memory, catalogs, records.
+
+        A cluster killed without `grid cluster stop` leaves its blocks' memory in /dev/shm.
+        A live cluster's files are never touched, nor another user's. Needs no cluster.
+
+        Args:
+            dry_run: show what would be removed, and remove nothing.
+            json: print the result as JSON.
+        """
+        from distributed_grid.memory.sweeper import sweep
+
+        result = sweep(dry_run=_flag(dry_run, "dry-run"))
+        if _flag(json, "json"):
+            _emit(result.to_json())
+            return
+        print(sweep_table(result), file=_out())
+        for cluster_id, why in sorted(result.kept.items()):
+            print(f"kept cluster {cluster_id}: {why}", file=sys.stderr)
 
 
 class ClusterCommands:

@@ -11,6 +11,7 @@ from distributed_grid.sizes import format_size
 
 if TYPE_CHECKING:
     from distributed_grid.memory.records import BlockInfo, NodeStats
+    from distributed_grid.memory.sweeper import Sweep
 
 PROGRESS_MIN_BYTES = 32 * 2**20  # smaller transfers finish before a bar would help
 
@@ -60,14 +61,33 @@ def block_table(blocks: list[BlockInfo]) -> str:
 
 
 def node_table(stats: list[NodeStats]) -> str:
-    """The ``cluster status`` table."""
+    """The ``cluster status`` table; ROOM is the most a new block may take, and what bounds
+    it (``shm``, ``memory``, ``cgroup`` or ``capacity``)."""
     rows = [
         [s.node, "head" if s.is_head else "worker", s.address, format_size(s.shm_total),
-         format_size(s.shm_free), str(s.blocks), format_size(s.block_bytes)]
+         format_size(s.shm_free),
+         "-" if s.mem_available is None else format_size(s.mem_available),
+         f"{format_size(s.free_for_blocks)} ({s.limited_by})", str(s.blocks),
+         format_size(s.block_bytes)]
         for s in sorted(stats, key=lambda s: (not s.is_head, s.node))
     ]
-    return table(["NODE", "ROLE", "ADDRESS", "SHM TOTAL", "SHM FREE", "BLOCKS", "BLOCK BYTES"],
-                 rows)
+    return table(["NODE", "ROLE", "ADDRESS", "SHM TOTAL", "SHM FREE", "MEM AVAILABLE", "ROOM",
+                  "BLOCKS", "BLOCK BYTES"], rows)
+
+
+def sweep_table(sweep: Sweep) -> str:
+    """The ``memory gc`` table: each file removed (or to remove), then the total."""
+    if not sweep.removed:
+        return "nothing to remove"
+    rows = [[f.cluster_id or "-", f.kind, f.name, format_size(f.bytes)] for f in sweep.removed]
+    temp = sum(f.kind == "temp file" for f in sweep.removed)
+    total = f"{len(sweep.removed)} file(s), {format_size(sweep.bytes)}: "
+    total += ", ".join(part for part in (
+        f"those of {len(sweep.clusters)} dead cluster(s)" if len(sweep.removed) > temp else "",
+        f"{temp} stale temporary file(s)" if temp else "") if part)
+    verdict = (f"would remove {total}; run without --dry-run to remove them" if sweep.dry_run
+               else f"removed {total}")
+    return table(["CLUSTER", "KIND", "NAME", "BYTES"], rows) + "\n" + verdict
 
 
 def preview(target: str, offset: int, total: int, head: bytes) -> str:

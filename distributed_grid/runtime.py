@@ -296,6 +296,11 @@ def cluster_record(address: str) -> ClusterRecord | None:
     return None
 
 
+def cluster_records() -> list[ClusterRecord]:
+    """Every one-host cluster recorded on this host, alive or not."""
+    return _records("clusters", ClusterRecord)
+
+
 def forget_cluster(cluster_id: str) -> None:
     """Remove the records of a cluster (it was stopped)."""
     _remove(_cluster_path(cluster_id))

@@ -11,6 +11,11 @@ The files live in /dev/shm beside the segments they describe. Durability past a 
 pointless there (the blocks do not survive one), so ``synchronous=NORMAL`` costs nothing it
 could protect; atomicity against a crashed process does not depend on it.
 
+A full /dev/shm is an error, never damage: a change that cannot grow the WAL (or, in a new
+process, the ``-shm`` index) raises :class:`~distributed_grid.errors.StoreFull` and leaves the
+database as it was; a checkpoint that cannot grow the database file fails and leaves the
+changes in the WAL, where every reader still finds them; reads go on.
+
 A database records its schema version in ``PRAGMA user_version``; one of another version is
 refused with :class:`~distributed_grid.errors.VersionMismatch` before anything reads it.
 """
@@ -26,6 +31,11 @@ from contextlib import contextmanager
 from distributed_grid.errors import ClusterError, StoreFull, VersionMismatch
 
 BUSY_TIMEOUT_MS = 60_000  # a writer waits this long for another's transaction to end
+# Checkpoint the WAL into the database every 256 pages (1 MiB; SQLite's default is 4 MiB), so
+# a WAL, which lives in /dev/shm beside the segments, stays within the room that allocations
+# leave free for the databases (memory/capacity.py: shm_reserve).
+WAL_AUTOCHECKPOINT_PAGES = 256
+FULL_BELOW = 2**20  # an I/O error with less free than this on the filesystem: it is full
 
 
 class Database:
@@ -93,6 +103,7 @@ class Database:
                 path=self.path, found=found, expected=version,
             )
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -108,11 +119,24 @@ class Database:
             yield
         except sqlite3.Error as exc:
             text = str(exc)
-            if "full" in text:
-                raise StoreFull(f"{self.what} ({self.path}) cannot grow: {text}; free blocks "
+            if "full" in text or self._out_of_room(exc):
+                why = text if "full" in text else f"{os.path.dirname(self.path)} is full ({text})"
+                raise StoreFull(f"{self.what} ({self.path}) cannot grow: {why}; free blocks "
                                 "or shared memory first", path=self.path) from exc
             raise ClusterError(f"{self.what} ({self.path}) failed: {text}",
                                path=self.path) from exc
+
+    def _out_of_room(self, exc: sqlite3.Error) -> bool:
+        """Whether an I/O error is the filesystem being full: growing the shared-memory index
+        (``-shm``) on a full /dev/shm fails as SQLITE_IOERR_SHMSIZE, not SQLITE_FULL."""
+        name = getattr(exc, "sqlite_errorname", "")
+        if not name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")):
+            return False
+        try:
+            st = os.statvfs(os.path.dirname(self.path) or ".")
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < FULL_BELOW
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -126,7 +150,14 @@ class Database:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
+            try:
+                db.execute("COMMIT")
+            except BaseException:
+                # SQLite rolls back a commit that failed for want of room (SQLITE_FULL); if one
+                # did not, do it, or the write lock would stay with this connection
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:

@@ -120,9 +120,11 @@ class KeyDirectory:
 
     def report(self, stats: NodeStats, is_head: bool) -> None:
         """Record a node's size as its store (or a process of its host) last saw it."""
+        # the room the host can back (its memory bounds it too), unless a cap already cut it
+        free = stats.shm_free if stats.capacity is not None else stats.free_for_blocks + HEADER_SIZE
         with self._db.transaction() as db:
             db.execute("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?)",
-                       (stats.node, int(is_head), stats.shm_total, stats.shm_free, stats.blocks,
+                       (stats.node, int(is_head), stats.shm_total, free, stats.blocks,
                         stats.block_bytes, time.time()))
 
     def node_sizes(self) -> list[NodeStats]:

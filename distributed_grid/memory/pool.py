@@ -34,6 +34,7 @@ from distributed_grid.errors import (
 )
 from distributed_grid.lifecycle import find_cluster
 from distributed_grid.memory import transfer
+from distributed_grid.memory.capacity import describe_limit
 from distributed_grid.memory.directory import KeyDirectory
 from distributed_grid.memory.extents import slice_extents
 from distributed_grid.memory.host import HostNodes
@@ -262,8 +263,10 @@ class MemoryPool:
                 return node, node.allocate(size, lease, memory_cap(best), holder)
             except StoreFull:
                 sizes[best] = node.stats()  # its report was stale: rank it by what it says now
+        sizes[best] = self._node(best).stats(memory_cap(best))  # what bounds it, for the message
         raise StoreFull(f"cannot allocate {size} bytes: the most any node can hold is "
-                        f"{free(best)} bytes (node {best})", size=size, free=free(best), node=best)
+                        f"{free(best)} bytes (node {best}: {describe_limit(sizes[best])})",
+                        size=size, free=free(best), node=best, limit=sizes[best].limited_by)
 
     def block_info(self, block_id: str) -> BlockInfo:
         """The facts of one block: node, size, used bytes, keys, status.

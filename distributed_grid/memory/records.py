@@ -89,7 +89,14 @@ class NodeInfo:
 
 @dataclass(frozen=True)
 class NodeStats:
-    """A node's shared memory and blocks, as its store sees them."""
+    """A node's shared memory and blocks, as its store sees them.
+
+    ``free_for_blocks`` is the most bytes a new block may have: the least of /dev/shm's free
+    bytes (less ``shm_reserve``, kept for the catalogs), the host's ``MemAvailable`` (less
+    ``mem_reserve``), the room under the process's cgroup limit (``cgroup_free``, less its
+    reserve) and the node's ``capacity``; ``limited_by`` names the one that sets it (``shm``,
+    ``memory``, ``cgroup`` or ``capacity``). See :mod:`distributed_grid.memory.capacity`.
+    """
 
     node: str
     shm_total: int
@@ -102,6 +109,12 @@ class NodeStats:
     address: str = ""
     hostname: str = ""
     is_head: bool = False
+    shm_reserve: int = 0
+    mem_available: int | None = None
+    mem_reserve: int = 0
+    cgroup_free: int | None = None
+    cgroup_reserve: int = 0
+    limited_by: str = "shm"
 
     def to_json(self) -> dict[str, Any]:
         """The node as plain data (what ``cluster status --json`` prints for it)."""

@@ -190,10 +190,10 @@ def create_segment(name: str, size: int, token: bytes) -> None:
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
                 _, free = shm_capacity()
-                raise StoreFull(
-                    f"cannot reserve {size} bytes of shared memory: {free} bytes free in "
-                    f"{SHM_DIR}", size=size, free=free,
-                ) from exc
+                why = (f"{free} bytes free in {SHM_DIR}" if exc.errno != errno.ENOMEM else
+                       "the host (or this process's cgroup) has no memory left for it")
+                raise StoreFull(f"cannot reserve {size} bytes of shared memory: {why}",
+                                size=size, free=free) from exc
             raise
         os.pwrite(shm.fd, _HEADER.pack(MAGIC, LAYOUT_VERSION, 0, size, token), 0)
     except BaseException:

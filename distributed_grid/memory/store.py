@@ -40,6 +40,7 @@ from distributed_grid.errors import (
     StoreFull,
 )
 from distributed_grid.memory import segment as seg
+from distributed_grid.memory.capacity import describe_limit, node_stats, read_limits
 from distributed_grid.memory.catalog import BlockRow, Catalog, ExtentRow, catalog_path
 from distributed_grid.memory.records import BlockInfo, KeyPlace, NodeStats
 from distributed_grid.names import (
@@ -64,8 +65,8 @@ class BlockStore:
         node: the node's name (part of every block id and segment name).
         cluster_id: the cluster's identity (part of every segment name, so two clusters on one
             host never collide).
-        capacity: the most bytes this store may hold in blocks; None for the host's free
-            shared memory (a caller's config may cap it further per call).
+        capacity: the most bytes this store may hold in blocks; None for what the host's
+            shared memory and memory can back (a caller's config may cap it further per call).
     """
 
     def __init__(self, node: str, cluster_id: str, capacity: int | None = None) -> None:
@@ -159,7 +160,8 @@ class BlockStore:
         return {key: self.block_id(number) for key, number in self.catalog.complete_keys()}
 
     def free_bytes(self, capacity: int | None = None) -> int:
-        """Bytes a new block may still take: the host's free shared memory, under the cap.
+        """Bytes a new block may still take: what the host's shared memory and memory can
+        back (see :mod:`.capacity`), under the cap.
 
         Args:
             capacity: the cap to apply (a caller's cluster config); None for the store's own.
@@ -167,15 +169,12 @@ class BlockStore:
         return self.stats(capacity).free_for_blocks
 
     def stats(self, capacity: int | None = None) -> NodeStats:
-        """The node's shared memory and blocks (no scan: the catalog keeps the counts)."""
-        total, free = seg.shm_capacity()
+        """The node's shared memory and blocks (no scan: the catalog keeps the counts), and the
+        room for new blocks: bounded by the host's memory too (see :mod:`.capacity`)."""
+        limits = read_limits()
         blocks, block_bytes = self.catalog.counts()
         cap = self.capacity if capacity is None else capacity
-        room = max(0, free - seg.HEADER_SIZE)
-        if cap is not None:
-            room = min(room, max(0, cap - block_bytes))
-        return NodeStats(node=self.node, shm_total=total, shm_free=free, capacity=cap,
-                         free_for_blocks=room, blocks=blocks, block_bytes=block_bytes)
+        return node_stats(self.node, limits, cap, blocks, block_bytes)
 
     # -- allocation -----------------------------------------------------------------------------
 
@@ -197,11 +196,13 @@ class BlockStore:
         positive_size(size, "block size")
         token = os.urandom(seg.TOKEN_SIZE)
         with self.catalog.transaction():
-            free = self.free_bytes(capacity)  # counts read under the write lock: no overshoot
+            stats = self.stats(capacity)  # counts read under the write lock: no overshoot
+            free = stats.free_for_blocks
             if size > free:
                 raise StoreFull(
                     f"cannot allocate {size} bytes on node {self.node}: it can hold at most "
-                    f"{free} more bytes", node=self.node, size=size, free=free,
+                    f"{free} more bytes ({describe_limit(stats)})", node=self.node, size=size,
+                    free=free, limit=stats.limited_by,
                 )
             number = self.catalog.spend_number()
             name = f"{self.prefix}{number}"
@@ -241,9 +242,27 @@ class BlockStore:
 
         Live mappings in other processes stay valid until they close; the memory goes then.
 
+        On a /dev/shm so full that the catalog cannot record the change, the block's segment
+        is unlinked first (its memory is what makes room) and the change tried once more; if
+        that fails too, the block stays listed without its memory (``missing`` once the store
+        reconciles) and a later deallocate finishes it. Never is a segment left unlisted.
+
         Raises:
             BlockNotFound: no such block.
+            StoreFull: the catalog cannot record the change, even with the block's memory freed.
         """
+        try:
+            return self._deallocate(number)
+        except StoreFull:
+            seg.unlink_segment(self._row(number, settled=False).segment)
+            self._drop_freed_mappings()
+            return self._deallocate(number)
+
+    def _drop_freed_mappings(self) -> None:
+        """Close this process's kept mappings of unlinked segments (a store actor keeps some),
+        so their memory goes now."""
+
+    def _deallocate(self, number: int) -> BlockInfo:
         with self.catalog.transaction():
             row = self._row(number, settled=False)
             info = self._info(row)

@@ -7,12 +7,13 @@ for other hosts: copying chunks that travel as ObjectRefs into and out of the se
 the head, serving the cluster's key directory. It keeps no state that the node's catalog does
 not have, so a restarted actor (after SIGKILL, say) simply opens the catalog again.
 
-When it starts it reconciles the catalog with the host's segments and writes the node's record
-in the runtime directory, so processes of the host can reach the node without Ray. A thread then
-does the node's upkeep every ``TICK_SECONDS``: frees the blocks of leases whose owner is gone,
-undoes creations and writes whose owner died, reports the node's size to the key directory and
-publishes the block list to the cluster's key-value store (for listing the blocks if the node
-goes away). Ray is applied here, at the edge, in :func:`get_store`.
+When it starts it reconciles the catalog with the host's segments, removes the runtime
+directory's temporary files whose writer died, and writes the node's record there, so processes
+of the host can reach the node without Ray. A thread then does the node's upkeep every
+``TICK_SECONDS``: frees the blocks of leases whose owner is gone, undoes creations and writes
+whose owner died, reports the node's size to the key directory and publishes the block list to
+the cluster's key-value store (for listing the blocks if the node goes away). Ray is applied
+here, at the edge, in :func:`get_store`.
 
 A client on another host writes through this actor: the actor holds the write's guard slot,
 and the writer is named ``ray:<job>:<host/pid/start>``. Such a writer is gone when its Ray job
@@ -46,6 +47,7 @@ from distributed_grid.memory.mappings import Mappings
 from distributed_grid.memory.records import BlockInfo, NodeStats
 from distributed_grid.memory.seqguard import Guard
 from distributed_grid.memory.store import REMOTE_WRITER, STORE_PROTOCOL
+from distributed_grid.memory.sweeper import remove_stale_temp_files
 from distributed_grid.names import check_range
 from distributed_grid.runtime import NodeRecord, process_start, write_node_record
 
@@ -79,6 +81,7 @@ class StoreActor(LocalNode):
         self.mappings = Mappings()
         self.directory = KeyDirectory(cluster_id) if self.is_head else None
         self.reconcile()
+        remove_stale_temp_files()  # records a crashed writer never renamed
         context = ray.get_runtime_context()
         raylet = os.getppid()  # Ray starts its workers from the node's raylet
         write_node_record(NodeRecord(
@@ -187,6 +190,9 @@ class StoreActor(LocalNode):
         info = super().deallocate(number)
         self.mappings.drop_stale()
         return info
+
+    def _drop_freed_mappings(self) -> None:
+        self.mappings.drop_stale()
 
     def destroy(self) -> int:
         """Free every block, remove the catalog (and on the head the key directory)."""
