@@ -105,19 +105,6 @@ def this_process() -> str:
     return f"{socket.gethostname()}/{pid}/{process_start(pid)}"
 
 
-def process_tag(pid: int | None = None) -> int:
-    """A process as one 64-bit word (``pid << 32`` plus the low 32 bits of its start time): the
-    owner tag of the write-guard slots it holds. ``pid`` defaults to this process."""
-    pid = os.getpid() if pid is None else pid
-    return (pid << 32) | ((process_start(pid) or 0) & 0xFFFFFFFF)
-
-
-def tag_alive(tag: int) -> bool:
-    """Whether the process a :func:`process_tag` names is alive (on this host)."""
-    stat = _proc_stat(tag >> 32)
-    return stat is not None and stat[0] != b"Z" and (stat[1] & 0xFFFFFFFF) == tag & 0xFFFFFFFF
-
-
 def identity_alive(identity: str) -> bool | None:
     """Whether the process ``host/pid/start`` is alive; None when it is on another host."""
     host, _, rest = identity.partition("/")

@@ -14,20 +14,26 @@ import pytest
 
 from distributed_grid.errors import KeyBusy
 
+GRID = os.path.join(os.path.dirname(sys.executable), "grid")
+
 REMOTE = {"DISTRIBUTED_GRID_FORCE_REMOTE": "1"}
 MiB = 2**20
 
 # A client that stores a file under a key and stops in the middle of the copy: it prints
-# "copying" once the first 64 MiB are in, then waits to be killed.
+# "copying" once part of the bytes are in, then waits for a line on stdin (or to be killed).
 STALLED_WRITER = """
-import sys, time
+import sys
 from distributed_grid.memory import MemoryPool
 key, path = sys.argv[1], sys.argv[2]
 block, offset = (sys.argv[3], int(sys.argv[4])) if len(sys.argv) > 3 else (None, 0)
 pool = MemoryPool()
+stalled = False
 def stall(_):
-    print("copying", flush=True)
-    time.sleep(3600)
+    global stalled
+    if not stalled:
+        stalled = True
+        print("copying", flush=True)
+        sys.stdin.readline()
 pool.store_file(key, path, block_id=block, offset=offset, progress=stall)
 """
 
@@ -37,7 +43,8 @@ def start_stalled(env: dict, key: str, path, block_id: str | None = None,
     args = [sys.executable, "-c", STALLED_WRITER, key, str(path)]
     if block_id is not None:
         args += [block_id, str(offset)]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     line = proc.stdout.readline()
     if line.strip() != b"copying":
         proc.kill()
@@ -107,7 +114,8 @@ def test_killed_writers_leave_nothing_pending(grid, pool, blocks, big_file, uniq
     assert pool.read(f"{unique}-0") == b"fresh"
 
 
-def test_a_second_writer_of_a_key_is_refused(grid, pool, blocks, big_file, tmp_path, unique):
+def test_one_writer_per_key_and_readers_wait_for_the_new_bytes(grid, pool, blocks, big_file,
+                                                                 tmp_path, unique):
     block_id = blocks.new(100 * MiB, node="gpu2")
     pool.write(block_id, b"v1", key=unique)
     proc = start_stalled(grid.env, unique, big_file, block_id, 0)
@@ -117,10 +125,18 @@ def test_a_second_writer_of_a_key_is_refused(grid, pool, blocks, big_file, tmp_p
         assert f"key '{unique}' is being written" in line and "one writer at a time" in line
         with pytest.raises(KeyBusy):
             pool.write(block_id, b"v3", key=unique)
-        assert pool.read(unique) == b"v1"  # readable, with its old bytes, meanwhile
-        assert grid("memory", "retrieve", unique).stdout == b"v1"
+        assert pool.find_key(unique).extents == [(0, 2)]  # still there, as it was
+        reader = subprocess.Popen([GRID, "memory", "retrieve", unique], env=grid.env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(0.5)  # let it reach the busy bytes (it waits either way)
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        out, err = reader.communicate(timeout=120)
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
     finally:
         kill(proc)
+    assert reader.returncode == 0, err
+    assert out == big_file.read_bytes()  # the new bytes, whole: it waited for the write
 
 
 TORN_WRITER = """

@@ -26,9 +26,8 @@ from distributed_grid.errors import BlockNotFound, WriteInProgress
 from distributed_grid.memory import segment as seg
 from distributed_grid.memory import transfer
 from distributed_grid.memory.records import BlockInfo
-from distributed_grid.memory.seqguard import Guard
+from distributed_grid.memory.seqguard import Guard, process_tag, tag_alive
 from distributed_grid.memory.store import BlockStore
-from distributed_grid.runtime import process_tag, tag_alive
 
 READ_WAIT_SECONDS = 30.0  # the longest a read waits for a live writer of its bytes
 
@@ -65,7 +64,7 @@ class LocalNode(BlockStore):
         """This process's owner tag for guard slots (computed again after a fork)."""
         pid = os.getpid()
         if self._tag is None or self._tag[0] != pid:
-            self._tag = (pid, process_tag(pid))
+            self._tag = (pid, process_tag(pid) or pid << 32)
         return self._tag[1]
 
     @contextmanager

@@ -562,7 +562,7 @@ class MemoryPool:
             again = self.plan_read(target, size, offset)
             if _places(again) == _places(pieces):
                 break
-            if isinstance(out, transfer.BufferSink) and \
+            if out is sink and isinstance(out, transfer.BufferSink) and \
                     len(out.dest) - start < sum(p.length for p in again):
                 raise _PlanChanged(again)  # the caller's buffer no longer fits: it makes one
             out.rewind(start)

@@ -43,13 +43,14 @@ from distributed_grid.memory import segment as seg
 from distributed_grid.memory.capacity import describe_limit, node_stats, read_limits
 from distributed_grid.memory.catalog import BlockRow, Catalog, ExtentRow, catalog_path
 from distributed_grid.memory.records import BlockInfo, KeyPlace, NodeStats
+from distributed_grid.memory.seqguard import Guard, tag_alive
 from distributed_grid.names import (
     check_range,
     format_block_id,
     positive_size,
     validate_key,
 )
-from distributed_grid.runtime import identity_alive, tag_alive, this_process
+from distributed_grid.runtime import identity_alive, this_process
 
 # Bumped whenever a store method or a record changes its shape: a client refuses to work with a
 # store (or a node record) of another protocol, made by another installation of distributed_grid.
@@ -428,8 +429,6 @@ class BlockStore:
     def _release_guards(self, writes: list[ExtentRow]) -> None:
         """Release the write-guard slots undone writes held (by their owner tag: a slot taken
         meanwhile by another writer is left alone)."""
-        from distributed_grid.memory.seqguard import Guard
-
         for w in writes:
             if w.slot is None or w.guard is None:
                 continue
