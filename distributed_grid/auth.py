@@ -15,7 +15,7 @@ Which token a process uses, first found first:
    made outside ``grid`` may use it).
 
 Ray reads these variables from the environment: the processes a cluster is started with get
-them in theirs (:func:`start_env`, :func:`join_env`), and a process that connects sets them
+them in theirs (:func:`start_env`, :func:`join_source`), and a process that connects sets them
 before it connects (:mod:`distributed_grid.memory.cluster` does, with :func:`sources`).
 """
 
@@ -118,19 +118,20 @@ def start_env() -> dict[str, str]:
     return user.env if user is not None else _file_source(ensure_token()).env
 
 
-def join_env(address: str) -> dict[str, str]:
-    """The environment for a Ray node that joins the head at ``address`` (another host's).
+def join_source(address: str) -> TokenSource:
+    """The token for a Ray node that joins the head at ``address`` (another host's): the
+    user's, else this host's token file, which must then be a copy of the head's.
 
     Raises:
         ClusterError: no token is set and this host has no token file: the head's is needed.
     """
     user = user_source()
     if user is not None:
-        return user.env
+        return user
     path = token_path()
     if _read(path):
         _private(path)
-        return _file_source(path).env
+        return _file_source(path)
     raise ClusterError(
         f"joining the cluster at {address} needs its head's auth token, and none is set here: "
         f"copy the head host's token file ({TOKEN_FILE} in its runtime folder, "

@@ -65,7 +65,7 @@ def ray_temp_dir() -> str:
 def ray_env(join: str | None = None) -> dict[str, str]:
     """The variables every Ray process started here runs with: token auth (this host's token,
     or for a node that joins the head at ``join`` that head's) and :func:`ray_temp_dir`."""
-    token = auth.start_env() if join is None else auth.join_env(join)
+    token = auth.start_env() if join is None else auth.join_source(join).env
     return {**token, "RAY_TMPDIR": runtime.runtime_dir()}  # Ray adds "ray"
 
 
@@ -243,10 +243,36 @@ def start_worker(address: str, name: str | None = None, num_cpus: int | None = N
         )
     if not answers(address):
         raise ClusterError(f"no Ray cluster answers at {address}", address=address)
+    _check_token(address, auth.join_source(address))
     args = [f"--address={address}"]
     if num_cpus is not None:
         args.append(f"--num-cpus={num_cpus}")
     return _start_node(args, name, role="worker", address=address)
+
+
+def _check_token(address: str, source: auth.TokenSource) -> None:
+    """Ask the head at ``address`` whether it takes the token of ``source``, in one bounded
+    call (``ray start`` would retry for about 20 s, then fail with a traceback).
+
+    Raises:
+        ClusterError: the head refuses the token.
+    """
+    from distributed_grid import _ray
+
+    saved = {name: os.environ.get(name) for name in source.env}
+    os.environ.update(source.env)
+    try:
+        _ray.reload_auth_config()
+        refusal = _ray.auth_refusal(address)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    if refusal is not None:
+        raise ClusterError(f"the cluster at {address} refused the token of {source.where} "
+                           f"({refusal}): it needs its head's token", address=address)
 
 
 def _start_node(args: list[str], name: str | None, role: str, address: str | None = None) -> str:
@@ -257,8 +283,11 @@ def _start_node(args: list[str], name: str | None, role: str, address: str | Non
     """
     env = dict(os.environ, **ray_env(join=None if role == "head" else str(address)))
     env.pop("RAY_ADDRESS", None)
-    cmd = [_ray_executable(), "start", "--block", "--disable-usage-stats",
-           "--include-dashboard=false", *args]
+    cmd = [_ray_executable(), "start", "--block", "--disable-usage-stats", *args]
+    if role == "head":
+        cmd.append("--include-dashboard=false")  # `ray start` refuses it for a worker
+    else:  # a worker would take the head's temp folder, a path of the head's host
+        cmd.append(f"--temp-dir={ray_temp_dir()}")
     if name is not None:
         cmd.append("--labels=" + json.dumps({NODE_LABEL: validate_node_name(name)}))
     log_path = os.path.join(runtime.runtime_dir(), f"ray-{role}-{int(time.time() * 1000)}.log")

@@ -195,12 +195,37 @@ def test_a_worker_needs_the_heads_token(tmp_path, monkeypatch):
     for name in ("XDG_RUNTIME_DIR", auth.TOKEN_ENV, auth.TOKEN_PATH_ENV):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ClusterError, match="needs its head's auth token"):
-        auth.join_env("10.0.0.1:6379")
+        auth.join_source("10.0.0.1:6379")
     copied = tmp_path / "head_token"
     copied.write_text("ab" * 32)
     monkeypatch.setenv(auth.TOKEN_PATH_ENV, str(copied))
-    assert auth.join_env("10.0.0.1:6379") == {auth.MODE_ENV: "token"}  # the user's, as set
+    source = auth.join_source("10.0.0.1:6379")  # the user's, as set
+    assert (source.where, source.env) == (str(copied), {auth.MODE_ENV: "token"})
     assert not os.path.exists(auth.token_path())  # a worker never makes a token of its own
+
+
+def test_a_database_is_private_and_one_of_another_user_is_refused(tmp_path):
+    from distributed_grid.memory.database import Database
+
+    loose = tmp_path / "loose.db"
+    loose.touch(mode=0o644)
+    os.chmod(loose, 0o644)
+    db = Database(str(loose), "CREATE TABLE t (x INTEGER)", 1, "a test database")
+    try:
+        with db.transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+        for path in (loose, tmp_path / "loose.db-wal", tmp_path / "loose.db-shm"):
+            assert os.stat(path).st_mode & 0o777 == 0o600, path
+    finally:
+        db.close()
+    if os.getuid() != 0:
+        return
+    theirs = tmp_path / "theirs.db"
+    theirs.touch(mode=0o666)
+    os.chown(theirs, pwd.getpwnam(STRANGER).pw_uid, -1)
+    with pytest.raises(ClusterError, match="belongs to another user"):
+        Database(str(theirs), "CREATE TABLE t (x INTEGER)", 1, "a test database")
+    assert os.path.getsize(theirs) == 0  # nothing written into it
 
 
 def test_the_session_cluster_runs_with_token_auth_in_a_private_folder(cluster_address):
