@@ -53,19 +53,25 @@ def token_path() -> str:
 def ensure_token() -> str:
     """This host's token file, made with a new random token if there is none; returns its path.
 
-    A file whose mode lets others read it is made private again (it is ours: the folder is).
+    The file appears whole (written aside, then linked into place), so two processes that
+    start clusters at once end up with the same token. A file whose mode lets others read it
+    is made private again (it is ours: the folder is).
     """
     path = token_path()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        _private(path)
-        if _read(path):
-            return path
-        os.unlink(path)  # empty: a start that died between creating and writing it
-        return ensure_token()
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(secrets.token_hex(32))
+    if not os.path.lexists(path):
+        aside = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(secrets.token_hex(32))
+            os.link(aside, path)
+        except FileExistsError:
+            pass  # another process made it first: theirs is the token
+        finally:
+            os.unlink(aside)
+    _private(path)
+    if not _read(path):
+        raise ClusterError(f"the auth token file {path} is empty; remove it", path=path)
     return path
 
 
@@ -148,8 +154,11 @@ def sources() -> list[TokenSource]:
         return [user]
     found = []
     for path in (token_path(), os.path.join(os.path.expanduser("~"), ".ray", "auth_token")):
-        if _read(path):
-            found.append(_file_source(path))
+        try:
+            if _read(path):
+                found.append(_file_source(path))
+        except InvalidArgument:
+            continue  # unreadable: not a token this process can offer
     return found
 
 

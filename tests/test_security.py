@@ -174,6 +174,18 @@ def test_the_token_file_is_private_made_once_and_kept(tmp_path, monkeypatch):
         auth.start_env()
 
 
+def test_processes_that_make_the_token_at_once_get_the_same_one(tmp_path):
+    code = "from distributed_grid import auth; print(open(auth.ensure_token()).read())"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    for name in ("XDG_RUNTIME_DIR", auth.TOKEN_ENV, auth.TOKEN_PATH_ENV):
+        env.pop(name, None)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
+             for _ in range(6)]
+    tokens = {proc.communicate(timeout=60)[0] for proc in procs}
+    assert len(tokens) == 1 and len(tokens.pop().strip()) == 64
+    assert os.listdir(tmp_path / f"distributed_grid-{os.getuid()}") == ["auth_token"]
+
+
 def test_a_runtime_folder_of_another_user_is_refused(tmp_path, monkeypatch):
     if os.getuid() != 0:
         pytest.skip("needs root to make a folder of another user")
