@@ -7,6 +7,11 @@ failing somewhere deep in a command.
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -64,3 +69,47 @@ def job_id() -> str:
     import ray
 
     return ray.get_runtime_context().get_job_id()
+
+
+def reload_auth_config() -> None:
+    """Make an already imported Ray read ``RAY_AUTH_MODE`` and the token again.
+
+    Ray reads them once, at import, and keeps the token it loaded; Ray's own ``ray.init``
+    re-reads its config this way when it turns token auth on.
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def auth_refusal(address: str, timeout: float = 5.0) -> str | None:
+    """Why the GCS at ``address`` refuses this process's token (None: it accepts it).
+
+    One call, bounded by ``timeout``: ``ray.init`` would instead retry for about 20 s, printing
+    a warning a second. Ray's C++ client prints one warning line on a refusal; it is kept off
+    stderr (the caller reports the refusal itself).
+    """
+    from ray._raylet import InnerGcsClient
+    from ray.exceptions import AuthenticationError
+
+    try:
+        with _stderr_silenced():
+            InnerGcsClient.standalone(address, None, int(timeout * 1000))
+    except AuthenticationError as exc:
+        return str(exc).split(". ")[0].removeprefix("RPC error: ")
+    return None
+
+
+@contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 pointed at a scratch file for the block (Ray's C++ writes there)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as scratch:
+            os.dup2(scratch.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

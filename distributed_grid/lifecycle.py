@@ -13,6 +13,10 @@ A cluster that this package starts for one host runs on loopback (127.0.0.1). Ra
 127.0.0.1 with the host's outward address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set
 in every process before Ray is imported; :mod:`distributed_grid.memory.cluster` sets it when it
 connects to a loopback address, and the processes started here get it in their environment.
+
+Every Ray process started here runs with Ray's token auth (:mod:`distributed_grid.auth`) and
+keeps Ray's session folders in :func:`ray_temp_dir`, inside the user's runtime folder: Ray makes
+them writable by everyone, so they must sit in a folder nobody else can enter.
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
-from distributed_grid import runtime
+from distributed_grid import auth, runtime
 from distributed_grid.errors import ClusterError, InvalidArgument
 from distributed_grid.names import validate_node_name
 
@@ -40,14 +44,9 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 @dataclass(frozen=True)
 class Target:
-    """The cluster a command uses.
-
-    ``use_auto``: connect with ``address="auto"``, which also picks up the auth token of a
-    cluster ``ray start`` made on this host (Ray does not for an explicit address).
-    """
+    """The cluster a command uses (connecting finds the auth token it accepts)."""
 
     address: str
-    use_auto: bool = False
 
 
 # -- addresses ---------------------------------------------------------------------------------
@@ -58,10 +57,28 @@ def _ray_temp_root() -> str:
     return os.path.join(base, "ray")
 
 
-def recorded_address() -> str | None:
-    """The address Ray recorded for the latest cluster started on this host, if any."""
+def ray_temp_dir() -> str:
+    """Ray's temp folder (sessions, logs, sockets) for the Ray processes started here."""
+    return os.path.join(runtime.runtime_dir(), "ray")
+
+
+def ray_env(join: str | None = None) -> dict[str, str]:
+    """The variables every Ray process started here runs with: token auth (this host's token,
+    or for a node that joins the head at ``join`` that head's) and :func:`ray_temp_dir`."""
+    token = auth.start_env() if join is None else auth.join_source(join).env
+    return {**token, "RAY_TMPDIR": runtime.runtime_dir()}  # Ray adds "ray"
+
+
+def recorded_address(temp_root: str | None = None) -> str | None:
+    """The address Ray recorded for the latest cluster started on this host, if any.
+
+    Args:
+        temp_root: Ray's temp folder; None for Ray's default (where ``ray start`` run by hand
+            records its cluster).
+    """
+    path = os.path.join(temp_root or _ray_temp_root(), "ray_current_cluster")
     try:
-        with open(os.path.join(_ray_temp_root(), "ray_current_cluster"), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             text = f.read().strip()
     except FileNotFoundError:
         return None
@@ -116,14 +133,9 @@ def find_cluster(address: str | None = None, start_if_missing: bool = True) -> T
     if explicit in ("auto", "local"):
         explicit = None
     ours = [e for e in runtime.started_entries() if e["role"] in ("local", "head")]
-    recorded = recorded_address()
-    target = explicit or (ours[0]["address"] if ours else None) or recorded
-    use_auto = (explicit is None and (not ours or ours[0]["role"] == "head")) or (
-        # the host's own `ray start` head named explicitly (`grid cluster stop` does)
-        target == recorded and any(e["address"] == target for e in ours if e["role"] == "head")
-    )
+    target = explicit or (ours[0]["address"] if ours else None) or recorded_address()
     if target is not None and answers(target):
-        return Target(target, use_auto)
+        return Target(target)
     if explicit is not None:
         source = "" if address else " (from RAY_ADDRESS; unset it to use the embedded cluster)"
         raise ClusterError(f"no Ray cluster answers at {explicit}{source}; start one with "
@@ -182,13 +194,13 @@ def start_local(nodes: tuple[str, ...] | list[str] = (), head_name: str | None =
         cmd += ["--head-cpus", str(head_cpus)]
     if object_store_memory is not None:
         cmd += ["--object-store-memory", str(object_store_memory)]
-    env = dict(os.environ)
+    env = dict(os.environ, **ray_env())
     env.pop("RAY_ADDRESS", None)
     env[LOOPBACK_ENV] = "0"
     log_path = ready.removesuffix(".json") + ".log"
     import subprocess
 
-    with open(log_path, "wb") as log:
+    with _private_log(log_path) as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     _wait_until(proc, log_path, lambda: os.path.exists(ready), "the local cluster", timeout)
@@ -231,24 +243,57 @@ def start_worker(address: str, name: str | None = None, num_cpus: int | None = N
         )
     if not answers(address):
         raise ClusterError(f"no Ray cluster answers at {address}", address=address)
+    _check_token(address, auth.join_source(address))
     args = [f"--address={address}"]
     if num_cpus is not None:
         args.append(f"--num-cpus={num_cpus}")
     return _start_node(args, name, role="worker", address=address)
 
 
+def _check_token(address: str, source: auth.TokenSource) -> None:
+    """Ask the head at ``address`` whether it takes the token of ``source``, in one bounded
+    call (``ray start`` would retry for about 20 s, then fail with a traceback).
+
+    Raises:
+        ClusterError: the head refuses the token.
+    """
+    from distributed_grid import _ray
+
+    saved = {name: os.environ.get(name) for name in source.env}
+    os.environ.update(source.env)
+    try:
+        _ray.reload_auth_config()
+        refusal = _ray.auth_refusal(address)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    if refusal is not None:
+        raise ClusterError(f"the cluster at {address} refused the token of {source.where} "
+                           f"({refusal}): it needs its head's token", address=address)
+
+
 def _start_node(args: list[str], name: str | None, role: str, address: str | None = None) -> str:
-    """``ray start --block`` in its own session, recorded by pid; returns the head's address."""
-    env = dict(os.environ)
+    """``ray start --block`` in its own session, recorded by pid; returns the head's address.
+
+    A head gets this host's auth token (made now if there is none); a worker the token of
+    the head it joins, which must be set or copied here (:func:`auth.join_env`).
+    """
+    env = dict(os.environ, **ray_env(join=None if role == "head" else str(address)))
     env.pop("RAY_ADDRESS", None)
-    cmd = [_ray_executable(), "start", "--block", "--disable-usage-stats",
-           "--include-dashboard=false", *args]
+    cmd = [_ray_executable(), "start", "--block", "--disable-usage-stats", *args]
+    if role == "head":
+        cmd.append("--include-dashboard=false")  # `ray start` refuses it for a worker
+    else:  # a worker would take the head's temp folder, a path of the head's host
+        cmd.append(f"--temp-dir={ray_temp_dir()}")
     if name is not None:
         cmd.append("--labels=" + json.dumps({NODE_LABEL: validate_node_name(name)}))
     log_path = os.path.join(runtime.runtime_dir(), f"ray-{role}-{int(time.time() * 1000)}.log")
     import subprocess
 
-    with open(log_path, "wb") as log:
+    with _private_log(log_path) as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     _wait_until(proc, log_path, _log_says(log_path, "Ray runtime started"), "`ray start`")
@@ -256,6 +301,11 @@ def _start_node(args: list[str], name: str | None, role: str, address: str | Non
     runtime.record_started({"pid": proc.pid, "role": role, "name": name,
                             "address": head_address})
     return head_address
+
+
+def _private_log(path: str) -> BinaryIO:
+    """A new log file only the user can read."""
+    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
 
 
 def _ray_executable() -> str:
@@ -298,7 +348,7 @@ def _log_says(log_path: str, needle: str) -> Callable[[], bool]:
 def _wait_for_head(log_path: str, args: list[str]) -> str:
     port = next(a.split("=", 1)[1] for a in args if a.startswith("--port="))
     for _ in range(100):
-        recorded = recorded_address()
+        recorded = recorded_address(ray_temp_dir())
         if recorded and recorded.endswith(":" + port):
             return recorded
         time.sleep(0.1)

@@ -9,6 +9,10 @@ machine as they would across hosts; the nodes share the host's memory (this simu
 does not isolate them). Ray's own ``ray start`` refuses extra raylets on a loopback cluster, which
 is why the raylets are started through ``ray.cluster_utils.Cluster``.
 
+Every Ray process of the cluster runs with Ray's token auth (:mod:`distributed_grid.auth`) and
+keeps its session folder in :func:`distributed_grid.lifecycle.ray_temp_dir`, which only the user
+can enter.
+
 Before it says it is ready, the supervisor starts every node's store (each writes its node's
 record) and records the cluster's nodes in the runtime directory: from then on a command on this
 host can serve any block of the cluster without Ray. When it ends the cluster it removes the
@@ -36,15 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-file", required=True)
     args = parser.parse_args(argv)
 
+    from distributed_grid import lifecycle
+
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep every address on loopback
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.update(lifecycle.ray_env())  # before Ray is imported: its processes inherit it
     import ray
 
     from distributed_grid import _ray, runtime
     from distributed_grid.lifecycle import NODE_LABEL, Target
     from distributed_grid.memory import cluster
     from distributed_grid.memory.store import remove_cluster_files
-    from distributed_grid.memory.store_actor import get_store
+    from distributed_grid.memory.store_actor import START_TIMEOUT, get_store
 
     head_args: dict = {"include_dashboard": False, "object_store_memory": args.object_store_memory,
                        "labels": {NODE_LABEL: args.head_name}}
@@ -64,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ids = {n.name: n.node_id for n in cluster.node_table(include_dead=False)}
     stores = [get_store(name, ids[name], cluster_id, args.head_name)
               for name in [args.head_name, *workers]]
-    ray.get([store.ping.remote() for store in stores])  # each has written its node's record
+    # each has written its node's record once it answers
+    ray.get([store.ping.remote() for store in stores], timeout=START_TIMEOUT)
     ray.shutdown()  # the stores are detached and stay; a driver's signal handlers would not
 
     stop = threading.Event()
@@ -76,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ))
 
     tmp = args.ready_file + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
+              encoding="utf-8") as f:
         json.dump({"address": ray_cluster.address, "pid": os.getpid(), "raylets": raylets,
                    "cluster_id": cluster_id}, f)
     os.replace(tmp, args.ready_file)

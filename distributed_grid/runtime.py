@@ -15,7 +15,10 @@ Three kinds of file, each mode 0600 in a folder only the user can enter:
 A record is trusted only while the process it names is alive, checked by pid *and* start time
 (a pid the kernel has handed to another process does not count), so a dead cluster's files are
 never believed. The folder is ``$XDG_RUNTIME_DIR/distributed_grid`` when that is set, else
-``$TMPDIR/distributed_grid-<uid>`` (``/tmp`` without TMPDIR).
+``$TMPDIR/distributed_grid-<uid>`` (``/tmp`` without TMPDIR). It also holds the clusters' auth
+token (:mod:`distributed_grid.auth`), the logs of the Ray processes started here and their
+Ray temp folder ``ray/`` (Ray makes its session folders world-writable; inside this one nobody
+else reaches them).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +39,12 @@ from distributed_grid.errors import ClusterError
 
 
 def runtime_dir() -> str:
-    """This user's folder for the host's records (made on first use, mode 0700)."""
+    """This user's folder for the host's records (made on first use, mode 0700).
+
+    Raises:
+        ClusterError: the folder is not a folder of this user's (in a shared /tmp another
+            user could have made it first): nothing is written there.
+    """
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
         path = os.path.join(xdg, "distributed_grid")
@@ -45,6 +54,12 @@ def runtime_dir() -> str:
         base = os.environ.get("TMPDIR") or tempfile.gettempdir()
         path = os.path.join(base, f"distributed_grid-{os.getuid()}")
     os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise ClusterError(f"the runtime folder {path} is not a folder of this user's; "
+                           "remove it or set TMPDIR to a private folder", path=path)
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
     return path
 
 

@@ -10,10 +10,12 @@ import sys
 import time
 
 import pytest
+from conftest import GRID
 
 from distributed_grid.errors import NodeNotFound
 
 REMOTE = {"DISTRIBUTED_GRID_FORCE_REMOTE": "1"}
+BOUND = 120  # seconds a command may take here: its start, Ray's connection, one timed-out call
 PUBLISHED = """
 import sys
 from distributed_grid.memory import MemoryPool
@@ -42,6 +44,18 @@ def test_unknown_node_lists_the_known_ones(pool):
         pool.allocate(10, node="gpu7")
 
 
+def answered(fresh, *args: str) -> subprocess.CompletedProcess:
+    """``grid ARGS`` on the remote path: it must end within ``BOUND`` seconds, either well or
+    with one error line about gpu3 (a store call waits at most ``METADATA_TIMEOUT``)."""
+    done = subprocess.run([GRID, *args], capture_output=True, text=True, timeout=BOUND,
+                          env={**fresh.env, **REMOTE})
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and "gpu3" in last, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
 def test_a_node_that_is_gone(fresh, tmp_path):
     fresh("cluster", "start", "--nodes", "gpu1,gpu3")
     fresh.remember_cluster()
@@ -61,9 +75,14 @@ def test_a_node_that_is_gone(fresh, tmp_path):
     os.kill(entry["raylets"]["gpu3"], signal.SIGKILL)  # a raylet this test's cluster started
 
     deadline = time.monotonic() + 180
-    while "gpu3" in {n["node"] for n in fresh.remember_cluster()["nodes"]} | {
-            n["node"] for n in json.loads(fresh.out("cluster", "status", "--json", env=REMOTE))[
-                "nodes"]}:  # this host's records see it at once, Ray after its heartbeats
+    while True:  # until this host's records and Ray both see gpu3 gone; every call bounded
+        status = answered(fresh, "cluster", "status", "--json")
+        answered(fresh, "memory", "retrieve", block_id)
+        seen = {n["node"] for n in fresh.remember_cluster()["nodes"]}  # this host's records
+        seen |= ({n["node"] for n in json.loads(status.stdout)["nodes"]}
+                 if status.returncode == 0 else {"gpu3"})  # Ray's view, after its heartbeats
+        if "gpu3" not in seen:
+            break
         assert time.monotonic() < deadline, "gpu3 is still reported alive"
         time.sleep(1)
 

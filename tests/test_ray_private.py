@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 from distributed_grid import _ray, runtime
 
@@ -42,3 +44,35 @@ def test_the_one_host_cluster_recorded_its_raylets(cluster_address):
     assert os.stat(record).st_mode & 0o777 == 0o600
     with open(record, encoding="utf-8") as f:
         assert entry["pid"] in {e["pid"] for e in json.load(f)}
+
+
+AUTH_CHECK = """
+import os, sys
+from distributed_grid import _ray
+address, token, wrong = sys.argv[1:]
+os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=wrong)
+import ray  # reads the variables now: from here on only a reload changes what it uses
+print(_ray.auth_refusal(address))
+os.environ["RAY_AUTH_TOKEN_PATH"] = token
+print(_ray.auth_refusal(address))  # still the wrong one: Ray keeps what it loaded
+_ray.reload_auth_config()
+print(_ray.auth_refusal(address))
+"""
+
+
+def test_auth_is_reloaded_and_a_refusal_is_one_bounded_call(cluster_address, tmp_path):
+    """``reload_auth_config`` makes an imported Ray read the token again; ``auth_refusal`` says
+    whether the GCS takes it (the session's cluster runs with token auth). In a process of its
+    own: reloading Ray's config is for a process that has not connected yet."""
+    from distributed_grid import auth
+
+    wrong = tmp_path / "wrong"
+    wrong.write_text("00" * 32)
+    done = subprocess.run([sys.executable, "-c", AUTH_CHECK, cluster_address, auth.token_path(),
+                           str(wrong)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3, done.stderr
+    assert "InvalidAuthToken" in lines[0] and "InvalidAuthToken" in lines[1], lines
+    assert lines[2] == "None", lines
+    assert "InvalidAuthToken" not in done.stderr  # Ray's warning line is kept off stderr

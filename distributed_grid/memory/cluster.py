@@ -3,7 +3,9 @@
 Only what needs another host comes here; a process whose blocks are all on its own host never
 imports this module (nor Ray). :class:`RayCluster` connects on creation, caches the node table
 (refreshed on a miss or a Ray error, not on every call) and the store actors' handles, and turns
-every Ray error into the library's own in one place (:meth:`RayCluster.result`).
+every Ray error into the library's own in one place (:meth:`RayCluster.result`). Every wait for
+a store is bounded (``store_actor.METADATA_TIMEOUT`` and its siblings): a store that is alive but
+does not answer fails the call with :class:`NodeUnavailable` instead of holding the caller.
 """
 
 from __future__ import annotations
@@ -13,9 +15,15 @@ import os
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnschedulableError, GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import (
+    ActorUnschedulableError,
+    GetTimeoutError,
+    RayActorError,
+    RayError,
+    RayTaskError,
+)
 
-from distributed_grid import _ray
+from distributed_grid import _ray, auth
 from distributed_grid.errors import (
     ClusterError,
     GridError,
@@ -26,18 +34,29 @@ from distributed_grid.errors import (
 from distributed_grid.lifecycle import LOOPBACK_ENV, NODE_LABEL, Target, is_loopback, safe_name
 from distributed_grid.memory.records import BlockInfo, NodeInfo
 from distributed_grid.memory.store import STORE_PROTOCOL
-from distributed_grid.memory.store_actor import NAMESPACE, get_store, last_published, make_lease
+from distributed_grid.memory.store_actor import (
+    METADATA_TIMEOUT,
+    NAMESPACE,
+    START_TIMEOUT,
+    find_store,
+    get_store,
+    last_published,
+    make_lease,
+)
 from distributed_grid.runtime import same_address
 
 HEAD_RESOURCE = "node:__internal_head__"
-CALL_TIMEOUT = 300.0  # seconds; a store that has not answered by then counts as gone
 
 
 def connect(target: Target) -> None:
     """Connect this process to the cluster at ``target`` (once; later calls do nothing).
 
+    This is where the process's Ray gets its auth token (see :mod:`distributed_grid.auth`):
+    each token this host knows is offered to the cluster's GCS in one bounded call, and the
+    first it accepts is the one Ray connects with.
+
     Raises:
-        ClusterError: the cluster cannot be reached.
+        ClusterError: the cluster cannot be reached, or refuses every token this host has.
     """
     if ray.is_initialized():
         current = ray.get_runtime_context().gcs_address
@@ -51,12 +70,41 @@ def connect(target: Target) -> None:
         if os.environ.get(LOOPBACK_ENV) != "0":
             _ray.keep_loopback_addresses()
         os.environ[LOOPBACK_ENV] = "0"
+    _use_accepted_token(target.address)
     try:
-        ray.init(address="auto" if target.use_auto else target.address, namespace=NAMESPACE,
-                 logging_level="ERROR", log_to_driver=False, configure_logging=True)
-    except (ConnectionError, RuntimeError) as exc:
+        ray.init(address=target.address, namespace=NAMESPACE, logging_level="ERROR",
+                 log_to_driver=False, configure_logging=True)
+    except (ConnectionError, RuntimeError, RayError) as exc:
         raise ClusterError(f"cannot connect to the Ray cluster at {target.address}: {exc}",
                            address=target.address) from exc
+
+
+def _use_accepted_token(address: str) -> None:
+    """Point this process's Ray at the first token the cluster at ``address`` accepts.
+
+    Raises:
+        ClusterError: the cluster refuses every token (or wants one and this host has none).
+    """
+    tried: list[str] = []
+    refusal = None
+    for source in auth.sources() or [None]:
+        auth.use(source)
+        _ray.reload_auth_config()
+        try:
+            refusal = _ray.auth_refusal(address)
+        except RayError as exc:
+            raise ClusterError(f"cannot connect to the Ray cluster at {address}: {exc}",
+                               address=address) from exc
+        if refusal is None:
+            return
+        if source is not None:
+            tried.append(source.where)
+    offered = (f"refused the token of {' and of '.join(tried)}" if tried
+               else "wants an auth token, and this host has none")
+    raise ClusterError(
+        f"the Ray cluster at {address} {offered} ({refusal}); give it the token of the host "
+        f"that started it: put it in a file and set {auth.TOKEN_PATH_ENV} to it (or copy it "
+        f"to {auth.token_path()})", address=address)
 
 
 def session_cluster_id() -> str:
@@ -160,8 +208,11 @@ class RayCluster:
         handle = self._stores.get(name)
         if handle is None:
             node = self.node(name)
-            handle = get_store(node.name, node.node_id, self.cluster_id, self.head().name)
-            served = self.result(handle.ping.remote(), name)
+            handle, timeout = find_store(node.name), METADATA_TIMEOUT
+            if handle is None:
+                handle = get_store(node.name, node.node_id, self.cluster_id, self.head().name)
+                timeout = START_TIMEOUT  # its worker process starts first
+            served = self.result(handle.ping.remote(), name, timeout)
             if served.get("protocol") != STORE_PROTOCOL:
                 raise VersionMismatch(
                     f"the store of node {name} runs another version of distributed_grid "
@@ -176,18 +227,19 @@ class RayCluster:
         """Start a call of the store of ``node``; returns its ObjectRef."""
         return getattr(self.store(node), method).remote(*args)
 
-    def call(self, node: str, method: str, *args: Any) -> Any:
-        """Call a method of the store of ``node`` and wait for its result."""
-        return self.result(self.submit(node, method, *args), node)
+    def call(self, node: str, method: str, *args: Any, timeout: float = METADATA_TIMEOUT) -> Any:
+        """Call a method of the store of ``node`` and wait for its result (``timeout`` s)."""
+        return self.result(self.submit(node, method, *args), node, timeout)
 
-    def result(self, ref: Any, node: str) -> Any:
+    def result(self, ref: Any, node: str, timeout: float = METADATA_TIMEOUT) -> Any:
         """``ray.get`` of a store call, with Ray's errors turned into the library's own.
 
         This is the one place that does it: the store's own errors come back as themselves, a
-        store that does not answer or is gone is :class:`NodeUnavailable`.
+        store that does not answer within ``timeout`` seconds or is gone is
+        :class:`NodeUnavailable`.
         """
         try:
-            return ray.get(ref, timeout=CALL_TIMEOUT)
+            return ray.get(ref, timeout=timeout)
         except RayTaskError as exc:
             if isinstance(getattr(exc, "cause", None), GridError):
                 raise exc.cause from None
@@ -195,8 +247,9 @@ class RayCluster:
         except GetTimeoutError as exc:
             self._nodes = None
             raise NodeUnavailable(
-                f"the store of node {node} did not answer within {CALL_TIMEOUT:.0f} s",
-                node=node) from exc
+                f"the store of node {node} did not answer within {timeout:.0f} s (unreachable: "
+                "alive but stopped or overloaded); check `grid cluster status`",
+                node=node, timeout=timeout) from exc
         except (RayActorError, ActorUnschedulableError) as exc:  # the node just died
             self._nodes = None
             self._stores.pop(node, None)
@@ -218,8 +271,16 @@ class RayCluster:
 
     @staticmethod
     def make_lease() -> tuple[str, Any]:
-        """A lease actor owned by this process: non-persistent blocks live while it does."""
-        return make_lease()
+        """A lease actor owned by this process: non-persistent blocks live while it does.
+
+        Raises:
+            ClusterError: the lease actor did not start within ``START_TIMEOUT``.
+        """
+        try:
+            return make_lease()
+        except GetTimeoutError as exc:
+            raise ClusterError(f"the cluster did not start this process's lease actor within "
+                               f"{START_TIMEOUT:.0f} s; check `grid cluster status`") from exc
 
     @staticmethod
     def end_lease(handle: Any) -> None:

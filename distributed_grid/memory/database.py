@@ -54,8 +54,7 @@ class Database:
         self.path = path
         self.what = what
         self._lock = threading.RLock()
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # SQLite's own files copy this mode
-        os.close(fd)
+        _own_private_file(path)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -191,6 +190,23 @@ class Database:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+def _own_private_file(path: str) -> None:
+    """Create ``path`` mode 0600 if missing; refuse one of another user, close an open one.
+
+    SQLite gives its -wal and -shm files the database file's mode, so they are private too.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid():
+            raise ClusterError(f"{path} belongs to another user (uid {st.st_uid}); it is not "
+                               "opened", path=path)
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def remove_database(path: str) -> None:

@@ -170,7 +170,8 @@ class MemoryPool:
         try:
             return number, self._node(name)
         except NodeUnavailable as exc:
-            raise NodeUnavailable(f"block {block_id} is lost: {exc}", block_id=block_id,
+            state = "unreachable" if "timeout" in exc.facts else "lost"  # wedged, or gone
+            raise NodeUnavailable(f"block {block_id} is {state}: {exc}", block_id=block_id,
                                   node=name) from exc
         except NotFound as exc:
             raise BlockNotFound(f"no block {block_id}: {exc}", block_id=block_id,

@@ -5,12 +5,16 @@ store actor; and the key directory, reached through the head's store.
 each metadata call is one round trip. Bytes travel as ObjectRefs in chunks of
 ``transfer.CHUNK`` with at most ``IN_FLIGHT`` outstanding, so a block of any size never needs
 more than ``IN_FLIGHT * CHUNK`` bytes of object store at once, and progress can be shown.
+
+Every wait is bounded (:data:`TIMEOUTS`): a metadata call by ``METADATA_TIMEOUT``, a chunk or
+a bulk free by ``BULK_TIMEOUT`` from when the caller starts waiting for it, an allocation by
+the time its pages take on top; past it the call fails with ``NodeUnavailable``.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -18,12 +22,23 @@ from distributed_grid.memory import transfer
 from distributed_grid.memory.cluster import RayCluster
 from distributed_grid.memory.records import BlockInfo, KeyPlace, NodeStats
 from distributed_grid.memory.store import REMOTE_WRITER
+from distributed_grid.memory.store_actor import ALLOCATE_RATE, BULK_TIMEOUT, METADATA_TIMEOUT
 
 IN_FLIGHT = 4
 # A chunk smaller than this travels inside the call itself; a bigger one is put in the object
 # store first (from there it reaches the node's store at ~10 GB/s instead of ~4). A 16-byte
 # write through a put took 7 ms here, inline 1.5 ms.
 INLINE_BYTES = 64 * 2**10
+# The store methods that may take longer than a metadata call, and how long they may take.
+TIMEOUTS = {"write_chunk": BULK_TIMEOUT, "read_chunk": BULK_TIMEOUT, "destroy": BULK_TIMEOUT,
+            "release_lease": BULK_TIMEOUT}
+
+
+class Call(NamedTuple):
+    """A started store call: its ObjectRef and how long its result may be waited for."""
+
+    ref: Any
+    timeout: float
 
 
 class RemoteNode:
@@ -41,15 +56,18 @@ class RemoteNode:
         self.node = node
         cluster.store(node)  # fails now (NodeNotFound, NodeUnavailable) rather than later
 
-    def _call(self, method: str, *args: Any) -> Any:
-        return self.cluster.call(self.node, method, *args)
+    def _call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        return self.result(self.submit(method, *args), timeout)
 
-    def submit(self, method: str, *args: Any) -> Any:
+    def submit(self, method: str, *args: Any) -> Call:
         """Start a call without waiting (for calls to many nodes at once)."""
-        return self.cluster.submit(self.node, method, *args)
+        return Call(self.cluster.submit(self.node, method, *args),
+                    TIMEOUTS.get(method, METADATA_TIMEOUT))
 
-    def result(self, ref: Any) -> Any:
-        return self.cluster.result(ref, self.node)
+    def result(self, call: Call, timeout: float | None = None) -> Any:
+        """The result of a call started with :meth:`submit`, waited for at most its method's
+        timeout (or ``timeout`` seconds)."""
+        return self.cluster.result(call.ref, self.node, timeout or call.timeout)
 
     # -- metadata: one round trip each -----------------------------------------------------------
 
@@ -62,7 +80,8 @@ class RemoteNode:
 
     def allocate(self, size: int, lease: str | None = None, capacity: int | None = None,
                  holder: str | None = None) -> BlockInfo:
-        return self._call("allocate", size, lease, capacity, self.writer(holder))
+        return self._call("allocate", size, lease, capacity, self.writer(holder),
+                          timeout=METADATA_TIMEOUT + size / ALLOCATE_RATE)
 
     def deallocate(self, number: int) -> BlockInfo:
         return self._call("deallocate", number)

@@ -58,6 +58,14 @@ TICK_SECONDS = 2.0
 ABANDON_SECONDS = 60.0  # a remote writer silent this long is gone (a chunk takes seconds)
 CONCURRENCY = 4  # calls served at once: chunk copies overlap; the catalog serializes changes
 
+# How long a caller waits for a store's answer (seconds). A store that is alive but does not
+# answer in time (stopped, wedged, overloaded) counts as unreachable for that call: the caller
+# gets an error instead of waiting for ever.
+METADATA_TIMEOUT = 10.0  # one metadata call: a catalog transaction, answered in milliseconds
+START_TIMEOUT = 120.0  # a store or lease actor being started: a new worker process on its node
+BULK_TIMEOUT = 60.0  # one chunk of bytes (transfer.CHUNK, 64 MiB), or freeing blocks in bulk
+ALLOCATE_RATE = 256 * 2**20  # bytes/s an allocation is allowed on top (reserving the pages)
+
 log = logging.getLogger(__name__)
 
 
@@ -266,7 +274,7 @@ class StoreActor(LocalNode):
                 head = ray.get_actor(ACTOR_PREFIX + self.head, namespace=NAMESPACE)
             except ValueError:  # the head's store starts when somebody first needs it
                 raise _NotYet from None
-            ray.get(head.dir_report.remote(stats, False), timeout=60)
+            ray.get(head.dir_report.remote(stats, False), timeout=METADATA_TIMEOUT)
 
     def _publish(self) -> None:
         blocks = [b.to_json() for b in self.list_blocks()]
@@ -323,12 +331,28 @@ class Lease:
 
 
 def make_lease() -> tuple[str, Any]:
-    """Create a lease owned by this process; returns its name and handle."""
+    """Create a lease owned by this process; returns its name and handle.
+
+    Raises:
+        GetTimeoutError: the lease actor did not start within ``START_TIMEOUT``.
+    """
     name = LEASE_PREFIX + uuid.uuid4().hex
     handle = ray.remote(Lease).options(name=name, namespace=NAMESPACE, num_cpus=0,
                                        lifetime=None).remote()
-    ray.get(handle.ping.remote())
+    try:
+        ray.get(handle.ping.remote(), timeout=START_TIMEOUT)
+    except BaseException:
+        ray.kill(handle)
+        raise
     return name, handle
+
+
+def find_store(node: str) -> Any | None:
+    """The handle of ``node``'s store actor if it is running (or restarting), else None."""
+    try:
+        return ray.get_actor(ACTOR_PREFIX + node, namespace=NAMESPACE)
+    except ValueError:
+        return None
 
 
 def get_store(node: str, node_id: str, cluster_id: str, head: str) -> Any:
@@ -340,16 +364,15 @@ def get_store(node: str, node_id: str, cluster_id: str, head: str) -> Any:
         cluster_id: the cluster's identity.
         head: the head node's name.
     """
-    name = ACTOR_PREFIX + node
-    try:
-        return ray.get_actor(name, namespace=NAMESPACE)
-    except ValueError:
-        pass
+    found = find_store(node)
+    if found is not None:
+        return found
     return (
         ray.remote(StoreActor)
         .options(
-            name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0,
-            max_restarts=-1, max_task_retries=3, max_concurrency=CONCURRENCY,
+            name=ACTOR_PREFIX + node, namespace=NAMESPACE, lifetime="detached",
+            get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=3,
+            max_concurrency=CONCURRENCY,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         )
         .remote(node, cluster_id, head)
