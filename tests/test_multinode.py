@@ -111,7 +111,7 @@ def test_cluster_config_caps_a_node_and_names_an_unlabelled_one(fresh, tmp_path)
     assert first.stdout.decode().strip() == "block_0_bignode"  # its head carries no label
     line = fresh("memory", "allocate", "1MiB", "--config", config, check=False)
     assert line.returncode == 1
-    assert "can hold is 1044480 bytes (node bignode)" in line.stderr.decode()
+    assert "can hold is 1044480 bytes (node bignode" in line.stderr.decode()
     line = fresh("memory", "allocate", "1MiB", "--node", "bignode", "--config", config, check=False)
     assert "it can hold at most 1044480 more bytes" in line.stderr.decode()
     assert fresh.out("memory", "allocate", "1044480", "--config", config) == "block_1_bignode"

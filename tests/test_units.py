@@ -250,6 +250,8 @@ BUILTIN_BASE = {
     "KeyNotFound": LookupError,
     "NodeNotFound": LookupError,
     "KeyConflict": Exception,
+    "KeyBusy": Exception,
+    "WriteInProgress": TimeoutError,
     "StoreFull": MemoryError,
     "NodeUnavailable": ConnectionError,
     "ClusterError": RuntimeError,
@@ -294,6 +296,7 @@ def test_error_hierarchy():
     for cls in (errors.BlockNotFound, errors.KeyNotFound, errors.NodeNotFound, SegmentNotFound):
         assert issubclass(cls, errors.NotFound)
     assert not issubclass(errors.KeyConflict, (ValueError, LookupError, OSError))
+    assert issubclass(errors.KeyBusy, errors.KeyConflict)
 
 
 @pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])

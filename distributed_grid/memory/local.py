@@ -28,6 +28,7 @@ from distributed_grid.memory import transfer
 from distributed_grid.memory.records import BlockInfo
 from distributed_grid.memory.seqguard import Guard, process_tag, tag_alive
 from distributed_grid.memory.store import BlockStore
+from distributed_grid.names import check_range, validate_key
 
 READ_WAIT_SECONDS = 30.0  # the longest a read waits for a live writer of its bytes
 
@@ -97,6 +98,10 @@ class LocalNode(BlockStore):
                       guard: int | None = None) -> BlockInfo:
         """:meth:`BlockStore.prepare_write`, holding the range's guard slot until the write
         commits or aborts (a write of no bytes holds none)."""
+        if key is not None:
+            validate_key(key)
+        if slot is None:  # refuse a bad range before a slot is taken for it
+            check_range(self.block_id(number), self._row(number).size, offset, length, "write")
         if length <= 0 or slot is not None:
             return super().prepare_write(number, offset, length, key, force, writer, slot, guard)
         fd = self._number_descriptor(number)
@@ -195,12 +200,18 @@ class LocalNode(BlockStore):
             WriteInProgress: a live writer held the range for ``READ_WAIT_SECONDS``.
         """
         again = 0
+        deadline = time.monotonic() + READ_WAIT_SECONDS
         while True:
             seq = self.wait_idle(block, guard, offset, offset + length)
             start = mark()
             copy()
             if guard.end_read(seq):
                 return again
+            if time.monotonic() > deadline:
+                raise WriteInProgress(
+                    f"bytes {offset}..{offset + length} of {block.block_id} were written "
+                    f"again during every read for {READ_WAIT_SECONDS:g} s; try again later",
+                    block_id=block.block_id)
             rewind(start)
             again += 1
 

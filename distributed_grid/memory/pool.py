@@ -480,13 +480,13 @@ class MemoryPool:
                 self._claim(key, block_id)
             copying = True
             node.fill(block, offset, length, source, progress or transfer.no_progress)
+            return node.commit_write(number, offset, length, key, meta)
         except BaseException:
             try:
                 node.abort_write(number, offset, key, torn=copying)
             except GridError:
                 pass
             raise
-        return node.commit_write(number, offset, length, key, meta)
 
     # -- reads ----------------------------------------------------------------------------------
 

@@ -13,13 +13,16 @@ the time its pages take on top; past it the call fails with ``NodeUnavailable``.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from distributed_grid.errors import WriteInProgress
 from distributed_grid.memory import transfer
 from distributed_grid.memory.cluster import RayCluster
+from distributed_grid.memory.local import READ_WAIT_SECONDS
 from distributed_grid.memory.records import BlockInfo, KeyPlace, NodeStats
 from distributed_grid.memory.store import REMOTE_WRITER
 from distributed_grid.memory.store_actor import ALLOCATE_RATE, BULK_TIMEOUT, METADATA_TIMEOUT
@@ -157,13 +160,26 @@ class RemoteNode:
         """
         if length <= 0:
             return
+        if length <= transfer.CHUNK:  # the store copies it whole, guarded, in one call
+            array = self._call("read_whole", block.number, offset, length,
+                               timeout=READ_WAIT_SECONDS + BULK_TIMEOUT)
+            sink.write(memoryview(array))
+            progress(length)
+            return
         target = sink if sink.rewindable else transfer.BufferSink(memoryview(bytearray(length)))
+        deadline = time.monotonic() + READ_WAIT_SECONDS
         while True:
-            seq = self._call("read_begin", block.number, offset, length)
+            seq = self._call("read_begin", block.number, offset, length,
+                             timeout=READ_WAIT_SECONDS + METADATA_TIMEOUT)
             start = target.mark()
             self._fetch(block, offset, length, target, progress)
             if self._call("read_end", block.number, seq):
                 break
+            if time.monotonic() > deadline:
+                raise WriteInProgress(
+                    f"bytes {offset}..{offset + length} of {block.block_id} were written again "
+                    f"during every read for {READ_WAIT_SECONDS:g} s; try again later",
+                    block_id=block.block_id)
             target.rewind(start)
         if target is not sink:
             sink.write(target.dest)  # type: ignore[attr-defined]
