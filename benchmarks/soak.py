@@ -178,7 +178,7 @@ def main() -> None:
         rng = random.Random(args.seed)
         kills = 0
         while kills < args.kills and any(c.poll() is None for c in clients):
-            time.sleep(rng.uniform(1.0, 4.0))
+            time.sleep(rng.uniform(0.3, 1.5))
             node = rng.choice(["head", "gpu1", "gpu2"])
             try:
                 pid = pool.ray.call(node, "ping")["pid"]

@@ -114,10 +114,17 @@ def process_alive(pid: int, start: int | None) -> bool:
     return stat is not None and stat[0] != b"Z" and (start is None or stat[1] == start)
 
 
+_THIS: tuple[int, str] | None = None
+
+
 def this_process() -> str:
-    """This process as ``host/pid/start``: who a catalog names as a block's creator or writer."""
+    """This process as ``host/pid/start``: who a catalog names as a block's creator or writer
+    (worked out once per process: it reads /proc)."""
+    global _THIS
     pid = os.getpid()
-    return f"{socket.gethostname()}/{pid}/{process_start(pid)}"
+    if _THIS is None or _THIS[0] != pid:  # a forked child is another process
+        _THIS = (pid, f"{socket.gethostname()}/{pid}/{process_start(pid)}")
+    return _THIS[1]
 
 
 def identity_alive(identity: str) -> bool | None:

@@ -80,17 +80,6 @@ class LocalNode(BlockStore):
         finally:
             os.close(fd)
 
-    def _number_descriptor(self, number: int) -> int:
-        place = self.catalog.place_of(number)
-        if place is None or place[3] != "ok":
-            self._row(number)  # raises the right BlockNotFound
-        size, name, token, _ = place  # type: ignore[misc]
-        try:
-            return seg.open_data(name, bytes.fromhex(token), size)
-        except seg.SegmentNotFound as exc:
-            raise BlockNotFound(f"the shared memory of {self.block_id(number)} is gone",
-                                block_id=self.block_id(number), node=self.node) from exc
-
     # -- writes: hold a guard slot from prepare to commit ----------------------------------------
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
@@ -100,11 +89,15 @@ class LocalNode(BlockStore):
         commits or aborts (a write of no bytes holds none)."""
         if key is not None:
             validate_key(key)
-        if slot is None:  # refuse a bad range before a slot is taken for it
-            check_range(self.block_id(number), self._row(number).size, offset, length, "write")
         if length <= 0 or slot is not None:
             return super().prepare_write(number, offset, length, key, force, writer, slot, guard)
-        fd = self._number_descriptor(number)
+        row = self._row(number)
+        check_range(self.block_id(number), row.size, offset, length, "write")  # before a slot
+        try:
+            fd = seg.open_data(row.segment, bytes.fromhex(row.token), row.size)
+        except seg.SegmentNotFound as exc:
+            raise BlockNotFound(f"the shared memory of {self.block_id(number)} is gone",
+                                block_id=self.block_id(number), node=self.node) from exc
         try:
             g = Guard(fd)
         finally:

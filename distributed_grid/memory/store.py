@@ -337,10 +337,13 @@ class BlockStore:
                             f"store it there, or deallocate {other} first",
                             key=key, block_id=other,
                         )
-                for e in self.catalog.overlapping(number, offset, end):
-                    if not e.complete and self.write_gone(e):
-                        released += self._forget_write(e)
-                clashes = [e for e in self.catalog.overlapping(number, offset, end)
+                overlapping = self.catalog.overlapping(number, offset, end)
+                gone = [e for e in overlapping if not e.complete and self.write_gone(e)]
+                for e in gone:
+                    released += self._forget_write(e)
+                if gone:
+                    overlapping = self.catalog.overlapping(number, offset, end)
+                clashes = [e for e in overlapping
                            if not (e.key == key and e.offset == offset and e.complete)]
                 if clashes and not force:
                     e = clashes[0]
@@ -388,7 +391,8 @@ class BlockStore:
                     )
                 self.catalog.set_key_meta(key, number, meta)
             self.catalog.raise_high_water(number, offset + length)
-            self.catalog.let_go(number)
+            if row.holder is not None:
+                self.catalog.let_go(number)
             return self._info(self.catalog.block(number))  # type: ignore[arg-type]
 
     def abort_write(self, number: int, offset: int, key: str | None = None,
