@@ -173,12 +173,14 @@ class LocalNode(BlockStore):
                                  lambda: transfer.drain_fd(fd, seg.HEADER_SIZE + offset, length,
                                                            sink, progress))
                     return
-                staged = memoryview(bytearray(length))  # the sink gets only whole bytes
-                self.guarded(block, guard, offset, length, lambda: 0, lambda _: None,
-                             lambda: transfer.drain_fd(fd, seg.HEADER_SIZE + offset, length,
-                                                       transfer.BufferSink(staged)))
-                sink.write(staged)
-                progress(length)
+                spool = transfer.SpoolSink()  # the sink gets the bytes only once whole
+                try:
+                    self.guarded(block, guard, offset, length, spool.mark, spool.rewind,
+                                 lambda: transfer.drain_fd(fd, seg.HEADER_SIZE + offset,
+                                                           length, spool))
+                    spool.hand_to(sink, progress)
+                finally:
+                    spool.close()
             finally:
                 guard.close()
 

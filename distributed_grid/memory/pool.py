@@ -552,27 +552,28 @@ class MemoryPool:
             pieces = self.plan_read(target, size, offset)
         if looks_like_block_id(target):
             return self.read_into_sink(pieces, sink, progress)
-        out = sink if sink.rewindable else transfer.BufferSink(
-            memoryview(bytearray(sum(p.length for p in pieces))))
-        while True:
-            versions = self._catalog_versions(pieces)
-            start = out.mark()
-            count = self.read_into_sink(pieces, out, progress if out is sink else None)
-            if versions is not None and versions == self._catalog_versions(pieces):
-                break
-            again = self.plan_read(target, size, offset)
-            if _places(again) == _places(pieces):
-                break
-            if out is sink and isinstance(out, transfer.BufferSink) and \
-                    len(out.dest) - start < sum(p.length for p in again):
-                raise _PlanChanged(again)  # the caller's buffer no longer fits: it makes one
-            out.rewind(start)
-            pieces = again
-            if out is not sink:
-                out = transfer.BufferSink(memoryview(bytearray(sum(p.length for p in pieces))))
-        if out is not sink:
-            sink.write(out.dest[: out.pos])  # type: ignore[attr-defined]
-            (progress or transfer.no_progress)(count)
+        spool = None if sink.rewindable else transfer.SpoolSink()
+        out = spool or sink
+        try:
+            while True:
+                versions = self._catalog_versions(pieces)
+                start = out.mark()
+                count = self.read_into_sink(pieces, out, progress if out is sink else None)
+                if versions is not None and versions == self._catalog_versions(pieces):
+                    break
+                again = self.plan_read(target, size, offset)
+                if _places(again) == _places(pieces):
+                    break
+                if isinstance(out, transfer.BufferSink) and \
+                        len(out.dest) - start < sum(p.length for p in again):
+                    raise _PlanChanged(again)  # the caller's buffer no longer fits
+                out.rewind(start)
+                pieces = again
+            if spool is not None:
+                spool.hand_to(sink, progress or transfer.no_progress)
+        finally:
+            if spool is not None:
+                spool.close()
         return count
 
     def _catalog_versions(self, pieces: list[Piece]) -> tuple[int, ...] | None:

@@ -166,7 +166,19 @@ class RemoteNode:
             sink.write(memoryview(array))
             progress(length)
             return
-        target = sink if sink.rewindable else transfer.BufferSink(memoryview(bytearray(length)))
+        if sink.rewindable:
+            self._fetch_whole(block, offset, length, sink, progress)
+            return
+        spool = transfer.SpoolSink()  # the sink gets the bytes only once whole
+        try:
+            self._fetch_whole(block, offset, length, spool, progress)
+            spool.hand_to(sink)
+        finally:
+            spool.close()
+
+    def _fetch_whole(self, block: BlockInfo, offset: int, length: int, target: transfer.Sink,
+                     progress: transfer.Progress) -> None:
+        """Fetch the bytes into ``target`` until no write started or ended meanwhile."""
         deadline = time.monotonic() + READ_WAIT_SECONDS
         while True:
             seq = self._call("read_begin", block.number, offset, length,
@@ -181,8 +193,6 @@ class RemoteNode:
                     f"during every read for {READ_WAIT_SECONDS:g} s; try again later",
                     block_id=block.block_id)
             target.rewind(start)
-        if target is not sink:
-            sink.write(target.dest)  # type: ignore[attr-defined]
 
     def _fetch(self, block: BlockInfo, offset: int, length: int, sink: transfer.Sink,
                progress: transfer.Progress) -> None:

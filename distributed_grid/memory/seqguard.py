@@ -59,8 +59,10 @@ says which was chosen.
 
 from __future__ import annotations
 
+import importlib
 import mmap
 import os
+from typing import Any
 
 from distributed_grid.errors import InvalidArgument
 from distributed_grid.memory import seqguard_py
@@ -68,8 +70,8 @@ from distributed_grid.memory.segment import HEADER_SIZE
 from distributed_grid.memory.seqguard_py import check_owner, check_range, check_slot, check_word
 from distributed_grid.runtime import process_alive, process_start
 
-try:
-    from distributed_grid.memory import _seqguard as _native
+try:  # the extension module native/seqguard.c builds (a .so beside this file)
+    _native: Any = importlib.import_module("distributed_grid.memory._seqguard")
 except ImportError:  # built without a compiler: the twin does the work
     _native = None
 

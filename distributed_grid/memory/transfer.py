@@ -162,6 +162,71 @@ class CallableSink(Sink):
         self._write(view)
 
 
+STAGE_IN_MEMORY = 64 * 2**20  # a spool holds this much in memory, more in a temporary file
+
+
+class SpoolSink(Sink):
+    """A sink that can go back, standing in for one that cannot (a pipe): the bytes are held
+    (in memory up to ``limit``, beyond it in an unnamed file of the temporary directory, so a
+    big read does not take its size in RAM) and handed on by :meth:`hand_to` once whole."""
+
+    rewindable = True
+
+    def __init__(self, limit: int = STAGE_IN_MEMORY) -> None:
+        self.limit = limit
+        self.buf: bytearray | None = bytearray()
+        self.fd: int | None = None
+        self.pos = 0
+
+    def write(self, view: memoryview) -> None:
+        n = len(view)
+        if self.buf is not None and self.pos + n > self.limit:
+            self._spill()
+        if self.buf is not None:
+            self.buf[self.pos : self.pos + n] = view
+        else:
+            done = 0
+            while done < n:
+                done += os.pwrite(self.fd, view[done:], self.pos + done)  # type: ignore[arg-type]
+        self.pos += n
+
+    def _spill(self) -> None:
+        import tempfile
+
+        directory = tempfile.gettempdir()
+        try:
+            fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError:  # no O_TMPFILE there: a named file, unlinked at once
+            fd, name = tempfile.mkstemp(dir=directory)
+            os.unlink(name)
+        held = memoryview(self.buf)[: self.pos]  # type: ignore[arg-type]
+        done = 0
+        while done < len(held):
+            done += os.pwrite(fd, held[done:], done)
+        self.fd, self.buf = fd, None
+
+    def mark(self) -> int:
+        return self.pos
+
+    def rewind(self, mark: int) -> None:
+        self.pos = mark
+
+    def hand_to(self, sink: Sink, progress: Progress = no_progress) -> int:
+        """Give the bytes written (up to the current position) to ``sink``; returns how many."""
+        if self.buf is not None:
+            sink.write(memoryview(self.buf)[: self.pos])
+            progress(self.pos)
+        else:
+            drain_fd(self.fd, 0, self.pos, sink, progress)  # type: ignore[arg-type]
+        return self.pos
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.buf = None
+
+
 def as_sink(sink: Sink | Callable[[memoryview], object]) -> Sink:
     return sink if isinstance(sink, Sink) else CallableSink(sink)
 
