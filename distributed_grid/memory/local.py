@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from distributed_grid.errors import BlockNotFound, WriteInProgress
@@ -42,7 +42,6 @@ class HeldSlot:
     tag: int
     range: tuple[int, int]
     writer: str | None = None
-    seen: float = field(default_factory=time.monotonic)
 
 
 class LocalNode(BlockStore):

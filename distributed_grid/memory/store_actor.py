@@ -143,12 +143,10 @@ class StoreActor(LocalNode):
         with self._held_lock:
             for (held_number, _, _), slots in self._held.items():
                 for held in slots:
-                    if held_number == number and held.guard is not None:
-                        start, end = held.range
-                        if start <= offset and offset + length <= end:
-                            held.seen = time.monotonic()
-                            self._saw(held.writer)
-                            return held
+                    start, end = held.range
+                    if held_number == number and start <= offset and offset + length <= end:
+                        self._saw(held.writer)
+                        return held
         raise KeyNotFound(
             f"no write of bytes {offset}..{offset + length} of {self.block_id(number)} is "
             "in progress (it finished, or was undone because its writer fell silent)",
@@ -300,7 +298,10 @@ class StoreActor(LocalNode):
         return time.monotonic() - self._seen.get(writer, self._started) < ABANDON_SECONDS
 
     def abandon_silent_writes(self) -> list[str]:
-        """Undo the writes this actor holds for remote writers that are gone."""
+        """Undo the writes this actor holds for remote writers that are gone (and forget
+        writers silent for long: they count as gone either way)."""
+        now = time.monotonic()
+        self._seen = {w: t for w, t in self._seen.items() if now - t < 2 * ABANDON_SECONDS}
         with self._held_lock:
             writes = [(k, h) for k, slots in self._held.items() for h in slots]
         undone = []
