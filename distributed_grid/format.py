@@ -35,14 +35,20 @@ def format_age(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
+def printable(text: str) -> str:
+    """``text`` as one line a terminal shows as it is: control characters (a newline, an
+    escape sequence) written as Python escapes, so a key cannot forge rows or colours."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 def _keys_cell(block: BlockInfo) -> str:
     parts = []
     for key, extents in sorted(block.keys.items()):
         if len(extents) == 1:
-            parts.append(f"{key}@{extents[0][0]}+{extents[0][1]}")
+            parts.append(f"{printable(key)}@{extents[0][0]}+{extents[0][1]}")
         else:
-            parts.append(f"{key}[{len(extents)} extents]")
-    parts += [f"{k} (writing)" for k in block.pending_keys if k not in block.keys]
+            parts.append(f"{printable(key)}[{len(extents)} extents]")
+    parts += [f"{printable(k)} (writing)" for k in block.pending_keys if k not in block.keys]
     text = ", ".join(parts) or "-"
     return text if len(text) <= 60 else text[:57] + "..."
 

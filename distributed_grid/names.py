@@ -17,7 +17,8 @@ from distributed_grid.errors import InvalidArgument, OutOfBounds
 NODE_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 MAX_KEY_LENGTH = 1024
 _NODE_NAME_RE = re.compile(NODE_NAME_PATTERN)
-_BLOCK_ID_RE = re.compile(rf"block_([0-9]+)_({NODE_NAME_PATTERN})")
+_BLOCK_ID_RE = re.compile(rf"block_([0-9]+)_({NODE_NAME_PATTERN})")  # the shape
+_CANONICAL_NUMBER_RE = re.compile(r"0|[1-9][0-9]*")  # how a block id writes its number
 _CLUSTER_ID_RE = re.compile(r"[A-Za-z0-9]{1,32}")
 
 
@@ -60,6 +61,12 @@ def parse_block_id(block_id: object) -> tuple[int, str]:
         raise InvalidArgument(
             f"invalid block id {block_id!r}: a block id looks like block_<n>_<node>, "
             "for example block_0_gpu2", block_id=block_id,
+        )
+    if not _CANONICAL_NUMBER_RE.fullmatch(match.group(1)):  # one block, one spelling
+        canonical = format_block_id(int(match.group(1)), match.group(2))
+        raise InvalidArgument(
+            f"invalid block id {block_id!r}: block numbers have no leading zeros; did you "
+            f"mean {canonical}?", block_id=block_id,
         )
     return int(match.group(1)), match.group(2)
 

@@ -309,3 +309,35 @@ def test_big_store_shows_progress_on_a_terminal(grid, blocks, tmp_path, unique):
     assert proc.returncode == 0
     assert "store [" in text and "100%" in text, text
     assert grid("memory", "retrieve", block_id).stdout == data
+
+
+# -- strict names ------------------------------------------------------------------------------
+
+
+def test_a_block_id_has_one_spelling(grid, pool, blocks, tmp_path):
+    block_id = blocks.new(4096, node="gpu2")
+    number = block_id.split("_")[1]
+    padded = block_id.replace(f"_{number}_", f"_000{number}_", 1)
+    before = grid.listing()
+    for args in (["memory", "retrieve", padded], ["memory", "deallocate", padded]):
+        line = grid.fails(*args)
+        assert "no leading zeros" in line and f"did you mean {block_id}?" in line, line
+    assert grid.listing() == before  # the padded spelling freed nothing
+
+
+def test_keys_with_control_characters_cannot_forge_rows(grid, pool, blocks, unique):
+    block_id = blocks.new(4096, node="gpu1")
+    forged = f"{unique}\nblock_999_gpu1  gpu1  1.0 GiB"
+    pool.write(block_id, b"x", key=forged)
+    table = grid("memory", "list-objects").stdout.decode()
+    rows = [line for line in table.splitlines() if block_id in line]
+    assert len(rows) == 1 and "\\n" in rows[0]
+    assert "block_999_gpu1" not in {line.split()[0] for line in table.splitlines() if line}
+    assert forged in {k for b in grid.listing() for k in b["keys"]}  # --json keeps it exact
+
+
+def test_a_file_that_does_not_know_its_size_is_refused(grid, unique):
+    before = grid.listing()
+    line = grid.fails("memory", "store", unique, "/proc/self/status")
+    assert "does not know its own size" in line
+    assert grid.listing() == before  # no block allocated for nothing

@@ -15,9 +15,28 @@ from distributed_grid.errors import BlockNotFound, GridError, KeyConflict, OutOf
 
 
 def test_local_path_is_proven_by_token(pool, remote_pool, blocks):
+    from distributed_grid.memory import segment as seg
+
     block_id = blocks.new(8192, node="gpu1")
+    pool.write(block_id, b"the block's own bytes")
     assert pool.is_local(block_id)
     assert not remote_pool.is_local(block_id)
+    info = pool.block_info(block_id)
+    path = os.path.join(seg.SHM_DIR, info.segment.lstrip("/"))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        token = os.pread(fd, seg.TOKEN_SIZE, 24)  # the header's token (segment.py's layout)
+        assert token.hex() == info.token
+        os.pwrite(fd, bytes(b ^ 0xFF for b in token), 24)  # another block's memory, say
+        with pytest.raises(BlockNotFound, match="shared memory"):
+            pool.is_local(block_id)  # the name matches, the token does not: not this block
+        with pytest.raises(BlockNotFound):
+            pool.read(block_id)
+    finally:
+        os.pwrite(fd, token, 24)
+        os.close(fd)
+    assert pool.is_local(block_id)
+    assert pool.read(block_id) == b"the block's own bytes"
 
 
 @pytest.mark.parametrize("node", ["head", "gpu1", "gpu2"])
@@ -34,12 +53,23 @@ def test_remote_and_local_paths_give_the_same_bytes(pool, remote_pool, blocks, n
 
 def test_remote_transfer_is_chunked(remote_pool, pool, blocks, monkeypatch):
     from distributed_grid.memory import transfer
+    from distributed_grid.memory.remote import RemoteNode
 
     monkeypatch.setattr(transfer, "CHUNK", 4096)  # many chunks, several in flight at once
+    calls: list[str] = []
+    submit = RemoteNode.submit
+
+    def counted(self, method, *args):  # the real call, counted on its way
+        calls.append(method)
+        return submit(self, method, *args)
+
+    monkeypatch.setattr(RemoteNode, "submit", counted)
     data = os.urandom(4096 * 9 + 5)
     block_id = blocks.new(len(data), node="gpu2")
     remote_pool.write(block_id, data)
+    assert calls.count("write_chunk") == 10
     assert remote_pool.read(block_id) == data
+    assert calls.count("read_chunk") == 10
     assert pool.read(block_id) == data
 
 

@@ -335,4 +335,13 @@ def open_input(path: str) -> tuple[int, int]:
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise FileError(f"cannot read {path}: not a regular file", path=path)
+    try:
+        unsized = st.st_size == 0 and bool(os.pread(fd, 1, 0))  # /proc, /sys: 0 is not true
+    except OSError as exc:
+        os.close(fd)
+        raise FileError(f"cannot read {path}: {exc.strerror}", path=path) from exc
+    if unsized:
+        os.close(fd)
+        raise FileError(f"cannot read {path}: it does not know its own size (a /proc or /sys "
+                        "file); copy it to a regular file first", path=path)
     return fd, st.st_size
