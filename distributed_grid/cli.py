@@ -14,6 +14,14 @@ import os
 import sys
 from typing import Any
 
+from distributed_grid.cli_grammar import (
+    HELP_FLAGS,
+    UsageError,
+    as_typed,
+    check,
+    commands_of,
+    help_text,
+)
 from distributed_grid.errors import GridError, InvalidArgument
 from distributed_grid.format import (
     Progress,
@@ -79,6 +87,7 @@ def _emit(data: Any) -> None:
 class MemoryCommands:
     """Blocks of shared memory on the cluster's nodes."""
 
+    @as_typed
     def allocate(self, size_in_bytes: Any, node: str | None = None, json: bool = False,
                  config: str | None = None) -> None:
         """Allocate a block; prints its id (block_<n>_<node>).
@@ -95,6 +104,7 @@ class MemoryCommands:
         info = _pool(config).allocate(size, node=None if node is None else str(node))
         _emit(info.to_json()) if _flag(json, "json") else print(info.block_id, file=_out())
 
+    @as_typed
     def store(self, key: Any, file_path: Any, block_id: str | None = None, offset: Any = 0,
               force: bool = False, json: bool = False, config: str | None = None) -> None:
         """Store a file's bytes under KEY; without --block-id a block is allocated for it.
@@ -126,6 +136,7 @@ class MemoryCommands:
         print(f"{verb} {result.length} bytes of {path} as {result.key!r} in "
               f"{result.block_id} at offset {result.offset}", file=sys.stderr)
 
+    @as_typed
     def retrieve(self, block_id: Any, output: str | None = None, size: Any = None,
                  offset: Any = 0, config: str | None = None) -> None:
         """Retrieve a block's (or a key's) bytes: to --output, raw to a pipe, or a preview.
@@ -164,6 +175,7 @@ class MemoryCommands:
                 pool.read_to(target, transfer.FdSink(out.fileno()), size_n, offset_n,
                              bar.update, pieces)
 
+    @as_typed
     def list_objects(self, json: bool = False, config: str | None = None) -> None:
         """Show every block of the cluster: id, node, size, used, keys, age, status.
 
@@ -177,6 +189,7 @@ class MemoryCommands:
         else:
             print(block_table(blocks), file=_out())
 
+    @as_typed
     def deallocate(self, block_id: Any, json: bool = False, config: str | None = None) -> None:
         """Free a block and its keys.
 
@@ -193,6 +206,7 @@ class MemoryCommands:
                   file=_out())
 
 
+    @as_typed
     def gc(self, dry_run: bool = False, json: bool = False) -> None:
         """Remove what dead clusters left on this host: their shared memory, catalogs, records.
 
@@ -217,6 +231,7 @@ class MemoryCommands:
 class ClusterCommands:
     """The Ray cluster the blocks live on."""
 
+    @as_typed
     def start(self, name: str | None = None, address: str | None = None,
               nodes: Any = None, loopback: bool = False, port: int | None = None,
               num_cpus: int | None = None) -> None:
@@ -234,6 +249,8 @@ class ClusterCommands:
         from distributed_grid import lifecycle, runtime
 
         runtime.started_entries()  # a corrupt record is refused before anything is started
+        port = _optional_int(port, "port")
+        num_cpus = _optional_int(num_cpus, "num-cpus")
         name = None if name is None else str(name)
         names = _names(nodes)
         if address is not None:
@@ -254,6 +271,7 @@ class ClusterCommands:
         print(f"started a Ray head at {started}; join it from other hosts with "
               f"`grid cluster start --address {started} --name NAME`", file=sys.stderr)
 
+    @as_typed
     def stop(self) -> None:
         """Free the cluster's blocks and stop the Ray nodes that `grid cluster start` started."""
         from distributed_grid import lifecycle, runtime
@@ -282,6 +300,7 @@ class ClusterCommands:
                 print(f"freed {len(lost)} segment(s) of nodes that were gone", file=sys.stderr)
         print(f"stopped {len(stopped)} Ray node(s) started here", file=_out())
 
+    @as_typed
     def status(self, json: bool = False, config: str | None = None) -> None:
         """Show the nodes: names, shared-memory capacity and free bytes, blocks per node.
 
@@ -322,21 +341,52 @@ class Grid:
         self.cluster = ClusterCommands()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the ``grid`` command; returns the exit code."""
-    import fire
+# Positionals shown under another name than their parameter's.
+METAVARS = {("memory", "retrieve"): {"block_id": "BLOCK_ID_OR_KEY"}}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
     try:
-        fire.Fire(Grid(), command=argv, name="grid")
+        return version("distributed-grid")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``grid`` command; returns the exit code: 0, 1 for an error of the command, 2
+    for a command line that does not fit (nothing ran), 141 when the output pipe closed."""
+    import fire
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    grid = Grid()
+    groups = {"memory": grid.memory, "cluster": grid.cluster}
+    table = commands_of(groups, METAVARS)
+    if argv == ["--version"]:
+        print(f"grid (distributed_grid) {_version()}")
+        return 0
+    if not argv or any(a in HELP_FLAGS for a in argv):
+        summaries = {g: (type(o).__doc__ or "").strip() for g, o in groups.items()}
+        print(help_text(argv, table, summaries, _version()))
+        return 0
+    try:
+        command_line = check(argv, table)
+    except UsageError as exc:
+        print(exc.usage, file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        fire.Fire(grid, command=command_line, name="grid")
     except GridError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader went away (`grid ... | head`): end quietly, as git does
         try:
-            _out().close()
-        except OSError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), _out().fileno())
+        except (OSError, ValueError):
             pass
-        return 1
+        return 141
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
