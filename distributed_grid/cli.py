@@ -1,8 +1,10 @@
 """``grid``: the command line, a python-fire tree over the library.
 
 ``grid memory allocate | store | retrieve | list-objects | deallocate | gc`` and
-``grid cluster start | stop | status``. Each command coerces its arguments, calls the library,
-and formats the result; a :class:`~distributed_grid.errors.GridError` becomes one line
+``grid cluster start | stop | status``. The command line is checked against the command's
+signature before anything runs (``cli_grammar.py``: a mismatch is its usage and one ``error:``
+line, exit code 2); each command then parses its values (they arrive as typed), calls the
+library, and formats the result; a :class:`~distributed_grid.errors.GridError` becomes one line
 ``error: ...`` on stderr and exit code 1. Heavy imports (Ray, numpy) happen inside the commands
 so ``grid --help`` is instant.
 """
