@@ -95,6 +95,33 @@ check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char *name)
     return 0;
 }
 
+/* A slot owner: any u64 but 0, which marks a free slot. */
+static int
+owner_arg(PyObject *obj, uint64_t *out)
+{
+    if (u64_arg(obj, "owner", out) < 0)
+        return -1;
+    if (*out == 0) {
+        PyErr_SetString(PyExc_ValueError, "owner must not be 0 (0 marks a free slot)");
+        return -1;
+    }
+    return 0;
+}
+
+/* A byte range [start, end) that holds at least one byte. */
+static int
+range_args(PyObject *first, PyObject *second, uint64_t *start, uint64_t *end)
+{
+    if (u64_arg(first, "start", start) < 0 || u64_arg(second, "end", end) < 0)
+        return -1;
+    if (*start >= *end) {
+        PyErr_Format(PyExc_ValueError, "start must be below end, got [%llu, %llu)",
+                     (unsigned long long)*start, (unsigned long long)*end);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *
 sg_sequence(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -111,18 +138,9 @@ sg_claim(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     uint64_t owner, start, end;
     header_t h;
-    if (check_nargs(nargs, 4, "claim") < 0 || u64_arg(args[1], "owner", &owner) < 0 ||
-        u64_arg(args[2], "start", &start) < 0 || u64_arg(args[3], "end", &end) < 0)
+    if (check_nargs(nargs, 4, "claim") < 0 || owner_arg(args[1], &owner) < 0 ||
+        range_args(args[2], args[3], &start, &end) < 0)
         return NULL;
-    if (owner == 0) {
-        PyErr_SetString(PyExc_ValueError, "owner must not be 0 (0 marks a free slot)");
-        return NULL;
-    }
-    if (start >= end) {
-        PyErr_Format(PyExc_ValueError, "start must be below end, got [%llu, %llu)",
-                     (unsigned long long)start, (unsigned long long)end);
-        return NULL;
-    }
     if (header_open(args[0], &h) < 0)
         return NULL;
     long found = -1;
@@ -152,15 +170,11 @@ sg_release(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     uint64_t slot, owner;
     header_t h;
     if (check_nargs(nargs, 3, "release") < 0 || u64_arg(args[1], "slot", &slot) < 0 ||
-        u64_arg(args[2], "owner", &owner) < 0)
+        owner_arg(args[2], &owner) < 0)
         return NULL;
     if (slot >= SLOT_COUNT) {
         PyErr_Format(PyExc_ValueError, "slot must be in [0, %d), got %llu", SLOT_COUNT,
                      (unsigned long long)slot);
-        return NULL;
-    }
-    if (owner == 0) {
-        PyErr_SetString(PyExc_ValueError, "owner must not be 0 (0 marks a free slot)");
         return NULL;
     }
     if (header_open(args[0], &h) < 0)
@@ -186,14 +200,9 @@ sg_begin_read(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     uint64_t start, end;
     header_t h;
-    if (check_nargs(nargs, 3, "begin_read") < 0 || u64_arg(args[1], "start", &start) < 0 ||
-        u64_arg(args[2], "end", &end) < 0)
+    if (check_nargs(nargs, 3, "begin_read") < 0 ||
+        range_args(args[1], args[2], &start, &end) < 0)
         return NULL;
-    if (start >= end) {
-        PyErr_Format(PyExc_ValueError, "start must be below end, got [%llu, %llu)",
-                     (unsigned long long)start, (unsigned long long)end);
-        return NULL;
-    }
     if (header_open(args[0], &h) < 0)
         return NULL;
     uint64_t seq = __atomic_load_n(h.sequence, __ATOMIC_ACQUIRE);

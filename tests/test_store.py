@@ -8,7 +8,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,6 +18,7 @@ import uuid
 
 import pytest
 from conftest import sweep
+from small_shm import needs_small_shm, run_on_small_shm
 
 from distributed_grid.errors import (
     BlockNotFound,
@@ -712,13 +712,9 @@ FULL = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
-                    reason="mounting a private tmpfs needs root and unshare")
+@needs_small_shm
 def test_a_full_shared_memory_is_store_full_and_changes_nothing():
-    script = ("mount -t tmpfs -o size=16m tmpfs /dev/shm && "
-              f"exec {sys.executable} -c \"$0\"")
-    result = subprocess.run(["unshare", "-m", "sh", "-c", script, FULL], capture_output=True,
-                            text=True, timeout=120)
+    result = run_on_small_shm(FULL, timeout=120)
     assert result.returncode == 0, result.stderr
     done = json.loads(result.stdout)
     assert 12 <= done["megabytes"] <= 15  # 16 MiB, less the catalog and the headers
