@@ -248,14 +248,25 @@ class MemoryPool:
             if name not in sizes:  # its store has not reported yet
                 sizes[name] = self._node(name).stats()
 
+        # Nodes of one host share its memory, but each reported it at its own moment: rank
+        # them by one figure for the host, the least any of them saw (a node bounded by its
+        # own capacity keeps that bound).
+        host_of = {n.name: n.hostname or n.name for n in alive}
+        shared: dict[str, int] = {}
+        for s in sizes.values():
+            if s.limited_by != "capacity":
+                host = host_of[s.node]
+                shared[host] = min(shared.get(host, s.free_for_blocks), s.free_for_blocks)
+
         def free(name: str) -> int:
             cap = memory_cap(name)
-            room = sizes[name].free_for_blocks
+            own = sizes[name].free_for_blocks
+            room = min(own, shared.get(host_of[name], own))
             return room if cap is None else min(room, max(0, cap - sizes[name].block_bytes))
 
         for _ in range(2 * len(sizes)):
-            # Nodes of one host see the same free memory, give or take the last few pages:
-            # compare it in 64 MiB steps, then prefer the node holding fewer block bytes.
+            # Compare free memory in 64 MiB steps, then prefer the node holding fewer block
+            # bytes.
             best = min(sizes, key=lambda n: (-(free(n) >> 26), sizes[n].block_bytes, n))
             if size > free(best):
                 break
