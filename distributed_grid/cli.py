@@ -59,11 +59,12 @@ def _guard_stdout() -> None:
     sys.stdout = sys.stderr
 
 
-def _pool(config: str | None = None):
+def _pool(config: Any = None, address: Any = None):
     from distributed_grid.memory.pool import MemoryPool
 
     _guard_stdout()
-    return MemoryPool(config=config)
+    return MemoryPool(None if address is None else str(address),
+                      config=None if config is None else str(config))
 
 
 def _size(value: Any, what: str) -> int:
@@ -91,7 +92,7 @@ class MemoryCommands:
 
     @as_typed
     def allocate(self, size_in_bytes: Any, node: str | None = None, json: bool = False,
-                 config: str | None = None) -> None:
+                 config: str | None = None, address: str | None = None) -> None:
         """Allocate a block; prints its id (block_<n>_<node>).
 
         Args:
@@ -99,16 +100,19 @@ class MemoryCommands:
             node: the node to allocate on; default: the worker with the most free memory.
             json: print the block's info as JSON.
             config: a cluster config YAML file.
+            address: the cluster's address (HOST:PORT); default: the config's, the running one,
+                or the embedded local cluster.
         """
         size = _size(size_in_bytes, "size")
         if size <= 0:
             raise InvalidArgument(f"size must be a positive number of bytes, got {size_in_bytes!r}")
-        info = _pool(config).allocate(size, node=None if node is None else str(node))
+        info = _pool(config, address).allocate(size, node=None if node is None else str(node))
         _emit(info.to_json()) if _flag(json, "json") else print(info.block_id, file=_out())
 
     @as_typed
     def store(self, key: Any, file_path: Any, block_id: str | None = None, offset: Any = 0,
-              force: bool = False, json: bool = False, config: str | None = None) -> None:
+              force: bool = False, json: bool = False, config: str | None = None,
+              address: str | None = None) -> None:
         """Store a file's bytes under KEY; without --block-id a block is allocated for it.
 
         Args:
@@ -119,12 +123,13 @@ class MemoryCommands:
             force: overwrite bytes that belong to another key.
             json: print the result as JSON.
             config: a cluster config YAML file.
+            address: the cluster's address (HOST:PORT).
         """
         offset = _size(offset, "offset")
         if block_id is None and offset != 0:
             raise InvalidArgument("--offset needs --block-id: a new block is written from 0")
         path = str(file_path)
-        pool = _pool(config)
+        pool = _pool(config, address)
         total = os.path.getsize(path) if os.path.isfile(path) else 0
         with Progress("store", total) as bar:
             result = pool.store_file(str(key), path, block_id=None if block_id is None
@@ -140,7 +145,8 @@ class MemoryCommands:
 
     @as_typed
     def retrieve(self, block_id: Any, output: str | None = None, size: Any = None,
-                 offset: Any = 0, config: str | None = None) -> None:
+                 offset: Any = 0, json: bool = False, config: str | None = None,
+                 address: str | None = None) -> None:
         """Retrieve a block's (or a key's) bytes: to --output, raw to a pipe, or a preview.
 
         Args:
@@ -148,13 +154,19 @@ class MemoryCommands:
             output: a file to write the bytes to.
             size: how many bytes; default: up to the end of the block's furthest write.
             offset: where to start.
+            json: with --output FILE: print what was written as JSON.
             config: a cluster config YAML file.
+            address: the cluster's address (HOST:PORT).
         """
         from distributed_grid.memory import transfer
 
         target = str(block_id)
         size_n, offset_n = _optional_int(size, "size"), _size(offset, "offset")
-        pool = _pool(config)
+        as_json = _flag(json, "json")
+        if as_json and output is None:
+            raise InvalidArgument("--json describes a retrieve to --output FILE; without it the "
+                                  "bytes themselves are the output")
+        pool = _pool(config, address)
         pieces = pool.plan_read(target, size_n, offset_n)
         total = sum(p.length for p in pieces)
         if output is not None:
@@ -165,7 +177,11 @@ class MemoryCommands:
             with Progress("retrieve", total) as bar:
                 result = pool.retrieve_to_file(target, path, size_n, offset_n,
                                                progress=bar.update, pieces=pieces)
-            print(f"wrote {result.bytes} bytes of {target} to {output}", file=sys.stderr)
+            if as_json:
+                _emit({"source": target, "output": str(output), "bytes": result.bytes,
+                       "offset": offset_n})
+            else:
+                print(f"wrote {result.bytes} bytes of {target} to {output}", file=sys.stderr)
         elif _out().isatty():
             head = bytearray()
             pool.read_to(target, head.extend, min(total, 256), offset_n)
@@ -178,34 +194,38 @@ class MemoryCommands:
                              bar.update, pieces)
 
     @as_typed
-    def list_objects(self, json: bool = False, config: str | None = None) -> None:
+    def list_objects(self, json: bool = False, config: str | None = None,
+                     address: str | None = None) -> None:
         """Show every block of the cluster: id, node, size, used, keys, age, status.
 
         Args:
             json: print the list as JSON for scripts.
             config: a cluster config YAML file.
+            address: the cluster's address (HOST:PORT).
         """
-        blocks = _pool(config).list_blocks()
+        blocks = _pool(config, address).list_blocks()
         if _flag(json, "json"):
             _emit([b.to_json() for b in blocks])
         else:
             print(block_table(blocks), file=_out())
 
     @as_typed
-    def deallocate(self, block_id: Any, json: bool = False, config: str | None = None) -> None:
+    def deallocate(self, block_id: Any, json: bool = False, config: str | None = None,
+                   address: str | None = None) -> None:
         """Free a block and its keys.
 
         Args:
             block_id: the block to free (block_0_gpu2).
             json: print the freed block's info as JSON.
             config: a cluster config YAML file.
+            address: the cluster's address (HOST:PORT).
         """
-        info = _pool(config).deallocate(str(block_id))
+        info = _pool(config, address).deallocate(str(block_id))
         if _flag(json, "json"):
             _emit(info.to_json())
         else:
             print(f"deallocated {info.block_id} ({info.size} bytes on {info.node})",
-                  file=_out())
+                  file=sys.stderr)
 
 
     @as_typed
@@ -236,7 +256,7 @@ class ClusterCommands:
     @as_typed
     def start(self, name: str | None = None, address: str | None = None,
               nodes: Any = None, loopback: bool = False, port: int | None = None,
-              num_cpus: int | None = None) -> None:
+              num_cpus: int | None = None, json: bool = False) -> None:
         """Start Ray on this host, outliving this command; prints the head's address.
 
         Args:
@@ -247,6 +267,7 @@ class ClusterCommands:
             loopback: start a cluster for this host only, on 127.0.0.1.
             port: the head's port (not with --loopback or --nodes); default: a free one.
             num_cpus: CPUs the node offers to Ray.
+            json: print the cluster's address, this node's role and the nodes started as JSON.
         """
         from distributed_grid import lifecycle, runtime
 
@@ -259,58 +280,62 @@ class ClusterCommands:
             if names:
                 raise InvalidArgument("--nodes starts a new local cluster; it cannot join one")
             lifecycle.start_worker(str(address), name=name, num_cpus=num_cpus)
-            print(f"joined {address} as {name or 'a worker'}", file=sys.stderr)
-            return
-        if names or _flag(loopback, "loopback"):
+            started, role, shown = str(address), "worker", [name or lifecycle.host_node_name()]
+            told = f"joined {address} as {shown[0]}"
+        elif names or _flag(loopback, "loopback"):
             head = name or lifecycle.host_node_name()
             started = lifecycle.start_local(names, head_name=head, head_cpus=num_cpus)
-            shown = ", ".join([head, *names])
+            role, shown = "local", [head, *names]
+            told = f"started a local cluster at {started} with nodes {', '.join(shown)}"
+        else:
+            started = lifecycle.start_head(name=name, port=port, num_cpus=num_cpus)
+            role, shown = "head", [name or lifecycle.host_node_name()]
+            told = (f"started a Ray head at {started}; join it from other hosts with "
+                    f"`grid cluster start --address {started} --name NAME`")
+        if _flag(json, "json"):
+            _emit({"address": started, "role": role, "nodes": shown})
+        elif role != "worker":
             print(started, file=_out())
-            print(f"started a local cluster at {started} with nodes {shown}", file=sys.stderr)
-            return
-        started = lifecycle.start_head(name=name, port=port, num_cpus=num_cpus)
-        print(started, file=_out())
-        print(f"started a Ray head at {started}; join it from other hosts with "
-              f"`grid cluster start --address {started} --name NAME`", file=sys.stderr)
+        print(told, file=sys.stderr)
 
     @as_typed
-    def stop(self) -> None:
-        """Free the cluster's blocks and stop the Ray nodes that `grid cluster start` started."""
-        from distributed_grid import lifecycle, runtime
-        from distributed_grid.memory.store import remove_cluster_files
+    def stop(self, json: bool = False) -> None:
+        """Free the cluster's blocks and stop the Ray nodes that `grid cluster start` started.
 
-        started = lifecycle.started_here()
-        if not started:
+        Args:
+            json: print what was stopped as JSON.
+        """
+        from distributed_grid.teardown import stop_started_clusters
+
+        _guard_stdout()
+        done = stop_started_clusters()
+        if done is None:
+            if _flag(json, "json"):
+                _emit({"freed_blocks": 0, "stopped_nodes": 0, "leftover_segments_freed": 0,
+                       "clusters": [], "warnings": []})
             print("no cluster started by grid is running on this host; nothing to stop",
                   file=sys.stderr)
             return
-        heads = [e for e in started if e["role"] in ("head", "local")]
-        cluster_ids = {e["cluster_id"] for e in heads if e.get("cluster_id")}
-        for entry in heads:
-            try:
-                pool = _pool_for(entry["address"])
-                cluster_ids.add(pool.cluster_id)
-                freed = pool.destroy_all()
-                print(f"freed {freed} block(s)", file=sys.stderr)
-            except GridError as exc:
-                print(f"warning: blocks not freed: {exc}", file=sys.stderr)
-        stopped = lifecycle.stop_started()
-        for cluster_id in sorted(cluster_ids):
-            runtime.forget_cluster(cluster_id)
-            lost = remove_cluster_files(cluster_id)
-            if lost:
-                print(f"freed {len(lost)} segment(s) of nodes that were gone", file=sys.stderr)
-        print(f"stopped {len(stopped)} Ray node(s) started here", file=_out())
+        if _flag(json, "json"):
+            _emit(done.to_json())
+        for warning in done.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"freed {done.freed_blocks} block(s)"
+              + (f" and {len(done.leftover_segments)} segment(s) of nodes that were gone"
+                 if done.leftover_segments else "")
+              + f"; stopped {len(done.stopped_nodes)} Ray node(s) started here", file=sys.stderr)
 
     @as_typed
-    def status(self, json: bool = False, config: str | None = None) -> None:
+    def status(self, json: bool = False, config: str | None = None,
+               address: str | None = None) -> None:
         """Show the nodes: names, shared-memory capacity and free bytes, blocks per node.
 
         Args:
             json: print the status as JSON.
             config: a cluster config YAML file.
+            address: the cluster's address (HOST:PORT).
         """
-        pool = _pool(config)
+        pool = _pool(config, address)
         stats = pool.stats()
         if _flag(json, "json"):
             _emit({"address": pool.address, "cluster_id": pool.cluster_id,
@@ -326,13 +351,6 @@ def _names(nodes: Any) -> list[str]:
     if isinstance(nodes, (list, tuple)):
         return [str(n) for n in nodes]
     return [n for n in str(nodes).split(",") if n]
-
-
-def _pool_for(address: str):
-    from distributed_grid.memory.pool import MemoryPool
-
-    _guard_stdout()
-    return MemoryPool(address, start_if_missing=False)
 
 
 class Grid:

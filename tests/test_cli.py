@@ -153,8 +153,8 @@ def test_list_objects_is_a_table(grid, blocks, unique, tmp_path):
 def test_deallocate_frees_block_and_keys(grid, tmp_path, unique):
     (tmp_path / "f").write_bytes(b"bytes")
     block_id = grid("memory", "store", unique, tmp_path / "f").stdout.decode().strip()
-    out = grid("memory", "deallocate", block_id).stdout.decode()
-    assert block_id in out
+    done = grid("memory", "deallocate", block_id)
+    assert done.stdout == b"" and block_id in done.stderr.decode()  # prose stays off stdout
     assert all(b["block_id"] != block_id for b in grid.listing())
     assert "no block" in grid.fails("memory", "retrieve", block_id)
     assert "no block or key" in grid.fails("memory", "retrieve", unique)
@@ -349,3 +349,31 @@ def test_a_file_that_does_not_know_its_size_is_refused(grid, unique):
     line = grid.fails("memory", "store", unique, "/proc/self/status")
     assert "does not know its own size" in line
     assert grid.listing() == before  # no block allocated for nothing
+
+
+def test_address_option_reaches_the_given_cluster_only(grid, cluster_address, tmp_path):
+    from distributed_grid import auth
+
+    # nothing else could point at the cluster: no RAY_ADDRESS, no record; only its token
+    private = {"TMPDIR": str(tmp_path), "RAY_ADDRESS": "", "RAY_AUTH_TOKEN_PATH": auth.token_path()}
+    listed = json.loads(grid("memory", "list-objects", "--json", "--address", cluster_address,
+                             env=private).stdout)
+    assert {b["block_id"] for b in listed} == {b["block_id"] for b in grid.listing()}
+    before = grid.listing()
+    line = grid.fails("memory", "allocate", "4096", "--address", "127.0.0.1:9", env=private)
+    assert line.startswith("error: no Ray cluster answers at 127.0.0.1:9")
+    assert grid.listing() == before
+    runtime_dir = tmp_path / f"distributed_grid-{os.getuid()}"
+    assert not (runtime_dir / "started.json").exists()  # no embedded cluster started instead
+
+
+def test_retrieve_to_a_file_reports_as_json(grid, tmp_path, unique, blocks):
+    (tmp_path / "f").write_bytes(b"0123456789")
+    blocks.track(grid("memory", "store", unique, tmp_path / "f").stdout.decode().strip())
+    out = grid("memory", "retrieve", unique, "--output", tmp_path / "g", "--offset", "2",
+               "--json")
+    assert json.loads(out.stdout) == {"source": unique, "output": str(tmp_path / "g"),
+                                      "bytes": 8, "offset": 2}
+    assert (tmp_path / "g").read_bytes() == b"23456789"
+    assert "--json describes a retrieve to --output" in grid.fails(
+        "memory", "retrieve", unique, "--json")

@@ -63,23 +63,25 @@ def _session_of(pid: int) -> list[int]:
 def test_two_starts_at_once_are_both_stopped(fresh):
     from conftest import GRID, cluster_files, sweep
 
-    starts = [subprocess.Popen([GRID, "cluster", "start", "--loopback"], cwd=fresh.cwd,
+    starts = [subprocess.Popen([GRID, "cluster", "start", "--loopback", *form], cwd=fresh.cwd,
                                env=fresh.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-              for _ in range(2)]
+              for form in ([], ["--json"])]
     results = [proc.communicate(timeout=600) for proc in starts]
     assert [proc.returncode for proc in starts] == [0, 0], results
     record = os.path.join(fresh.tmp, f"distributed_grid-{os.getuid()}", "started.json")
     with open(record, encoding="utf-8") as f:
         entries = json.load(f)
-    addresses = sorted(out.decode().strip() for out, _ in results)
+    as_json = json.loads(results[1][0])
+    assert as_json["role"] == "local" and len(as_json["nodes"]) == 1
+    addresses = sorted([results[0][0].decode().strip(), as_json["address"]])
     assert sorted(e["address"] for e in entries) == addresses and len(set(addresses)) == 2
     cluster_ids = [e["cluster_id"] for e in entries]
     processes = {e["pid"]: _session_of(e["pid"]) for e in entries}
     for pid, members in processes.items():
         assert pid in members and len(members) > 1, (pid, members)  # the supervisor and its Ray
     try:
-        stopped = fresh("cluster", "stop")
-        assert stopped.stdout.decode().strip() == "stopped 2 Ray node(s) started here"
+        stopped = fresh("cluster", "stop", "--json")
+        assert json.loads(stopped.stdout)["stopped_nodes"] == 2
         deadline = time.monotonic() + 60
         while any(map(_session_of, processes)) and time.monotonic() < deadline:
             time.sleep(0.2)

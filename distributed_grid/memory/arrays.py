@@ -15,29 +15,14 @@ read-only copy that is all from before a concurrent write or all from after it.
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from distributed_grid.errors import InvalidArgument, KeyNotFound, OutOfBounds
-from distributed_grid.memory.records import BlockInfo, KeyPlace, StoreResult
+from distributed_grid.memory.keyed import Blocks, write_key
+from distributed_grid.memory.records import StoreResult
 from distributed_grid.names import validate_key
-
-
-class Blocks(Protocol):
-    """The part of :class:`~distributed_grid.memory.pool.MemoryPool`'s public surface that
-    arrays are built on."""
-
-    def open_block(self, block_id: str) -> tuple[int, memoryview | None]: ...
-    def read(self, target: str, size: int | None = None, offset: int = 0) -> bytes: ...
-    def find_key(self, key: str) -> KeyPlace | None: ...
-    def place_for(self, key: str, length: int,
-                  node: str | None = None) -> tuple[str, int, str | None]: ...
-    def allocate(self, size: int, node: str | None = None) -> BlockInfo: ...
-    def deallocate(self, block_id: str) -> BlockInfo: ...
-    def write(self, block_id: str, data: Any, offset: int = 0, key: str | None = None,
-              force: bool = False, progress: Any = None,
-              meta: dict[str, Any] | None = None) -> BlockInfo: ...
 
 
 def _dtype(dtype: Any) -> np.dtype:
@@ -137,21 +122,10 @@ def put(pool: Blocks, key: str, array: Any, node: str | None = None) -> StoreRes
         InvalidArgument: the array holds Python objects.
         KeyConflict: the key exists and the array does not fit in its place.
     """
-    key = validate_key(str(key))
-    arr = np.asarray(array)
+    arr = np.ascontiguousarray(np.asarray(array))
     dt = _dtype(arr.dtype)
-    arr = np.ascontiguousarray(arr)
     meta = {"dtype": dt.str if dt.fields is None else dt.descr, "shape": list(arr.shape)}
-    block_id, offset, allocated = pool.place_for(key, arr.nbytes, node)
-    try:
-        info = pool.write(block_id, arr.reshape(-1).view(np.uint8), offset=offset, key=key,
-                          meta=meta)
-    except BaseException:
-        if allocated is not None:
-            pool.deallocate(allocated)
-        raise
-    return StoreResult(block=info, key=key, offset=offset, length=arr.nbytes,
-                       allocated=allocated is not None)
+    return write_key(pool, key, arr.reshape(-1).view(np.uint8), arr.nbytes, node, meta)
 
 
 def get(pool: Blocks, key: str, consistent: bool = False) -> np.ndarray:
@@ -168,7 +142,12 @@ def get(pool: Blocks, key: str, consistent: bool = False) -> np.ndarray:
     if found is None:
         raise KeyNotFound(f"no key named {key!r}; `grid memory list-objects` shows the keys",
                           key=key)
-    meta = found.meta or {"dtype": "|u1", "shape": [found.length]}
+    meta = found.meta or {}
+    if "dtype" not in meta:
+        if meta.get("format") is not None:
+            raise InvalidArgument(f"key {key!r} holds a {meta['format']} pickle, not an array; "
+                                  "read it with get_object()")
+        meta = {"dtype": "|u1", "shape": [found.length]}  # plain bytes: a uint8 array
     descr = meta["dtype"]
     dt = np.dtype(descr if isinstance(descr, str) else [tuple(f) for f in descr])
     dims = tuple(meta["shape"])

@@ -664,6 +664,25 @@ class MemoryPool:
 
         return arrays.get(self, key, consistent)
 
+    def put_object(self, key: str, obj: Any, node: str | None = None) -> StoreResult:
+        """Store a Python object under ``key``, pickled with cloudpickle.
+
+        See :func:`distributed_grid.memory.objects.put_object`.
+        """
+        from distributed_grid.memory import objects
+
+        return objects.put_object(self, key, obj, node)
+
+    def get_object(self, key: str) -> Any:
+        """The object stored under ``key`` by :meth:`put_object`. Unpickling runs code of
+        whoever wrote the key: trusted data only.
+
+        See :func:`distributed_grid.memory.objects.get_object`.
+        """
+        from distributed_grid.memory import objects
+
+        return objects.get_object(self, key)
+
     def open_block(self, block_id: str) -> tuple[int, memoryview | None]:
         """A block's size and, on this host, a writable view of its bytes (None elsewhere).
 
