@@ -113,7 +113,10 @@ class MemoryCommands:
 
         Args:
             key: the name to store the bytes under.
-            file_path: the file to read.
+            file_path: the file to read; - reads standard input to its end (a new block then
+                fits exactly what arrived; nothing arriving is an error). A FIFO is read to its
+                end too, once a writer wrote (waited on for 30 s, or
+                $DISTRIBUTED_GRID_INPUT_WAIT_SECONDS).
             block_id: an existing block to write into.
             offset: where in the block the bytes go (with --block-id).
             force: overwrite bytes that belong to another key.
@@ -125,17 +128,25 @@ class MemoryCommands:
             raise InvalidArgument("--offset needs --block-id: a new block is written from 0")
         path = str(file_path)
         pool = _pool(config)
-        total = os.path.getsize(path) if os.path.isfile(path) else 0
-        with Progress("store", total) as bar:
-            result = pool.store_file(str(key), path, block_id=None if block_id is None
-                                     else str(block_id), offset=offset,
-                                     force=_flag(force, "force"), progress=bar.update)
+        block = None if block_id is None else str(block_id)
+        force = _flag(force, "force")
+        with Progress("store", None) as bar:
+            if path == "-":  # standard input (a file named - is ./-)
+                if sys.stdin is not None and sys.stdin.isatty():
+                    print("reading standard input to its end (Ctrl-D ends it)", file=sys.stderr)
+                result = pool.store_stream(str(key), 0, block_id=block, offset=offset,
+                                           force=force, progress=bar.update,
+                                           on_size=bar.expect)
+            else:
+                result = pool.store_file(str(key), path, block_id=block, offset=offset,
+                                         force=force, progress=bar.update, on_size=bar.expect)
         if _flag(json, "json"):
             _emit(result.to_json())
             return
         print(result.block_id, file=_out())
         verb = "allocated and stored" if result.allocated else "stored"
-        print(f"{verb} {result.length} bytes of {path} as {result.key!r} in "
+        source = "standard input" if path == "-" else path
+        print(f"{verb} {result.length} bytes of {source} as {result.key!r} in "
               f"{result.block_id} at offset {result.offset}", file=sys.stderr)
 
     @as_typed
@@ -145,7 +156,8 @@ class MemoryCommands:
 
         Args:
             block_id: a block id (block_0_gpu2) or a key.
-            output: a file to write the bytes to.
+            output: a file to write the bytes to; - writes them to standard output (even a
+                terminal).
             size: how many bytes; default: up to the end of the block's furthest write.
             offset: where to start.
             config: a cluster config YAML file.
@@ -157,7 +169,14 @@ class MemoryCommands:
         pool = _pool(config)
         pieces = pool.plan_read(target, size_n, offset_n)
         total = sum(p.length for p in pieces)
-        if output is not None:
+        if output is not None and str(output) == "-":  # the raw bytes, wherever stdout goes
+            out = _out()
+            out.flush()
+            with Progress("retrieve", total) as bar:
+                written = pool.read_to(target, transfer.FdSink(out.fileno()), size_n, offset_n,
+                                       bar.update, pieces)
+            print(f"wrote {written} bytes of {target} to standard output", file=sys.stderr)
+        elif output is not None:
             path = str(output)
             if path in _STDOUT_PATHS:  # descriptor 1 is stderr now (_guard_stdout): the real one
                 path = f"/proc/self/fd/{_out().fileno()}"
