@@ -113,9 +113,9 @@ class MemoryCommands:
 
         Args:
             key: the name to store the bytes under.
-            file_path: the file to read; - reads standard input to its end (a new block then
-                fits exactly what arrived; nothing arriving is an error). A FIFO is read to its
-                end too, once a writer wrote (waited on for 30 s, or
+            file_path: the file to read; - for standard input, read to its end (a new block
+                fits exactly what arrived; nothing arriving is an error; a file named - is ./-).
+                A FIFO is read the same way once its writer wrote (within 30 s, or
                 $DISTRIBUTED_GRID_INPUT_WAIT_SECONDS).
             block_id: an existing block to write into.
             offset: where in the block the bytes go (with --block-id).

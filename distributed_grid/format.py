@@ -174,5 +174,6 @@ class Progress:
 
     def __exit__(self, *exc_info: object) -> None:
         if self.enabled and self._last:
+            self._draw(time.monotonic())  # the last count, which the 0.1 s steps may skip
             self.stream.write("\n")
             self.stream.flush()

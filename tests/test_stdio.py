@@ -379,3 +379,44 @@ def test_a_stream_gets_a_block_of_exactly_its_length(pool, length):
         assert pool.read(result.key) == data
     finally:
         pool.deallocate(result.block_id)
+
+
+# -- what the command line and the terminal show ---------------------------------------------
+
+
+def test_a_dash_reaches_the_command_and_a_value_given_twice_is_refused(grid, pool):
+    """fire reads a bare ``-`` as its separator: positionals reach it by name, so a value given
+    both as an argument and as its option is refused before anything runs."""
+    before = listing(pool)
+    result = grid("memory", "allocate", "10", "--size-in-bytes=20", check=False)
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert err.splitlines()[-1] == ("error: SIZE_IN_BYTES is given twice (as an argument and "
+                                    "as --size-in-bytes)")
+    assert listing(pool) == before
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_stream_of_unknown_length_shows_a_count_then_a_file_a_bar():
+    from distributed_grid.format import Progress
+
+    shown = Terminal()
+    with Progress("store", None, shown) as bar:
+        for _ in range(40):
+            bar.update(2**20)
+    text = shown.getvalue()
+    assert text.startswith("\rstore 32.0 MiB ") and "%" not in text
+    assert text.rsplit("\r", 1)[1].startswith("store 40.0 MiB ") and text.endswith("/s\n")
+    small = Terminal()
+    with Progress("store", None, small) as bar:
+        bar.update(2**20)  # a small stream ends before a count would help
+    assert small.getvalue() == ""
+    sized = Terminal()
+    with Progress("store", None, sized) as bar:
+        bar.expect(64 * 2**20)  # a regular file: its size is known before the copy
+        bar.update(64 * 2**20)
+    assert "[" + "#" * 30 + "] 100% 64.0 MiB / 64.0 MiB" in sized.getvalue()

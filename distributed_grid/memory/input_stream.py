@@ -248,7 +248,8 @@ def _wait_for_bytes(fd: int, name: str, seconds: float) -> None:
     """
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLHUP)
-    if not poller.poll(int(seconds * 1000)):  # an interrupted poll resumes with what is left
+    timeout = min(math.ceil(seconds * 1000), 2**31 - 1)  # poll counts milliseconds in an int
+    if not poller.poll(timeout):  # an interrupted poll resumes with what is left
         raise FileError(f"nobody wrote to {name} within {seconds:g} s (set {WAIT_ENV} to "
                         "wait longer)", path=name)
 
