@@ -34,7 +34,7 @@ from distributed_grid.format import (
 )
 
 _OUT = None  # the command's real stdout once Ray is about to load (see _guard_stdout)
-_STDOUT_PATHS = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")  # --output names stdout
+_STDOUT_PATHS = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")  # --output - by other names
 
 
 def _out():
@@ -169,7 +169,9 @@ class MemoryCommands:
         pool = _pool(config)
         pieces = pool.plan_read(target, size_n, offset_n)
         total = sum(p.length for p in pieces)
-        if output is not None and str(output) == "-":  # the raw bytes, wherever stdout goes
+        if output is not None and str(output) in ("-", *_STDOUT_PATHS):
+            # the raw bytes into the command's own stdout (descriptor 1 is stderr now, see
+            # _guard_stdout), whatever it is: a pipe, a terminal, a file opened to append
             out = _out()
             out.flush()
             with Progress("retrieve", total) as bar:
@@ -177,12 +179,8 @@ class MemoryCommands:
                                        bar.update, pieces)
             print(f"wrote {written} bytes of {target} to standard output", file=sys.stderr)
         elif output is not None:
-            path = str(output)
-            if path in _STDOUT_PATHS:  # descriptor 1 is stderr now (_guard_stdout): the real one
-                path = f"/proc/self/fd/{_out().fileno()}"
-                _out().flush()
             with Progress("retrieve", total) as bar:
-                result = pool.retrieve_to_file(target, path, size_n, offset_n,
+                result = pool.retrieve_to_file(target, str(output), size_n, offset_n,
                                                progress=bar.update, pieces=pieces)
             print(f"wrote {result.bytes} bytes of {target} to {output}", file=sys.stderr)
         elif _out().isatty():

@@ -231,14 +231,15 @@ def test_output_dash_on_a_terminal_gets_the_raw_bytes(grid, pool, blocks, unique
 
 
 def test_output_dash_appends_to_a_file_opened_to_append(grid, pool, blocks, unique, tmp_path):
-    """``>> FILE``: every write lands at the end (even a pwrite), so the bytes go in order."""
+    """``>> FILE``: every write lands at the end (even a pwrite), so the bytes go in order;
+    ``/dev/stdout`` is the same descriptor (the file is appended to, not replaced)."""
     data = os.urandom(3 * 2**20 + 11)
     block_id = blocks.new(len(data))
     pool.write(block_id, data, key=unique)
-    for target in (unique, block_id):
+    for target, output in ((unique, "-"), (block_id, "-"), (unique, "/dev/stdout")):
         (tmp_path / "out").write_bytes(b"HEAD")
         with open(tmp_path / "out", "ab") as out:
-            result = subprocess.run([GRID, "memory", "retrieve", target, "--output", "-"],
+            result = subprocess.run([GRID, "memory", "retrieve", target, "--output", output],
                                     stdout=out, stderr=subprocess.PIPE, env=grid.env,
                                     timeout=120)
         assert result.returncode == 0, result.stderr.decode()
