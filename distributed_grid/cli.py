@@ -34,7 +34,7 @@ from distributed_grid.format import (
 )
 
 _OUT = None  # the command's real stdout once Ray is about to load (see _guard_stdout)
-_STDOUT_PATHS = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")  # --output names stdout
+_STDOUT_PATHS = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")  # --output - by other names
 
 
 def _out():
@@ -117,7 +117,10 @@ class MemoryCommands:
 
         Args:
             key: the name to store the bytes under.
-            file_path: the file to read.
+            file_path: the file to read; - for standard input, read to its end (a new block
+                fits exactly what arrived; nothing arriving is an error; a file named - is ./-).
+                A FIFO is read the same way once its writer wrote (within 30 s, or
+                $DISTRIBUTED_GRID_INPUT_WAIT_SECONDS).
             block_id: an existing block to write into.
             offset: where in the block the bytes go (with --block-id).
             force: overwrite bytes that belong to another key.
@@ -130,17 +133,25 @@ class MemoryCommands:
             raise InvalidArgument("--offset needs --block-id: a new block is written from 0")
         path = str(file_path)
         pool = _pool(config, address)
-        total = os.path.getsize(path) if os.path.isfile(path) else 0
-        with Progress("store", total) as bar:
-            result = pool.store_file(str(key), path, block_id=None if block_id is None
-                                     else str(block_id), offset=offset,
-                                     force=_flag(force, "force"), progress=bar.update)
+        block = None if block_id is None else str(block_id)
+        force = _flag(force, "force")
+        with Progress("store", None) as bar:
+            if path == "-":  # standard input (a file named - is ./-)
+                if sys.stdin is not None and sys.stdin.isatty():
+                    print("reading standard input to its end (Ctrl-D ends it)", file=sys.stderr)
+                result = pool.store_stream(str(key), 0, block_id=block, offset=offset,
+                                           force=force, progress=bar.update,
+                                           on_size=bar.expect)
+            else:
+                result = pool.store_file(str(key), path, block_id=block, offset=offset,
+                                         force=force, progress=bar.update, on_size=bar.expect)
         if _flag(json, "json"):
             _emit(result.to_json())
             return
         print(result.block_id, file=_out())
         verb = "allocated and stored" if result.allocated else "stored"
-        print(f"{verb} {result.length} bytes of {path} as {result.key!r} in "
+        source = "standard input" if path == "-" else path
+        print(f"{verb} {result.length} bytes of {source} as {result.key!r} in "
               f"{result.block_id} at offset {result.offset}", file=sys.stderr)
 
     @as_typed
@@ -151,7 +162,8 @@ class MemoryCommands:
 
         Args:
             block_id: a block id (block_0_gpu2) or a key.
-            output: a file to write the bytes to.
+            output: a file to write the bytes to; - writes them to standard output (even a
+                terminal).
             size: how many bytes; default: up to the end of the block's furthest write.
             offset: where to start.
             json: with --output FILE: print what was written as JSON.
@@ -162,20 +174,26 @@ class MemoryCommands:
 
         target = str(block_id)
         size_n, offset_n = _optional_int(size, "size"), _size(offset, "offset")
+        to_stdout = output is not None and str(output) in ("-", *_STDOUT_PATHS)
         as_json = _flag(json, "json")
-        if as_json and output is None:
-            raise InvalidArgument("--json describes a retrieve to --output FILE; without it the "
-                                  "bytes themselves are the output")
+        if as_json and (output is None or to_stdout):
+            raise InvalidArgument("--json describes a retrieve to --output FILE; without one "
+                                  "the bytes themselves are the output")
         pool = _pool(config, address)
         pieces = pool.plan_read(target, size_n, offset_n)
         total = sum(p.length for p in pieces)
-        if output is not None:
-            path = str(output)
-            if path in _STDOUT_PATHS:  # descriptor 1 is stderr now (_guard_stdout): the real one
-                path = f"/proc/self/fd/{_out().fileno()}"
-                _out().flush()
+        if to_stdout:
+            # the raw bytes into the command's own stdout (descriptor 1 is stderr now, see
+            # _guard_stdout), whatever it is: a pipe, a terminal, a file opened to append
+            out = _out()
+            out.flush()
             with Progress("retrieve", total) as bar:
-                result = pool.retrieve_to_file(target, path, size_n, offset_n,
+                written = pool.read_to(target, transfer.FdSink(out.fileno()), size_n, offset_n,
+                                       bar.update, pieces)
+            print(f"wrote {written} bytes of {target} to standard output", file=sys.stderr)
+        elif output is not None:
+            with Progress("retrieve", total) as bar:
+                result = pool.retrieve_to_file(target, str(output), size_n, offset_n,
                                                progress=bar.update, pieces=pieces)
             if as_json:
                 _emit({"source": target, "output": str(output), "bytes": result.bytes,

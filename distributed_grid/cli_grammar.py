@@ -209,10 +209,15 @@ def _check_args(command: Command, args: list[str]) -> list[str]:
         raise UsageError(f"unexpected argument {extra!r}: grid {command.group} {command.name} "
                          f"takes {len(wanted)} ({' '.join(p.metavar for p in wanted) or 'none'});"
                          " options are given as --name VALUE", usage)
+    twice = [p for p in wanted[:len(positionals)] if p.name in given]
+    if twice:
+        raise UsageError(f"{twice[0].metavar} is given twice (as an argument and as "
+                         f"{twice[0].option})", usage)
     missing = [p for p in wanted[len(positionals):] if p.name not in given]
     if missing:
         raise UsageError(f"missing {missing[0].metavar}", usage)
-    return [*positionals, *out]
+    # by name: fire would read a bare ``-`` (standard input, for ``store``) as its separator
+    return [*(f"{p.option}={v}" for p, v in zip(wanted, positionals, strict=False)), *out]
 
 
 def as_typed(method: Callable[..., Any]) -> Callable[..., Any]:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from distributed_grid.errors import InvalidArgument
+from distributed_grid.errors import FileError, InvalidArgument
 
 CONFIG_ENV = "DISTRIBUTED_GRID_CONFIG"
+CONFIG_MAX_BYTES = 2**20  # a config names nodes: more than this is not one
 _ROLES = ("head", "worker")
 
 
@@ -56,20 +56,31 @@ _active: ClusterConfig | None = None
 def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
     """Read and check a cluster config file.
 
+    A FIFO (or ``<(cmd)``) is read once its writer wrote, waited on for at most
+    ``$DISTRIBUTED_GRID_INPUT_WAIT_SECONDS`` (default 30).
+
     Raises:
-        InvalidArgument: the file is missing, not YAML, or a field is wrong (the message names
-            the line or the field).
+        InvalidArgument: the file is missing, not a regular file or a FIFO, larger than 1 MiB,
+            silent past the wait, not YAML, or a field is wrong (the message names the line or
+            the field).
     """
     import yaml
 
+    from distributed_grid.memory.input_stream import read_whole
     from distributed_grid.names import validate_node_name
     from distributed_grid.sizes import parse_size
 
+
     source = str(path)
+    try:  # a FIFO or <(cmd) is read once a writer wrote, waited on with a bound
+        raw = read_whole(path, "cluster config", CONFIG_MAX_BYTES)
+    except FileError as exc:
+        raise InvalidArgument(str(exc), path=source) from exc
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read cluster config {source}: {exc.strerror}") from exc
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(f"cluster config {source}: not UTF-8 text ({exc.reason} at byte "
+                              f"{exc.start})") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -121,35 +121,51 @@ def preview(target: str, offset: int, total: int, head: bytes) -> str:
 
 
 class Progress:
-    """A progress bar on stderr for big transfers, shown only when stderr is a terminal."""
+    """A progress bar on stderr for big transfers, shown only when stderr is a terminal.
 
-    def __init__(self, label: str, total: int, stream=None) -> None:
+    A transfer whose size is not known yet (``total`` None: a stream being read to its end)
+    shows a count of the bytes done instead of a bar, until :meth:`expect` gives the size.
+    """
+
+    def __init__(self, label: str, total: int | None, stream=None) -> None:
         self.label = label
-        self.total = total
         self.stream = stream or sys.stderr
-        self.enabled = total >= PROGRESS_MIN_BYTES and self.stream.isatty()
         self.done = 0
         self._lock = threading.Lock()
-        self._start = time.monotonic()
         self._last = 0.0
+        self.expect(total)
+
+    def expect(self, total: int | None) -> None:
+        """Set the size of the transfer (None: not known)."""
+        self.total = total
+        self.enabled = (total is None or total >= PROGRESS_MIN_BYTES) and self.stream.isatty()
+        self._start = time.monotonic()
 
     def update(self, n: int) -> None:
         """Count ``n`` more bytes done (callable from several threads)."""
         with self._lock:
             self.done += n
             now = time.monotonic()
-            if self.enabled and (now - self._last >= 0.1 or self.done >= self.total):
+            if self.total is None:
+                due = self.done >= PROGRESS_MIN_BYTES and now - self._last >= 0.1
+            else:
+                due = now - self._last >= 0.1 or self.done >= self.total
+            if self.enabled and due:
                 self._last = now
                 self._draw(now)
 
     def _draw(self, now: float) -> None:
+        rate = format_size(int(self.done / max(now - self._start, 1e-9)))
+        if self.total is None:
+            self.stream.write(f"\r{self.label} {format_size(self.done)} {rate}/s")
+            self.stream.flush()
+            return
         frac = self.done / self.total if self.total else 1.0
         width = 30
         bar = "#" * int(frac * width)
-        rate = self.done / max(now - self._start, 1e-9)
         self.stream.write(
             f"\r{self.label} [{bar:<{width}}] {frac:4.0%} {format_size(self.done)} / "
-            f"{format_size(self.total)} {format_size(int(rate))}/s"
+            f"{format_size(self.total)} {rate}/s"
         )
         self.stream.flush()
 
@@ -157,6 +173,7 @@ class Progress:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.enabled and self.done:
+        if self.enabled and self._last:
+            self._draw(time.monotonic())  # the last count, which the 0.1 s steps may skip
             self.stream.write("\n")
             self.stream.flush()

@@ -375,5 +375,5 @@ def test_retrieve_to_a_file_reports_as_json(grid, tmp_path, unique, blocks):
     assert json.loads(out.stdout) == {"source": unique, "output": str(tmp_path / "g"),
                                       "bytes": 8, "offset": 2}
     assert (tmp_path / "g").read_bytes() == b"23456789"
-    assert "--json describes a retrieve to --output" in grid.fails(
+    assert "--json describes a retrieve to --output FILE" in grid.fails(
         "memory", "retrieve", unique, "--json")

@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from distributed_grid.config import ClusterConfig, memory_cap, use_config
 from distributed_grid.errors import (
     BlockNotFound,
+    FileError,
     GridError,
     KeyConflict,
     KeyNotFound,
@@ -33,7 +34,7 @@ from distributed_grid.errors import (
     VersionMismatch,
 )
 from distributed_grid.lifecycle import find_cluster
-from distributed_grid.memory import transfer
+from distributed_grid.memory import input_stream, transfer
 from distributed_grid.memory.capacity import describe_limit
 from distributed_grid.memory.directory import KeyDirectory
 from distributed_grid.memory.extents import slice_extents
@@ -406,33 +407,118 @@ class MemoryPool:
     # -- writes ---------------------------------------------------------------------------------
 
     def store_file(self, key: str, path: str, block_id: str | None = None, offset: int = 0,
-                   force: bool = False, progress: Progress | None = None) -> StoreResult:
+                   force: bool = False, progress: Progress | None = None,
+                   on_size: Progress | None = None) -> StoreResult:
         """Store a file's bytes under ``key``; returns where they went.
 
         Without ``block_id`` the key's existing place is reused when the file fits there, else
-        a block that fits is allocated. With ``block_id`` the bytes go at ``offset``.
+        a block that fits is allocated. With ``block_id`` the bytes go at ``offset``. A FIFO
+        (or a pipe named by path, ``/dev/stdin``) is read to its end as :meth:`store_stream`
+        reads one, once its first bytes came: it may take
+        ``$DISTRIBUTED_GRID_INPUT_WAIT_SECONDS`` (default 30) to bring them.
+
+        Args:
+            on_size: called with the file's size before its bytes are copied.
 
         Raises:
-            FileError: the file cannot be read.
+            FileError: the file cannot be read (no such file, a directory, a device, a /proc
+                file), or a FIFO brought nothing, or nothing within the wait.
             OutOfBounds: the file does not fit in the block at ``offset``.
             KeyConflict: the range holds bytes of another key (and not ``force``), or the key
                 lives in another block.
         """
         key = validate_key(str(key))
-        fd, length = transfer.open_input(path)
+        if block_id is not None:
+            self._room(block_id, offset)  # a wrong block is told before a FIFO is waited on
+        with input_stream.open_path(path) as source:
+            return self.store_stream(key, source, block_id, offset, force, progress, on_size)
+
+    def store_stream(self, key: str, source: input_stream.Input | int | BinaryIO,
+                     block_id: str | None = None, offset: int = 0, force: bool = False,
+                     progress: Progress | None = None,
+                     on_size: Progress | None = None) -> StoreResult:
+        """Store what ``source`` brings, to its end, under ``key``; returns where it went.
+
+        ``source`` is a descriptor (0: standard input), a binary file object, or an
+        :class:`~distributed_grid.memory.input_stream.Input`; it is not closed. A regular file
+        is copied from its current position, as :meth:`store_file` copies one. Anything else
+        (a pipe, a FIFO, a terminal, ``io.BytesIO``) is read to its end first, in memory up to
+        64 MiB and beyond in an unnamed temporary file, and only then written: without
+        ``block_id`` the block allocated fits exactly what arrived (or the key's place is
+        reused, as :meth:`store_file` does); with ``block_id``, a stream longer than the room
+        at ``offset`` is refused as soon as it is, and nothing is changed.
+
+        Args:
+            progress: called with the bytes read from a stream, or copied from a file.
+            on_size: called with the size of a regular file before its bytes are copied.
+
+        Raises:
+            FileError: nothing arrived (a stream, or standard input, with no bytes: an empty
+                key is refused), or the input cannot be read.
+            OutOfBounds: the bytes do not fit in the block at ``offset``.
+            KeyConflict: the range holds bytes of another key (and not ``force``), or the key
+                lives in another block.
+        """
+        key = validate_key(str(key))
+        room = None if block_id is None else self._room(block_id, offset)
+        given = input_stream.given_input(source)
+        if given.size is not None:
+            if on_size is not None:
+                on_size(given.size)
+            if given.size == 0 and not given.empty_ok:
+                raise FileError(f"nothing arrived on {given.name}; nothing was stored")
+            result = self._store_source(
+                key, given.size, transfer.FileSource(given.fd, given.name, given.size,
+                                                     given.start),
+                block_id, offset, force, progress)
+            given.consumed()
+            return result
         try:
-            allocated = None
-            if block_id is None:
-                block_id, offset, allocated = self.place_for(key, length)
-            try:
-                info = self._write(block_id, offset, length, key, force,
-                                   transfer.FileSource(fd, str(path), length), progress)
-            except BaseException:
-                if allocated is not None:
-                    self.deallocate(allocated)
-                raise
+            spool = input_stream.read_to_end(given, room, progress)
+        except OutOfBounds as exc:
+            size = room + offset  # type: ignore[operator]
+            raise OutOfBounds(
+                f"{given.name} brought more than {room} bytes: at most {room} bytes fit in "
+                f"{block_id} (size {size}) from offset {offset}; nothing was written",
+                block_id=block_id, offset=offset, block_size=size) from exc
+        try:
+            if spool.pos == 0:
+                raise FileError(f"nothing arrived on {given.name}; nothing was stored")
+            return self._store_source(key, spool.pos,
+                                      input_stream.spooled_source(spool, given.name),
+                                      block_id, offset, force, None)
         finally:
-            os.close(fd)
+            spool.close()
+
+    def _room(self, block_id: str, offset: int) -> int:
+        """The bytes that fit in ``block_id`` from ``offset`` (the block must exist).
+
+        Raises:
+            OutOfBounds: ``offset`` is negative or past the block's end.
+            BlockNotFound: no such block.
+        """
+        check_start(offset)
+        block = self.block_info(block_id)
+        if offset > block.size:
+            raise OutOfBounds(f"offset {offset} is past the end of {block_id} (size "
+                              f"{block.size})", block_id=block_id, offset=offset)
+        return block.size - offset
+
+    def _store_source(self, key: str, length: int, source: transfer.Source,
+                      block_id: str | None, offset: int, force: bool,
+                      progress: Progress | None) -> StoreResult:
+        """Write ``length`` bytes of ``source`` under ``key``: at ``offset`` of ``block_id``,
+        or (without it) in the key's place or a block allocated for them (freed again if the
+        write fails)."""
+        allocated = None
+        if block_id is None:
+            block_id, offset, allocated = self.place_for(key, length)
+        try:
+            info = self._write(block_id, offset, length, key, force, source, progress)
+        except BaseException:
+            if allocated is not None:
+                self.deallocate(allocated)
+            raise
         return StoreResult(block=info, key=key, offset=offset, length=length,
                            allocated=allocated is not None)
 
