@@ -97,7 +97,7 @@ def _poetry(tmp: Path, env: dict[str, str]) -> list[str]:
     made = _run([sys.executable, "-m", "venv", str(tool)], tmp, env, 120)
     if made.returncode != 0:
         pytest.skip(f"poetry not installed (no venv for it: {_last_line(_text(made))})")
-    pip = _run([str(tool / "bin" / "python"), "-m", "pip", "install", "--quiet", "poetry"],
+    pip = _run([str(tool / "bin" / "python"), "-m", "pip", "install", "poetry"],
                tmp, env, 900)
     if pip.returncode != 0:
         why = _unreachable_line(_text(pip))
