@@ -395,18 +395,30 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``grid`` command; returns the exit code: 0, 1 for an error of the command, 2
     for a command line that does not fit (nothing ran), 141 when the output pipe closed."""
+    try:
+        code = _main(list(sys.argv[1:] if argv is None else argv))
+        _out().flush()  # inside the try: a closed pipe shows here for short outputs
+        return code
+    except BrokenPipeError:  # the reader went away (`grid ... | head`): end quietly, as git does
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), _out().fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+
+
+def _main(argv: list[str]) -> int:
     import fire
 
-    argv = list(sys.argv[1:] if argv is None else argv)
     grid = Grid()
     groups = {"memory": grid.memory, "cluster": grid.cluster}
     table = commands_of(groups, METAVARS)
     if argv == ["--version"]:
-        print(f"grid (distributed_grid) {_version()}")
+        print(f"grid (distributed_grid) {_version()}", file=_out())
         return 0
     if not argv or any(a in HELP_FLAGS for a in argv):
         summaries = {g: (type(o).__doc__ or "").strip() for g, o in groups.items()}
-        print(help_text(argv, table, summaries, _version()))
+        print(help_text(argv, table, summaries, _version()), file=_out())
         return 0
     try:
         command_line = check(argv, table)
@@ -419,12 +431,6 @@ def main(argv: list[str] | None = None) -> int:
     except GridError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # the reader went away (`grid ... | head`): end quietly, as git does
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), _out().fileno())
-        except (OSError, ValueError):
-            pass
-        return 141
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -89,6 +89,20 @@ def test_a_closed_pipe_ends_quietly(grid, blocks):
     assert "Traceback" not in err and "error" not in err, err
 
 
+@pytest.mark.parametrize("args", [["memory", "store", "--help"], ["--version"],
+                                  ["cluster", "status", "--json"]])
+def test_short_output_into_a_closed_pipe_ends_quietly(grid, args):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte
+    try:
+        done = subprocess.run([cli_path(), *args], env=grid.env, stdout=write_end,
+                              stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write_end)
+    err = done.stderr.decode()
+    assert done.returncode == 141 and "Traceback" not in err and "Exception" not in err, err
+
+
 def cli_path() -> str:
     import sys
 
