@@ -218,6 +218,16 @@ def test_a_fifo_is_written_into(grid, stored, tmp_path):
     assert os.listdir(tmp_path) == ["fifo"]
 
 
+def test_a_fifo_nobody_reads_is_refused_after_the_wait(grid, stored, tmp_path):
+    key, _ = stored
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    line = grid.fails("memory", "retrieve", key, "--output", fifo,
+                      env={"DISTRIBUTED_GRID_INPUT_WAIT_SECONDS": "0.5"})
+    assert "a FIFO nobody read within 0.5 s" in line
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and os.listdir(tmp_path) == ["fifo"]
+
+
 @needs_private_dev
 def test_dev_null_is_written_into(grid, stored):
     key, _ = stored

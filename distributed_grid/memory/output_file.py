@@ -7,7 +7,9 @@
   permission bits (not set-user-ID, set-group-ID or sticky) and, when we are root, its owner
   and group.
 - A FIFO, a character or block device (``/dev/null``, a pipe reached through ``/dev/stdout``):
-  opened ``O_WRONLY`` (no truncation, no temporary file) and written into, never replaced.
+  opened ``O_WRONLY`` (no truncation, no temporary file) and written into, never replaced. A
+  FIFO that no process reads is waited for as long as an input FIFO (30 s by default), then
+  refused.
 - A directory, a socket: refused.
 - A symbolic link: followed, as ``cp`` does (the file it points to is replaced and the link
   stays), but only when the link belongs to this user or to the owner of its directory, the
@@ -34,6 +36,7 @@ import errno
 import os
 import secrets
 import stat
+import time
 from types import TracebackType
 
 from distributed_grid.errors import FileError
@@ -171,7 +174,10 @@ class OutputFile:
             raise self._fail("it is a directory; give a file path")
         if stat.S_ISSOCK(st.st_mode):
             raise self._fail("it is a socket")
-        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device: written into, never replaced
+        if stat.S_ISFIFO(st.st_mode):  # written into, once a reader comes
+            self.fd = self._open_fifo(target)
+            return
+        if not stat.S_ISREG(st.st_mode):  # a device: written into, never replaced
             try:
                 self.fd = os.open(_fd_path(target),
                                   os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
@@ -192,6 +198,28 @@ class OutputFile:
         self._mode = stat.S_IMODE(st.st_mode) & _PERMISSION_BITS
         if os.geteuid() == 0:
             self._owner = (st.st_uid, st.st_gid)
+
+    def _open_fifo(self, target: int) -> int:
+        """Open a FIFO for writing, waiting for a reader at most as long as an input FIFO may
+        take to bring its first bytes (:func:`~distributed_grid.memory.input_stream.
+        wait_seconds`): a FIFO nobody reads would otherwise hold the command forever."""
+        from distributed_grid.memory.input_stream import WAIT_ENV, wait_seconds
+
+        seconds = wait_seconds()
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                fd = os.open(_fd_path(target), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                    raise self._os_error(exc) from exc
+                if time.monotonic() >= deadline:
+                    raise self._fail(f"it is a FIFO nobody read within {seconds:g} s (set "
+                                     f"{WAIT_ENV} to wait longer)") from None
+                time.sleep(0.05)
+                continue
+            os.set_blocking(fd, True)
+            return fd
 
     def _open_directory(self, directory: str, name: str) -> None:
         """Open the directory a regular file will be named in."""
