@@ -22,9 +22,10 @@ block when no other key lives in it.
 An extent is complete, or pending (being written) with its ``writer`` and the write-guard slot
 (``slot``, ``guard``: the slot's index and owner tag in the segment's header) the write holds.
 A key rewritten at the same offset keeps its complete extent beside the pending one until the
-new write commits, so the key stays readable meanwhile. Extent ids are never reused: a key's
-extents with the same ids are the same bytes of the same write (a reader checks that its key
-was not deleted, or written again, while it read).
+new write commits, so the key stays readable meanwhile; the commit then gives the complete
+extent the new length, and it keeps its id. Extent ids are never reused: a key's extents with
+the same ids have been the key's all along (a reader checks that its key was not deleted, and
+another key written in its place, while it read).
 """
 
 from __future__ import annotations
@@ -366,17 +367,22 @@ class Catalog:
         return [ExtentRow(*r) for r in rows]
 
     def complete_extent(self, number: int, key: str, offset: int, length: int) -> bool:
-        """Mark a pending extent complete, replacing the key's complete extent at the same
-        offset (the bytes it had were rewritten); returns whether there was a pending one."""
+        """Mark a pending extent complete; returns whether there was a pending one.
+
+        The key's complete extent at the same offset (whose bytes were rewritten) takes the
+        new length and stays, keeping its id; the pending one goes."""
         db = self._db.db
         row = db.execute("SELECT id FROM extents WHERE block=? AND key=? AND offset=? AND "
                          "length=? AND complete=0", (number, key, offset, length)).fetchone()
         if row is None:
             return False
-        db.execute("DELETE FROM extents WHERE block=? AND key=? AND offset=? AND complete=1",
-                   (number, key, offset))
-        db.execute("UPDATE extents SET complete=1, writer=NULL, slot=NULL, guard=NULL "
-                   "WHERE id=?", (row[0],))
+        kept = db.execute("UPDATE extents SET length=? WHERE block=? AND key=? AND offset=? "
+                          "AND complete=1", (length, number, key, offset)).rowcount
+        if kept:
+            db.execute("DELETE FROM extents WHERE id=?", (row[0],))
+        else:
+            db.execute("UPDATE extents SET complete=1, writer=NULL, slot=NULL, guard=NULL "
+                       "WHERE id=?", (row[0],))
         return True
 
     def drop_extents(self, ids: list[int]) -> None:

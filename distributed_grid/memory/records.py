@@ -89,8 +89,9 @@ class KeyPlace:
     """Where a key's bytes are: its block, its extents in order, and what they hold.
 
     ``meta`` describes an array stored with ``put`` (dtype and shape); None for plain bytes.
-    ``generation`` grows whenever the key is written again (or deleted and stored again): the
-    same place with the same generation holds the same bytes.
+    ``generation`` (its newest extent's id) grows when the key gets a new extent, as when it
+    is deleted and stored again; a rewrite in place keeps it. The same place with the same
+    generation has held the key's bytes all along.
     """
 
     key: str
