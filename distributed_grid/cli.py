@@ -210,7 +210,7 @@ class MemoryCommands:
 
     @as_typed
     def delete(self, key: Any, json: bool = False, config: str | None = None) -> None:
-        """Remove a key; its block goes too if it was allocated for the key and holds no other.
+        """Remove a key (and its block, if allocated for the key and now empty).
 
         Args:
             key: the key to remove (all its bytes, in its one block).

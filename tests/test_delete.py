@@ -250,8 +250,10 @@ def other(cluster_address):
     second.close()
 
 
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
 @pytest.mark.parametrize("where", ["shared", "own"])
-def test_a_read_planned_before_a_delete_finds_the_key_gone(pool, other, blocks, unique, where):
+def test_a_read_planned_before_a_delete_finds_the_key_gone(pool, remote_pool, other, blocks,
+                                                           unique, where, remote):
     import numpy as np
 
     mine, theirs = b"\x11" * 4096, b"\x22" * 4096
@@ -260,7 +262,8 @@ def test_a_read_planned_before_a_delete_finds_the_key_gone(pool, other, blocks, 
         pool.write(block_id, mine, key=unique)
     else:
         block_id = blocks.track(pool.put(unique, np.frombuffer(mine, np.uint8), "gpu1").block_id)
-    pieces = pool.plan_read(unique)  # as `grid memory retrieve` does before it reads
+    reader = remote_pool if remote else pool
+    pieces = reader.plan_read(unique)  # as `grid memory retrieve` does before it reads
     assert other.delete(unique).block_freed is (where == "own")
     if where == "shared":  # another key where it was
         other.write(block_id, theirs, key=f"{unique}-other")
@@ -269,7 +272,7 @@ def test_a_read_planned_before_a_delete_finds_the_key_gone(pool, other, blocks, 
                                "gpu1").block_id)
     out = bytearray(4096)
     with pytest.raises(KeyNotFound):
-        pool.read_to(unique, transfer.BufferSink(memoryview(out)), pieces=pieces)
+        reader.read_to(unique, transfer.BufferSink(memoryview(out)), pieces=pieces)
 
 
 @pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])

@@ -310,7 +310,9 @@ class MemoryPool:
         """Remove ``key``: all its extents, in its one block; and that block too when it was
         allocated for the key (:meth:`store_file` without a block id, :meth:`put`) and no other
         key lives in it. Other keys' bytes are untouched. A reader of the key gets its bytes
-        from before the removal, whole, or KeyNotFound.
+        from before the removal, whole, or KeyNotFound. A zero-copy view of the key
+        (:meth:`get`) is live memory: it keeps a freed block's memory while it lives, and in a
+        block that stays it shows whatever is written there next.
 
         Raises:
             KeyNotFound: no block holds ``key``; nothing changed.
@@ -318,24 +320,19 @@ class MemoryPool:
             NodeUnavailable: the key's block is on a node that is gone.
         """
         key = validate_key(str(key))
+        unknown = KeyNotFound(f"no key named {key!r}: `grid memory list-objects` shows the "
+                              "blocks and their keys", key=key)
         entry = self.directory.lookup(key)  # before the catalog's change: see forget_key
         if entry is None:
-            raise KeyNotFound(f"no key named {key!r}: `grid memory list-objects` shows the "
-                              "blocks and their keys", key=key)
+            raise unknown
         try:
             _, node = self._block_node(entry[0])
+            removal = node.delete_key(key)
         except NodeUnavailable as exc:
             raise NodeUnavailable(f"cannot delete key {key!r}: {exc}", key=key,
                                   **exc.facts) from exc
-        except BlockNotFound:
-            node = None
-        try:
-            if node is None:
-                raise KeyNotFound(f"no key named {key!r}", key=key)
-            removal = node.delete_key(key)
-        except KeyNotFound as exc:
-            raise KeyNotFound(f"no key named {key!r}: `grid memory list-objects` shows the "
-                              "blocks and their keys", key=key) from exc
+        except (BlockNotFound, KeyNotFound) as exc:  # a stale entry: the key is gone
+            raise unknown from exc
         if removal.block_freed:
             self.directory.forget_blocks([removal.block_id])
             self._report(node)
