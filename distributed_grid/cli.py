@@ -1,6 +1,6 @@
 """``grid``: the command line, a python-fire tree over the library.
 
-``grid memory allocate | store | retrieve | list-objects | deallocate | gc`` and
+``grid memory allocate | store | retrieve | list-objects | delete | deallocate | gc`` and
 ``grid cluster start | stop | status``. The command line is checked against the command's
 signature before anything runs (``cli_grammar.py``: a mismatch is its usage and one ``error:``
 line, exit code 2); each command then parses its values (they arrive as typed), calls the
@@ -30,6 +30,7 @@ from distributed_grid.format import (
     block_table,
     node_table,
     preview,
+    printable,
     sweep_table,
 )
 
@@ -244,6 +245,25 @@ class MemoryCommands:
         else:
             print(f"deallocated {info.block_id} ({info.size} bytes on {info.node})",
                   file=sys.stderr)
+
+    @as_typed
+    def delete(self, key: Any, json: bool = False, config: str | None = None) -> None:
+        """Remove a key (and its block, if allocated for the key and now empty).
+
+        Args:
+            key: the key to remove (all its bytes, in its one block).
+            json: print what was removed as JSON.
+            config: a cluster config YAML file.
+        """
+        as_json = _flag(json, "json")
+        removal = _pool(config).delete(str(key))
+        if as_json:
+            _emit(removal.to_json())
+            return
+        freed = ("; freed the block, it was allocated for it" if removal.block_freed else
+                 "; the block stays allocated")
+        print(f"deleted key '{printable(removal.key)}' ({removal.bytes} bytes) from "
+              f"{removal.block_id}{freed}", file=sys.stderr)
 
 
     @as_typed

@@ -54,7 +54,8 @@ def _keys_cell(block: BlockInfo) -> str:
 
 
 def block_table(blocks: list[BlockInfo]) -> str:
-    """The ``list-objects`` table."""
+    """The ``list-objects`` table, then the writes in progress (if any): each one's block,
+    key, offset, length and writer."""
     if not blocks:
         return "no blocks allocated"
     now = time.time()
@@ -63,7 +64,13 @@ def block_table(blocks: list[BlockInfo]) -> str:
          format_age(now - b.created), b.status]
         for b in blocks
     ]
-    return table(["BLOCK ID", "NODE", "SIZE", "USED", "KEYS", "AGE", "STATUS"], rows)
+    text = table(["BLOCK ID", "NODE", "SIZE", "USED", "KEYS", "AGE", "STATUS"], rows)
+    writes = [[b.block_id, printable(p.key), str(p.offset), str(p.length),
+               printable(p.owner)] for b in blocks for p in b.pending]
+    if writes:
+        text += "\n\nwrites in progress:\n" + table(
+            ["BLOCK ID", "KEY", "OFFSET", "LENGTH", "WRITER"], writes)
+    return text
 
 
 def node_table(stats: list[NodeStats]) -> str:

@@ -93,7 +93,8 @@ def test_a_node_that_is_gone(fresh, tmp_path):
         assert listing[block_id]["keys"] == {"doomed": [[0, 7]]}
         assert listing[keeper]["status"] == "ok"
     for args in (["memory", "retrieve", block_id], ["memory", "allocate", "10", "--node", "gpu3"],
-                 ["memory", "deallocate", block_id], ["memory", "retrieve", "doomed"]):
+                 ["memory", "deallocate", block_id], ["memory", "retrieve", "doomed"],
+                 ["memory", "delete", "doomed"]):
         for env in ({}, REMOTE):
             failed = fresh(*args, check=False, env=env)
             assert failed.returncode == 1

@@ -15,12 +15,17 @@ Block states: ``creating`` (its number is spent and its creator is making the se
 in ``meta`` count the blocks that hold memory (creating and ok), kept by every change, so no
 question about the node's size costs a scan. A block allocated for one write (``grid memory
 store`` without a block id) has a ``holder``, the writer, until that write commits: if the
-holder dies first, the block is freed.
+holder dies first, the block is freed. It also remembers the key it was made ``for_key``, so
+removing that key (:meth:`~distributed_grid.memory.store.BlockStore.delete_key`) frees the
+block when no other key lives in it.
 
 An extent is complete, or pending (being written) with its ``writer`` and the write-guard slot
 (``slot``, ``guard``: the slot's index and owner tag in the segment's header) the write holds.
 A key rewritten at the same offset keeps its complete extent beside the pending one until the
-new write commits, so the key stays readable meanwhile.
+new write commits, so the key stays readable meanwhile; the commit then gives the complete
+extent the new length, and it keeps its id. Extent ids are never reused: a key's extents with
+the same ids have been the key's all along (a reader checks that its key was not deleted, and
+another key written in its place, while it read).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from distributed_grid.memory.database import Database, remove_database
 from distributed_grid.memory.segment import SHM_DIR
 from distributed_grid.names import validate_cluster_id, validate_node_name
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -52,13 +57,14 @@ CREATE TABLE blocks (
     state TEXT NOT NULL CHECK (state IN ('creating', 'ok', 'missing')),
     lease TEXT REFERENCES leases(name),
     creator TEXT,
-    holder TEXT
+    holder TEXT,
+    for_key TEXT
 );
 CREATE INDEX blocks_by_lease ON blocks(lease) WHERE lease IS NOT NULL;
 CREATE INDEX blocks_not_ok ON blocks(state) WHERE state != 'ok';
 CREATE INDEX blocks_held ON blocks(holder) WHERE holder IS NOT NULL;
 CREATE TABLE extents (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     block INTEGER NOT NULL REFERENCES blocks(number) ON DELETE CASCADE,
     key TEXT NOT NULL,
     offset INTEGER NOT NULL CHECK (offset >= 0),
@@ -94,6 +100,7 @@ class BlockRow(NamedTuple):
     lease: str | None
     creator: str | None
     holder: str | None
+    for_key: str | None
 
 
 class ExtentRow(NamedTuple):
@@ -115,7 +122,7 @@ class ExtentRow(NamedTuple):
 
 
 _BLOCK_COLUMNS = ("number, size, segment, token, created, high_water, state, lease, creator, "
-                  "holder")
+                  "holder, for_key")
 _EXTENT_COLUMNS = "id, block, key, offset, length, complete, writer, slot, guard"
 _BLOCK_COLUMNS_OF_B = ", ".join(f"b.{c}" for c in _BLOCK_COLUMNS.split(", "))
 _EXTENT_COLUMNS_OF_E = ", ".join(f"e.{c}" for c in _EXTENT_COLUMNS.split(", "))
@@ -243,14 +250,20 @@ class Catalog:
             f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE state != 'ok'")]
 
     def insert_block(self, number: int, size: int, segment: str, token: str, created: float,
-                     lease: str | None, creator: str, holder: str | None = None) -> None:
-        """Record a block being created (inside a transaction)."""
+                     lease: str | None, creator: str, holder: str | None = None,
+                     for_key: str | None = None) -> None:
+        """Record a block being created (inside a transaction).
+
+        Args:
+            holder: the writer the block is allocated for (until its write commits).
+            for_key: the key the block is allocated for.
+        """
         db = self._db.db
         if lease is not None:
             db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?)", (lease, created))
         db.execute(
-            f"INSERT INTO blocks ({_BLOCK_COLUMNS}) VALUES (?,?,?,?,?,0,'creating',?,?,?)",
-            (number, size, segment, token, created, lease, creator, holder))
+            f"INSERT INTO blocks ({_BLOCK_COLUMNS}) VALUES (?,?,?,?,?,0,'creating',?,?,?,?)",
+            (number, size, segment, token, created, lease, creator, holder, for_key))
         self._add_meta("block_count", 1)
         self._add_meta("block_bytes", size)
 
@@ -354,17 +367,22 @@ class Catalog:
         return [ExtentRow(*r) for r in rows]
 
     def complete_extent(self, number: int, key: str, offset: int, length: int) -> bool:
-        """Mark a pending extent complete, replacing the key's complete extent at the same
-        offset (the bytes it had were rewritten); returns whether there was a pending one."""
+        """Mark a pending extent complete; returns whether there was a pending one.
+
+        The key's complete extent at the same offset (whose bytes were rewritten) takes the
+        new length and stays, keeping its id; the pending one goes."""
         db = self._db.db
         row = db.execute("SELECT id FROM extents WHERE block=? AND key=? AND offset=? AND "
                          "length=? AND complete=0", (number, key, offset, length)).fetchone()
         if row is None:
             return False
-        db.execute("DELETE FROM extents WHERE block=? AND key=? AND offset=? AND complete=1",
-                   (number, key, offset))
-        db.execute("UPDATE extents SET complete=1, writer=NULL, slot=NULL, guard=NULL "
-                   "WHERE id=?", (row[0],))
+        kept = db.execute("UPDATE extents SET length=? WHERE block=? AND key=? AND offset=? "
+                          "AND complete=1", (length, number, key, offset)).rowcount
+        if kept:
+            db.execute("DELETE FROM extents WHERE id=?", (row[0],))
+        else:
+            db.execute("UPDATE extents SET complete=1, writer=NULL, slot=NULL, guard=NULL "
+                       "WHERE id=?", (row[0],))
         return True
 
     def drop_extents(self, ids: list[int]) -> None:
@@ -377,6 +395,11 @@ class Catalog:
             "DELETE FROM extents WHERE block=? AND key=? AND offset=? AND complete=0",
             (number, key, offset))
         return cursor.rowcount
+
+    def block_has_extents(self, number: int) -> bool:
+        """Whether any key (complete or being written) has bytes in block ``number``."""
+        return self._db.scalar("SELECT 1 FROM extents WHERE block=? LIMIT 1",
+                               (number,)) is not None
 
     def key_has_extents(self, key: str, number: int) -> bool:
         return self._db.scalar("SELECT 1 FROM extents WHERE key=? AND block=? LIMIT 1",

@@ -15,7 +15,9 @@ protocol (run by :class:`~distributed_grid.memory.pool.MemoryPool`):
    still holds K: if it does, the write is refused (``KeyConflict``) and step 1 undone; if not
    (the entry is stale: b' dropped K or is gone), the writer takes K over with a
    compare-and-swap on the version it saw, and starts again if somebody changed it meanwhile.
-3. Deallocating a block forgets its keys here after its catalog dropped them.
+3. Deallocating a block forgets its keys here after its catalog dropped them; deleting a key
+   forgets its entry if the entry is still the one seen before the catalog dropped the key (a
+   writer that claimed the key again meanwhile keeps its claim).
 
 Because every holder records K in its catalog *before* claiming, two writers racing for K
 always find the winner's claim backed by its catalog, and exactly one of them proceeds. Entries
@@ -103,6 +105,14 @@ class KeyDirectory:
             cursor = db.execute(
                 "UPDATE keys SET block_id=?, version=version+1 WHERE key=? AND block_id=? "
                 "AND version=?", (block_id, key, holder[0], holder[1]))
+            return cursor.rowcount == 1
+
+    def forget_key(self, key: str, holder: Holder) -> bool:
+        """Drop ``key``'s entry if it is still ``holder`` (the key was deleted from that
+        block); returns whether it was."""
+        with self._db.transaction() as db:
+            cursor = db.execute("DELETE FROM keys WHERE key=? AND block_id=? AND version=?",
+                                (key, holder[0], holder[1]))
             return cursor.rowcount == 1
 
     def forget_block(self, block_id: str) -> int:

@@ -44,6 +44,7 @@ from distributed_grid.memory.output_file import OutputFile
 from distributed_grid.memory.records import (
     BlockInfo,
     KeyPlace,
+    KeyRemoval,
     NodeInfo,
     NodeStats,
     Piece,
@@ -226,19 +227,20 @@ class MemoryPool:
         """
         return self._allocate(size, node)
 
-    def _allocate(self, size: int, node: str | None, holder: str | None = None) -> BlockInfo:
+    def _allocate(self, size: int, node: str | None, holder: str | None = None,
+                  for_key: str | None = None) -> BlockInfo:
         positive_size(size)
         lease = self._lease[0] if self._lease else None
         if node is not None:
             chosen = self._node(node)
-            info = chosen.allocate(size, lease, memory_cap(node), holder)
+            info = chosen.allocate(size, lease, memory_cap(node), holder, for_key)
         else:
-            chosen, info = self._allocate_anywhere(size, lease, holder)
+            chosen, info = self._allocate_anywhere(size, lease, holder, for_key)
         self._report(chosen)
         return info
 
-    def _allocate_anywhere(self, size: int, lease: str | None,
-                           holder: str | None) -> tuple[Node, BlockInfo]:
+    def _allocate_anywhere(self, size: int, lease: str | None, holder: str | None,
+                           for_key: str | None = None) -> tuple[Node, BlockInfo]:
         """Allocate on the worker with the most free memory, by the sizes the nodes last
         reported to the key directory (one query for any number of nodes). A node whose
         report was stale and turns out full is asked for its real size and the next tried."""
@@ -273,7 +275,7 @@ class MemoryPool:
                 break
             node = self._node(best)
             try:
-                return node, node.allocate(size, lease, memory_cap(best), holder)
+                return node, node.allocate(size, lease, memory_cap(best), holder, for_key)
             except StoreFull:
                 sizes[best] = node.stats()  # its report was stale: rank it by what it says now
         sizes[best] = self._node(best).stats(memory_cap(best))  # what bounds it, for the message
@@ -304,6 +306,40 @@ class MemoryPool:
             self.directory.forget_blocks([info.block_id])
         self._report(node)
         return info
+
+    def delete(self, key: str) -> KeyRemoval:
+        """Remove ``key``: all its extents, in its one block; and that block too when it was
+        allocated for the key (:meth:`store_file` without a block id, :meth:`put`) and no other
+        key lives in it. Other keys' bytes are untouched. A reader of the key gets its bytes
+        from before the removal, whole, or KeyNotFound. A zero-copy view of the key
+        (:meth:`get`) is live memory: it keeps a freed block's memory while it lives, and in a
+        block that stays it shows whatever is written there next.
+
+        Raises:
+            KeyNotFound: no block holds ``key``; nothing changed.
+            KeyBusy: a write of the key is running; nothing changed.
+            NodeUnavailable: the key's block is on a node that is gone.
+        """
+        key = validate_key(str(key))
+        unknown = KeyNotFound(f"no key named {key!r}: `grid memory list-objects` shows the "
+                              "blocks and their keys", key=key)
+        entry = self.directory.lookup(key)  # before the catalog's change: see forget_key
+        if entry is None:
+            raise unknown
+        try:
+            _, node = self._block_node(entry[0])
+            removal = node.delete_key(key)
+        except NodeUnavailable as exc:
+            raise NodeUnavailable(f"cannot delete key {key!r}: {exc}", key=key,
+                                  **exc.facts) from exc
+        except (BlockNotFound, KeyNotFound) as exc:  # a stale entry: the key is gone
+            raise unknown from exc
+        if removal.block_freed:
+            self.directory.forget_blocks([removal.block_id])
+            self._report(node)
+        elif removal.block_id == entry[0]:
+            self.directory.forget_key(key, entry)
+        return removal
 
     def is_local(self, block_id: str) -> bool:
         """Whether this process reaches ``block_id`` zero-copy (same host, proven by token)."""
@@ -365,21 +401,28 @@ class MemoryPool:
         Raises:
             NodeUnavailable: the key's block is on a node that is gone.
         """
-        key = validate_key(str(key))
+        return self._find_key(validate_key(str(key)))[0]
+
+    def _find_key(self, key: str) -> tuple[KeyPlace | None, int | None]:
+        """:meth:`find_key`, and the version of the key's node catalog taken before the place
+        was read (None for a node reached through its store)."""
         if not self.host.complete:
             for name in self.host.alive:
-                place = self._node(name).find_key(key)
+                node = self._node(name)
+                version = _version(node)
+                place = node.find_key(key)
                 if place is not None:
-                    return place
+                    return place, version
         holder = self.directory.lookup(key)
         if holder is None:
-            return None
+            return None, None
         _, name = parse_block_id(holder[0])
         try:
             node = self._node(name)
         except NodeNotFound:
-            return None
-        return node.find_key(key)
+            return None, None
+        version = _version(node)
+        return node.find_key(key), version
 
     def _holds(self, block_id: str, key: str) -> bool:
         """Whether ``block_id`` has ``key`` (a block on a node that is gone holds nothing)."""
@@ -528,7 +571,8 @@ class MemoryPool:
 
         The key's place when it has one extent and the bytes fit there, else a new block (on
         ``node`` when given), held for this process's write: if the process dies before the
-        write commits, the block is freed.
+        write commits, the block is freed. The new block is allocated for ``key``: deleting
+        the key frees it when no other key lives in it.
 
         Returns:
             ``(block_id, offset, allocated_block_id_or_None)``.
@@ -546,7 +590,7 @@ class MemoryPool:
                 f"extent(s), block size {found.block.size}) and the new {length} bytes do not "
                 f"replace it in place; store it with --block-id {found.block_id} --offset N, "
                 f"or deallocate {found.block_id} first", key=key, block_id=found.block_id)
-        info = self._allocate(max(length, 1), node, holder=this_process())
+        info = self._allocate(max(length, 1), node, holder=this_process(), for_key=key)
         return info.block_id, 0, info.block_id
 
     def write(self, block_id: str, data: Any, offset: int = 0, key: str | None = None,
@@ -609,13 +653,14 @@ class MemoryPool:
             length = max(0, block.used - offset) if size is None else size
             check_range(target, block.size, offset, length, "read")
             return [Piece(block, offset, length)]
-        found = self.find_key(validate_key(str(target)))
+        found, version = self._find_key(validate_key(str(target)))
         if found is None:
             raise KeyNotFound(
                 f"no block or key named {target!r}: block ids look like block_<n>_<node>; "
                 "`grid memory list-objects` shows the blocks and their keys", key=target)
         runs = slice_extents(found.extents, offset, size, what=f"key {target!r}")
-        return [Piece(found.block, start, length) for start, length in runs]
+        return [Piece(found.block, start, length, version, found.generation)
+                for start, length in runs]
 
     def read_into_sink(self, pieces: list[Piece],
                        sink: transfer.Sink | Callable[[memoryview], object],
@@ -636,10 +681,11 @@ class MemoryPool:
 
         The bytes are those from before a concurrent write or from after it, never a mix
         (each block's write guard sees to a piece). A key is found again after its bytes were
-        read when its node's catalog changed meanwhile (always, for another host's node): if
-        its place moved, the read is done again, so a key rewritten meanwhile never comes back
-        as a mix of its old place and new bytes. A sink that cannot go back gets a key's bytes
-        once they are whole.
+        read when its node's catalog changed since its place was read (always, for another
+        host's node): if its place moved, the read is done again, so a key rewritten meanwhile
+        never comes back as a mix of its old place and new bytes, and a key deleted meanwhile
+        (its block freed, or its bytes given to another key) raises KeyNotFound. A sink that
+        cannot go back gets a key's bytes once they are whole.
 
         Args:
             pieces: the plan from :meth:`plan_read` when the caller made it already.
@@ -653,13 +699,20 @@ class MemoryPool:
         out = spool or sink
         try:
             while True:
-                versions = self._catalog_versions(pieces)
+                planned = tuple(p.version for p in pieces)  # taken before the place was read
                 start = out.mark()
-                count = self.read_into_sink(pieces, out, progress if out is sink else None)
-                if versions is not None and versions == self._catalog_versions(pieces):
-                    break
-                again = self.plan_read(target, size, offset)
+                gone: BlockNotFound | None = None
+                try:
+                    count = self.read_into_sink(pieces, out, progress if out is sink else None)
+                except BlockNotFound as exc:
+                    gone = exc  # the key's block went meanwhile: where is the key now?
+                else:
+                    if None not in planned and planned == self._catalog_versions(pieces):
+                        break
+                again = self.plan_read(target, size, offset)  # KeyNotFound: it was deleted
                 if _places(again) == _places(pieces):
+                    if gone is not None:
+                        raise gone
                     break
                 if isinstance(out, transfer.BufferSink) and \
                         len(out.dest) - start < sum(p.length for p in again):
@@ -807,6 +860,14 @@ class _PlanChanged(Exception):
         self.pieces = pieces
 
 
-def _places(pieces: list[Piece]) -> list[tuple[str, str, int, int]]:
-    """What a read plan reads: each piece's block (id and token), offset and length."""
-    return [(p.block.block_id, p.block.token, p.offset, p.length) for p in pieces]
+def _version(node: Node) -> int | None:
+    """The version of a node's catalog as this process's connection counts them (None for a
+    node reached through its store)."""
+    return node.catalog.data_version() if isinstance(node, LocalNode) else None
+
+
+def _places(pieces: list[Piece]) -> list[tuple[str, str, int, int, int]]:
+    """What a read plan reads: each piece's block (id and token), offset and length, and the
+    generation of the key they hold."""
+    return [(p.block.block_id, p.block.token, p.offset, p.length, p.generation)
+            for p in pieces]

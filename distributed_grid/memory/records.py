@@ -6,10 +6,38 @@ the CLI's stable output. Records pickle (they cross the actor boundary) and hold
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 Extent = tuple[int, int]  # (offset in the block, length)
+
+REMOTE_WRITER = "ray:"  # a writer on another host: ``ray:<job>:<host/pid/start>``
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """A write in flight: the bytes ``offset..offset+length`` of a block, claimed for ``key``
+    by ``writer``: a process of the block's host (``host/pid/start``) or a client that writes
+    through the node's store (``ray:<job>:<host/pid/start>``)."""
+
+    key: str
+    offset: int
+    length: int
+    writer: str | None
+
+    @property
+    def owner(self) -> str:
+        """The writer as a person reads it: ``pid 4242 on host`` (and ``, Ray job 01000000``
+        for a client that writes through the node's store)."""
+        if not self.writer:
+            return "unknown"
+        identity, job = self.writer, None
+        if identity.startswith(REMOTE_WRITER):
+            job, _, identity = identity[len(REMOTE_WRITER):].partition(":")
+        host, _, rest = identity.partition("/")
+        pid = rest.partition("/")[0]
+        text = f"pid {pid} on {host}" if pid.isdigit() else identity
+        return text if job is None else f"{text}, Ray job {job}"
 
 
 @dataclass(frozen=True)
@@ -17,9 +45,10 @@ class BlockInfo:
     """The facts of one block.
 
     ``keys`` maps each key with complete bytes in the block to its extents in the key's order;
-    ``pending_keys`` are keys being written. ``used`` is the high-water mark: the end of the
-    block's furthest completed write. ``status`` is ``ok``, ``missing`` (its shared memory
-    vanished from the host) or ``lost`` (its node left the cluster).
+    ``pending_keys`` are keys being written, and ``pending`` those writes one by one (their
+    ranges and writers). ``used`` is the high-water mark: the end of the block's furthest
+    completed write. ``status`` is ``ok``, ``missing`` (its shared memory vanished from the
+    host) or ``lost`` (its node left the cluster).
     """
 
     block_id: str
@@ -34,9 +63,11 @@ class BlockInfo:
     keys: dict[str, list[Extent]]
     pending_keys: list[str]
     persistent: bool
+    pending: list[PendingWrite] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        """The block as plain data (what ``list-objects --json`` prints for it)."""
+        """The block as plain data (what ``list-objects --json`` prints for it); ``pending``
+        is a list of ``{"key", "offset", "length", "writer"}``."""
         data = asdict(self)
         data["keys"] = {k: [list(e) for e in ext] for k, ext in self.keys.items()}
         return data
@@ -45,7 +76,8 @@ class BlockInfo:
     def from_json(cls, data: dict[str, Any]) -> BlockInfo:
         """The inverse of :meth:`to_json`."""
         keys = {k: [(int(o), int(n)) for o, n in ext] for k, ext in data["keys"].items()}
-        return cls(**{**data, "keys": keys})
+        pending = [PendingWrite(**p) for p in data.get("pending", [])]
+        return cls(**{**data, "keys": keys, "pending": pending})
 
     def with_status(self, status: str) -> BlockInfo:
         """The same block with another status (``lost`` for a node that is gone)."""
@@ -57,12 +89,16 @@ class KeyPlace:
     """Where a key's bytes are: its block, its extents in order, and what they hold.
 
     ``meta`` describes an array stored with ``put`` (dtype and shape); None for plain bytes.
+    ``generation`` (its newest extent's id) grows when the key gets a new extent, as when it
+    is deleted and stored again; a rewrite in place keeps it. The same place with the same
+    generation has held the key's bytes all along.
     """
 
     key: str
     block: BlockInfo
     extents: list[Extent]
     meta: dict[str, Any] | None
+    generation: int = 0
 
     @property
     def block_id(self) -> str:
@@ -143,6 +179,25 @@ class StoreResult:
 
 
 @dataclass(frozen=True)
+class KeyRemoval:
+    """What ``delete`` removed: a key's extents in its block, and the block itself when it
+    was allocated for the key and no other key lives in it (``block_freed``)."""
+
+    key: str
+    block_id: str
+    node: str
+    bytes: int
+    extents: list[Extent]
+    block_freed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The removal as plain data (what ``grid memory delete --json`` prints)."""
+        data = asdict(self)
+        data["extents"] = [list(e) for e in self.extents]
+        return data
+
+
+@dataclass(frozen=True)
 class RetrieveResult:
     """What ``retrieve_to_file`` wrote."""
 
@@ -159,8 +214,16 @@ class RetrieveResult:
 
 @dataclass(frozen=True)
 class Piece:
-    """A run of bytes of one block, part of what a read returns."""
+    """A run of bytes of one block, part of what a read returns.
+
+    For a piece of a key, ``generation`` is the key's (see :class:`KeyPlace`), and ``version``
+    the version of its node's catalog on this host (as this process's connection counts them)
+    taken before the key's place was read: a read that ends with the catalog at that version
+    read the key's bytes (None: unknown, or another host's node).
+    """
 
     block: BlockInfo
     offset: int
     length: int
+    version: int | None = None
+    generation: int = 0

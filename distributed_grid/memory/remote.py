@@ -23,7 +23,7 @@ from distributed_grid.errors import WriteInProgress
 from distributed_grid.memory import transfer
 from distributed_grid.memory.cluster import RayCluster
 from distributed_grid.memory.local import READ_WAIT_SECONDS
-from distributed_grid.memory.records import BlockInfo, KeyPlace, NodeStats
+from distributed_grid.memory.records import BlockInfo, KeyPlace, KeyRemoval, NodeStats
 from distributed_grid.memory.store import REMOTE_WRITER
 from distributed_grid.memory.store_actor import ALLOCATE_RATE, BULK_TIMEOUT, METADATA_TIMEOUT
 
@@ -82,12 +82,15 @@ class RemoteNode:
         return f"{REMOTE_WRITER}{self.cluster.job_id}:{identity}"
 
     def allocate(self, size: int, lease: str | None = None, capacity: int | None = None,
-                 holder: str | None = None) -> BlockInfo:
-        return self._call("allocate", size, lease, capacity, self.writer(holder),
+                 holder: str | None = None, for_key: str | None = None) -> BlockInfo:
+        return self._call("allocate", size, lease, capacity, self.writer(holder), for_key,
                           timeout=METADATA_TIMEOUT + size / ALLOCATE_RATE)
 
     def deallocate(self, number: int) -> BlockInfo:
         return self._call("deallocate", number)
+
+    def delete_key(self, key: str) -> KeyRemoval:
+        return self._call("delete_key", key)
 
     def block_info(self, number: int) -> BlockInfo:
         return self._call("block_info", number)
@@ -232,6 +235,9 @@ class RemoteDirectory:
 
     def take_over(self, key: str, block_id: str, holder: tuple[str, int]) -> bool:
         return self._call("dir_take_over", key, block_id, holder)
+
+    def forget_key(self, key: str, holder: tuple[str, int]) -> bool:
+        return self._call("dir_forget_key", key, holder)
 
     def forget_blocks(self, block_ids: list[str]) -> int:
         return self._call("dir_forget_blocks", block_ids)

@@ -42,7 +42,14 @@ from distributed_grid.errors import (
 from distributed_grid.memory import segment as seg
 from distributed_grid.memory.capacity import describe_limit, node_stats, read_limits
 from distributed_grid.memory.catalog import BlockRow, Catalog, ExtentRow, catalog_path
-from distributed_grid.memory.records import BlockInfo, KeyPlace, NodeStats
+from distributed_grid.memory.records import (
+    REMOTE_WRITER,
+    BlockInfo,
+    KeyPlace,
+    KeyRemoval,
+    NodeStats,
+    PendingWrite,
+)
 from distributed_grid.memory.seqguard import Guard, tag_alive
 from distributed_grid.names import (
     check_range,
@@ -54,9 +61,7 @@ from distributed_grid.runtime import identity_alive, this_process
 
 # Bumped whenever a store method or a record changes its shape: a client refuses to work with a
 # store (or a node record) of another protocol, made by another installation of distributed_grid.
-STORE_PROTOCOL = 4
-
-REMOTE_WRITER = "ray:"  # a writer on another host: ``ray:<job>:<host/pid/start>``
+STORE_PROTOCOL = 5
 
 
 class BlockStore:
@@ -106,17 +111,18 @@ class BlockStore:
         if extents is None:
             extents = self.catalog.extents(row.number)
         keys: dict[str, list[tuple[int, int]]] = {}
-        pending: set[str] = set()
+        pending: list[PendingWrite] = []
         for e in extents:
             if e.complete:
                 keys.setdefault(e.key, []).append((e.offset, e.length))
             else:
-                pending.add(e.key)
+                pending.append(PendingWrite(e.key, e.offset, e.length, e.writer))
         return BlockInfo(
             block_id=self.block_id(row.number), node=self.node, number=row.number,
             size=row.size, used=row.high_water, created=row.created, status=row.state,
-            segment=row.segment, token=row.token, keys=keys, pending_keys=sorted(pending),
-            persistent=row.lease is None,
+            segment=row.segment, token=row.token, keys=keys,
+            pending_keys=sorted({p.key for p in pending}), persistent=row.lease is None,
+            pending=pending,
         )
 
     def block_info(self, number: int) -> BlockInfo:
@@ -149,8 +155,10 @@ class BlockStore:
             if row is None or row.state != "ok":
                 return None
             meta = self.catalog.key_meta(key)
-        own = [(e.offset, e.length) for e in extents if e.key == key and e.complete]
-        return KeyPlace(key=key, block=self._info(row, extents), extents=own, meta=meta)
+        own = [e for e in extents if e.key == key and e.complete]
+        return KeyPlace(key=key, block=self._info(row, extents),
+                        extents=[(e.offset, e.length) for e in own], meta=meta,
+                        generation=max((e.id for e in own), default=0))
 
     def holds_key(self, key: str, number: int) -> bool:
         """Whether block ``number`` has any extent of ``key``, complete or being written."""
@@ -180,7 +188,7 @@ class BlockStore:
     # -- allocation -----------------------------------------------------------------------------
 
     def allocate(self, size: int, lease: str | None = None, capacity: int | None = None,
-                 holder: str | None = None) -> BlockInfo:
+                 holder: str | None = None, for_key: str | None = None) -> BlockInfo:
         """Create a block of ``size`` bytes and return its facts.
 
         Args:
@@ -189,12 +197,16 @@ class BlockStore:
             capacity: the cap on this node's block bytes in the caller's cluster config.
             holder: the writer the block is allocated for: the block is freed if that writer
                 dies before its first write commits.
+            for_key: the key the block is allocated for: removing that key
+                (:meth:`delete_key`) frees the block when no other key lives in it.
 
         Raises:
             InvalidArgument: ``size`` is not a positive integer.
             StoreFull: the node cannot hold ``size`` more bytes.
         """
         positive_size(size, "block size")
+        if for_key is not None:
+            validate_key(for_key)
         token = os.urandom(seg.TOKEN_SIZE)
         with self.catalog.transaction():
             stats = self.stats(capacity)  # counts read under the write lock: no overshoot
@@ -208,7 +220,7 @@ class BlockStore:
             number = self.catalog.spend_number()
             name = f"{self.prefix}{number}"
             self.catalog.insert_block(number, size, name, token.hex(), time.time(), lease,
-                                      self.me, holder)
+                                      self.me, holder, for_key)
         try:
             try:
                 seg.create_segment(name, size, token)
@@ -449,6 +461,78 @@ class BlockStore:
                 guard.close()
             finally:
                 os.close(fd)
+
+    # -- removing keys --------------------------------------------------------------------------
+
+    def delete_key(self, key: str) -> KeyRemoval:
+        """Remove ``key`` from the node: all its extents, in its one block; and the block too
+        when it was allocated for the key (``for_key``) and no other key has bytes in it
+        (complete or being written) once the key is gone.
+
+        The key's removal and the block's deallocation are one catalog transaction; the
+        block's segment is unlinked after it (a reader's mapping keeps the memory until it
+        closes). A write of the key whose writer is gone is undone first. On a /dev/shm so
+        full that the catalog cannot record the change, a block that goes has its segment
+        unlinked first (its memory makes the room), as in :meth:`deallocate`.
+
+        Raises:
+            KeyBusy: a live writer is writing the key; nothing changed.
+            KeyNotFound: no block of the node holds the key; nothing changed.
+            StoreFull: the catalog cannot record the change; nothing changed.
+        """
+        validate_key(key)
+        try:
+            return self._delete_key(key)
+        except StoreFull:
+            with self.catalog.transaction():  # reads only (it writes no WAL): holds the lock
+                segment = self._segment_freed_by(key)
+                if segment is None:
+                    raise
+                seg.unlink_segment(segment)
+            self._drop_freed_mappings()
+            return self._delete_key(key)
+
+    def _delete_key(self, key: str) -> KeyRemoval:
+        released: list[ExtentRow] = []
+        with self.catalog.transaction():
+            for p in self.catalog.pending_extents(key):
+                if self.write_gone(p):
+                    released += self._forget_write(p)
+                    continue
+                owner = PendingWrite(p.key, p.offset, p.length, p.writer).owner
+                raise KeyBusy(
+                    f"cannot delete key {key!r}: it is being written (bytes {p.offset}.."
+                    f"{p.end} of {self.block_id(p.block)}, by {owner}); try again when that "
+                    "write has finished", key=key, block_id=self.block_id(p.block),
+                    writer=p.writer)
+            number = self.catalog.block_of_key(key)
+            row = None if number is None else self.catalog.block(number)
+            if number is not None and row is not None:
+                extents = self.catalog.key_extents(key, number)
+                self._drop(number, extents)
+                freed = row.for_key == key and not self.catalog.block_has_extents(number)
+                if freed:
+                    self.catalog.delete_block(row)
+        self._release_guards(released)  # undone writes of dead writers: their slots go now
+        if number is None or row is None:
+            raise KeyNotFound(f"no key named {key!r} on node {self.node}", key=key,
+                              node=self.node)
+        if freed:
+            seg.unlink_segment(row.segment)
+            self._drop_freed_mappings()
+        return KeyRemoval(key=key, block_id=self.block_id(number), node=self.node,
+                          bytes=sum(e.length for e in extents),
+                          extents=[(e.offset, e.length) for e in extents], block_freed=freed)
+
+    def _segment_freed_by(self, key: str) -> str | None:
+        """The segment of the block removing ``key`` would free, if it would free one."""
+        number = self.catalog.block_of_key(key)
+        row = None if number is None else self.catalog.block(number)
+        if row is None or row.for_key != key:
+            return None
+        if any(e.key != key or not e.complete for e in self.catalog.extents(row.number)):
+            return None
+        return row.segment
 
     def writer_alive(self, writer: str | None) -> bool | None:
         """Whether the owner of a pending write (or of a block held for one) still runs.

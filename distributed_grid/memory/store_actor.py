@@ -124,9 +124,9 @@ class StoreActor(LocalNode):
             yield segment.data()
 
     def allocate(self, size: int, lease: str | None = None, capacity: int | None = None,
-                 holder: str | None = None) -> BlockInfo:
+                 holder: str | None = None, for_key: str | None = None) -> BlockInfo:
         self._saw(holder)
-        return super().allocate(size, lease, capacity, holder)
+        return super().allocate(size, lease, capacity, holder, for_key)
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
                       force: bool = False, writer: str | None = None, slot: int | None = None,
@@ -232,6 +232,9 @@ class StoreActor(LocalNode):
 
     def dir_take_over(self, key: str, block_id: str, holder: tuple[str, int]) -> bool:
         return self._dir().take_over(key, block_id, holder)
+
+    def dir_forget_key(self, key: str, holder: tuple[str, int]) -> bool:
+        return self._dir().forget_key(key, holder)
 
     def dir_forget_blocks(self, block_ids: list[str]) -> int:
         return self._dir().forget_blocks(block_ids)
