@@ -247,16 +247,18 @@ class MemoryCommands:
                   file=sys.stderr)
 
     @as_typed
-    def delete(self, key: Any, json: bool = False, config: str | None = None) -> None:
+    def delete(self, key: Any, json: bool = False, config: str | None = None,
+               address: str | None = None) -> None:
         """Remove a key (and its block, if allocated for the key and now empty).
 
         Args:
             key: the key to remove (all its bytes, in its one block).
             json: print what was removed as JSON.
             config: a cluster config YAML file.
+            address: the cluster's address (HOST:PORT).
         """
         as_json = _flag(json, "json")
-        removal = _pool(config).delete(str(key))
+        removal = _pool(config, address).delete(str(key))
         if as_json:
             _emit(removal.to_json())
             return
@@ -264,7 +266,6 @@ class MemoryCommands:
                  "; the block stays allocated")
         print(f"deleted key '{printable(removal.key)}' ({removal.bytes} bytes) from "
               f"{removal.block_id}{freed}", file=sys.stderr)
-
 
     @as_typed
     def gc(self, dry_run: bool = False, json: bool = False) -> None:

@@ -138,3 +138,15 @@ def test_the_grammar_answers_every_command_line(argv):
             names = {p.option for p in command.params} | {
                 "--no" + p.option[2:] for p in command.params if p.switch}
             assert option in names
+
+
+def test_every_command_that_prints_a_result_has_json_and_reaches_any_cluster():
+    table = commands_of({"memory": cli.Grid().memory, "cluster": cli.Grid().cluster},
+                        cli.METAVARS)
+    for group, commands in table.items():
+        for name, command in commands.items():
+            options = {p.name for p in command.params}
+            assert "json" in options, f"grid {group} {name} has no --json"
+            if (group, name) not in {("memory", "gc"), ("cluster", "start"),
+                                     ("cluster", "stop")}:  # this host's, or no cluster yet
+                assert "address" in options, f"grid {group} {name} has no --address"

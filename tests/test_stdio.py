@@ -81,6 +81,9 @@ def test_a_pipe_round_trips_and_its_block_fits_exactly(grid, blocks, unique):
     out = grid("memory", "retrieve", unique, "--output", "-")
     assert out.stdout == data
     assert grid("memory", "retrieve", block_id, "--output", "-").stdout == data
+    deleted = json.loads(grid("memory", "delete", unique, "--json").stdout)
+    assert deleted["block_freed"]  # the block was allocated for the key
+    assert all(b["block_id"] != block_id for b in grid.listing())
 
 
 def test_standard_input_from_a_regular_file_from_its_position(grid, pool, blocks, unique,
