@@ -94,10 +94,14 @@ def enter_private_shm(size: int) -> str:
         how = "user namespace"
         err = _enter_user_namespace()
         if err:
+            if err == errno.ENOSPC:  # what the kernel answers at the limit, also when it is 0
+                err_text = "none allowed (sysctl user.max_user_namespaces)"
+            else:
+                err_text = os.strerror(err)
             raise ClusterError(
                 "a private /dev/shm needs root, or unprivileged user namespaces, and this "
                 f"process has neither (unshare: {os.strerror(root_err)}; user namespace: "
-                f"{os.strerror(err)})", errno=err)
+                f"{err_text})", errno=err)
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", SHM_DIR, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
     return how

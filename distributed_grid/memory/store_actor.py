@@ -101,7 +101,7 @@ class StoreActor(LocalNode):
             shm=shm_identity(),
         ))
         self._reported: tuple[int, int] | None = None
-        self._published: int | None = None
+        self._published: tuple[int, int] | None = None
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._seen: dict[str, float] = {}
@@ -267,7 +267,7 @@ class StoreActor(LocalNode):
                     self._reported = counts
                 except _NotYet:
                     pass
-            version = self.catalog.data_version()
+            version = self.catalog.change_mark()  # its own changes too: remote clients'
             if version != self._published:
                 self._publish()
                 self._published = version
