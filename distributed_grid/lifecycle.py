@@ -278,9 +278,17 @@ def start_worker(address: str, name: str | None = None, num_cpus: int | None = N
             /dev/shm; None: the host's /dev/shm.
 
     Raises:
+        InvalidArgument: ``address`` is a cluster for this host alone, started here with
+            ``--nodes`` or ``--loopback``: its record lists all its nodes, so it takes no other.
         ClusterError: no cluster answers at ``address``, it refuses this host's token, or the
             host cannot give a private /dev/shm.
     """
+    if runtime.cluster_record(address) is not None:
+        raise InvalidArgument(
+            f"{address} is a cluster for this host alone (started with --nodes or --loopback), "
+            "which takes no other node; start it with its nodes instead: grid cluster start "
+            "--nodes gpu1,gpu2 (or start a head with `grid cluster start --name head` and "
+            "join that)", address=address)
     if private_shm is not None:
         check_private_shm(private_shm)
     if not answers(address):
