@@ -5,7 +5,8 @@ one-host cluster, ``ray start`` for a head or a worker), each in its own session
 in the runtime directory so ``grid cluster stop`` ends exactly those.
 
 Which cluster: an explicit address, else the one this process is connected to (code running in
-a Ray task or driver), else ``RAY_ADDRESS``, else the one ``grid`` started on this host, else the
+a Ray task or driver), else ``RAY_ADDRESS``, else the one ``grid`` started on this host (or a
+node of this host joined with ``grid cluster start --address``), else the
 one Ray recorded as current, else (when allowed) the embedded default: a one-host cluster
 started on demand, announced in one line on stderr.
 
@@ -132,7 +133,8 @@ def find_cluster(address: str | None = None, start_if_missing: bool = True) -> T
     explicit = address or os.environ.get("RAY_ADDRESS") or None
     if explicit in ("auto", "local"):
         explicit = None
-    ours = [e for e in runtime.started_entries() if e["role"] in ("local", "head")]
+    # a cluster this host started, else the one a node of this host joined
+    ours = sorted(runtime.started_entries(), key=lambda e: e["role"] == "worker")
     target = explicit or (ours[0]["address"] if ours else None) or recorded_address()
     if target is not None and answers(target):
         return Target(target)

@@ -145,6 +145,34 @@ def test_without_cap_sys_admin_a_user_namespace_does_it():
     assert json.loads(done.stdout) == [None, -1]  # the probe succeeded; a plain unshare did not
 
 
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs util-linux's setpriv")
+def test_without_cap_sys_admin_a_whole_cluster_runs_in_user_namespaces(fresh, tmp_path):
+    """Every `grid` command run without CAP_SYS_ADMIN: gpu2's node enters a user namespace of
+    its own (mapping root to itself) with its mount namespace, and works like the root way."""
+    drop = ["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", GRID]
+
+    def grid(*args: str) -> str:
+        done = subprocess.run([*drop, *map(str, args)], env=fresh.env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    grid("cluster", "start", "--nodes", "gpu2", "--private-shm", "--shm-size", "512MiB",
+         "--name", "head")
+    fresh.remember_cluster()
+    gpu2 = started(fresh)[0]["private"]["gpu2"]
+    assert os.readlink(f"/proc/{gpu2['raylet_pid']}/ns/user") != os.readlink(
+        "/proc/self/ns/user")
+    (tmp_path / "in.bin").write_bytes(b"through a user namespace")
+    block = grid("memory", "allocate", "1MiB", "--node", "gpu2")
+    grid("memory", "store", "userns", tmp_path / "in.bin", "--block-id", block)
+    assert grid("memory", "retrieve", "userns") == "through a user namespace"
+    assert f"dg.{fresh.cluster_id}.gpu2.{block.split('_')[1]}" in os.listdir(
+        f"/proc/{gpu2['raylet_pid']}/root/dev/shm")
+    grid("cluster", "stop")
+    assert wait_until_empty(gpu2["mount_namespace"]) == []
+
+
 PUT_AND_CHECK_INSIDE = r"""
 import json, sys
 from distributed_grid.memory import MemoryPool
@@ -184,6 +212,8 @@ def test_a_worker_joins_a_head_from_another_namespace(tmp_path):
         gpu2 = entry["private"]["gpu2"]
         nodes = {n["node"] for n in head.remember_cluster()["nodes"]}
         assert nodes == {"head", "gpu2"}, nodes
+        # on the worker's machine, `grid` finds the cluster its node joined
+        assert json.loads(worker.out("cluster", "status", "--json"))["address"] == address
 
         data = os.urandom(3 * 2**20 + 5)
         (tmp_path / "in.bin").write_bytes(data)
