@@ -160,8 +160,11 @@ def _wait_for_names(table: Callable[[], list[NodeInfo]], names: list[str],
     deadline = time.monotonic() + timeout
     while True:
         ids = {n.name: n.node_id for n in table()}
-        if set(names) <= set(ids) or time.monotonic() > deadline:
+        if set(names) <= set(ids):
             return ids
+        if time.monotonic() > deadline:
+            missing = ", ".join(sorted(set(names) - set(ids)))
+            raise SystemExit(f"error: node(s) {missing} did not join within {timeout:.0f} s")
         time.sleep(0.2)
 
 

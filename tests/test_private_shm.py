@@ -12,8 +12,8 @@ Python client runs in a subprocess: this pytest process may be connected to the 
 cluster, and a process reaches one Ray cluster. Looking into gpu2's /dev/shm goes through
 ``/proc/<gpu2's raylet>/root`` (root only, as the tests run).
 
-The module takes about two minutes, so it is marked ``multihost``: ``.ci/run`` runs it as a step
-of its own.
+The module takes about two and a half minutes, so it is marked ``multihost``: ``.ci/run`` runs
+it as a step of its own.
 """
 
 from __future__ import annotations
