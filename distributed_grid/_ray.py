@@ -48,6 +48,44 @@ def one_host_cluster(head_args: dict[str, Any]) -> Any:
     return Cluster(initialize_head=True, head_node_args=head_args)
 
 
+def start_worker_node(gcs_address: str, labels: dict[str, str], num_cpus: int,
+                      object_store_memory: int, temp_dir: str,
+                      node_ip_address: str | None = None, log_monitor: bool = True) -> Any:
+    """A Ray worker node (a raylet and its helpers) started from this process, joined to the
+    cluster at ``gcs_address``; it ends with this process (Ray's fate sharing).
+
+    This is what ``ray start --address`` does after its checks, and what
+    ``ray.cluster_utils.Cluster.add_node`` does for a worker; ``ray start`` refuses to join a
+    head on 127.0.0.1 (with Ray told to keep loopback addresses it aborts, "Multi-node Ray
+    clusters are not supported"; without, it replaces 127.0.0.1 by the host's outward address,
+    where a loopback GCS does not answer).
+
+    Args:
+        node_ip_address: the address the node announces; None lets Ray choose it.
+        log_monitor: run the node's log monitor (one per host: not for a node that shares the
+            head's session folder).
+    """
+    from ray._private.node import Node
+    from ray._private.parameter import RayParams
+
+    params = RayParams(gcs_address=gcs_address, node_ip_address=node_ip_address,
+                       num_cpus=num_cpus, num_gpus=0, object_store_memory=object_store_memory,
+                       labels=labels, min_worker_port=0, max_worker_port=0, node_manager_port=0,
+                       include_log_monitor=log_monitor, temp_dir=temp_dir)
+    params.dashboard_agent_listen_port = None  # a free port, not the head agent's
+    return Node(params, head=False, shutdown_at_exit=True, spawn_reaper=True)
+
+
+def stop_node(node: Any) -> None:
+    """End the processes of a node started by :func:`start_worker_node` (gracefully first)."""
+    node.kill_all_processes(check_alive=False, allow_graceful=True, wait=True)
+
+
+def node_id(node: Any) -> str:
+    """The Ray node id (hex) of a node started from this process."""
+    return node.node_id
+
+
 def raylet_pid(node: Any) -> int:
     """The pid of a ``Cluster`` node's raylet: ending it takes the node out of the cluster."""
     from ray._private import ray_constants

@@ -295,7 +295,8 @@ class ClusterCommands:
     @as_typed
     def start(self, name: str | None = None, address: str | None = None,
               nodes: Any = None, loopback: bool = False, port: int | None = None,
-              num_cpus: int | None = None, json: bool = False) -> None:
+              num_cpus: int | None = None, json: bool = False, private_shm: bool = False,
+              shm_size: Any = None) -> None:
         """Start Ray on this host, outliving this command; prints the head's address.
 
         Args:
@@ -307,6 +308,10 @@ class ClusterCommands:
             port: the head's port (not with --loopback or --nodes); default: a free one.
             num_cpus: CPUs the node offers to Ray.
             json: print the cluster's address, this node's role and the nodes started as JSON.
+            private_shm: give each worker node (--nodes, or this one with --address) a
+                /dev/shm of its own, as on separate machines (needs root or user namespaces).
+            shm_size: the size of each private /dev/shm (default 2GiB; a quarter of it is
+                Ray's object store of the node).
         """
         from distributed_grid import lifecycle, runtime
 
@@ -315,15 +320,18 @@ class ClusterCommands:
         num_cpus = _optional_int(num_cpus, "num-cpus")
         name = None if name is None else str(name)
         names = _names(nodes)
+        private = _private_shm(private_shm, shm_size)
         if address is not None:
             if names:
                 raise InvalidArgument("--nodes starts a new local cluster; it cannot join one")
-            lifecycle.start_worker(str(address), name=name, num_cpus=num_cpus)
+            lifecycle.start_worker(str(address), name=name, num_cpus=num_cpus,
+                                   private_shm=private)
             started, role, shown = str(address), "worker", [name or lifecycle.host_node_name()]
             told = f"joined {address} as {shown[0]}"
-        elif names or _flag(loopback, "loopback"):
+        elif names or _flag(loopback, "loopback") or private is not None:
             head = name or lifecycle.host_node_name()
-            started = lifecycle.start_local(names, head_name=head, head_cpus=num_cpus)
+            started = lifecycle.start_local(names, head_name=head, head_cpus=num_cpus,
+                                            private_shm=private)
             role, shown = "local", [head, *names]
             told = f"started a local cluster at {started} with nodes {', '.join(shown)}"
         else:
@@ -382,6 +390,18 @@ class ClusterCommands:
         else:
             print(f"cluster at {pool.address}", file=_out())
             print(node_table(stats), file=_out())
+
+
+def _private_shm(private_shm: Any, shm_size: Any) -> int | None:
+    """The size of the nodes' private /dev/shm, or None when they share the host's."""
+    if not _flag(private_shm, "private-shm"):
+        if shm_size is not None:
+            raise InvalidArgument("--shm-size sizes a private /dev/shm: give it with "
+                                  "--private-shm")
+        return None
+    from distributed_grid.worker_node import DEFAULT_SHM_SIZE
+
+    return DEFAULT_SHM_SIZE if shm_size is None else _size(shm_size, "shm-size")
 
 
 def _names(nodes: Any) -> list[str]:

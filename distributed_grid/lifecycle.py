@@ -5,7 +5,8 @@ one-host cluster, ``ray start`` for a head or a worker), each in its own session
 in the runtime directory so ``grid cluster stop`` ends exactly those.
 
 Which cluster: an explicit address, else the one this process is connected to (code running in
-a Ray task or driver), else ``RAY_ADDRESS``, else the one ``grid`` started on this host, else the
+a Ray task or driver), else ``RAY_ADDRESS``, else the one ``grid`` started on this host (or a
+node of this host joined with ``grid cluster start --address``), else the
 one Ray recorded as current, else (when allowed) the embedded default: a one-host cluster
 started on demand, announced in one line on stderr.
 
@@ -132,7 +133,8 @@ def find_cluster(address: str | None = None, start_if_missing: bool = True) -> T
     explicit = address or os.environ.get("RAY_ADDRESS") or None
     if explicit in ("auto", "local"):
         explicit = None
-    ours = [e for e in runtime.started_entries() if e["role"] in ("local", "head")]
+    # a cluster this host started, else the one a node of this host joined
+    ours = sorted(runtime.started_entries(), key=lambda e: e["role"] == "worker")
     target = explicit or (ours[0]["address"] if ours else None) or recorded_address()
     if target is not None and answers(target):
         return Target(target)
@@ -168,7 +170,7 @@ def safe_name(hostname: str) -> str:
 
 def start_local(nodes: tuple[str, ...] | list[str] = (), head_name: str | None = None,
                 head_cpus: int | None = None, object_store_memory: int | None = None,
-                timeout: float = 300) -> str:
+                timeout: float = 300, private_shm: int | None = None) -> str:
     """Start a cluster for this host alone (loopback): a head plus one raylet per name.
 
     Every node carries its name as a label (the head's default: :func:`host_node_name`), and
@@ -179,13 +181,26 @@ def start_local(nodes: tuple[str, ...] | list[str] = (), head_name: str | None =
         nodes: the worker nodes' names.
         head_name: the head's name.
         head_cpus: CPUs the head offers to Ray (None: Ray counts them).
-        object_store_memory: bytes of Ray object store per node (None: 2 GiB).
+        object_store_memory: bytes of Ray object store per node (None: 2 GiB; a node with a
+            private /dev/shm takes at most a quarter of it).
         timeout: seconds to wait for the cluster to be ready.
+        private_shm: give each worker node a /dev/shm of its own, a tmpfs of this many bytes
+            in a mount namespace of its own (:mod:`distributed_grid.worker_node`); None: the
+            nodes share the host's.
+
+    Raises:
+        InvalidArgument: bad names or sizes, or ``private_shm`` without worker nodes.
+        ClusterError: this host cannot give a process a private /dev/shm (nothing started).
     """
     names = [validate_node_name(n) for n in nodes]
     head = validate_node_name(head_name) if head_name is not None else host_node_name()
     if len(set(names + [head])) != len(names) + 1:
         raise InvalidArgument(f"node names must differ, got {[head, *names]}")
+    if private_shm is not None:
+        if not names:
+            raise InvalidArgument("--private-shm gives the worker nodes a /dev/shm of their own "
+                                  "(the head keeps this host's): name them with --nodes gpu1,gpu2")
+        check_private_shm(private_shm)
     ready = os.path.join(runtime.runtime_dir(),
                          f"local-{os.getpid()}-{time.monotonic_ns()}.json")
     cmd = [sys.executable, "-m", "distributed_grid.local_cluster", "--ready-file", ready,
@@ -194,6 +209,8 @@ def start_local(nodes: tuple[str, ...] | list[str] = (), head_name: str | None =
         cmd += ["--head-cpus", str(head_cpus)]
     if object_store_memory is not None:
         cmd += ["--object-store-memory", str(object_store_memory)]
+    if private_shm is not None:
+        cmd += ["--private-shm", str(private_shm)]
     env = dict(os.environ, **ray_env())
     env.pop("RAY_ADDRESS", None)
     env[LOOPBACK_ENV] = "0"
@@ -209,8 +226,29 @@ def start_local(nodes: tuple[str, ...] | list[str] = (), head_name: str | None =
     os.unlink(ready)
     runtime.record_started({"pid": proc.pid, "role": "local", "name": head, "nodes": names,
                             "address": ready_info["address"], "raylets": ready_info["raylets"],
-                            "cluster_id": ready_info["cluster_id"]})
+                            "cluster_id": ready_info["cluster_id"],
+                            "private": ready_info.get("private") or {}})
     return ready_info["address"]
+
+
+def check_private_shm(size: int) -> None:
+    """Refuse a private /dev/shm of ``size`` bytes that is too small, or that this host cannot
+    give (tried for real in a forked child, before anything starts).
+
+    Raises:
+        InvalidArgument: ``size`` is below :data:`worker_node.MIN_SHM_SIZE`.
+        ClusterError: neither root nor unprivileged user namespaces are available.
+    """
+    from distributed_grid import namespaces, worker_node
+
+    if size < worker_node.MIN_SHM_SIZE:
+        raise InvalidArgument(
+            f"--shm-size {size} is too small: a node's private /dev/shm holds its blocks and a "
+            f"quarter of it goes to Ray's object store; give at least "
+            f"{worker_node.MIN_SHM_SIZE // 2**20}MiB", size=size)
+    refusal = namespaces.private_shm_refusal()
+    if refusal is not None:
+        raise ClusterError(f"cannot give nodes a private /dev/shm on this host: {refusal}")
 
 
 def start_head(name: str | None = None, port: int | None = None,
@@ -228,26 +266,71 @@ def start_head(name: str | None = None, port: int | None = None,
     return _start_node(args, name, role="head")
 
 
-def start_worker(address: str, name: str | None = None, num_cpus: int | None = None) -> str:
+def start_worker(address: str, name: str | None = None, num_cpus: int | None = None,
+                 private_shm: int | None = None) -> str:
     """Start a Ray worker node on this host that joins the cluster at ``address``.
 
+    A head on loopback (127.0.0.1, for this host alone) is joined by a worker node process of
+    ours (:mod:`distributed_grid.worker_node`), since ``ray start`` refuses to; so is any head
+    when ``private_shm`` asks for a /dev/shm of the node's own. Other heads are joined with
+    ``ray start``.
+
+    Args:
+        private_shm: run the node in a mount namespace with a tmpfs of this many bytes on
+            /dev/shm; None: the host's /dev/shm.
+
     Raises:
-        InvalidArgument: ``address`` is a loopback cluster (it takes no workers from outside:
-            start it with ``--nodes`` instead).
-        ClusterError: no cluster answers at ``address``.
+        InvalidArgument: ``address`` is a cluster for this host alone, started here with
+            ``--nodes`` or ``--loopback``: its record lists all its nodes, so it takes no other.
+        ClusterError: no cluster answers at ``address``, it refuses this host's token, or the
+            host cannot give a private /dev/shm.
     """
-    if is_loopback(address):
+    if runtime.cluster_record(address) is not None:
         raise InvalidArgument(
-            f"{address} is a cluster for one host on loopback, which Ray lets no worker join; "
-            "start it with its nodes instead: grid cluster start --nodes gpu1,gpu2"
-        )
+            f"{address} is a cluster for this host alone (started with --nodes or --loopback), "
+            "which takes no other node; start it with its nodes instead: grid cluster start "
+            "--nodes gpu1,gpu2 (or start a head with `grid cluster start --name head` and "
+            "join that)", address=address)
+    if private_shm is not None:
+        check_private_shm(private_shm)
     if not answers(address):
         raise ClusterError(f"no Ray cluster answers at {address}", address=address)
     _check_token(address, auth.join_source(address))
+    if is_loopback(address) or private_shm is not None:
+        return _start_worker_node(address, validate_node_name(name or host_node_name()),
+                                  num_cpus, private_shm)
     args = [f"--address={address}"]
     if num_cpus is not None:
         args.append(f"--num-cpus={num_cpus}")
     return _start_node(args, name, role="worker", address=address)
+
+
+def _start_worker_node(address: str, name: str, num_cpus: int | None,
+                       private_shm: int | None) -> str:
+    """A :mod:`distributed_grid.worker_node` process joined to ``address``, in its own session
+    and recorded by pid, so it outlives the caller and ``grid cluster stop`` ends it."""
+    from distributed_grid import worker_node
+
+    ready = os.path.join(runtime.runtime_dir(),
+                         f"local-{os.getpid()}-{time.monotonic_ns()}.json")
+    cmd = worker_node.command(address, name, ready, num_cpus=num_cpus or 1,
+                              private_shm=private_shm)
+    env = dict(os.environ, **ray_env(join=address))
+    env.pop("RAY_ADDRESS", None)
+    log_path = os.path.join(runtime.runtime_dir(), f"ray-worker-{int(time.time() * 1000)}.log")
+    import subprocess
+
+    with _private_log(log_path) as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    _wait_until(proc, log_path, lambda: os.path.exists(ready), f"worker node {name}")
+    with open(ready, encoding="utf-8") as f:
+        info = json.load(f)
+    os.unlink(ready)
+    runtime.record_started({"pid": proc.pid, "role": "worker", "name": name,
+                            "address": address, "raylets": {name: info["raylet_pid"]},
+                            "private": {name: info} if info["private_shm"] else {}})
+    return address
 
 
 def _check_token(address: str, source: auth.TokenSource) -> None:

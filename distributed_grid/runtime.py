@@ -7,8 +7,10 @@ Three kinds of file, each mode 0600 in a folder only the user can enter:
   under ``started.lock`` (a ``filelock`` beside it), so concurrent starts lose no entry; a
   corrupt one is an error, not an empty record.
 - ``nodes/<cluster id>.<node>.json``: written by a node's store when it starts: which cluster and
-  node it serves, where the node's catalog is, and which raylet runs the node. A process on the
-  same host reads them to reach the node's blocks without Ray.
+  node it serves, where the node's catalog is, which raylet runs the node, and which shared
+  memory its /dev/shm is (:func:`shm_identity`). A process that sees the same /dev/shm reads
+  them to reach the node's blocks without Ray; for any other (a node started with a private
+  /dev/shm, or a process inside one) the record names another host's memory.
 - ``clusters/<cluster id>.json``: written by the supervisor of a cluster that lives on this host
   alone (loopback): all its nodes. With it, a command can know it needs no other host.
 
@@ -136,6 +138,36 @@ def identity_alive(identity: str) -> bool | None:
     return process_alive(int(pid), int(start) if start.isdigit() else None)
 
 
+# -- which memory this process sees ------------------------------------------------------------
+
+SHM_DIR = "/dev/shm"  # memory/segment.py's SHM_DIR; this module stays below memory/
+_BOOT_ID: str | None = None
+
+
+def shm_identity() -> str:
+    """Which shared memory this process's /dev/shm is: ``<boot id>:<device>``.
+
+    Two processes of a host see the same segments exactly when their /dev/shm is the same
+    filesystem, which its device number tells (each tmpfs mount gets its own while mounted; a
+    bind mount of it keeps it). A node started in a mount namespace of its own with a private
+    tmpfs on /dev/shm (``grid cluster start --private-shm``) has another, so its records do not
+    lead a process outside into its memory. The boot id keeps a record from before a reboot
+    from ever matching.
+    """
+    global _BOOT_ID
+    if _BOOT_ID is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+                _BOOT_ID = f.read().strip()
+        except OSError:
+            _BOOT_ID = "unknown"
+    try:
+        device = os.stat(SHM_DIR).st_dev
+    except OSError:
+        device = -1
+    return f"{_BOOT_ID}:{device}"
+
+
 # -- what grid started here --------------------------------------------------------------------
 
 
@@ -232,11 +264,18 @@ class NodeRecord:
     raylet_start: int | None
     protocol: int
     directory: str | None = None  # the key directory's file, on the head's host
+    shm: str | None = None  # the store's /dev/shm (:func:`shm_identity`); None: written before
 
     @property
     def alive(self) -> bool:
         """Whether the node's raylet still runs (the node is part of a live cluster)."""
         return process_alive(self.raylet_pid, self.raylet_start)
+
+    @property
+    def here(self) -> bool:
+        """Whether the node's memory is this process's /dev/shm: its catalog and segments can
+        be opened here (a record written before the identity was recorded counts as here)."""
+        return self.shm is None or self.shm == shm_identity()
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from distributed_grid import _ray, runtime
 
@@ -76,3 +77,31 @@ def test_auth_is_reloaded_and_a_refusal_is_one_bounded_call(cluster_address, tmp
     assert "InvalidAuthToken" in lines[0] and "InvalidAuthToken" in lines[1], lines
     assert lines[2] == "None", lines
     assert "InvalidAuthToken" not in done.stderr  # Ray's warning line is kept off stderr
+
+
+def test_a_worker_node_joins_and_leaves(remote_pool, cluster_address, tmp_path):
+    """``start_worker_node``, ``node_id``, ``raylet_pid`` and ``stop_node``, through the worker
+    node process (``python -m distributed_grid.worker_node``, what ``--private-shm`` nodes and
+    loopback joins run): its raylet joins the session's cluster, and SIGTERM takes it out."""
+    from distributed_grid import worker_node
+
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen(worker_node.command(cluster_address, "rayprivate", str(ready),
+                                                object_store_memory=100 * 2**20),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None, proc.stderr.read().decode(errors="replace")
+            assert time.monotonic() < deadline, "the worker node did not start"
+            time.sleep(0.2)
+        info = json.loads(ready.read_text())
+        with open(f"/proc/{info['raylet_pid']}/comm", encoding="utf-8") as f:
+            assert f.read().strip() == "raylet"
+        joined = {n.name: n for n in remote_pool.ray.nodes(refresh=True)}["rayprivate"]
+        assert joined.alive and joined.node_id == info["node_id"]
+        assert info["private_shm"] is False and info["shm"] == runtime.shm_identity()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=120) == 0
+    assert not runtime.process_alive(info["raylet_pid"], None)

@@ -185,6 +185,10 @@ class Catalog:
         """Changes whenever another process commits a change to this catalog."""
         return self._db.data_version()
 
+    def change_mark(self) -> tuple[int, int]:
+        """Changes whenever a change to this catalog is committed, by this process too."""
+        return self._db.change_mark()
+
     def close(self) -> None:
         """Close this process's connection; the catalog stays."""
         self._db.close()

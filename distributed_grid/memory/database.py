@@ -184,6 +184,14 @@ class Database:
         """A number that changes whenever another connection commits a change."""
         return int(self.scalar("PRAGMA data_version"))  # type: ignore[arg-type]
 
+    def change_mark(self) -> tuple[int, int]:
+        """A pair that changes whenever any connection commits a change, this one included
+        (``data_version`` sees only the others': a store actor that changes its catalog for
+        clients on other hosts would never see its own changes)."""
+        with self._lock, self._errors():
+            version = self.db.execute("PRAGMA data_version").fetchone()[0]
+            return int(version), self.db.total_changes
+
     def close(self) -> None:
         """Close this process's connection (the file stays). Safe to call twice."""
         with self._lock:

@@ -1,5 +1,11 @@
 """This host's part of a cluster, from the records its stores wrote: no Ray needed to read it.
 
+"This host" is the memory this process sees: a record counts only when its store's /dev/shm is
+this process's (:attr:`~distributed_grid.runtime.NodeRecord.here`). A node with a private
+/dev/shm (``grid cluster start --private-shm``) writes its record into the same runtime folder,
+but for a process outside its mount namespace it is another host, reached through Ray; a
+process inside it (a task on that node) sees that node here and the others as remote.
+
 Which nodes of the cluster at an address run on this host (their catalogs are here), which of
 them are gone (their raylet died), where the key directory is when the head is here, and
 whether the whole cluster is on this host: a one-host cluster's supervisor records every node,
@@ -27,7 +33,8 @@ class HostNodes:
     @classmethod
     def find(cls, address: str) -> HostNodes:
         """What this host holds of the cluster at ``address`` (nothing if no store runs here)."""
-        every = [(r, r.alive) for r in node_records(address=address, alive_only=False)]
+        every = [(r, r.alive) for r in node_records(address=address, alive_only=False)
+                 if r.here]
         whole = cluster_record(address)
         alive = [r for r, up in every if up]
         if whole is not None:

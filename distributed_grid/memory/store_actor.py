@@ -49,7 +49,7 @@ from distributed_grid.memory.seqguard import Guard
 from distributed_grid.memory.store import REMOTE_WRITER, STORE_PROTOCOL
 from distributed_grid.memory.sweeper import remove_stale_temp_files
 from distributed_grid.names import check_range
-from distributed_grid.runtime import NodeRecord, process_start, write_node_record
+from distributed_grid.runtime import NodeRecord, process_start, shm_identity, write_node_record
 
 NAMESPACE = "distributed_grid"
 ACTOR_PREFIX = "store."
@@ -98,9 +98,10 @@ class StoreActor(LocalNode):
             hostname=socket.gethostname(), ip=ray.util.get_node_ip_address(),
             raylet_pid=raylet, raylet_start=process_start(raylet), protocol=STORE_PROTOCOL,
             directory=self.directory.path if self.directory is not None else None,
+            shm=shm_identity(),
         ))
         self._reported: tuple[int, int] | None = None
-        self._published: int | None = None
+        self._published: tuple[int, int] | None = None
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._seen: dict[str, float] = {}
@@ -269,7 +270,7 @@ class StoreActor(LocalNode):
                     self._reported = counts
                 except _NotYet:
                     pass
-            version = self.catalog.data_version()
+            version = self.catalog.change_mark()  # its own changes too: remote clients'
             if version != self._published:
                 self._publish()
                 self._published = version

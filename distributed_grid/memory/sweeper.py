@@ -197,8 +197,17 @@ def _stale_temp_files() -> Iterator[LeftFile]:
 
 def _held_files() -> dict[str, int]:
     """The names of /dev/shm's files that a process of this host has open or mapped, with
-    one such process's pid (processes this user may not inspect are skipped)."""
+    one such process's pid (processes this user may not inspect are skipped).
+
+    Only files of this process's /dev/shm count: a process in a mount namespace with a /dev/shm
+    of its own (a node started with ``--private-shm``) names its files with the same paths, but
+    they are on another filesystem (another device), not the files swept here.
+    """
     prefix = SHM_DIR.rstrip("/") + "/"
+    try:
+        device = os.stat(SHM_DIR).st_dev
+    except OSError:
+        return {}
     held: dict[str, int] = {}
     for pid_name in _listdir("/proc"):
         if not pid_name.isdigit():
@@ -208,10 +217,10 @@ def _held_files() -> dict[str, int]:
         for fd in _listdir(fd_dir):
             try:
                 target = os.readlink(f"{fd_dir}/{fd}")
+                if target.startswith(prefix) and os.stat(f"{fd_dir}/{fd}").st_dev == device:
+                    held.setdefault(target[len(prefix):].removesuffix(" (deleted)"), pid)
             except OSError:
                 continue
-            if target.startswith(prefix):
-                held.setdefault(target[len(prefix):].removesuffix(" (deleted)"), pid)
         try:
             with open(f"/proc/{pid}/maps", "rb") as f:
                 maps = f.read()
@@ -219,10 +228,20 @@ def _held_files() -> dict[str, int]:
             continue
         for line in maps.splitlines():
             fields = line.split(maxsplit=5)
-            if len(fields) == 6 and fields[5].startswith(prefix.encode()):
+            if len(fields) == 6 and fields[5].startswith(prefix.encode()) \
+                    and _device(fields[3]) == device:
                 name = fields[5][len(prefix):].decode(errors="replace")
                 held.setdefault(name.removesuffix(" (deleted)"), pid)
     return held
+
+
+def _device(field: bytes) -> int | None:
+    """The device of a /proc/PID/maps line's ``major:minor`` field (hex), as ``st_dev``."""
+    major, _, minor = field.partition(b":")
+    try:
+        return os.makedev(int(major, 16), int(minor, 16))
+    except ValueError:
+        return None
 
 
 # -- deciding ----------------------------------------------------------------------------------
