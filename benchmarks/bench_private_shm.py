@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
 
     lifecycle = pool = None
     try:
+        from distributed_grid.node_process import DEFAULT_SHM_SIZE, object_store_for
         from distributed_grid.sizes import parse_size
-        from distributed_grid.worker_node import DEFAULT_SHM_SIZE, object_store_for
 
         parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
         parser.add_argument("--size", default="256MiB", help="bytes to move (default 256MiB)")

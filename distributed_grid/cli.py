@@ -399,7 +399,7 @@ def _private_shm(private_shm: Any, shm_size: Any) -> int | None:
             raise InvalidArgument("--shm-size sizes a private /dev/shm: give it with "
                                   "--private-shm")
         return None
-    from distributed_grid.worker_node import DEFAULT_SHM_SIZE
+    from distributed_grid.node_process import DEFAULT_SHM_SIZE
 
     return DEFAULT_SHM_SIZE if shm_size is None else _size(shm_size, "shm-size")
 

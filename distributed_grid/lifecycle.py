@@ -236,16 +236,16 @@ def check_private_shm(size: int) -> None:
     give (tried for real in a forked child, before anything starts).
 
     Raises:
-        InvalidArgument: ``size`` is below :data:`worker_node.MIN_SHM_SIZE`.
+        InvalidArgument: ``size`` is below :data:`node_process.MIN_SHM_SIZE`.
         ClusterError: neither root nor unprivileged user namespaces are available.
     """
-    from distributed_grid import namespaces, worker_node
+    from distributed_grid import namespaces, node_process
 
-    if size < worker_node.MIN_SHM_SIZE:
+    if size < node_process.MIN_SHM_SIZE:
         raise InvalidArgument(
             f"--shm-size {size} is too small: a node's private /dev/shm holds its blocks and a "
             f"quarter of it goes to Ray's object store; give at least "
-            f"{worker_node.MIN_SHM_SIZE // 2**20}MiB", size=size)
+            f"{node_process.MIN_SHM_SIZE // 2**20}MiB", size=size)
     refusal = namespaces.private_shm_refusal()
     if refusal is not None:
         raise ClusterError(f"cannot give nodes a private /dev/shm on this host: {refusal}")
@@ -309,11 +309,11 @@ def _start_worker_node(address: str, name: str, num_cpus: int | None,
                        private_shm: int | None) -> str:
     """A :mod:`distributed_grid.worker_node` process joined to ``address``, in its own session
     and recorded by pid, so it outlives the caller and ``grid cluster stop`` ends it."""
-    from distributed_grid import worker_node
+    from distributed_grid import node_process
 
     ready = os.path.join(runtime.runtime_dir(),
                          f"local-{os.getpid()}-{time.monotonic_ns()}.json")
-    cmd = worker_node.command(address, name, ready, num_cpus=num_cpus or 1,
+    cmd = node_process.command(address, name, ready, num_cpus=num_cpus or 1,
                               private_shm=private_shm)
     env = dict(os.environ, **ray_env(join=address))
     env.pop("RAY_ADDRESS", None)

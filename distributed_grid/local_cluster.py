@@ -126,14 +126,14 @@ def _start_private_nodes(address: str, workers: list[str], args: argparse.Namesp
     One after the other: nodes that share the head's session folder pick their socket names
     by looking for the first free one there, and two raylets starting at once pick the same.
     """
-    from distributed_grid import worker_node
+    from distributed_grid import node_process
 
     private: dict[str, dict] = {}
     for name in workers:
         # named as lifecycle.start_local names its own: `grid memory gc` knows the pattern
         ready = os.path.join(os.path.dirname(args.ready_file),
                              f"local-{os.getpid()}-{time.monotonic_ns()}.json")
-        cmd = worker_node.command(address, name, ready, num_cpus=1,
+        cmd = node_process.command(address, name, ready, num_cpus=1,
                                   object_store_memory=args.object_store_memory,
                                   private_shm=args.private_shm, log_monitor=False,
                                   die_with_parent=True)

@@ -17,12 +17,12 @@ file, and waits. SIGTERM (or SIGINT, SIGHUP) ends the node; so does the death of
 as the loss of a machine would. With a private /dev/shm it then ends whatever still runs in its
 namespace and removes every file of that tmpfs, so nothing of the node is left in memory.
 
-Sizes: the node's tmpfs holds both its blocks and Ray's object store of the node. The object
-store takes a quarter of the tmpfs (at least :data:`MIN_OBJECT_STORE`, at most the requested
-size) and is reserved when the node starts (``RAY_preallocate_plasma_memory=1``), so blocks
-filling the tmpfs can never leave Ray's store without the pages it was promised (which would be
-a SIGBUS in a Ray worker instead of a clear ``StoreFull`` at ``allocate``); blocks get the
-rest.
+Sizes (:mod:`distributed_grid.node_process`): the node's tmpfs holds both its blocks and Ray's
+object store of the node. The object store takes a quarter of the tmpfs (at least 80 MiB, at
+most the requested size) and is reserved when the node starts
+(``RAY_preallocate_plasma_memory=1``), so blocks filling the tmpfs can never leave Ray's store
+without the pages it was promised (which would be a SIGBUS in a Ray worker instead of a clear
+``StoreFull`` at ``allocate``); blocks get the rest.
 """
 
 from __future__ import annotations
@@ -35,41 +35,9 @@ import sys
 import threading
 import time
 
-DEFAULT_SHM_SIZE = 2 * 2**30
-MIN_SHM_SIZE = 256 * 2**20
-MIN_OBJECT_STORE = 80 * 2**20  # Ray refuses less than 75 MiB
+from distributed_grid.node_process import object_store_for
+
 STRAGGLER_WAIT = 10.0  # seconds the namespace's last processes get after SIGTERM
-
-
-def object_store_for(shm_size: int | None, requested: int | None = None) -> int | None:
-    """Bytes of Ray object store for a node with a ``shm_size``-byte private /dev/shm (None for
-    a node on the host's /dev/shm: ``requested``, or Ray's own default when that is None)."""
-    if not shm_size:
-        return requested
-    share = max(MIN_OBJECT_STORE, shm_size // 4)
-    return min(requested, share) if requested else share
-
-
-def command(address: str, name: str, ready_file: str, *, num_cpus: int = 1,
-            object_store_memory: int | None = None, private_shm: int | None = None,
-            log_monitor: bool = True, die_with_parent: bool = False) -> list[str]:
-    """The command line that starts a worker node process (see the module's docstring).
-
-    Args:
-        die_with_parent: the node ends when the process that started it dies (a supervisor
-            killed outright still has its nodes end and clean up).
-    """
-    cmd = [sys.executable, "-m", "distributed_grid.worker_node", "--address", address,
-           "--name", name, "--ready-file", ready_file, "--num-cpus", str(num_cpus)]
-    if object_store_memory is not None:
-        cmd += ["--object-store-memory", str(object_store_memory)]
-    if private_shm:
-        cmd += ["--private-shm", str(private_shm)]
-    if not log_monitor:
-        cmd.append("--no-log-monitor")
-    if die_with_parent:
-        cmd += ["--parent", str(os.getpid())]
-    return cmd
 
 
 def _die_with(parent: int) -> None:
