@@ -30,6 +30,7 @@ from distributed_grid.format import (
     block_table,
     node_table,
     preview,
+    printable,
     sweep_table,
 )
 
@@ -82,6 +83,15 @@ def _flag(value: Any, what: str) -> bool:
     raise InvalidArgument(f"--{what} is a switch: give it without a value")
 
 
+def _path(value: Any, what: str) -> str:
+    """A file named on the command line; an empty one is refused (it would name the current
+    directory, or nothing)."""
+    path = str(value)
+    if not path:
+        raise InvalidArgument(f"{what} is empty: give a file path")
+    return path
+
+
 def _emit(data: Any) -> None:
     print(_json.dumps(data, indent=2, sort_keys=True, default=str), file=_out())
 
@@ -123,7 +133,7 @@ class MemoryCommands:
         offset = _size(offset, "offset")
         if block_id is None and offset != 0:
             raise InvalidArgument("--offset needs --block-id: a new block is written from 0")
-        path = str(file_path)
+        path = _path(file_path, "FILE_PATH")
         pool = _pool(config)
         total = os.path.getsize(path) if os.path.isfile(path) else 0
         with Progress("store", total) as bar:
@@ -158,7 +168,7 @@ class MemoryCommands:
         pieces = pool.plan_read(target, size_n, offset_n)
         total = sum(p.length for p in pieces)
         if output is not None:
-            path = str(output)
+            path = _path(output, "--output")
             if path in _STDOUT_PATHS:  # descriptor 1 is stderr now (_guard_stdout): the real one
                 path = f"/proc/self/fd/{_out().fileno()}"
                 _out().flush()
@@ -376,12 +386,12 @@ def main(argv: list[str] | None = None) -> int:
         command_line = check(argv, table)
     except UsageError as exc:
         print(exc.usage, file=sys.stderr)
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
     try:
         fire.Fire(grid, command=command_line, name="grid")
-    except GridError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except GridError as exc:  # one line, whatever the message quotes (a path with a newline)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # the reader went away (`grid ... | head`): end quietly, as git does
         try:

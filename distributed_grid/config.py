@@ -66,10 +66,15 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
     from distributed_grid.sizes import parse_size
 
     source = str(path)
+    if not source:  # Path("") is the current directory
+        raise InvalidArgument("the cluster config's path is empty")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise InvalidArgument(f"cannot read cluster config {source}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(f"cluster config {source} is not UTF-8 text (byte {exc.start} "
+                              "is not)") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -86,7 +91,7 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
         where = f"cluster config {source}: nodes[{i}]"
         if not isinstance(raw, dict):
             raise InvalidArgument(f"{where} must be a mapping with name and host")
-        unknown = set(raw) - {"name", "host", "role", "memory"}
+        unknown = {str(f) for f in raw} - {"name", "host", "role", "memory"}
         if unknown:
             raise InvalidArgument(
                 f"{where} has unknown field(s) {', '.join(sorted(unknown))}; "
