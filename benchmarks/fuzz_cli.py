@@ -10,6 +10,7 @@ or named file. Progress goes to stderr; the summary (runs per exit code, finding
 argument list that caused them, runs per second) to stdout, or as JSON with ``--json``.
 
     .venv/bin/python benchmarks/fuzz_cli.py [--runs 1000] [--seed 0] [--timeout 60] [--json]
+                                            [--log runs.jsonl]
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds a command may take before it counts as a hang")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--log", help="write every run (argument list, exit code, last line "
+                        "of stderr, problems) to this file, one JSON line each")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _interrupted)
 
@@ -53,6 +56,7 @@ def main() -> int:
     from hypothesis import HealthCheck, assume, given, seed, settings
 
     world = None
+    log = open(args.log, "w") if args.log else None  # noqa: SIM115 (closed in the finally)
     try:
         started = subprocess.run([GRID, "cluster", "start", "--nodes", "gpu1,gpu2", "--name",
                                   "head"], capture_output=True, timeout=600)
@@ -66,7 +70,8 @@ def main() -> int:
         codes: Counter = Counter()
         commands: Counter = Counter()
         findings: list = []
-        skipped = 0
+        skipped = repeats = 0
+        seen: set[str] = set()
         clock = time.monotonic()
 
         @seed(args.seed)
@@ -74,12 +79,19 @@ def main() -> int:
                   suppress_health_check=list(HealthCheck))
         @given(argv=command_lines())
         def fuzz(argv):
-            nonlocal skipped
+            nonlocal skipped, repeats
+            repeats += repr(argv) in seen
+            assume(repr(argv) not in seen)  # hypothesis draws some lists more than once
+            seen.add(repr(argv))
             outcome = world.run(argv, timeout=args.timeout)
             if outcome is None:
                 skipped += 1
             assume(outcome is not None)  # not run: another example takes its place
             codes["hang" if outcome.code is None else outcome.code] += 1
+            if log is not None:
+                last = (outcome.stderr.strip().splitlines() or [""])[-1]
+                log.write(json.dumps({"argv": outcome.argv, "code": outcome.code,
+                                      "stderr": last, "problems": outcome.problems}) + "\n")
             commands[outcome.command] += 1
             if outcome.problems:
                 findings.append(outcome)
@@ -94,7 +106,7 @@ def main() -> int:
         seconds = time.monotonic() - clock
         runs = sum(codes.values())
         summary = {
-            "runs": runs, "skipped": skipped, "seconds": round(seconds, 1),
+            "runs": runs, "skipped": skipped, "repeats": repeats, "seconds": round(seconds, 1),
             "runs_per_second": round(runs / seconds, 2),
             "exit_codes": {str(k): v for k, v in sorted(codes.items(), key=str)},
             "commands": dict(commands.most_common()),
@@ -106,7 +118,8 @@ def main() -> int:
             print(json.dumps(summary, indent=2))
         else:
             print(f"{runs} argument lists in {seconds:.0f} s ({summary['runs_per_second']} runs/s)"
-                  f"; {skipped} skipped (would start/stop a cluster, gc, or allocate > 64 MiB)")
+                  f"; {skipped} skipped (would start/stop a cluster, gc, or allocate > 64 MiB)"
+                  f", {repeats} drawn again (not rerun)")
             print("exit codes: " + ", ".join(f"{k}: {v}" for k, v in
                                              summary["exit_codes"].items()))
             print("runs per command (as the grammar reads the line): " + ", ".join(
@@ -118,6 +131,8 @@ def main() -> int:
                 print(f"  grid {list(argv)!r} -> {code}: {'; '.join(problems)}")
         return 1 if findings else 0
     finally:
+        if log is not None:
+            log.close()
         if world is not None:
             world.teardown()
         if "ray" in sys.modules:  # a process connected to Ray leaves before its cluster stops

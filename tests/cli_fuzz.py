@@ -8,9 +8,9 @@ no change here. Only the kinds of value a parameter takes (a size, a block id, a
 named here, by parameter name; a parameter not named gets values of every kind.
 
 A command line names things of the store it runs against through :class:`Ref` placeholders (the
-known block, its id with leading zeros, the known key, an empty file, a directory...), which a
-:class:`World` resolves when the command runs: the known blocks get new ids each time the world
-is rebuilt.
+known block, its id with leading zeros, the known key, an empty file, a directory, a dangling
+link, cluster configs valid and not...), which a :class:`World` resolves when the command runs:
+the known blocks get new ids each time the world is rebuilt.
 
 The oracle (:meth:`World.run`): the command ends within the timeout (a timeout is a hang), shows
 no traceback, exits 0, 1, 2, 130 or 141; exit 1 and 2 end stderr with its one ``error:`` line,
@@ -25,7 +25,8 @@ Never run: command lines that would start or stop a cluster, ``gc`` without ``--
 removes what dead clusters of other users of this host left, which their tests may be looking
 at), and any with a size between 64 MiB and four times /dev/shm (a size that big would be
 allocated: /dev/shm is not the fuzzer's to fill; a bigger one must be refused and is run).
-Not drawn: FIFOs (a FIFO without a writer is a hang until reads of FIFOs have a bounded wait).
+Not drawn: FIFOs (a FIFO without a writer is a hang until reads of FIFOs have a bounded wait),
+and endless files (``/dev/zero``: a ``--config`` of it is read whole).
 """
 
 from __future__ import annotations
@@ -184,11 +185,11 @@ def _option(draw: st.DrawFn, command: Command, param: Param | None) -> list[str 
         name = draw(st.sampled_from(others or ["--nope"]))
         return [name, draw(_any())] if draw(st.booleans()) else [name]
     spelling = param.option
-    if _rarely(draw, 10):
+    if _rarely(draw, 16):
         spelling = draw(st.sampled_from(misspellings(param.option)))
     if param.switch:
         value = draw(st.sampled_from(SWITCH_VALUES))
-        form = draw(st.sampled_from(["plain"] * 4 + ["=", "value", "no", "no="]))
+        form = draw(st.sampled_from(["plain"] * 6 + ["=", "=", "value", "no", "no="]))
         if form == "=":
             return [f"{spelling}={value}"]
         if form == "value":
@@ -197,7 +198,7 @@ def _option(draw: st.DrawFn, command: Command, param: Param | None) -> list[str 
             return ["--no" + spelling.lstrip("-") + ("=" + value if form == "no=" else "")]
         return [spelling]
     value = draw(values(_kind(param.name)))
-    form = draw(st.sampled_from(["space", "="] * 5 + ["missing"]))
+    form = draw(st.sampled_from(["space", "="] * 8 + ["missing"]))
     if form == "missing":
         return [spelling]
     if form == "=":
@@ -213,24 +214,26 @@ def command_lines(draw: st.DrawFn) -> list[str | Ref]:
     every_command = sorted({n for g in GRAMMAR.values() for n in g})
     command = draw(st.sampled_from([c for g in groups for _, c in sorted(GRAMMAR[g].items())]))
     group, name = command.group, command.name
-    if _rarely(draw, 12):
+    if _rarely(draw, 20):
         group = _wrong_word(draw, group, every_command)
-    if _rarely(draw, 12):
+    if _rarely(draw, 20):
         name = _wrong_word(draw, name, [n for n in every_command if n not in GRAMMAR[command.group]]
                            + groups + [name.replace("-", "_")])
-    wanted = command.positionals
-    count = max(0, len(wanted) + draw(st.sampled_from([0] * 12 + [-1, 1, 2])))
-    units: list[list[str | Ref]] = []
-    for i in range(count):
-        kind = _kind(wanted[i].name) if i < len(wanted) else "any"
-        units.append([draw(values(kind))])
-    params: list[Param | None] = list(draw(st.permutations(command.params)))
-    if _rarely(draw, 8):
+    params: list[Param | None] = list(draw(st.permutations(
+        [p for p in command.params if not p.required])))
+    if command.positionals and _rarely(draw, 6):  # a required argument given by name
+        params.insert(0, draw(st.sampled_from(command.positionals)))
+    if _rarely(draw, 16):
         params.append(None)  # an option the command does not have
     if params and _rarely(draw, 12):
         params.insert(0, params[-1])  # an option given twice
-    count = draw(st.sampled_from([0, 1, 1, 2, 2, 3]))
-    units += [_option(draw, command, p) for p in params[:count]]
+    params = params[:draw(st.sampled_from([0, 1, 1, 2, 2, 3]))]
+    units: list[list[str | Ref]] = [_option(draw, command, p) for p in params]
+    wanted = [p for p in command.positionals if p not in params]
+    count = max(0, len(wanted) + draw(st.sampled_from([0] * 20 + [-1, 1, 2])))
+    for i in range(count):
+        kind = _kind(wanted[i].name) if i < len(wanted) else "any"
+        units.insert(i, [draw(values(kind))])
     if _rarely(draw, 4):
         units = draw(st.permutations(units))
     argv: list[str | Ref] = [group, name] + [token for unit in units for token in unit]

@@ -5,8 +5,8 @@ traceback, no hang, one ``error:`` line, and a command that fails changes nothin
 from __future__ import annotations
 
 import pytest
-from cli_fuzz import World, command_lines, judge
-from hypothesis import HealthCheck, assume, given, settings
+from cli_fuzz import Ref, World, command_lines, judge
+from hypothesis import HealthCheck, assume, example, given, settings
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +19,20 @@ def world(pool, cluster_address, tmp_path_factory):
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(argv=command_lines())
+# what the fuzzer found (each was a traceback, fire's own exit 2, or an error line in two)
+@example(argv=["memory", "deallocate", "-"])
+@example(argv=["cluster", "status", "--config", Ref("file")])
+@example(argv=["memory", "list-objects", "--config", Ref("config_fields")])
+@example(argv=["memory", "store", "k", "no\x0bsuch"])
+@example(argv=["cluster", "\x0c"])
+@example(argv=["memory", "retrieve", Ref("key"), "--output", ""])
+# and what issue 8 found by hand
+@example(argv=["memory", "allocate", "10MB", "--json=yes"])
+@example(argv=["memory", "allocate", "1", "gpu1", "True", "5"])
+@example(argv=["memory", "deallocate", Ref("block_zeros")])
+@example(argv=["memory", "allocate", "1KiB", "--node", "None"])
+@example(argv=["memory", "store", "k", "/proc/self/status"])
+@example(argv=["memory", "store", Ref("key"), Ref("file"), "--json=true"])
 def test_no_command_line_shows_a_traceback_or_changes_what_it_should_not(world, argv):
     outcome = world.run(argv)
     assume(outcome is not None)  # it would start or stop a cluster, or allocate a lot
