@@ -84,6 +84,15 @@ def _flag(value: Any, what: str) -> bool:
     raise InvalidArgument(f"--{what} is a switch: give it without a value")
 
 
+def _path(value: Any, what: str) -> str:
+    """A file named on the command line; an empty one is refused (it would name the current
+    directory, or nothing)."""
+    path = str(value)
+    if not path:
+        raise InvalidArgument(f"{what} is empty: give a file path")
+    return path
+
+
 def _emit(data: Any) -> None:
     print(_json.dumps(data, indent=2, sort_keys=True, default=str), file=_out())
 
@@ -132,7 +141,7 @@ class MemoryCommands:
         offset = _size(offset, "offset")
         if block_id is None and offset != 0:
             raise InvalidArgument("--offset needs --block-id: a new block is written from 0")
-        path = str(file_path)
+        path = _path(file_path, "FILE_PATH")
         pool = _pool(config, address)
         block = None if block_id is None else str(block_id)
         force = _flag(force, "force")
@@ -175,7 +184,8 @@ class MemoryCommands:
 
         target = str(block_id)
         size_n, offset_n = _optional_int(size, "size"), _size(offset, "offset")
-        to_stdout = output is not None and str(output) in ("-", *_STDOUT_PATHS)
+        output = None if output is None else _path(output, "--output")
+        to_stdout = output in ("-", *_STDOUT_PATHS)
         as_json = _flag(json, "json")
         if as_json and (output is None or to_stdout):
             raise InvalidArgument("--json describes a retrieve to --output FILE; without one "
@@ -465,12 +475,12 @@ def _main(argv: list[str]) -> int:
         command_line = check(argv, table)
     except UsageError as exc:
         print(exc.usage, file=sys.stderr)
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
     try:
         fire.Fire(grid, command=command_line, name="grid")
-    except GridError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except GridError as exc:  # one line, whatever the message quotes (a path with a newline)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -204,20 +204,16 @@ def _check_args(command: Command, args: list[str]) -> list[str]:
             i += 1
         out.append(f"{param.option}={value}")
     wanted = command.positionals
-    if len(positionals) > len(wanted):
-        extra = positionals[len(wanted)]
+    unfilled = [p for p in wanted if p.name not in given]  # positionals fill these, in order
+    if len(positionals) > len(unfilled):
+        extra = positionals[len(unfilled)]
         raise UsageError(f"unexpected argument {extra!r}: grid {command.group} {command.name} "
                          f"takes {len(wanted)} ({' '.join(p.metavar for p in wanted) or 'none'});"
                          " options are given as --name VALUE", usage)
-    twice = [p for p in wanted[:len(positionals)] if p.name in given]
-    if twice:
-        raise UsageError(f"{twice[0].metavar} is given twice (as an argument and as "
-                         f"{twice[0].option})", usage)
-    missing = [p for p in wanted[len(positionals):] if p.name not in given]
-    if missing:
-        raise UsageError(f"missing {missing[0].metavar}", usage)
-    # by name: fire would read a bare ``-`` (standard input, for ``store``) as its separator
-    return [*(f"{p.option}={v}" for p, v in zip(wanted, positionals, strict=False)), *out]
+    if len(positionals) < len(unfilled):
+        raise UsageError(f"missing {unfilled[len(positionals)].metavar}", usage)
+    # fire is given every value by name: a positional "-" would be its command separator
+    return [*(f"{p.option}={v}" for p, v in zip(unfilled, positionals, strict=True)), *out]
 
 
 def as_typed(method: Callable[..., Any]) -> Callable[..., Any]:

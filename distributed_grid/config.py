@@ -72,6 +72,8 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
 
 
     source = str(path)
+    if not source:  # Path("") is the current directory
+        raise InvalidArgument("the cluster config's path is empty")
     try:  # a FIFO or <(cmd) is read once a writer wrote, waited on with a bound
         raw = read_whole(path, "cluster config", CONFIG_MAX_BYTES)
     except FileError as exc:
@@ -97,7 +99,7 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
         where = f"cluster config {source}: nodes[{i}]"
         if not isinstance(raw, dict):
             raise InvalidArgument(f"{where} must be a mapping with name and host")
-        unknown = set(raw) - {"name", "host", "role", "memory"}
+        unknown = {str(f) for f in raw} - {"name", "host", "role", "memory"}
         if unknown:
             raise InvalidArgument(
                 f"{where} has unknown field(s) {', '.join(sorted(unknown))}; "
