@@ -206,6 +206,10 @@ def _check_args(command: Command, args: list[str]) -> list[str]:
     wanted = command.positionals
     unfilled = [p for p in wanted if p.name not in given]  # positionals fill these, in order
     if len(positionals) > len(unfilled):
+        named = [p for p in wanted if p.name in given]
+        if named and len(positionals) <= len(wanted):  # `allocate 10 --size-in-bytes=20`
+            raise UsageError(f"{named[0].metavar} is given twice (as an argument and as "
+                             f"{named[0].option})", usage)
         extra = positionals[len(unfilled)]
         raise UsageError(f"unexpected argument {extra!r}: grid {command.group} {command.name} "
                          f"takes {len(wanted)} ({' '.join(p.metavar for p in wanted) or 'none'});"

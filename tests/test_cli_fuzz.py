@@ -82,7 +82,7 @@ def test_an_unreadable_cluster_config_is_one_error(grid, tmp_path):
     before = grid.listing()
     (tmp_path / "binary.yaml").write_bytes(b"nodes: [\xd4\x00\xff]\n")
     (tmp_path / "fields.yaml").write_text("nodes: [{1: 2, name: gpu1}]\n")
-    assert "is not UTF-8 text" in error_line(grid, "cluster", "status", "--config",
+    assert "not UTF-8 text" in error_line(grid, "cluster", "status", "--config",
                                              tmp_path / "binary.yaml")
     assert "unknown field(s) 1; allowed" in error_line(
         grid, "memory", "list-objects", "--config", tmp_path / "fields.yaml")
@@ -137,7 +137,9 @@ def test_a_required_argument_given_by_name_leaves_the_positional_to_the_next(gri
     block_id = grid("memory", "store", "--key", unique, tmp_path / "f").stdout.decode().strip()
     try:
         assert grid("memory", "retrieve", "--block-id", unique).stdout == b"named"
-        assert "unexpected argument 'x'" in error_line(
+        assert "BLOCK_ID_OR_KEY is given twice (as an argument and as --block-id)" in error_line(
             grid, "memory", "retrieve", "x", "--block-id", unique, code=2)
+        assert "unexpected argument 'x'" in error_line(
+            grid, "memory", "retrieve", "x", "y", "--block-id", unique, code=2)
     finally:
         grid("memory", "deallocate", block_id)
