@@ -25,8 +25,8 @@ Never run: command lines that would start or stop a cluster, ``gc`` without ``--
 removes what dead clusters of other users of this host left, which their tests may be looking
 at), and any with a size between 64 MiB and four times /dev/shm (a size that big would be
 allocated: /dev/shm is not the fuzzer's to fill; a bigger one must be refused and is run).
-Not drawn: FIFOs (a FIFO without a writer is a hang until reads of FIFOs have a bounded wait),
-and endless files (``/dev/zero``: a ``--config`` of it is read whole).
+A FIFO that nobody writes or reads is drawn too: the world runs commands with a short bound on
+the wait for one (``DISTRIBUTED_GRID_INPUT_WAIT_SECONDS``), so it must end in one error line.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -104,10 +105,11 @@ KEYS = ["k\nv", "k\r\nerror: forged", "\x1b[31mred", "tab\tkey", "\u043a\u043b\u
         "\U0001f511", "-", "--x", "-5", "0x10", "1e3", "007", "True", "None", "", " ",
         "a" * 300, "block_0_gpu1", "k=v", "--json", "[1,2]", "{}", "\u200b", "\\n"]
 KEY_REFS = [Ref("key"), Ref("key2"), Ref("key3"), Ref("fresh_key"), Ref("fresh_key")]
-PATHS = ["/proc/self/status", "/dev/null", "", ".", "-", "/dev/stdin", "..", "nowhere/f"]
+PATHS = ["/proc/self/status", "/dev/null", "", ".", "-", "/dev/stdin", "..", "nowhere/f",
+         "/dev/zero"]
 PATH_REFS = [Ref("file"), Ref("file"), Ref("empty"), Ref("dir"), Ref("missing"),
              Ref("dangling"), Ref("config"), Ref("bad_config"), Ref("config_fields"),
-             Ref("config_elsewhere")]
+             Ref("config_elsewhere"), Ref("fifo")]
 NODES = ["gpu1", "gpu2", "head", "None", "", "gpu3", "GPU1", "gpu1,gpu2", " gpu1", "gpu1\n",
          "-", "*", "gpu1 ", "none", "null"]
 ADDRESSES = [Ref("address"), "127.0.0.1:1", "", "127.0.0.1", "host:port", "[::1]:x", "auto"]
@@ -312,14 +314,15 @@ class World:
         self.address = address
         self.root = Path(root)
         self.cwd = self.root / "cwd"
-        self.env = dict(os.environ, RAY_ADDRESS=address)
+        self.env = dict(os.environ, RAY_ADDRESS=address,
+                        DISTRIBUTED_GRID_INPUT_WAIT_SECONDS="0.3")
         self.foreign = {b.block_id for b in pool.list_blocks()}
         self.ids: dict[str, str] = {}
         self.fresh = 0
         self.rebuilds = 0
         self.paths = {name: str(self.root / name) for name in
                       ("file", "empty", "dir", "missing", "dangling", "config", "bad_config",
-                       "config_fields", "config_elsewhere")}
+                       "config_fields", "config_elsewhere", "fifo")}
         self.refresh_files()
         self.reset()
 
@@ -355,7 +358,7 @@ class World:
         shutil.rmtree(self.cwd, ignore_errors=True)
         self.cwd.mkdir(parents=True)
         p = self.paths
-        for name in ("missing", "dangling", "dir"):
+        for name in ("missing", "dangling", "dir", "fifo"):
             if os.path.lexists(p[name]):
                 shutil.rmtree(p[name]) if os.path.isdir(p[name]) and not \
                     os.path.islink(p[name]) else os.unlink(p[name])
@@ -363,6 +366,7 @@ class World:
         Path(p["empty"]).write_bytes(b"")
         os.mkdir(p["dir"])
         os.symlink(p["missing"], p["dangling"])
+        os.mkfifo(p["fifo"])
         Path(p["config"]).write_text("nodes:\n  - name: gpu1\n    host: 10.255.255.1\n"
                                      "    role: worker\n    memory: 1MiB\n")
         Path(p["bad_config"]).write_text("nodes: [\n")
@@ -409,7 +413,9 @@ class World:
                 files[name] = _sha(Path(path).read_bytes())
             else:
                 files[name] = "dir" if os.path.isdir(path) else \
-                    ("link" if os.path.islink(path) else "absent")
+                    ("link" if os.path.islink(path) else
+                     "fifo" if stat.S_ISFIFO(os.lstat(path).st_mode) else "absent") \
+                    if os.path.lexists(path) else "absent"
         files["cwd"] = ",".join(sorted(os.listdir(self.cwd))) if self.cwd.is_dir() else "absent"
         return files
 
