@@ -248,6 +248,15 @@ def test_a_worker_joins_a_head_from_another_namespace(tmp_path):
         lost = head("memory", "retrieve", block, check=False)
         assert lost.returncode == 1
         assert "lost" in lost.stderr.decode().splitlines()[-1]
+
+        # it comes back, as after a reboot: new memory, an empty catalog, the same name; its
+        # new blocks never take a number its last life handed out
+        worker("cluster", "start", "--address", address, "--name", "gpu2", "--private-shm",
+               "--shm-size", "512MiB")
+        again = head.out("memory", "allocate", "4KiB", "--node", "gpu2")
+        assert int(again.split("_")[1]) > int(number), (block, again)
+        stale = head("memory", "retrieve", block, check=False)
+        assert stale.returncode == 1 and b"Traceback" not in stale.stderr
     finally:
         stops = [g("cluster", "stop", check=False) for g in (worker, head)]
         for g in (worker, head):

@@ -206,6 +206,16 @@ class Catalog:
     def _add_meta(self, name: str, delta: int) -> None:
         self._db.db.execute("UPDATE meta SET value=value+? WHERE name=?", (delta, name))
 
+    def numbers_from(self, floor: int) -> None:
+        """Hand out no block number below ``floor`` from now on (numbers a previous life of
+        the node spent: see :class:`~distributed_grid.memory.store_actor.StoreActor`)."""
+        with self._db.transaction() as db:
+            db.execute("UPDATE meta SET value=max(value, ?) WHERE name='next_number'", (floor,))
+
+    def next_number(self) -> int:
+        """The number the next block will get."""
+        return int(self.meta("next_number"))
+
     def spend_number(self) -> int:
         """Take the next block number (inside a transaction): it is never handed out again."""
         number = int(self.meta("next_number"))

@@ -88,6 +88,9 @@ class StoreActor(LocalNode):
         self.is_head = node == head
         self.mappings = Mappings()
         self.directory = KeyDirectory(cluster_id) if self.is_head else None
+        # a node whose catalog went with its memory (its machine rebooted) goes on numbering
+        # where its last life stopped, as far as it published: a stale id names no new block
+        self.catalog.numbers_from(published_next_number(node))
         self.reconcile()
         remove_stale_temp_files()  # records a crashed writer never renamed
         context = ray.get_runtime_context()
@@ -288,8 +291,9 @@ class StoreActor(LocalNode):
             ray.get(head.dir_report.remote(stats, False), timeout=METADATA_TIMEOUT)
 
     def _publish(self) -> None:
-        blocks = [b.to_json() for b in self.list_blocks()]
-        _ray.kv_put(snapshot_key(self.node), json.dumps(blocks).encode(), NAMESPACE)
+        published = {"blocks": [b.to_json() for b in self.list_blocks()],
+                     "next_number": self.catalog.next_number()}
+        _ray.kv_put(snapshot_key(self.node), json.dumps(published).encode(), NAMESPACE)
 
     def writer_alive(self, writer: str | None) -> bool | None:
         """A remote writer is alive while its Ray job runs and it called within
@@ -331,10 +335,19 @@ def snapshot_key(node: str) -> str:
     return f"blocks.{node}"
 
 
+def _published(node: str) -> dict[str, Any]:
+    raw = _ray.kv_get(snapshot_key(node), NAMESPACE)
+    return json.loads(raw) if raw else {"blocks": [], "next_number": 0}
+
+
 def last_published(node: str) -> list[BlockInfo]:
     """The block list a node's store published last (for a node that is gone)."""
-    raw = _ray.kv_get(snapshot_key(node), NAMESPACE)
-    return [BlockInfo.from_json(b) for b in json.loads(raw)] if raw else []
+    return [BlockInfo.from_json(b) for b in _published(node)["blocks"]]
+
+
+def published_next_number(node: str) -> int:
+    """The block number a node's store would have handed out next when it last published."""
+    return int(_published(node)["next_number"])
 
 
 class Lease:
