@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -253,11 +254,22 @@ def help_text(argv: list[str], groups: dict[str, dict[str, Command]],
     lines = [command.usage(), "", command.summary]
     if command.positionals:
         lines += ["", "arguments:"]
-        lines += [f"  {p.metavar:<22} {p.help}" for p in command.positionals]
+        lines += [_entry(p.metavar, p.help) for p in command.positionals]
     optional = [p for p in command.params if not p.required]
     if optional:
         lines += ["", "options:"]
         for p in optional:
             shown = p.option if p.switch else f"{p.option} {p.metavar}"
-            lines.append(f"  {shown:<22} {p.help}")
+            lines.append(_entry(shown, p.help))
     return "\n".join(lines)
+
+
+HELP_WIDTH = 100
+
+
+def _entry(name: str, text: str) -> str:
+    """One argument's help: its name, then its text wrapped to :data:`HELP_WIDTH` columns,
+    continued under the text's first column."""
+    head = f"  {name:<22} "
+    return textwrap.fill(text, HELP_WIDTH, initial_indent=head,
+                         subsequent_indent=" " * 25, break_on_hyphens=False) or head.rstrip()
