@@ -103,7 +103,8 @@ class KeyConflict(GridError):
 
 
 class KeyBusy(KeyConflict):
-    """A write of the key is in progress: a key has one writer at a time."""
+    """A write of the key's bytes is in progress: each part of a key has one writer at a
+    time."""
 
 
 class WriteInProgress(GridError, TimeoutError):

@@ -139,6 +139,29 @@ def test_one_writer_per_key_and_readers_wait_for_the_new_bytes(grid, pool, block
     assert out == big_file.read_bytes()  # the new bytes, whole: it waited for the write
 
 
+@pytest.mark.parametrize("env", [{}, REMOTE], ids=["local", "remote"])
+def test_parts_of_one_key_are_written_at_once(grid, pool, blocks, big_file, tmp_path, unique,
+                                              env):
+    """Pipeline stages write their parts of one key at known offsets at the same time: a
+    write of another part is no conflict; a write onto the running write's bytes is."""
+    block_id = blocks.new(100 * MiB, node="gpu2")
+    proc = start_stalled({**grid.env, **env}, unique, big_file, block_id, 0)
+    try:
+        (tmp_path / "part2").write_bytes(b"second part")
+        grid("memory", "store", unique, tmp_path / "part2", "--block-id", block_id,
+             "--offset", str(90 * MiB), env=env)
+        line = grid.fails("memory", "store", unique, tmp_path / "part2", "--block-id",
+                          block_id, "--offset", str(MiB), env=env)
+        assert f"key '{unique}' is being written (bytes 0..{80 * MiB} of" in line
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    finally:
+        kill(proc)
+    assert pool.find_key(unique).extents == [(0, 80 * MiB), (90 * MiB, 11)]
+    assert pool.read(unique) == big_file.read_bytes() + b"second part"
+
+
 TORN_WRITER = """
 import sys
 from distributed_grid.memory import MemoryPool

@@ -13,8 +13,10 @@ reach somebody else's data. A creator killed before it finished leaves a ``creat
 Write protocol: ``prepare_write`` checks the range and records the key's extent as pending (the
 bytes it claims are then owned, so no other write can take them); the bytes are copied (by a
 local client straight into the mapping, or by the store actor from chunks sent through Ray);
-``commit_write`` marks the extent complete. A refused write has changed nothing. A key has one
-writer at a time: a second write of a key whose write is running is refused (:class:`KeyBusy`).
+``commit_write`` marks the extent complete. A refused write has changed nothing. A range of a key
+has one writer at a time: a second write of a key onto bytes a running write of it claims is
+refused (:class:`KeyBusy`); writes of disjoint parts of one key (pipeline stages writing their
+parts at known offsets) may run at once.
 
 Every pending write and every block allocated for one write has an owner, the writer: a process
 of this host (``host/pid/start``) or a client on another host, whose life the node's store actor
@@ -309,8 +311,8 @@ class BlockStore:
         offset replaces that extent when the write commits (until then the key reads as it
         was). With ``force`` the overlapped extents of other keys are dropped (their bytes are
         being overwritten). A key lives in one block of the node (the cluster's key directory
-        makes that one block of the cluster) and has one writer at a time. Pending writes of
-        writers that are gone are undone first.
+        makes that one block of the cluster) and each of its ranges one writer at a time.
+        Pending writes of writers that are gone are undone first.
 
         Args:
             writer: who writes (``host/pid/start``); None for this process.
@@ -336,10 +338,12 @@ class BlockStore:
                         if self.write_gone(p):
                             released += self._forget_write(p)
                             continue
+                        if p.block == number and (p.end <= offset or end <= p.offset):
+                            continue  # another part of the key: its writer may run meanwhile
                         raise KeyBusy(
                             f"key {key!r} is being written (bytes {p.offset}..{p.end} of "
-                            f"{self.block_id(p.block)}, by {p.writer}); a key has one writer "
-                            "at a time: try again when that write has finished",
+                            f"{self.block_id(p.block)}, by {p.writer}); each part of a key has "
+                            "one writer at a time: try again when that write has finished",
                             key=key, block_id=self.block_id(p.block), writer=p.writer)
                     elsewhere = self.catalog.block_of_key(key)
                     if elsewhere is not None and elsewhere != number:
