@@ -55,7 +55,7 @@ def _shape(shape: Any, dtype: np.dtype, available: int) -> tuple[int, ...]:
 
 
 def view(pool: Blocks, block_id: str, dtype: Any = "uint8", shape: Any = None,
-         offset: int = 0, consistent: bool = False) -> np.ndarray:
+         offset: int = 0, consistent: bool = False, populate: bool = False) -> np.ndarray:
     """An array of ``dtype`` and ``shape`` over a block's bytes from ``offset``.
 
     Args:
@@ -66,6 +66,11 @@ def view(pool: Blocks, block_id: str, dtype: Any = "uint8", shape: Any = None,
         offset: where the array starts; a multiple of the dtype's alignment.
         consistent: return a read-only copy that no concurrent write tore, wherever the block
             is.
+        populate: on the block's host, map every page of the block now (``MAP_POPULATE``), for
+            a caller about to write all of it: the writes then take no page fault. Mapping the
+            pages costs about 0.08 s per GiB of pages written before (0.6 s of pages never
+            written, which the kernel zeroes) against faulting them one by one while writing
+            (a first write through a view ran at 0.24x memcpy). Ignored elsewhere.
 
     Returns:
         On the block's host, a writable array over the block's memory (no copy). Elsewhere (or
@@ -78,7 +83,7 @@ def view(pool: Blocks, block_id: str, dtype: Any = "uint8", shape: Any = None,
     dt = _dtype(dtype)
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
         raise OutOfBounds(f"offset must be a whole number of bytes, 0 or more, got {offset!r}")
-    size, data = pool.open_block(block_id)
+    size, data = pool.open_block(block_id, populate=populate and not consistent)
     if offset > size:
         raise OutOfBounds(f"offset {offset} is past the end of {block_id} (size {size})",
                           block_id=block_id, offset=offset)

@@ -23,29 +23,31 @@ KEPT = 8
 class Mappings:
     """The segments this process keeps mapped."""
 
-    def __init__(self, kept: int = KEPT) -> None:
+    def __init__(self, kept: int = KEPT, populate: bool = False) -> None:
         self.kept = kept
+        self.populate = populate  # map every page at once (for writers of whole ranges)
         self._lock = threading.Lock()
         self._open: OrderedDict[str, seg.Segment] = OrderedDict()
 
-    @staticmethod
-    def attach(block: BlockInfo) -> seg.Segment | None:
+    def attach(self, block: BlockInfo) -> seg.Segment | None:
         """A new mapping of the block when it is provably on this host, else None."""
         try:
-            return seg.attach_block(block.segment, bytes.fromhex(block.token), block.size)
+            return seg.attach_block(block.segment, bytes.fromhex(block.token), block.size,
+                                    self.populate)
         except (seg.SegmentNotFound, OSError):
             return None
 
     @contextmanager
-    def mapped(self, block: BlockInfo) -> Iterator[seg.Segment | None]:
-        """A kept mapping of the block (None when its segment is not here, or not the block's)."""
+    def mapped(self, block: BlockInfo, attach: bool = True) -> Iterator[seg.Segment | None]:
+        """A kept mapping of the block (None when its segment is not here, or not the block's,
+        or, without ``attach``, when none is kept)."""
         self.drop_stale()
         with self._lock:
             segment = self._open.pop(block.segment, None)
         if segment is not None and segment.token.hex() != block.token:
             close_quietly(segment)
             segment = None
-        if segment is None:
+        if segment is None and attach:
             segment = self.attach(block)
         if segment is None:
             yield None

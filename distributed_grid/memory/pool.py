@@ -738,17 +738,31 @@ class MemoryPool:
 
     def read(self, target: str, size: int | None = None, offset: int = 0) -> bytes:
         """The bytes of a block or key (default: up to the block's high-water mark), as they
-        were before or after any concurrent write, never a mix."""
+        were before or after any concurrent write, never a mix.
+
+        The bytes are copied once, straight into the ``bytes`` returned (on this host from the
+        segment on two threads; from another host out of each chunk Ray brings): see
+        :mod:`distributed_grid.memory.buffers`.
+        """
+        from distributed_grid.memory.buffers import new_bytes
+
         pieces = self.plan_read(target, size, offset)
         while True:
-            out = bytearray(sum(p.length for p in pieces))
+            length = sum(p.length for p in pieces)
+            made = new_bytes(length)
+            spare = bytearray(length) if made is None else None
+            out, dest = made if made is not None else (None, memoryview(spare))
             try:
-                count = self.read_to(target, transfer.BufferSink(memoryview(out)), size, offset,
+                count = self.read_to(target, transfer.BufferSink(dest), size, offset,
                                      pieces=pieces)
             except _PlanChanged as changed:
                 pieces = changed.pieces
                 continue
-            return bytes(out[:count]) if count != len(out) else bytes(out)
+            finally:
+                dest.release()
+            if out is None:
+                return bytes(spare[:count]) if count != length else bytes(spare)  # type: ignore[index]
+            return out if count == length else out[:count]
 
     def retrieve_to_file(self, target: str, path: str, size: int | None = None, offset: int = 0,
                          progress: Progress | None = None,
@@ -775,15 +789,16 @@ class MemoryPool:
     # -- arrays ---------------------------------------------------------------------------------
 
     def view(self, block_id: str, dtype: Any = "uint8", shape: Any = None,
-             offset: int = 0, consistent: bool = False) -> np.ndarray:
+             offset: int = 0, consistent: bool = False, populate: bool = False) -> np.ndarray:
         """A numpy array over a block: zero-copy and writable on this host (live memory), else
-        (or with ``consistent``) a read-only copy no concurrent write tore.
+        (or with ``consistent``) a read-only copy no concurrent write tore. ``populate`` maps
+        every page at once, for a caller about to write all of it.
 
         See :func:`distributed_grid.memory.arrays.view`.
         """
         from distributed_grid.memory import arrays  # numpy is imported when arrays are used
 
-        return arrays.view(self, block_id, dtype, shape, offset, consistent)
+        return arrays.view(self, block_id, dtype, shape, offset, consistent, populate)
 
     def put(self, key: str, array: Any, node: str | None = None) -> StoreResult:
         """Store a numpy array under ``key`` with its dtype and shape.
@@ -822,8 +837,10 @@ class MemoryPool:
 
         return objects.get_object(self, key)
 
-    def open_block(self, block_id: str) -> tuple[int, memoryview | None]:
-        """A block's size and, on this host, a writable view of its bytes (None elsewhere).
+    def open_block(self, block_id: str,
+                   populate: bool = False) -> tuple[int, memoryview | None]:
+        """A block's size and, on this host, a writable view of its bytes (None elsewhere);
+        with ``populate`` every page is mapped at once (``MAP_POPULATE``).
 
         The view holds a mapping of its own: the memory stays valid while the view (or an
         array over it) lives, even if the block is deallocated meanwhile, and goes with it.
@@ -833,7 +850,7 @@ class MemoryPool:
         """
         number, node = self._block_node(block_id)
         if isinstance(node, LocalNode):
-            return node.open_block(number)
+            return node.open_block(number, populate)
         return node.block_info(number).size, None
 
     def close(self) -> None:

@@ -241,32 +241,37 @@ def _open_block(name: str, token: bytes, size: int) -> tuple[int, int]:
     return fd, total
 
 
-def _map_block(name: str, token: bytes, size: int) -> mmap.mmap:
+def _map_block(name: str, token: bytes, size: int, populate: bool = False) -> mmap.mmap:
     fd, total = _open_block(name, token, size)
+    flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if populate else 0)
     try:
-        return mmap.mmap(fd, total, flags=mmap.MAP_SHARED)
+        return mmap.mmap(fd, total, flags=flags)
     finally:
         os.close(fd)
 
 
-def map_data(name: str, token: bytes, size: int) -> memoryview:
-    """A writable view of a block's bytes over a new mapping of its segment (no page touched).
+def map_data(name: str, token: bytes, size: int, populate: bool = False) -> memoryview:
+    """A writable view of a block's bytes over a new mapping of its segment (no page touched,
+    unless ``populate``: then every page is mapped now, ``MAP_POPULATE``, so a caller about to
+    write all of it takes no page fault; that costs about 0.08 s per GiB of pages written
+    before here, and 0.6 s per GiB of pages never written, which the kernel zeroes).
 
     The mapping lives as long as the view (or anything made over it, a numpy array say).
 
     Raises:
         SegmentNotFound: no such segment, or it holds another token or size.
     """
-    return memoryview(_map_block(name, token, size))[HEADER_SIZE : HEADER_SIZE + size]
+    return memoryview(_map_block(name, token, size, populate))[HEADER_SIZE : HEADER_SIZE + size]
 
 
-def attach_block(name: str, token: bytes, size: int) -> Segment:
-    """:meth:`Segment.attach` of a segment that must hold ``token`` and ``size`` data bytes.
+def attach_block(name: str, token: bytes, size: int, populate: bool = False) -> Segment:
+    """:meth:`Segment.attach` of a segment that must hold ``token`` and ``size`` data bytes
+    (every page mapped now with ``populate``: see :func:`map_data`).
 
     Raises:
         SegmentNotFound: no such segment, or it holds another token or size.
     """
-    return Segment(name, _map_block(name, token, size), size, token)
+    return Segment(name, _map_block(name, token, size, populate), size, token)
 
 
 def open_data(name: str, token: bytes, size: int) -> int:

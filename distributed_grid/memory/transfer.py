@@ -7,7 +7,10 @@ On the block's host the bytes go through the segment's file descriptor, never th
 mapping (a mapping faults in each page on first touch, which cost more than the copy itself
 here): into a block with ``pwrite`` on ``COPY_THREADS`` threads (a buffer is written as it is, a
 file through a small buffer per thread that stays in the CPU's cache); out of one into a file the
-same way, into a pipe with ``sendfile``, into a buffer with ``preadv`` straight into it.
+same way, into a pipe with ``sendfile``, into a buffer with ``preadv`` straight into it (on
+``COPY_THREADS`` threads too). A write of a buffer into a block that this process keeps mapped
+(:class:`~distributed_grid.memory.local.LocalNode`) is a numpy copy on ``COPY_THREADS`` threads
+instead: ``pwrite`` into tmpfs holds the file's lock, so its threads do not add up.
 Elsewhere the same pieces travel as ObjectRefs (:mod:`distributed_grid.memory.remote`).
 """
 
@@ -147,7 +150,7 @@ class BufferSink(Sink):
         self.pos = 0
 
     def write(self, view: memoryview) -> None:
-        self.dest[self.pos : self.pos + len(view)] = view
+        copy(self.dest[self.pos : self.pos + len(view)], view)
         self.pos += len(view)
 
     def mark(self) -> int:
@@ -253,6 +256,45 @@ def _write_errors(call: Callable[..., int], *args: object) -> int:
         return call(*args)
 
 
+# -- copies on COPY_THREADS threads ------------------------------------------------------------
+
+PARALLEL_MIN = 8 * 2**20  # below this one thread copies (a thread costs more than it saves)
+
+
+def in_parallel(length: int, span: Callable[[int, int], object], unit: int = PIECE) -> None:
+    """Run ``span(start, n)`` over ``length`` bytes cut into ``COPY_THREADS`` runs of whole
+    ``unit``s, one thread each (the copies release the GIL); one run when it is small."""
+    if length < PARALLEL_MIN:
+        if length:
+            span(0, length)
+        return
+    half = -(-length // COPY_THREADS // unit) * unit
+    spans = [(s, min(half, length - s)) for s in range(0, length, half)]
+    from concurrent.futures import ThreadPoolExecutor  # 10 ms to import: only when it helps
+
+    with ThreadPoolExecutor(len(spans)) as pool:
+        for future in [pool.submit(span, start, n) for start, n in spans]:
+            future.result()
+
+
+def copy(dest: memoryview, src: memoryview, progress: Progress = no_progress) -> None:
+    """``dest[:] = src`` (same length), on ``COPY_THREADS`` threads when it is big."""
+    if len(src) < PARALLEL_MIN:
+        dest[:] = src
+        progress(len(src))
+        return
+    import numpy as np  # its copy releases the GIL; a memoryview's does not
+
+    to, frm = np.frombuffer(dest, dtype=np.uint8), np.frombuffer(src, dtype=np.uint8)
+
+    def span(start: int, n: int) -> None:
+        for pos, size in chunks(n):
+            np.copyto(to[start + pos : start + pos + size], frm[start + pos : start + pos + size])
+            progress(size)
+
+    in_parallel(len(src), span)
+
+
 # -- the local path: a segment's descriptor ----------------------------------------------------
 
 
@@ -282,17 +324,7 @@ def fill_fd(fd: int, base: int, length: int, source: Source,
         if done:
             progress(done)
 
-    half = -(-length // COPY_THREADS // PIECE) * PIECE  # whole pieces per thread
-    spans = [(s, min(half, length - s)) for s in range(0, length, half)] if length else []
-    if len(spans) <= 1:
-        for start, n in spans:
-            span(start, n)
-        return
-    from concurrent.futures import ThreadPoolExecutor  # 10 ms to import: only when it helps
-
-    with ThreadPoolExecutor(len(spans)) as pool:
-        for future in [pool.submit(span, start, n) for start, n in spans]:
-            future.result()
+    in_parallel(length, span)
 
 
 def drain_fd(fd: int, base: int, length: int, sink: Sink,
@@ -304,17 +336,25 @@ def drain_fd(fd: int, base: int, length: int, sink: Sink,
             fill_fd(sink.fd, out, length, FileSource(fd, "the block", length, base), progress)
         os.lseek(sink.fd, out + length, os.SEEK_SET)
         return
+    if isinstance(sink, BufferSink):  # straight into the destination, both halves at once
+        dest = sink.dest[sink.pos : sink.pos + length]
+
+        def span(start: int, n: int) -> None:
+            for pos, size in chunks(n):
+                got = 0
+                while got < size:
+                    got += os.preadv(fd, [dest[start + pos + got : start + pos + size]],
+                                     base + start + pos + got)
+                progress(size)
+
+        in_parallel(length, span)
+        sink.pos += length
+        return
     for pos, n in chunks(length):
         if isinstance(sink, FdSink) and not sink.appends:  # a pipe: in the kernel, no copy
             sent = 0
             while sent < n:
                 sent += _write_errors(os.sendfile, sink.fd, fd, base + pos + sent, n - sent)
-        elif isinstance(sink, BufferSink):  # straight into the destination
-            got = 0
-            while got < n:
-                got += os.preadv(fd, [sink.dest[sink.pos + got : sink.pos + n]],
-                                 base + pos + got)
-            sink.pos += n
         else:
             buf = memoryview(bytearray(min(PIECE, n)))
             for at, size in chunks(n, PIECE):

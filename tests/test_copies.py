@@ -1,0 +1,113 @@
+"""The copies of the data paths: read returns ``bytes`` built once, writes over written pages go
+through a kept mapping, a view can be opened populated, remote writes send the caller's
+buffer. Real cluster, real shared memory; no timing."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from distributed_grid.memory import buffers
+from distributed_grid.memory.local import MAPPED_WRITE_MIN
+
+MiB = 2**20
+
+
+def _resident(arr: np.ndarray) -> int:
+    """Bytes of this process's mapping holding ``arr`` that are in its page table (Rss)."""
+    address = arr.__array_interface__["data"][0]
+    with open("/proc/self/smaps", encoding="ascii") as f:
+        inside = False
+        for line in f:
+            first = line.split()[0]
+            if "-" in first and not first.endswith(":"):
+                start, end = (int(x, 16) for x in first.split("-"))
+                inside = start <= address < end
+            elif inside and first == "Rss:":
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no mapping holds the array")
+
+
+def _mapped_segments() -> str:
+    with open("/proc/self/maps", encoding="ascii") as f:
+        return f.read()
+
+
+def _pattern(n: int, seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def test_read_returns_bytes_small_and_large(pool, blocks, unique):
+    for size in (1000, buffers.SMALL - 1, buffers.SMALL, 3 * MiB + 5):
+        block_id = blocks.new(size, node="gpu1")
+        data = _pattern(size, size)
+        pool.write(block_id, data)
+        got = pool.read(block_id)
+        assert type(got) is bytes and got == data
+        part = pool.read(block_id, size=size - 7, offset=7)
+        assert type(part) is bytes and part == data[7:]
+        assert hash(got) == hash(data)  # a bytes like any other: hashable, equal hash
+
+
+def test_read_of_a_key_in_several_extents_is_bytes(pool, blocks, unique):
+    block_id = blocks.new(4 * MiB, node="gpu1")
+    first, second = _pattern(MiB, 1), _pattern(2 * MiB, 2)
+    pool.write(block_id, first, offset=0, key=unique)
+    pool.write(block_id, second, offset=2 * MiB, key=unique)
+    got = pool.read(unique)
+    assert type(got) is bytes and got == first + second
+
+
+def test_remote_read_returns_bytes(pool, remote_pool, blocks):
+    block_id = blocks.new(3 * MiB, node="gpu2")
+    data = _pattern(3 * MiB, 3)
+    pool.write(block_id, data)
+    got = remote_pool.read(block_id)
+    assert type(got) is bytes and got == data
+
+
+def test_remote_write_of_a_buffer_round_trips(pool, remote_pool, blocks):
+    block_id = blocks.new(5 * MiB, node="gpu2")
+    data = np.frombuffer(_pattern(5 * MiB, 4), dtype=np.uint8)
+    remote_pool.write(block_id, data, offset=0)
+    assert pool.read(block_id) == data.tobytes()
+    remote_pool.write(block_id, data[: 70 * 1024], offset=MiB)  # a chunk sent inline too
+    assert pool.read(block_id, size=70 * 1024, offset=MiB) == data[: 70 * 1024].tobytes()
+
+
+def test_populated_view_has_its_pages_mapped(pool, blocks):
+    block_id = blocks.new(8 * MiB, node="gpu1")
+    plain = pool.view(block_id)
+    assert _resident(plain) == 0  # mapped, no page touched
+    full = pool.view(block_id, populate=True)
+    assert _resident(full) >= 8 * MiB
+    full[:] = 7  # writable, zero-copy: the block is this memory
+    assert pool.read(block_id, size=16, offset=8 * MiB - 16) == b"\x07" * 16
+    assert plain[123] == 7
+
+
+def test_populate_is_ignored_away_from_the_block(pool, remote_pool, blocks):
+    block_id = blocks.new(MiB, node="gpu2")
+    pool.write(block_id, b"\x05" * MiB)
+    copy = remote_pool.view(block_id, populate=True)
+    assert not copy.flags.writeable and int(copy.sum()) == 5 * MiB
+    consistent = pool.view(block_id, populate=True, consistent=True)
+    assert not consistent.flags.writeable and consistent[0] == 5
+
+
+def test_writes_over_written_bytes_go_through_a_kept_mapping(pool, blocks):
+    size = MAPPED_WRITE_MIN + MiB
+    block_id = blocks.new(size, node="gpu1")
+    segment = pool.block_info(block_id).segment
+    first, second, third = (_pattern(size, s) for s in (5, 6, 7))
+    pool.write(block_id, first)  # pages never written: pwrite, no mapping
+    assert segment not in _mapped_segments()
+    pool.write(block_id, second)  # over written pages: mapped, kept
+    assert segment in _mapped_segments()
+    assert pool.read(block_id) == second
+    pool.write(block_id, np.frombuffer(third, dtype=np.uint8))  # through the kept mapping
+    assert pool.read(block_id) == third
+    pool.deallocate(block_id)
+    assert segment not in _mapped_segments()  # the freed memory is not held here
+    assert not os.path.exists(f"/dev/shm/{segment}")
