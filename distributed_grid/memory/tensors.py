@@ -126,8 +126,8 @@ def _flat(name: str, tensor: Any) -> list:
                               "float64 ... bool)")
     if dt.byteorder == ">":
         arr = arr.astype(dt.newbyteorder("<"))
-    arr = np.ascontiguousarray(arr)
-    return [code, list(arr.shape), None, arr.reshape(-1).view(np.uint8)]
+    shape = list(arr.shape)  # ascontiguousarray makes a scalar 1-d
+    return [code, shape, None, np.ascontiguousarray(arr).reshape(-1).view(np.uint8)]
 
 
 def _flat_torch(name: str, tensor: Any) -> list:
