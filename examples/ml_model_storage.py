@@ -164,7 +164,7 @@ def run(pool: MemoryPool, node: str | None, keep: bool, framework: str) -> int:
             print(f"server {i} (pid {r['pid']}, {framework}): forward pass OK; while both "
                   f"servers hold the weights: VmRSS +{grew['VmRSS']:.1f} MiB, RssAnon "
                   f"+{grew['RssAnon']:.1f} MiB (private), RssShmem +{grew['RssShmem']:.1f} MiB "
-                  f"(the block's pages), Pss_Shmem +{grew['Pss_Shmem']:.1f} MiB (its share)")
+                  f"(shared pages), Pss_Shmem +{grew['Pss_Shmem']:.1f} MiB (its share)")
             if not r["local"]:
                 continue
             if grew["RssAnon"] * MiB > size / 2 or grew["RssShmem"] * MiB < size * 0.9:
