@@ -318,6 +318,31 @@ def test_a_pool_passed_to_a_ray_task_on_gpu2_reads_and_writes_blocks(pool, remot
         pool.deallocate(block_id)
 
 
+def test_a_ray_actor_on_gpu2_keeps_a_pool_it_was_given(pool, remote_pool, keys, unique):
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    pool.put_tensors(unique, {"w": np.arange(4, dtype="int32")}, node="gpu2")
+    keys.append(unique)
+
+    @ray.remote(num_cpus=0)
+    class Server:
+        def __init__(self, p):
+            self.pool = p
+
+        def weights(self, key):
+            return self.pool.get_tensors(key)["w"].tolist(), self.pool.is_local(
+                self.pool.find_key(key).block_id)
+
+    gpu2 = remote_pool.ray.node("gpu2").node_id
+    server = Server.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        gpu2, soft=False)).remote(pool)
+    try:
+        assert ray.get(server.weights.remote(unique), timeout=120) == ([0, 1, 2, 3], True)
+    finally:
+        ray.kill(server)
+
+
 # -- context managers ---------------------------------------------------------------------------
 
 
