@@ -131,13 +131,15 @@ def _flat(name: str, tensor: Any) -> list:
 
 
 def _flat_torch(name: str, tensor: Any) -> list:
+    import torch  # the tensor is torch's: torch is installed
+
     codes = {v: k for k, v in _TORCH.items()}
     code = codes.get(str(tensor.dtype).removeprefix("torch."))
     if code is None:
         raise InvalidArgument(f"tensor {name!r} has torch dtype {tensor.dtype}, which "
                               "safetensors has no name for")
     t = tensor.detach().cpu().contiguous()
-    raw = t.reshape(-1).view(__import__("torch").uint8).numpy()
+    raw = t.reshape(-1).view(torch.uint8).numpy()
     return [code, list(t.shape), None, raw]
 
 
