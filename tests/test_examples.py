@@ -61,6 +61,16 @@ def test_ml_model_storage_tensors_are_zero_copy(cluster_address):
     views = [line for line in out.splitlines() if line.startswith("  ")]
     assert len(views) == 4 and all("zero-copy view" in line for line in views), out
     assert "local: True" in out, out
+    servers = [line for line in out.splitlines() if line.startswith("server ")]
+    assert len(servers) == 2 and all("forward pass OK" in line for line in servers), out
+    assert "the two servers share one copy" in out, out
+
+
+def test_ml_model_storage_serves_torch_tensors(cluster_address):
+    pytest.importorskip("torch")
+    out = run_example("ml_model_storage", cluster_address, "--framework", "torch")
+    assert out.count("(pid ") == 2 and "torch): forward pass OK" in out, out
+    assert "the two servers share one copy" in out, out
 
 
 def test_inter_node_writer_is_local(cluster_address):

@@ -149,6 +149,9 @@ def get(pool: Blocks, key: str, consistent: bool = False) -> np.ndarray:
                           key=key)
     meta = found.meta or {}
     if "dtype" not in meta:
+        if meta.get("format") == "safetensors":
+            raise InvalidArgument(f"key {key!r} holds safetensors, not one array; read it "
+                                  "with get_tensors()")
         if meta.get("format") is not None:
             raise InvalidArgument(f"key {key!r} holds a {meta['format']} pickle, not an array; "
                                   "read it with get_object()")

@@ -105,10 +105,26 @@ class MemoryPool:
         self.force_remote = _force_remote_default() if force_remote is None else force_remote
         self.host = HostNodes() if self.force_remote else HostNodes.find(self.address)
         self.persistent = persistent
+        self._config = config  # what a pickled pool carries to the other side
         self._ray: RayCluster | None = None
         self._nodes: dict[str, Node] = {}
         self._directory: Any = None
         self._lease: tuple[str, Any] | None = None if persistent else self.ray.make_lease()
+
+    def __reduce__(self) -> tuple[Any, tuple]:
+        """A pool pickles as its address and options (for Ray tasks and actors), and connects
+        again on the other side: to the same cluster, never starting one; reaching each block
+        the way that process can (zero-copy where the block is on its host). A non-persistent
+        pool comes back as one with a lease of its own: blocks it allocates are freed when that
+        process ends."""
+        return (_reconnect, (self.address, self._config, self.force_remote, self.persistent))
+
+    def __enter__(self) -> MemoryPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the pool (see :meth:`close`)."""
+        self.close()
 
     # -- reaching the cluster -------------------------------------------------------------------
 
@@ -837,6 +853,27 @@ class MemoryPool:
 
         return objects.get_object(self, key)
 
+    def put_tensors(self, key: str, tensors: Any, node: str | None = None,
+                    metadata: dict[str, str] | None = None) -> StoreResult:
+        """Store named tensors (numpy arrays or torch tensors) under ``key`` as a safetensors
+        file.
+
+        See :func:`distributed_grid.memory.tensors.put_tensors`.
+        """
+        from distributed_grid.memory import tensors as safetensors
+
+        return safetensors.put_tensors(self, key, tensors, node, metadata)
+
+    def get_tensors(self, key: str, framework: str = "numpy") -> dict[str, Any]:
+        """The named tensors of a safetensors key (or a stored ``.safetensors`` file) as numpy
+        arrays or torch tensors; zero-copy on this host.
+
+        See :func:`distributed_grid.memory.tensors.get_tensors`.
+        """
+        from distributed_grid.memory import tensors as safetensors
+
+        return safetensors.get_tensors(self, key, framework)
+
     def open_block(self, block_id: str,
                    populate: bool = False) -> tuple[int, memoryview | None]:
         """A block's size and, on this host, a writable view of its bytes (None elsewhere);
@@ -867,6 +904,13 @@ class MemoryPool:
             if isinstance(node, LocalNode):
                 node.close()
         self._nodes.clear()
+
+
+def _reconnect(address: str, config: ClusterConfig | str | None, force_remote: bool,
+               persistent: bool) -> MemoryPool:
+    """A pickled :class:`MemoryPool`, connected again (see :meth:`MemoryPool.__reduce__`)."""
+    return MemoryPool(address, config=config, force_remote=force_remote,
+                      start_if_missing=False, persistent=persistent)
 
 
 class _PlanChanged(Exception):

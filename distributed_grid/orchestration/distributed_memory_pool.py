@@ -51,6 +51,15 @@ class DistributedMemoryPool:
             MemoryPool, self._address, config=self._config, persistent=persistent
         )
 
+    async def __aenter__(self) -> DistributedMemoryPool:
+        """``async with DistributedMemoryPool(cfg) as pool:`` initializes the pool (persistent)."""
+        await self.initialize()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Shut the pool down, however the block ended."""
+        await self.shutdown()
+
     async def allocate(self, size: int, preferred_node: str | None = None) -> str:
         """Allocate a block of ``size`` bytes; returns its id (``block_<n>_<node>``)."""
         info = await asyncio.to_thread(self.pool.allocate, size, preferred_node)
