@@ -46,9 +46,9 @@ def stop_started_clusters() -> Teardown | None:
     cluster_ids = {e["cluster_id"] for e in heads if e.get("cluster_id")}
     for entry in heads:
         try:
-            pool = MemoryPool(entry["address"], start_if_missing=False)
-            cluster_ids.add(pool.cluster_id)
-            done.freed_blocks += pool.destroy_all()
+            with MemoryPool(entry["address"], start_if_missing=False) as pool:
+                cluster_ids.add(pool.cluster_id)
+                done.freed_blocks += pool.destroy_all()
         except GridError as exc:
             done.warnings.append(f"blocks of {entry['address']} not freed: {exc}")
     done.stopped_nodes = lifecycle.stop_started()

@@ -21,7 +21,9 @@ from typing import Any
 SMALL = 2**20  # below this a bytearray and bytes() cost less than ctypes
 HUGE_PAGE = 2**21
 
-_api: Any = None  # (PyBytes_FromStringAndSize, offset of the bytes' data, libc) or False
+_api: Any = None  # (PyBytes_FromStringAndSize, offset of the bytes' data, libc, ctypes,
+#                    PyMemoryView_FromMemory) or False
+PYBUF_WRITE = 0x200
 
 
 def _load() -> Any:
@@ -34,24 +36,32 @@ def _load() -> Any:
             make = ctypes.pythonapi.PyBytes_FromStringAndSize
             make.restype = ctypes.py_object
             make.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
-            api = (make, bytes.__basicsize__ - 1, ctypes.CDLL(None, use_errno=True), ctypes)
+            view_of = ctypes.pythonapi.PyMemoryView_FromMemory
+            view_of.restype = ctypes.py_object
+            view_of.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int]
+            offset = bytes.__basicsize__ - 1
+            known = b"distributed_grid probe"
+            if ctypes.string_at(id(known) + offset, len(known)) != known:
+                return _api  # the data is not where this CPython is known to keep it: read only
+            api = (make, offset, ctypes.CDLL(None, use_errno=True), ctypes, view_of)
             probe, view = _make(api, 8)
             view[:] = b"0123abcd"
             view.release()
-            if probe == b"0123abcd":  # the data sits where this CPython is known to keep it
+            if probe == b"0123abcd":
                 _api = api
     return _api
 
 
 def _make(api: Any, n: int) -> tuple[bytes, memoryview]:
-    make, data_offset, libc, ctypes = api
+    make, data_offset, libc, ctypes, view_of = api
     out = make(None, n)
     address = id(out) + data_offset
     if n >= 4 * HUGE_PAGE and hasattr(mmap, "MADV_HUGEPAGE"):
         start = -(-address // HUGE_PAGE) * HUGE_PAGE
         end = (address + n) // HUGE_PAGE * HUGE_PAGE
         libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), mmap.MADV_HUGEPAGE)
-    return out, memoryview((ctypes.c_char * n).from_address(address)).cast("B")
+    # a view straight over the memory (a ctypes array type per size would be cached forever)
+    return out, view_of(address, n, PYBUF_WRITE)
 
 
 def new_bytes(n: int) -> tuple[bytes, memoryview] | None:

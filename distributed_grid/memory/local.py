@@ -159,8 +159,9 @@ class LocalNode(BlockStore):
              progress: transfer.Progress = transfer.no_progress) -> None:
         """Copy ``length`` bytes from ``source`` into the block at ``offset`` (inside a write
         prepared by this process): through a kept mapping when the source is in memory, big,
-        and goes over bytes written before (see ``MAPPED_WRITE_MIN``), else ``pwrite``."""
-        if source.in_memory and length >= MAPPED_WRITE_MIN:
+        goes over bytes written before (see ``MAPPED_WRITE_MIN``), and covers a quarter of the
+        block at least (the mapping is populated whole), else ``pwrite``."""
+        if source.in_memory and length >= MAPPED_WRITE_MIN and 4 * length >= block.size:
             with self._write_maps.mapped(block, attach=offset + length <= block.used) as mapped:
                 if mapped is not None:
                     with mapped.data()[offset : offset + length] as dest:

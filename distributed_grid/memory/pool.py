@@ -742,14 +742,14 @@ class MemoryPool:
                 spool.close()
         return count
 
-    def _catalog_versions(self, pieces: list[Piece]) -> tuple[int, ...] | None:
+    def _catalog_versions(self, pieces: list[Piece]) -> tuple[tuple[int, int], ...] | None:
         """The versions of the catalogs holding ``pieces`` (None if one is on another host)."""
         versions = []
         for piece in pieces:
             _, node = self._block_node(piece.block.block_id)
             if not isinstance(node, LocalNode):
                 return None
-            versions.append(node.catalog.data_version())
+            versions.append(node.catalog.change_mark())
         return tuple(versions)
 
     def read(self, target: str, size: int | None = None, offset: int = 0) -> bytes:
@@ -921,10 +921,10 @@ class _PlanChanged(Exception):
         self.pieces = pieces
 
 
-def _version(node: Node) -> int | None:
-    """The version of a node's catalog as this process's connection counts them (None for a
-    node reached through its store)."""
-    return node.catalog.data_version() if isinstance(node, LocalNode) else None
+def _version(node: Node) -> tuple[int, int] | None:
+    """The version of a node's catalog, changed by any commit, this process's own (other
+    threads') included (None for a node reached through its store)."""
+    return node.catalog.change_mark() if isinstance(node, LocalNode) else None
 
 
 def _places(pieces: list[Piece]) -> list[tuple[str, str, int, int, int]]:

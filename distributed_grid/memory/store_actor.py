@@ -211,11 +211,13 @@ class StoreActor(LocalNode):
         return info
 
     def _drop_freed_mappings(self) -> None:
+        super()._drop_freed_mappings()  # the kept write mappings
         self.mappings.drop_stale()
 
     def destroy(self) -> int:
         """Free every block, remove the catalog (and on the head the key directory)."""
         self.mappings.close()
+        self._write_maps.close()
         count = super().destroy()
         if self.directory is not None:
             self.directory.remove()
@@ -337,7 +339,10 @@ def snapshot_key(node: str) -> str:
 
 def _published(node: str) -> dict[str, Any]:
     raw = _ray.kv_get(snapshot_key(node), NAMESPACE)
-    return json.loads(raw) if raw else {"blocks": [], "next_number": 0}
+    published = json.loads(raw) if raw else []
+    if isinstance(published, list):  # a store of protocol 4 published the list alone
+        return {"blocks": published, "next_number": 0}
+    return published
 
 
 def last_published(node: str) -> list[BlockInfo]:
