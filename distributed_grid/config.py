@@ -66,7 +66,7 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
     """
     import yaml
 
-    from distributed_grid.memory.input_stream import read_whole
+    from distributed_grid.inputs import read_whole
     from distributed_grid.names import validate_node_name
     from distributed_grid.sizes import parse_size
 

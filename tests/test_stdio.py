@@ -347,12 +347,13 @@ class Trickle(io.RawIOBase):
 @given(length=st.integers(0, 5000), sizes=st.lists(st.integers(1, 700), min_size=1, max_size=5),
        limit=st.none() | st.integers(0, 5000), memory=st.sampled_from([0, 100, 10**6]))
 def test_a_stream_is_held_whole_or_refused_past_its_limit(length, sizes, limit, memory):
+    from distributed_grid import inputs
     from distributed_grid.errors import OutOfBounds
     from distributed_grid.memory import input_stream
 
     data = bytes(i % 251 for i in range(length))
     source = Trickle(data, sizes)
-    given_input = input_stream.given_input(source)
+    given_input = inputs.given_input(source)
     assert given_input.is_stream
     if limit is not None and length > limit:
         with pytest.raises(OutOfBounds):

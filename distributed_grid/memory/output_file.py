@@ -201,9 +201,9 @@ class OutputFile:
 
     def _open_fifo(self, target: int) -> int:
         """Open a FIFO for writing, waiting for a reader at most as long as an input FIFO may
-        take to bring its first bytes (:func:`~distributed_grid.memory.input_stream.
+        take to bring its first bytes (:func:`~distributed_grid.inputs.
         wait_seconds`): a FIFO nobody reads would otherwise hold the command forever."""
-        from distributed_grid.memory.input_stream import WAIT_ENV, wait_seconds
+        from distributed_grid.inputs import WAIT_ENV, wait_seconds
 
         seconds = wait_seconds()
         deadline = time.monotonic() + seconds

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from distributed_grid import inputs
 from distributed_grid.config import ClusterConfig, memory_cap, use_config
 from distributed_grid.errors import (
     BlockNotFound,
@@ -489,17 +490,17 @@ class MemoryPool:
         key = validate_key(str(key))
         if block_id is not None:
             self._room(block_id, offset)  # a wrong block is told before a FIFO is waited on
-        with input_stream.open_path(path) as source:
+        with inputs.open_path(path) as source:
             return self.store_stream(key, source, block_id, offset, force, progress, on_size)
 
-    def store_stream(self, key: str, source: input_stream.Input | int | BinaryIO,
+    def store_stream(self, key: str, source: inputs.Input | int | BinaryIO,
                      block_id: str | None = None, offset: int = 0, force: bool = False,
                      progress: Progress | None = None,
                      on_size: Progress | None = None) -> StoreResult:
         """Store what ``source`` brings, to its end, under ``key``; returns where it went.
 
         ``source`` is a descriptor (0: standard input), a binary file object, or an
-        :class:`~distributed_grid.memory.input_stream.Input`; it is not closed. A regular file
+        :class:`~distributed_grid.inputs.Input`; it is not closed. A regular file
         is copied from its current position, as :meth:`store_file` copies one. Anything else
         (a pipe, a FIFO, a terminal, ``io.BytesIO``) is read to its end first, in memory up to
         64 MiB and beyond in an unnamed temporary file, and only then written: without
@@ -520,7 +521,7 @@ class MemoryPool:
         """
         key = validate_key(str(key))
         room = None if block_id is None else self._room(block_id, offset)
-        given = input_stream.given_input(source)
+        given = inputs.given_input(source)
         if given.size is not None:
             if on_size is not None:
                 on_size(given.size)
