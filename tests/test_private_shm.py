@@ -465,7 +465,8 @@ def test_the_examples_run_on_private_nodes(private, name, args, expected):
                                  f"{done.stderr}"
     assert expected in done.stdout, done.stdout
     if name == "ml_model_storage":
-        assert "local: False" in done.stdout and "view of a fetched copy" in done.stdout
+        assert "(local: False)" in done.stdout and "copy fetched through Ray" in done.stdout
+        assert "the servers hold copies: the block is on another host" in done.stdout
     if name == "inter_node":
         assert ", remote path" in done.stdout, done.stdout
     listed = json.loads(private.grid.out("memory", "list-objects", "--json"))
