@@ -362,14 +362,13 @@ class ClusterCommands:
         Args:
             json: print what was stopped as JSON.
         """
-        from distributed_grid.teardown import stop_started_clusters
+        from distributed_grid.teardown import Teardown, stop_started_clusters
 
         _guard_stdout()
         done = stop_started_clusters()
         if done is None:
             if _flag(json, "json"):
-                _emit({"freed_blocks": 0, "stopped_nodes": 0, "leftover_segments_freed": 0,
-                       "clusters": [], "warnings": []})
+                _emit(Teardown().to_json())  # nothing was done
             print("no cluster started by grid is running on this host; nothing to stop",
                   file=sys.stderr)
             return
