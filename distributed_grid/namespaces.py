@@ -72,9 +72,12 @@ def _enter_user_namespace() -> int:
     err = _unshare(CLONE_NEWUSER | CLONE_NEWNS)
     if err:
         return err
-    _write("/proc/self/setgroups", "deny")  # needed before an unprivileged gid_map
-    _write("/proc/self/uid_map", f"{uid} {uid} 1")
-    _write("/proc/self/gid_map", f"{gid} {gid} 1")
+    try:
+        _write("/proc/self/setgroups", "deny")  # needed before an unprivileged gid_map
+        _write("/proc/self/uid_map", f"{uid} {uid} 1")
+        _write("/proc/self/gid_map", f"{gid} {gid} 1")
+    except OSError as exc:  # told as the errno, like the calls around it
+        return exc.errno or errno.EPERM
     return 0
 
 

@@ -127,31 +127,35 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[lifecycle.LOOPBACK_ENV] = "0"  # before Ray is imported
     from distributed_grid import _ray
 
+    stop = threading.Event()  # handled from the start: a SIGTERM while the raylet starts ends it
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
     object_store = object_store_for(args.private_shm, args.object_store_memory)
     node = _ray.start_worker_node(
         args.address, {lifecycle.NODE_LABEL: args.name}, args.num_cpus, object_store,
         lifecycle.ray_temp_dir(), node_ip_address="127.0.0.1" if loopback else None,
         log_monitor=not args.no_log_monitor)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *_: stop.set())
-    raylet = _ray.raylet_pid(node)
-    raylet_start = runtime.process_start(raylet)
     namespace = namespaces.mount_namespace()
-    _write_ready(args.ready_file, {
-        "pid": os.getpid(), "name": args.name, "node_id": _ray.node_id(node),
-        "raylet_pid": raylet, "private_shm": how is not None, "how": how,
-        "mount_namespace": namespace, "shm": runtime.shm_identity(),
-        "object_store_memory": object_store,
-    })
-    while not stop.wait(0.5):
-        if not runtime.process_alive(raylet, raylet_start):
-            print(f"the raylet of node {args.name} (pid {raylet}) is gone: ending the node",
-                  file=sys.stderr)
-            break
-    _ray.stop_node(node)
-    if how is not None and namespace is not None:
-        _end_namespace(namespace)
+    try:
+        raylet = _ray.raylet_pid(node)
+        raylet_start = runtime.process_start(raylet)
+        _write_ready(args.ready_file, {
+            "pid": os.getpid(), "name": args.name, "node_id": _ray.node_id(node),
+            "raylet_pid": raylet, "private_shm": how is not None, "how": how,
+            "mount_namespace": namespace, "shm": runtime.shm_identity(),
+            "object_store_memory": object_store,
+        })
+        while not stop.wait(0.5):
+            if not runtime.process_alive(raylet, raylet_start):
+                print(f"the raylet of node {args.name} (pid {raylet}) is gone: ending the node",
+                      file=sys.stderr)
+                break
+    finally:
+        try:
+            _ray.stop_node(node)
+        finally:
+            if how is not None and namespace is not None:
+                _end_namespace(namespace)
     return 0
 
 
