@@ -54,6 +54,12 @@ def _die_with(parent: int) -> None:
         sys.exit(1)
 
 
+def _end_on_signals(stop: threading.Event) -> None:
+    """SIGTERM, SIGINT and SIGHUP set ``stop``: the node then ends cleanly."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+
+
 def _write_ready(path: str, info: dict) -> None:
     tmp = path + ".tmp"
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
@@ -128,13 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     from distributed_grid import _ray
 
     stop = threading.Event()  # handled from the start: a SIGTERM while the raylet starts ends it
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *_: stop.set())
+    _end_on_signals(stop)
     object_store = object_store_for(args.private_shm, args.object_store_memory)
     node = _ray.start_worker_node(
         args.address, {lifecycle.NODE_LABEL: args.name}, args.num_cpus, object_store,
         lifecycle.ray_temp_dir(), node_ip_address="127.0.0.1" if loopback else None,
         log_monitor=not args.no_log_monitor)
+    _end_on_signals(stop)  # again: Ray's node put its own SIGTERM handler (an exit 1) in place
     namespace = namespaces.mount_namespace()
     try:
         raylet = _ray.raylet_pid(node)

@@ -83,11 +83,12 @@ def test_a_worker_node_joins_and_leaves(remote_pool, cluster_address, tmp_path):
     """``start_worker_node``, ``node_id``, ``raylet_pid`` and ``stop_node``, through the worker
     node process (``python -m distributed_grid.worker_node``, what ``--private-shm`` nodes and
     loopback joins run): its raylet joins the session's cluster, and SIGTERM takes it out."""
-    from distributed_grid import node_process
+    from distributed_grid import lifecycle, node_process
 
     ready = tmp_path / "ready.json"
     proc = subprocess.Popen(node_process.command(cluster_address, "rayprivate", str(ready),
                                                 object_store_memory=100 * 2**20),
+                            env={**os.environ, **lifecycle.ray_env(join=cluster_address)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
