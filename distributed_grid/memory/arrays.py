@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from distributed_grid.errors import InvalidArgument, KeyNotFound, OutOfBounds
-from distributed_grid.memory.keyed import Blocks, write_key
+from distributed_grid.errors import InvalidArgument, OutOfBounds
+from distributed_grid.memory.keyed import Blocks, find_key, write_key
 from distributed_grid.memory.records import StoreResult
-from distributed_grid.names import validate_key
 
 
 def _dtype(dtype: Any) -> np.dtype:
@@ -142,11 +141,8 @@ def get(pool: Blocks, key: str, consistent: bool = False) -> np.ndarray:
     Raises:
         KeyNotFound: no block holds ``key``.
     """
-    key = validate_key(str(key))
-    found = pool.find_key(key)
-    if found is None:
-        raise KeyNotFound(f"no key named {key!r}; `grid memory list-objects` shows the keys",
-                          key=key)
+    found = find_key(pool, key)
+    key = found.key
     meta = found.meta or {}
     if "dtype" not in meta:
         if meta.get("format") == "safetensors":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from distributed_grid.errors import KeyNotFound
 from distributed_grid.memory.records import BlockInfo, KeyPlace, StoreResult
 from distributed_grid.names import validate_key
 
@@ -25,6 +26,20 @@ class Blocks(Protocol):
     def write(self, block_id: str, data: Any, offset: int = 0, key: str | None = None,
               force: bool = False, progress: Any = None,
               meta: dict[str, Any] | None = None) -> BlockInfo: ...
+
+
+def find_key(pool: Blocks, key: str) -> KeyPlace:
+    """Where ``key`` lives.
+
+    Raises:
+        KeyNotFound: no block holds ``key``.
+    """
+    key = validate_key(str(key))
+    found = pool.find_key(key)
+    if found is None:
+        raise KeyNotFound(f"no key named {key!r}; `grid memory list-objects` shows the keys",
+                          key=key)
+    return found
 
 
 def write_key(pool: Blocks, key: str, data: Any, length: int, node: str | None,

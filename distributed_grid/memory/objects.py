@@ -13,10 +13,9 @@ from typing import Any
 
 import cloudpickle
 
-from distributed_grid.errors import InvalidArgument, KeyNotFound
-from distributed_grid.memory.keyed import Blocks, write_key
+from distributed_grid.errors import InvalidArgument
+from distributed_grid.memory.keyed import Blocks, find_key, write_key
 from distributed_grid.memory.records import StoreResult
-from distributed_grid.names import validate_key
 
 FORMAT = "cloudpickle"
 
@@ -43,11 +42,8 @@ def get_object(pool: Blocks, key: str) -> Any:
         KeyNotFound: no block holds ``key``.
         InvalidArgument: ``key`` holds bytes that were not stored by :func:`put_object`.
     """
-    key = validate_key(str(key))
-    found = pool.find_key(key)
-    if found is None:
-        raise KeyNotFound(f"no key named {key!r}; `grid memory list-objects` shows the keys",
-                          key=key)
+    found = find_key(pool, key)
+    key = found.key
     if (found.meta or {}).get("format") != FORMAT:
         raise InvalidArgument(f"key {key!r} does not hold an object stored by put_object; "
                               "read its bytes with read() or its array with get()")

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from distributed_grid.errors import InvalidArgument, KeyNotFound
-from distributed_grid.memory.keyed import Blocks, write_key
+from distributed_grid.errors import InvalidArgument
+from distributed_grid.memory.keyed import Blocks, find_key, write_key
 from distributed_grid.memory.records import StoreResult
 from distributed_grid.names import validate_key
 
@@ -187,11 +187,8 @@ def get_tensors(pool: Blocks, key: str, framework: str = "numpy") -> dict[str, A
         raise InvalidArgument(f"framework must be one of {', '.join(FRAMEWORKS)}, got "
                               f"{framework!r}")
     torch = _torch() if framework == "torch" else None
-    key = validate_key(str(key))
-    found = pool.find_key(key)
-    if found is None:
-        raise KeyNotFound(f"no key named {key!r}; `grid memory list-objects` shows the keys",
-                          key=key)
+    found = find_key(pool, key)
+    key = found.key
     meta = found.meta or {}
     if meta.get("format", FORMAT) != FORMAT or "dtype" in meta:
         what = f"a {meta['format']} pickle" if "format" in meta else "one numpy array"
