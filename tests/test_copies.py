@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 
-from distributed_grid.memory import buffers
-from distributed_grid.memory.local import MAPPED_WRITE_MIN
+from distributed_grid.memory import buffers, transfer
+from distributed_grid.memory.local import MAPPED_MIN
 
 MiB = 2**20
 
@@ -96,18 +96,60 @@ def test_populate_is_ignored_away_from_the_block(pool, remote_pool, blocks):
     assert not consistent.flags.writeable and consistent[0] == 5
 
 
-def test_writes_over_written_bytes_go_through_a_kept_mapping(pool, blocks):
-    size = MAPPED_WRITE_MIN + MiB
+def test_big_copies_go_through_a_kept_mapping(pool, blocks):
+    size = MAPPED_MIN + MiB
     block_id = blocks.new(size, node="gpu1")
     segment = pool.block_info(block_id).segment
     first, second, third = (_pattern(size, s) for s in (5, 6, 7))
-    pool.write(block_id, first)  # pages never written: pwrite, no mapping
-    assert segment not in _mapped_segments()
-    pool.write(block_id, second)  # over written pages: mapped, kept
+    pool.write(block_id, first)  # pages never written: pwrite and the mapping at once
     assert segment in _mapped_segments()
+    assert pool.read(block_id) == first
+    pool.write(block_id, second)  # over written pages: through the kept mapping
     assert pool.read(block_id) == second
-    pool.write(block_id, np.frombuffer(third, dtype=np.uint8))  # through the kept mapping
+    pool.write(block_id, np.frombuffer(third, dtype=np.uint8))
     assert pool.read(block_id) == third
+    assert pool.read(block_id, size=100, offset=size - 100) == third[-100:]  # small: preadv
     pool.deallocate(block_id)
     assert segment not in _mapped_segments()  # the freed memory is not held here
     assert not os.path.exists(f"/dev/shm/{segment}")
+
+
+def test_big_copies_at_odd_places_land_where_they_should(pool, blocks):
+    """A write into fresh pages at an odd offset and length (its two ways meet at a piece that
+    is not whole) and a read of an odd range through the mapping, checked against a model."""
+    size = 3 * MAPPED_MIN
+    block_id = blocks.new(size, node="gpu1")
+    model = bytearray(size)
+    offset, length = 4097, 2 * MAPPED_MIN + transfer.FAULT_PIECE // 2 + 13
+    data = _pattern(length, 8)
+    pool.write(block_id, data, offset=offset)
+    model[offset : offset + length] = data
+    assert pool.read(block_id, size=size, offset=0) == bytes(model)
+    later = _pattern(MAPPED_MIN + 5, 9)  # over written pages, from an unaligned buffer
+    pool.write(block_id, memoryview(b"x" + later)[1:], offset=3)
+    model[3 : 3 + len(later)] = later
+    assert pool.read(block_id, size=MAPPED_MIN + 7, offset=1) == bytes(model[1 : MAPPED_MIN + 8])
+    assert pool.read(block_id, size=size, offset=0) == bytes(model)
+
+
+def test_fill_both_ways_meets_in_the_middle(tmp_path):
+    """The two ways of :func:`transfer.fill_both_ways` write every byte once, for lengths
+    around the piece size, into a real file through ``pwrite`` and a real mapping."""
+    import mmap
+
+    for length in (transfer.PARALLEL_MIN, transfer.PARALLEL_MIN + 1,
+                   3 * transfer.FAULT_PIECE - 1, 3 * transfer.FAULT_PIECE + 4096):
+        base = 4096
+        path = tmp_path / "file"
+        with open(path, "wb") as f:
+            f.truncate(base + length)
+        data = _pattern(length, length % 251)
+        with open(path, "r+b") as f:
+            mapping = mmap.mmap(f.fileno(), base + length)
+            try:
+                with memoryview(mapping)[base:] as dest:
+                    transfer.fill_both_ways(f.fileno(), base, dest, memoryview(data))
+            finally:
+                mapping.close()
+        with open(path, "rb") as f:
+            assert f.read() == bytes(base) + data

@@ -32,12 +32,14 @@ from distributed_grid.memory.store import BlockStore
 from distributed_grid.names import check_range, validate_key
 
 READ_WAIT_SECONDS = 30.0  # the longest a read waits for a live writer of its bytes
-# A write of a buffer at least this big into bytes of the block written before goes through a
-# mapping this process keeps (populated: 0.08 s per GiB of written pages here, once), copied on
-# two threads; the last KEPT_FOR_WRITES such mappings stay for the next write. Into pages never
-# written, ``pwrite`` is cheaper than mapping them (the kernel would zero them first).
-MAPPED_WRITE_MIN = 16 * 2**20
-KEPT_FOR_WRITES = 2
+# A write of a buffer, or a read into one, of at least MAPPED_MIN bytes and a quarter of the
+# block goes through a mapping of the block this process keeps (the last KEPT_MAPPINGS stay for
+# the next copy), copied on two threads, each mapping the pages of its next piece in one call
+# first (``transfer.populate``): 1 GiB written into a kept mapping in 0.10 s here against 0.30 s
+# with ``pwrite``, read into new bytes in 0.18 s against 0.26 s with ``preadv``. Pages never
+# written take ``transfer.fill_both_ways`` (``pwrite`` and the mapping at once).
+MAPPED_MIN = 16 * 2**20
+KEPT_MAPPINGS = 2
 
 
 @dataclass
@@ -66,7 +68,7 @@ class LocalNode(BlockStore):
         self._held: dict[tuple[int, int, str | None], list[HeldSlot]] = {}
         self._held_lock = threading.Lock()
         self._tag: tuple[int, int] | None = None
-        self._write_maps = Mappings(KEPT_FOR_WRITES, populate=True)
+        self._maps = Mappings(KEPT_MAPPINGS)
 
     def tag(self) -> int:
         """This process's owner tag for guard slots (computed again after a fork)."""
@@ -158,17 +160,29 @@ class LocalNode(BlockStore):
     def fill(self, block: BlockInfo, offset: int, length: int, source: transfer.Source,
              progress: transfer.Progress = transfer.no_progress) -> None:
         """Copy ``length`` bytes from ``source`` into the block at ``offset`` (inside a write
-        prepared by this process): through a kept mapping when the source is in memory, big,
-        goes over bytes written before (see ``MAPPED_WRITE_MIN``), and covers a quarter of the
-        block at least (the mapping is populated whole), else ``pwrite``."""
-        if source.in_memory and length >= MAPPED_WRITE_MIN and 4 * length >= block.size:
-            with self._write_maps.mapped(block, attach=offset + length <= block.used) as mapped:
+        prepared by this process): through a kept mapping when the source is in memory and big
+        (see ``MAPPED_MIN``), else with ``pwrite``."""
+        if self._mapped_copy(block, length) and source.in_memory:
+            with self._maps.mapped(block) as mapped:
                 if mapped is not None:
-                    with mapped.data()[offset : offset + length] as dest:
-                        transfer.copy(dest, source.view(0, length), progress)
+                    end = offset + length
+                    with mapped.data()[offset:end] as dest:
+                        if end <= block.used:  # pages written before
+                            fault_in = None if mapped.has_pages(offset, end) else "dest"
+                            transfer.copy(dest, source.view(0, length), progress, fault_in)
+                            mapped.note_pages(offset, end)
+                            return
+                        with self._descriptor(block) as fd:
+                            transfer.fill_both_ways(fd, seg.HEADER_SIZE + offset, dest,
+                                                    source.view(0, length), progress)
                     return
         with self._descriptor(block) as fd:
             transfer.fill_fd(fd, seg.HEADER_SIZE + offset, length, source, progress)
+
+    @staticmethod
+    def _mapped_copy(block: BlockInfo, length: int) -> bool:
+        """Whether a copy of ``length`` bytes of the block goes through a kept mapping."""
+        return length >= MAPPED_MIN and 4 * length >= block.size
 
     def drain(self, block: BlockInfo, offset: int, length: int, sink: transfer.Sink,
               progress: transfer.Progress = transfer.no_progress) -> None:
@@ -183,6 +197,16 @@ class LocalNode(BlockStore):
         with self._descriptor(block) as fd:
             guard = Guard(fd)
             try:
+                if isinstance(sink, transfer.BufferSink) and self._mapped_copy(block, length):
+                    with self._maps.mapped(block) as mapped:
+                        if mapped is not None:
+                            paged = mapped.has_pages(offset, offset + length)
+                            with mapped.data()[offset : offset + length] as src:
+                                self.guarded(block, guard, offset, length, sink.mark,
+                                             sink.rewind,
+                                             lambda: sink.write_mapped(src, progress, paged))
+                            mapped.note_pages(offset, offset + length)
+                            return
                 if sink.rewindable:
                     self.guarded(block, guard, offset, length, sink.mark, sink.rewind,
                                  lambda: transfer.drain_fd(fd, seg.HEADER_SIZE + offset, length,
@@ -266,14 +290,14 @@ class LocalNode(BlockStore):
         try:
             return super().deallocate(number)
         finally:
-            self._write_maps.drop_stale()  # this process holds the freed memory no longer
+            self._maps.drop_stale()  # this process holds the freed memory no longer
 
     def _drop_freed_mappings(self) -> None:
-        self._write_maps.drop_stale()
+        self._maps.drop_stale()
 
     def close(self) -> None:
         """Close the kept mappings and the catalog (live views stay valid)."""
-        self._write_maps.close()
+        self._maps.close()
         super().close()
 
     def open_block(self, number: int, populate: bool = False) -> tuple[int, memoryview]:

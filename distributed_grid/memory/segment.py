@@ -89,6 +89,23 @@ class Segment:
         self._mmap = mapping
         self.size = size
         self.token = token
+        self._paged: list[tuple[int, int]] = []  # data ranges whose pages this mapping has in
+
+    def has_pages(self, start: int, end: int) -> bool:
+        """Whether this mapping has every page of data bytes ``start..end`` in its page table
+        already (as :meth:`note_pages` recorded), so a copy takes no page fault there."""
+        return any(low <= start and end <= high for low, high in self._paged)
+
+    def note_pages(self, start: int, end: int) -> None:
+        """Record that every page of data bytes ``start..end`` is in this mapping's page table
+        (a copy just touched them all)."""
+        merged = [(start, end)]
+        for low, high in self._paged:
+            if high < merged[0][0] or low > merged[0][1]:
+                merged.append((low, high))
+            else:
+                merged[0] = (min(low, merged[0][0]), max(high, merged[0][1]))
+        self._paged = merged
 
     # -- creation and attachment -------------------------------------------------------------
 

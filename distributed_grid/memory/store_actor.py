@@ -217,7 +217,7 @@ class StoreActor(LocalNode):
     def destroy(self) -> int:
         """Free every block, remove the catalog (and on the head the key directory)."""
         self.mappings.close()
-        self._write_maps.close()
+        self._maps.close()
         count = super().destroy()
         if self.directory is not None:
             self.directory.remove()

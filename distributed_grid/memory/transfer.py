@@ -16,10 +16,14 @@ Elsewhere the same pieces travel as ObjectRefs (:mod:`distributed_grid.memory.re
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from distributed_grid.errors import FileError
 
@@ -153,6 +157,14 @@ class BufferSink(Sink):
         copy(self.dest[self.pos : self.pos + len(view)], view)
         self.pos += len(view)
 
+    def write_mapped(self, view: memoryview, progress: Progress = no_progress,
+                     paged: bool = False) -> None:
+        """:meth:`write` of a view over a mapping, its pages mapped in just before each piece
+        is copied (see :func:`copy`) unless they are in already (``paged``)."""
+        copy(self.dest[self.pos : self.pos + len(view)], view, progress,
+             fault_in=None if paged else "src")
+        self.pos += len(view)
+
     def mark(self) -> int:
         return self.pos
 
@@ -277,8 +289,14 @@ def in_parallel(length: int, span: Callable[[int, int], object], unit: int = PIE
             future.result()
 
 
-def copy(dest: memoryview, src: memoryview, progress: Progress = no_progress) -> None:
-    """``dest[:] = src`` (same length), on ``COPY_THREADS`` threads when it is big."""
+def copy(dest: memoryview, src: memoryview, progress: Progress = no_progress,
+         fault_in: str | None = None) -> None:
+    """``dest[:] = src`` (same length), on ``COPY_THREADS`` threads when it is big.
+
+    ``fault_in="dest"`` (a mapping about to be written) or ``"src"`` (a mapping about to be
+    read): each thread first maps the pages of its next piece of that side in one call
+    (:func:`populate`), instead of taking a page fault per page (or per 16) in the copy.
+    """
     if len(src) < PARALLEL_MIN:
         dest[:] = src
         progress(len(src))
@@ -286,13 +304,111 @@ def copy(dest: memoryview, src: memoryview, progress: Progress = no_progress) ->
     import numpy as np  # its copy releases the GIL; a memoryview's does not
 
     to, frm = np.frombuffer(dest, dtype=np.uint8), np.frombuffer(src, dtype=np.uint8)
+    mapped = {"dest": to, "src": frm}.get(fault_in or "")
 
     def span(start: int, n: int) -> None:
-        for pos, size in chunks(n):
-            np.copyto(to[start + pos : start + pos + size], frm[start + pos : start + pos + size])
+        for pos, size in chunks(n, FAULT_PIECE if mapped is not None else None):
+            at = start + pos
+            if mapped is not None:
+                populate(mapped[at : at + size], write=mapped is to)
+            np.copyto(to[at : at + size], frm[at : at + size])
             progress(size)
 
     in_parallel(len(src), span)
+
+
+def fill_both_ways(fd: int, base: int, dest: memoryview, src: memoryview,
+                   progress: Progress = no_progress) -> None:
+    """Write ``src`` into pages of a file that were never written, at ``base`` of descriptor
+    ``fd``, which ``dest`` maps: one thread ``pwrite``s pieces from the front, the other maps
+    pieces of ``dest`` and copies into them from the back, until they meet.
+
+    Into tmpfs pages never written, ``pwrite`` needs no zeroing but holds the file's lock, so a
+    second ``pwrite`` thread adds nothing; a mapping's new pages are zeroed by the kernel
+    before they are mapped, but mapping needs no such lock. Each way alone wrote 1 GiB in
+    0.27-0.30 s here, the two together in 0.20 s. Taking the pieces from a shared counter
+    balances the two on any machine.
+    """
+    import numpy as np
+
+    length = len(src)
+    if length < PARALLEL_MIN:
+        dest[:] = src
+        progress(length)
+        return
+    to, frm = np.frombuffer(dest, dtype=np.uint8), np.frombuffer(src, dtype=np.uint8)
+    lock = threading.Lock()
+    edges = [0, length]  # the front pieces start at edges[0], the back pieces end at edges[1]
+
+    def take(front: bool) -> tuple[int, int] | None:
+        with lock:
+            low, high = edges
+            if low >= high:
+                return None
+            n = min(FAULT_PIECE, high - low)
+            if front:
+                edges[0] = low + n
+                return low, n
+            edges[1] = high - n
+            return high - n, n
+
+    def by_pwrite() -> None:
+        while (piece := take(True)) is not None:
+            at, n = piece
+            done = 0
+            while done < n:
+                done += os.pwrite(fd, src[at + done : at + n], base + at + done)
+            progress(n)
+
+    def by_mapping() -> None:
+        while (piece := take(False)) is not None:
+            at, n = piece
+            populate(to[at : at + n], write=True)
+            np.copyto(to[at : at + n], frm[at : at + n])
+            progress(n)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        for future in [pool.submit(by_pwrite), pool.submit(by_mapping)]:
+            future.result()
+
+
+# -- mapping pages in before a copy ------------------------------------------------------------
+
+FAULT_PIECE = 8 * 2**20  # the pages one ``populate`` call maps, just before they are copied
+MADV_POPULATE_READ, MADV_POPULATE_WRITE = 22, 23  # Linux 5.14
+_madvise: Any = None  # libc's madvise (through ctypes, which lets go of the GIL), or False
+
+
+def populate(array: Any, write: bool) -> None:
+    """Map every page of ``array`` (a numpy array over a mapping) in one ``madvise`` call:
+    ``MADV_POPULATE_WRITE`` makes them writable, ``MADV_POPULATE_READ`` readable.
+
+    A page fault costs about 1 µs on this VM: 0.26 s per GiB of 4 KiB pages, more than the
+    copy itself. Populating maps the same pages without the faults, and on two threads at once
+    (tmpfs takes no lock of the whole file for it). On a kernel without it (before 5.14) this
+    does nothing and the copy takes the faults. A failure to get the pages (tmpfs full) is the
+    copy's to meet: blocks are allocated whole, so their pages exist.
+    """
+    global _madvise
+    if _madvise is None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        _madvise = libc.madvise
+        _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        _madvise.restype = ctypes.c_int
+    if _madvise is False or not len(array):
+        return
+    import ctypes
+
+    address = array.ctypes.data
+    start = address // mmap.PAGESIZE * mmap.PAGESIZE
+    advice = MADV_POPULATE_WRITE if write else MADV_POPULATE_READ
+    if _madvise(start, address + len(array) - start, advice) != 0 and \
+            ctypes.get_errno() == errno.EINVAL:
+        _madvise = False  # this kernel does not know it
 
 
 # -- the local path: a segment's descriptor ----------------------------------------------------
