@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 
 from distributed_grid.memory import buffers, transfer
 from distributed_grid.memory.local import MAPPED_MIN
@@ -74,6 +75,49 @@ def test_remote_write_of_a_buffer_round_trips(pool, remote_pool, blocks):
     assert pool.read(block_id) == data.tobytes()
     remote_pool.write(block_id, data[: 70 * 1024], offset=MiB)  # a chunk sent inline too
     assert pool.read(block_id, size=70 * 1024, offset=MiB) == data[: 70 * 1024].tobytes()
+
+
+def test_remote_read_of_many_chunks_hands_them_over_in_order(pool, remote_pool, blocks):
+    """Chunks are handed to the sink on a thread of their own while the next ones travel:
+    in order, and a sink's error reaches the caller (no thread is left behind)."""
+    import threading
+
+    size = 2 * transfer.CHUNK + 12345
+    block_id = blocks.new(size, node="gpu2")
+    data = _pattern(size, 10)
+    pool.write(block_id, data)
+    got = bytearray()
+    assert remote_pool.read_to(block_id, got.extend) == size
+    assert got == data
+    assert remote_pool.read(block_id, size=transfer.CHUNK + 3, offset=transfer.CHUNK - 1) == \
+        data[transfer.CHUNK - 1 : 2 * transfer.CHUNK + 2]
+
+    class Refused(Exception):
+        pass
+
+    class RefuseSecond(transfer.Sink):
+        rewindable = True  # the chunks come to it straight, not through a spool
+
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def write(self, view: memoryview) -> None:
+            self.seen.append(len(view))
+            if len(self.seen) == 2:
+                raise Refused("the sink is full")
+
+        def mark(self) -> int:
+            return 0
+
+        def rewind(self, mark: int) -> None:
+            pass
+
+    threads = threading.active_count()
+    sink = RefuseSecond()
+    with pytest.raises(Refused):
+        remote_pool.read_to(block_id, sink)
+    assert sink.seen == [transfer.CHUNK, transfer.CHUNK]  # nothing handed on after the error
+    assert threading.active_count() == threads
 
 
 def test_populated_view_has_its_pages_mapped(pool, blocks):

@@ -13,6 +13,8 @@ the time its pages take on top; past it the call fails with ``NodeUnavailable``.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import deque
 from typing import Any, NamedTuple
@@ -205,22 +207,62 @@ class RemoteNode:
 
     def _fetch(self, block: BlockInfo, offset: int, length: int, sink: transfer.Sink,
                progress: transfer.Progress) -> None:
+        """Fetch the chunks, ``IN_FLIGHT`` at a time, and hand each to ``sink`` on a thread of
+        its own while the next ones travel: the sink's copy (or a file's writes, which wait
+        on its disk) then overlaps the transfer instead of following it."""
         pending: deque[tuple[Any, int]] = deque()
         pieces = iter(transfer.chunks(length))
         for pos, n in pieces:
             pending.append((self.submit("read_chunk", block.number, offset + pos, n), n))
             if len(pending) >= IN_FLIGHT:
                 break
-        while pending:
-            ref, n = pending.popleft()
-            array = self.result(ref)
-            sink.write(memoryview(array))
-            del array, ref
-            progress(n)
-            nxt = next(pieces, None)
-            if nxt is not None:
-                pending.append((self.submit("read_chunk", block.number, offset + nxt[0],
-                                            nxt[1]), nxt[1]))
+        with _SinkThread(sink, progress) as handed:
+            while pending:
+                ref, n = pending.popleft()
+                array = self.result(ref)
+                del ref
+                nxt = next(pieces, None)  # asked for before this chunk is copied
+                if nxt is not None:
+                    pending.append((self.submit("read_chunk", block.number, offset + nxt[0],
+                                                nxt[1]), nxt[1]))
+                handed.give(array, n)
+                del array
+
+
+class _SinkThread:
+    """Hands arrays to a sink in order on one thread, at most one waiting (so no more than
+    ``IN_FLIGHT + 2`` chunks are held at once); its error is raised in the giver."""
+
+    def __init__(self, sink: transfer.Sink, progress: transfer.Progress) -> None:
+        self.sink, self.progress = sink, progress
+        self.queue: queue.Queue[tuple[Any, int] | None] = queue.Queue(maxsize=1)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="sink", daemon=True)
+
+    def __enter__(self) -> _SinkThread:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.sink.write(memoryview(item[0]))
+                    self.progress(item[1])
+                except BaseException as exc:  # raised again in the giver
+                    self.error = exc
+            del item
+
+    def give(self, array: Any, n: int) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((array, n))
+
+    def __exit__(self, *exc: object) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
 
 
 class RemoteDirectory:
