@@ -81,6 +81,13 @@ def _enter_user_namespace() -> int:
     return 0
 
 
+# The private tmpfs uses 2 MiB pages where a whole one fits in the file (a block's segment),
+# 4 KiB ones elsewhere: allocating a 1 GiB block took 0.004 s instead of 0.18 s here, and a
+# ``put`` of 1 GiB (allocation, pages, copy) about 0.22 s instead of 0.48 s. The host's own
+# /dev/shm keeps the mount options it has (``huge=`` is its administrator's choice).
+HUGE_PAGES = "huge=within_size"
+
+
 def enter_private_shm(size: int) -> str:
     """Move this process into a mount namespace of its own with a ``size``-byte tmpfs on
     /dev/shm; returns how (``mount namespace`` as root, else ``user namespace``).
@@ -106,7 +113,13 @@ def enter_private_shm(size: int) -> str:
                 f"process has neither (unshare: {os.strerror(root_err)}; user namespace: "
                 f"{err_text})", errno=err)
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    _mount("tmpfs", SHM_DIR, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+    options = f"size={size},mode=1777"
+    try:  # 2 MiB pages wherever a block has room for them: see HUGE_PAGES
+        _mount("tmpfs", SHM_DIR, "tmpfs", MS_NOSUID | MS_NODEV, f"{options},{HUGE_PAGES}")
+    except ClusterError as exc:
+        if exc.facts.get("errno") != errno.EINVAL:  # EINVAL: a kernel without huge tmpfs
+            raise
+        _mount("tmpfs", SHM_DIR, "tmpfs", MS_NOSUID | MS_NODEV, options)
     return how
 
 

@@ -316,6 +316,17 @@ def test_the_head_keeps_the_hosts_shm_and_each_worker_has_its_own(private):
         assert head_catalog not in private.shm_of(node)
 
 
+def test_each_private_shm_uses_huge_pages_where_they_fit(private):
+    """A kernel with huge tmpfs pages (it has shmem_enabled) mounts each private /dev/shm with
+    ``huge=within_size``: a block's allocation and first writes then take 2 MiB pages."""
+    if not os.path.exists("/sys/kernel/mm/transparent_hugepage/shmem_enabled"):
+        pytest.skip("this kernel has no huge tmpfs pages")
+    for node in ("gpu1", "gpu2"):
+        with open(f"/proc/{private.private[node]['raylet_pid']}/mounts", encoding="ascii") as f:
+            shm = [line.split() for line in f if line.split()[1] == "/dev/shm"][-1]  # on top
+        assert "huge=within_size" in shm[3].split(","), shm
+
+
 def test_a_file_stored_from_the_head_into_gpu2_comes_back_through_the_cli(private, tmp_path):
     grid = private.grid
     data = os.urandom(5 * 2**20 + 3)
