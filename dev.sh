@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set-up and the two jobs of this repository, for a machine with only Python 3.11+, gcc and pip.
 #   ./dev.sh demo   create .venv, install, store and retrieve a file through `grid memory ...`
-#   ./dev.sh test   create .venv, install, ruff, then the whole test suite (extra args go to pytest)
+#   ./dev.sh test   create .venv, install (with torch's CPU build when its wheel file is at hand),
+#                   ruff, then the whole test suite (extra args go to pytest)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${VENV:-.venv}"
@@ -22,6 +23,32 @@ setup() {
     fi
 }
 
+# torch's CPU build, for the tests of get_tensors(framework="torch") (bfloat16 among them), when
+# a wheel file of it lies in one of pip's find-links directories (PIP_FIND_LINKS): about 30 s and
+# 0.9 GB. From an index, pip would take a CUDA build of several GB instead: then the torch cases
+# are skipped.
+with_torch_if_at_hand() {
+    "$VENV/bin/python" -c 'import importlib.util as u, sys; sys.exit(not u.find_spec("torch"))' &&
+        return
+    local wheel
+    wheel=$("$VENV/bin/python" - <<'EOF'
+import glob, os, platform, sys
+tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+for place in os.environ.get("PIP_FIND_LINKS", "").split():
+    place = place.removeprefix("file://")
+    name = f"torch-*+cpu-{tag}-{tag}-*{platform.machine()}.whl"
+    found = sorted(glob.glob(os.path.join(place, name)))
+    if found:
+        print(found[-1])
+        break
+EOF
+)
+    if [ -n "$wheel" ]; then
+        "$VENV/bin/python" -m pip install --quiet "$wheel" ||
+            echo "note: torch ($wheel) did not install; its test cases are skipped" >&2
+    fi
+}
+
 case "${1:-}" in
     demo)
         setup
@@ -29,6 +56,7 @@ case "${1:-}" in
         ;;
     test)
         setup
+        with_torch_if_at_hand
         "$VENV/bin/ruff" check .
         shift
         "$VENV/bin/python" -m pytest "$@"

@@ -77,21 +77,43 @@ class Holder:
         return int(arr.nbytes)
 
 
-def read_on_gpu2(block_id: str, size: int, repeat: int) -> dict[str, Any]:
-    """In a Ray task on gpu2: ``pool.read`` of the block through its own host's path."""
+def work_on_gpu2(block_id: str, size: int, repeat: int) -> dict[str, Any]:
+    """In a Ray task on gpu2: ``pool.read`` of the block through its own host's path, and
+    ``pool.put`` of an array of ``size`` bytes into gpu2's private tmpfs (2 MiB pages), against
+    a one-thread memcpy of the same bytes measured there."""
     from distributed_grid.memory import MemoryPool
 
     pool = MemoryPool()
-    times = []
-    digest = ""
+    out: dict[str, Any] = {"local": pool.is_local(block_id), "bytes": size}
+    out["times"], digest = [], ""
     for _ in range(repeat):
         t0 = time.perf_counter()
         data = pool.read(block_id)
-        times.append(time.perf_counter() - t0)
+        out["times"].append(time.perf_counter() - t0)
         digest = hashlib.sha256(data).hexdigest()
         del data
-    return {"local": pool.is_local(block_id), "times": times, "digest": digest,
-            "bytes": size}
+    out["digest"] = digest
+    out.update(put_and_memcpy(pool, "gpu2", size, repeat))
+    return out
+
+
+def put_and_memcpy(pool: Any, node: str, size: int, repeat: int) -> dict[str, Any]:
+    """``pool.put`` of a random array into a new block on ``node`` (allocation included; the
+    caller's host) and a one-thread memcpy of the same bytes, each ``repeat`` times."""
+    import numpy as np
+
+    arr = np.random.default_rng(11).integers(0, 256, size, dtype=np.uint8)
+    dst = np.empty_like(arr)
+    np.copyto(dst, arr)  # every page of dst touched: the copies are timed, not page faults
+    memcpy = [timed(lambda: np.copyto(dst, arr)) for _ in range(repeat)]
+    dst = None  # freed before the puts (the lambda's cell goes with it)
+    puts, same = [], True
+    for _ in range(repeat):
+        puts.append(timed(lambda: pool.put("bench-put", arr, node=node)))
+        same = same and bool(np.array_equal(pool.get("bench-put"), arr))
+        pool.delete("bench-put")
+        settle()
+    return {"memcpy": memcpy, "put": puts, "put_same": same}
 
 
 def bench(res: Results, pool: Any, src: str, out: str, size: int, digest: str,
@@ -188,7 +210,7 @@ def bench(res: Results, pool: Any, src: str, out: str, size: int, digest: str,
                 size, times,
                 vs={"raw_get_chunked": "raw get chunked", "raw_get_whole": "raw get whole"}))
 
-    inside = ray.get(ray.remote(read_on_gpu2).options(num_cpus=0, scheduling_strategy=on_gpu2)
+    inside = ray.get(ray.remote(work_on_gpu2).options(num_cpus=0, scheduling_strategy=on_gpu2)
                      .remote(block, size, repeat))
     if not inside["local"]:
         raise RuntimeError("a task on gpu2 did not get the local path to its own block")
@@ -196,6 +218,19 @@ def bench(res: Results, pool: Any, src: str, out: str, size: int, digest: str,
     res.add(Row("read_local_gpu2", "pool.read on gpu2 itself (local path, in a task)", size,
                 inside["times"], vs={"raw_get_chunked": "raw get chunked"}))
     pool.deallocate(block)
+
+    # put: allocation, pages and copy, on each kind of tmpfs, against memcpy where it ran
+    res.add(Row("memcpy_gpu2", "memcpy (np.copyto, 1 thread) in the task on gpu2", size,
+                inside["memcpy"]))
+    res.add(Row("put_gpu2", "pool.put on gpu2 itself (private tmpfs, 2 MiB pages)", size,
+                inside["put"], vs={"memcpy_gpu2": "memcpy"}))
+    here = put_and_memcpy(pool, "head", size, repeat)
+    res.add(Row("memcpy_head", "memcpy (np.copyto, 1 thread) in the driver", size,
+                here["memcpy"]))
+    res.add(Row("put_head", "pool.put on the head (the host's /dev/shm)", size, here["put"],
+                vs={"memcpy_head": "memcpy"}))
+    for where, got in (("gpu2", inside), ("head", here)):
+        res.check(f"pool.put on {where}", str(got["put_same"]), "True")
 
 
 def main(argv: list[str] | None = None) -> int:
