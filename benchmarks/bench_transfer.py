@@ -12,7 +12,8 @@ is shared and noisy), with issue 9's goals checked at the end:
 * local path (same host, through the segment's descriptor): ``store_file`` into a block just
   allocated and into a block written before (its pages exist); ``retrieve_to_file``
 * the memory API on the block's host: ``pool.write`` of an array into a block just allocated
-  and into one this process has mapped (written before), ``pool.read`` into new bytes,
+  and into one this process has mapped (written before), ``pool.read`` into new bytes and
+  ``pool.read_into`` an array the caller has touched before,
   ``pool.put`` (allocation included) and ``pool.get`` (a zero-copy view; in ms)
 * raw Ray: an actor on ``gpu1`` returning a numpy array fetched by the driver (whole, and in the
   package's chunks with its in-flight bound, which is what the remote retrieve does), the
@@ -365,6 +366,13 @@ def bench_memory_api(res: Results, pool: Any, size: int, repeat: int) -> None:
             del got
         res.add(Row("read_local", "pool.read of a block into new bytes, local", size, times,
                     vs=dict(vs)))
+
+        into = np.zeros(size, dtype=np.uint8)  # pages in: the caller's own, reused buffer
+        times = [timed(lambda: pool.read_into(block_id, into)) for _ in range(repeat)]
+        res.check("read_into the caller's array", hashlib.sha256(into).hexdigest(), want)
+        into = None
+        res.add(Row("read_into", "pool.read_into an array the caller touched before, local",
+                    size, times, vs=dict(vs)))
     finally:
         pool.deallocate(block_id)
 

@@ -197,3 +197,35 @@ def test_fill_both_ways_meets_in_the_middle(tmp_path):
                 mapping.close()
         with open(path, "rb") as f:
             assert f.read() == bytes(base) + data
+
+
+def test_read_into_fills_the_callers_buffer(pool, remote_pool, blocks, unique):
+    size = MAPPED_MIN + MiB  # on this host, through the kept mapping
+    block_id = blocks.new(size, node="gpu1")
+    data = _pattern(size, 12)
+    pool.write(block_id, data)
+    for through in (pool, remote_pool):
+        buf = np.zeros(size + 10, dtype=np.uint8)
+        assert through.read_into(block_id, buf) == size
+        assert buf[:size].tobytes() == data and not buf[size:].any()
+    small = bytearray(100)
+    assert pool.read_into(block_id, small, size=100, offset=5) == 100 and small == data[5:105]
+    weights = np.arange(1000, dtype=np.float64)
+    pool.put(unique, weights, node="gpu1")
+    into = np.empty(1000, dtype=np.float64)
+    assert pool.read_into(unique, into) == weights.nbytes and np.array_equal(into, weights)
+
+
+def test_read_into_refuses_a_buffer_it_cannot_fill_and_leaves_it_as_it_was(pool, blocks):
+    from distributed_grid.errors import InvalidArgument
+
+    block_id = blocks.new(MiB, node="gpu1")
+    pool.write(block_id, _pattern(MiB, 13))
+    short = bytearray(MiB - 1)
+    cases = [(short, "holds 1048575 bytes"), (bytes(MiB), "read-only"),
+             (np.zeros(2 * MiB, dtype=np.uint8)[::2], "not contiguous"),
+             (5, "bytes-like buffer")]
+    for buffer, says in cases:
+        with pytest.raises(InvalidArgument, match=says):
+            pool.read_into(block_id, buffer)
+    assert short == bytearray(MiB - 1)

@@ -25,6 +25,7 @@ from distributed_grid.errors import (
     BlockNotFound,
     FileError,
     GridError,
+    InvalidArgument,
     KeyConflict,
     KeyNotFound,
     NodeNotFound,
@@ -780,6 +781,44 @@ class MemoryPool:
             if out is None:
                 return bytes(spare[:count]) if count != length else bytes(spare)  # type: ignore[index]
             return out if count == length else out[:count]
+
+    def read_into(self, target: str, buffer: Any, size: int | None = None,
+                  offset: int = 0) -> int:
+        """Copy the bytes of a block or key (the range :meth:`read` would return) into
+        ``buffer`` from its start, and return how many there were: no new memory, so on the
+        block's host the copy runs at memory speed into pages the caller has already touched
+        (a numpy array, a ``bytearray``, an ``mmap``, a pinned buffer: any writable,
+        contiguous bytes-like object). The bytes are untorn, as :meth:`read` says.
+
+        Raises:
+            InvalidArgument: ``buffer`` is not a writable contiguous buffer, or holds fewer
+                bytes than the range (nothing was written into it then).
+            KeyNotFound, OutOfBounds: as :meth:`plan_read`.
+        """
+        try:
+            dest = memoryview(buffer)
+        except TypeError:
+            raise InvalidArgument(f"read_into needs a writable bytes-like buffer (bytearray, "
+                                  f"numpy array, mmap), got {type(buffer).__name__}") from None
+        if dest.readonly or not dest.c_contiguous:
+            why = "read-only" if dest.readonly else "not contiguous"
+            dest.release()
+            raise InvalidArgument(f"read_into needs a writable, C-contiguous buffer; this one "
+                                  f"is {why}")
+        with dest, dest.cast("B") as flat:
+            pieces = self.plan_read(target, size, offset)
+            while True:
+                length = sum(p.length for p in pieces)
+                if length > len(flat):
+                    raise InvalidArgument(
+                        f"the buffer holds {len(flat)} bytes and {target!r} has {length} to "
+                        "read from there; give a bigger buffer, or size= to read fewer",
+                        target=target, bytes=length)
+                try:
+                    return self.read_to(target, transfer.BufferSink(flat), size, offset,
+                                        pieces=pieces)
+                except _PlanChanged as changed:  # rewritten meanwhile, and longer
+                    pieces = changed.pieces
 
     def retrieve_to_file(self, target: str, path: str, size: int | None = None, offset: int = 0,
                          progress: Progress | None = None,
