@@ -229,3 +229,26 @@ def test_read_into_refuses_a_buffer_it_cannot_fill_and_leaves_it_as_it_was(pool,
         with pytest.raises(InvalidArgument, match=says):
             pool.read_into(block_id, buffer)
     assert short == bytearray(MiB - 1)
+
+
+def test_a_list_of_buffers_is_written_one_after_another(pool, remote_pool, blocks):
+    """``write(block, [a, b, c])`` writes them back to back as one write: small (through
+    ``pwrite`` pieces), big into pages never written and written before (through the kept
+    mapping), and from another host (chunks gathered across the parts)."""
+    small = [b"head", np.arange(10, dtype=np.int32), memoryview(b"tail")]
+    block_id = blocks.new(MiB, node="gpu1")
+    pool.write(block_id, small, offset=3)
+    assert pool.read(block_id, size=48, offset=3) == b"head" + small[1].tobytes() + b"tail"
+    assert pool.read(block_id, size=3) == bytes(3)
+
+    size = 2 * MAPPED_MIN
+    parts = [_pattern(n, n % 97) for n in (100, MAPPED_MIN + 3, 0, MAPPED_MIN - 103)]
+    want = b"".join(parts)
+    big = blocks.new(size, node="gpu1")
+    pool.write(big, parts)  # pages never written
+    assert pool.read(big) == want
+    again = [np.frombuffer(p[::-1], dtype=np.uint8) for p in parts]
+    pool.write(big, again)  # pages written before
+    assert pool.read(big) == b"".join(p[::-1] for p in parts)
+    remote_pool.write(big, parts)
+    assert pool.read(big) == want

@@ -44,7 +44,8 @@ def find_key(pool: Blocks, key: str) -> KeyPlace:
 
 def write_key(pool: Blocks, key: str, data: Any, length: int, node: str | None,
               meta: dict[str, Any]) -> StoreResult:
-    """Write ``length`` bytes of ``data`` (a buffer) under ``key`` with ``meta``.
+    """Write ``length`` bytes of ``data`` (a buffer, or a list of them one after another)
+    under ``key`` with ``meta``.
 
     A new key gets a block of its own (on ``node`` when given); a key that exists is replaced
     in place when the new bytes fit there.

@@ -160,21 +160,27 @@ class LocalNode(BlockStore):
     def fill(self, block: BlockInfo, offset: int, length: int, source: transfer.Source,
              progress: transfer.Progress = transfer.no_progress) -> None:
         """Copy ``length`` bytes from ``source`` into the block at ``offset`` (inside a write
-        prepared by this process): through a kept mapping when the source is in memory and big
-        (see ``MAPPED_MIN``), else with ``pwrite``."""
-        if self._mapped_copy(block, length) and source.in_memory:
+        prepared by this process): through a kept mapping when the source is in memory (one
+        buffer, or several one after another) and big (see ``MAPPED_MIN``), else with
+        ``pwrite``."""
+        parts = source.parts() if self._mapped_copy(block, length) else None
+        if parts is not None:
             with self._maps.mapped(block) as mapped:
                 if mapped is not None:
                     end = offset + length
                     with mapped.data()[offset:end] as dest:
                         if end <= block.used:  # pages written before
                             fault_in = None if mapped.has_pages(offset, end) else "dest"
-                            transfer.copy(dest, source.view(0, length), progress, fault_in)
+                            for at, part in parts:
+                                transfer.copy(dest[at : at + len(part)], part, progress,
+                                              fault_in)
                             mapped.note_pages(offset, end)
                             return
                         with self._descriptor(block) as fd:
-                            transfer.fill_both_ways(fd, seg.HEADER_SIZE + offset, dest,
-                                                    source.view(0, length), progress)
+                            for at, part in parts:
+                                transfer.fill_both_ways(fd, seg.HEADER_SIZE + offset + at,
+                                                        dest[at : at + len(part)], part,
+                                                        progress)
                     return
         with self._descriptor(block) as fd:
             transfer.fill_fd(fd, seg.HEADER_SIZE + offset, length, source, progress)

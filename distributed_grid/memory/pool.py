@@ -614,18 +614,25 @@ class MemoryPool:
     def write(self, block_id: str, data: Any, offset: int = 0, key: str | None = None,
               force: bool = False, progress: Progress | None = None,
               meta: dict[str, Any] | None = None) -> BlockInfo:
-        """Write a bytes-like object into a block at ``offset`` (optionally under ``key``).
+        """Write a bytes-like object into a block at ``offset`` (optionally under ``key``); a
+        list (or tuple) of them is written one after another, as one write, with no copy into
+        one buffer first.
 
         ``meta`` says what the key's bytes are (``put`` records an array's dtype and shape).
 
         Raises:
             OutOfBounds, KeyConflict, BlockNotFound, InvalidArgument.
         """
-        view = memoryview(data).cast("B")
+        source: transfer.Source
+        if isinstance(data, (list, tuple)):
+            source = transfer.GatherSource([memoryview(part).cast("B") for part in data])
+            length = source.length
+        else:
+            view = memoryview(data).cast("B")
+            source, length = transfer.BufferSource(view), len(view)
         if key is not None:
             key = validate_key(str(key))
-        return self._write(block_id, offset, len(view), key, force,
-                           transfer.BufferSource(view), progress, meta)
+        return self._write(block_id, offset, length, key, force, source, progress, meta)
 
     def _write(self, block_id: str, offset: int, length: int, key: str | None, force: bool,
                source: transfer.Source, progress: Progress | None,

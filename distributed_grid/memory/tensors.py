@@ -86,11 +86,8 @@ def put_tensors(pool: Blocks, key: str, tensors: Mapping[str, Any], node: str | 
                               f"{type(tensors).__name__}")
     flat = {_name(name): _flat(name, t) for name, t in tensors.items()}
     header, length = _header(flat, _metadata(metadata))
-    data = np.empty(length, dtype=np.uint8)
-    data[: len(header)] = np.frombuffer(header, dtype=np.uint8)
-    for _, _, (begin, end), raw in flat.values():
-        data[len(header) + begin : len(header) + end] = raw
-    return write_key(pool, key, data, length, node, {"format": FORMAT})
+    parts = [header] + [raw for _, _, _, raw in sorted(flat.values(), key=lambda f: f[2])]
+    return write_key(pool, key, parts, length, node, {"format": FORMAT})  # written in place
 
 
 def _name(name: Any) -> str:

@@ -16,6 +16,7 @@ Elsewhere the same pieces travel as ObjectRefs (:mod:`distributed_grid.memory.re
 
 from __future__ import annotations
 
+import bisect
 import errno
 import mmap
 import os
@@ -64,6 +65,11 @@ class Source:
         """The bytes themselves (only when :attr:`in_memory`)."""
         raise NotImplementedError
 
+    def parts(self) -> list[tuple[int, memoryview]] | None:
+        """The bytes as buffers in memory, each with the position it starts at, in order; None
+        when they are not in memory (a file)."""
+        return None
+
 
 class FileSource(Source):
     """The bytes of an open file (``length`` of them from ``start``), read with ``preadv``."""
@@ -94,6 +100,35 @@ class BufferSource(Source):
 
     def view(self, pos: int, n: int) -> memoryview:
         return self.data[pos : pos + n]
+
+    def parts(self) -> list[tuple[int, memoryview]]:
+        return [(0, self.data)]
+
+
+class GatherSource(Source):
+    """The bytes of several buffers, one after another (what ``writev`` writes): a header and
+    the tensors after it are written where they lie, with no copy into one buffer first."""
+
+    def __init__(self, buffers: list[memoryview]) -> None:
+        self._parts: list[tuple[int, memoryview]] = []
+        self.length = 0
+        for buf in buffers:
+            self._parts.append((self.length, buf))
+            self.length += len(buf)
+        self._starts = [start for start, _ in self._parts]
+
+    def parts(self) -> list[tuple[int, memoryview]]:
+        return self._parts
+
+    def read_into(self, pos: int, buf: memoryview) -> None:
+        end = pos + len(buf)
+        i = max(0, bisect.bisect_right(self._starts, pos) - 1)
+        while i < len(self._parts) and self._parts[i][0] < end:
+            start, part = self._parts[i]
+            low, high = max(start, pos), min(start + len(part), end)
+            if low < high:
+                buf[low - pos : high - pos] = part[low - start : high - start]
+            i += 1
 
 
 class Sink:
