@@ -19,12 +19,14 @@ is shared and noisy), with issue 9's goals checked at the end:
   package's chunks with its in-flight bound, which is what the remote retrieve does), the
   driver's own ``ray.put`` + ``ray.get``, and ``ray.put`` + a ref handed to an actor on ``gpu1``
   (whole and chunked, which is what the remote store does)
-* remote path (``force_remote=True``): ``store_file``, ``pool.read`` and ``retrieve_to_file``
+* remote path (``force_remote=True``): ``store_file``, ``pool.read`` and ``retrieve_to_file``,
+  each round of them in turn with the raw chunked transfers they are compared with, so that the
+  machine's changing load falls on both sides of a ratio alike
+* the CLI (``grid memory store`` / ``grid memory retrieve`` as subprocesses), including process
+  start-up (Ray is not imported: the blocks are on this host)
 
 Whole-object Ray rows need the size twice in each node's object store: ``--whole`` adds them.
 Shared memory used at once: one block of the size plus the object stores' chunks in flight.
-* the CLI (``grid memory store`` / ``grid memory retrieve`` as subprocesses), including process
-  start-up (Ray is not imported: the blocks are on this host)
 
 Run: ``.venv/bin/python benchmarks/bench_transfer.py [--size 1GiB] [--repeat 3] [--json]``
 Exit status: 0, or 1 when a round trip changed a byte (or the run failed).
@@ -421,137 +423,168 @@ class Holder:
         return int(arr.nbytes)
 
 
-def bench_ray(res: Results, src: str, size: int, repeat: int, gpu1_id: str,
-              store_bytes: int, whole: bool = False) -> None:
-    """Raw Ray between the driver (on the head) and an actor on gpu1, no distributed_grid."""
-    import numpy as np
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+class RawRay:
+    """Raw Ray between the driver (on the head) and a :class:`Holder` on gpu1, no
+    distributed_grid: the references of the remote rows. ``close()`` ends the actor."""
 
+    def __init__(self, src: str, size: int, gpu1_id: str) -> None:
+        import numpy as np
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from distributed_grid.memory.remote import IN_FLIGHT
+        from distributed_grid.memory.transfer import CHUNK
+
+        self.size, self.chunk, self.in_flight = size, CHUNK, IN_FLIGHT
+        self.holder = ray.remote(Holder).options(
+            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(gpu1_id, soft=False)
+        ).remote(src, size)
+        if ray.get(self.holder.node_id.remote()) != gpu1_id:
+            ray.kill(self.holder)
+            raise RuntimeError("the holder actor did not start on gpu1")
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            self._map = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        self.arr: Any = np.frombuffer(self._map, dtype=np.uint8)
+
+    def get_whole(self) -> None:
+        import ray
+
+        arr = ray.get(self.holder.get.remote(0, self.size))
+        if arr.nbytes != self.size:
+            raise RuntimeError(f"ray.get returned {arr.nbytes} bytes, not {self.size}")
+
+    def get_chunked(self) -> None:
+        import ray
+
+        pending: deque = deque()
+        pos = 0
+        while pos < self.size or pending:
+            while pos < self.size and len(pending) < self.in_flight:
+                n = min(self.chunk, self.size - pos)
+                pending.append(self.holder.get.remote(pos, n))
+                pos += n
+            arr = ray.get(pending.popleft())
+            del arr
+
+    def put_get(self) -> None:
+        import ray
+
+        got = ray.get(ray.put(self.arr))
+        if got.nbytes != self.size:
+            raise RuntimeError(f"ray.get returned {got.nbytes} bytes, not {self.size}")
+
+    def put_to_actor(self) -> None:
+        import ray
+
+        got = ray.get(self.holder.take.remote(ray.put(self.arr)))
+        if got != self.size:
+            raise RuntimeError(f"the actor received {got} bytes, not {self.size}")
+
+    def put_to_actor_chunked(self) -> None:
+        import ray
+
+        pending: deque = deque()
+        for pos in range(0, self.size, self.chunk):
+            ref = ray.put(self.arr[pos : pos + self.chunk])
+            pending.append(self.holder.take.remote(ref))
+            del ref
+            if len(pending) >= self.in_flight:
+                ray.get(pending.popleft())
+        ray.get(list(pending))
+
+    def close(self) -> None:
+        import ray
+
+        self.arr = None  # the last view goes before the mapping closes
+        gc.collect()
+        self._map.close()
+        ray.kill(self.holder)
+
+
+def bench_ray(res: Results, raw: RawRay, size: int, repeat: int, store_bytes: int,
+              whole: bool = False) -> None:
+    """Raw Ray moving whole objects (with ``--whole``); the chunked references are measured
+    in turn with the remote rows (:func:`bench_remote`)."""
+    cases = [
+        ("ray_get", f"ray.get of actor-on-gpu1 array, whole ({human(size)} object)",
+         raw.get_whole),
+        ("ray_put_get", "ray.put + ray.get in the driver (head only)", raw.put_get),
+        ("ray_put_actor", f"ray.put + ref to actor on gpu1, whole ({human(size)} object)",
+         raw.put_to_actor),
+    ]
+    for key, name, fn in cases:
+        if not (whole and size <= 0.6 * store_bytes):
+            log(f"skipped {name}: needs --whole, and {human(size)} twice in a node's object "
+                f"store ({human(store_bytes)})")
+            continue
+        fn()  # warm up: worker paths, object store pages
+        settle()
+        times = []
+        for _ in range(repeat):
+            times.append(timed(fn))
+            settle()
+        res.add(Row(key, name, size, times, vs={"memcpy": "memcpy"}))
+
+
+def bench_remote(res: Results, pool: Any, rpool: Any, raw: RawRay, src: str, out: str,
+                 size: int, digest: str, repeat: int) -> None:
+    """The remote path and the raw chunked Ray transfers it is compared with, measured in turn
+    within each round (raw put, store, raw get, read, retrieve), so that the machine's changing
+    load falls on both sides of each ratio alike."""
     from distributed_grid.memory.remote import IN_FLIGHT
     from distributed_grid.memory.transfer import CHUNK
 
-    holder = ray.remote(Holder).options(
-        num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(gpu1_id, soft=False)
-    ).remote(src, size)
-    if ray.get(holder.node_id.remote()) != gpu1_id:
-        raise RuntimeError("the holder actor did not start on gpu1")
-    fd = os.open(src, os.O_RDONLY)
-    try:
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        src_map = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
-    finally:
-        os.close(fd)
-    src_arr = np.frombuffer(src_map, dtype=np.uint8)
-    chunk_label = f"{human(CHUNK)} chunks, {IN_FLIGHT} in flight"
-    whole_ok = whole and size <= 0.6 * store_bytes
-    try:
-        def get_whole() -> None:
-            arr = ray.get(holder.get.remote(0, size))
-            if arr.nbytes != size:
-                raise RuntimeError(f"ray.get returned {arr.nbytes} bytes, not {size}")
-
-        def get_chunked() -> None:
-            pending: deque = deque()
-            pos = 0
-            while pos < size or pending:
-                while pos < size and len(pending) < IN_FLIGHT:
-                    n = min(CHUNK, size - pos)
-                    pending.append(holder.get.remote(pos, n))
-                    pos += n
-                arr = ray.get(pending.popleft())
-                del arr
-
-        def put_get() -> None:
-            got = ray.get(ray.put(src_arr))
-            if got.nbytes != size:
-                raise RuntimeError(f"ray.get returned {got.nbytes} bytes, not {size}")
-
-        def put_to_actor() -> None:
-            got = ray.get(holder.take.remote(ray.put(src_arr)))
-            if got != size:
-                raise RuntimeError(f"the actor received {got} bytes, not {size}")
-
-        def put_to_actor_chunked() -> None:
-            pending: deque = deque()
-            for pos in range(0, size, CHUNK):
-                ref = ray.put(src_arr[pos : pos + CHUNK])
-                pending.append(holder.take.remote(ref))
-                del ref
-                if len(pending) >= IN_FLIGHT:
-                    ray.get(pending.popleft())
-            ray.get(list(pending))
-
-        cases = [
-            ("ray_get", f"ray.get of actor-on-gpu1 array, whole ({human(size)} object)",
-             get_whole, whole_ok),
-            ("ray_get_chunked", f"ray.get of actor-on-gpu1 arrays, {chunk_label}",
-             get_chunked, True),
-            ("ray_put_get", "ray.put + ray.get in the driver (head only)", put_get, whole_ok),
-            ("ray_put_actor", f"ray.put + ref to actor on gpu1, whole ({human(size)} object)",
-             put_to_actor, whole_ok),
-            ("ray_put_actor_chunked", f"ray.put + ref to actor on gpu1, {chunk_label}",
-             put_to_actor_chunked, True),
-        ]
-        for key, name, fn, ok in cases:
-            if not ok:
-                log(f"skipped {name}: {human(size)} does not fit twice in a node's object store "
-                    f"({human(store_bytes)})")
-                continue
-            fn()  # warm up: worker paths, object store pages
-            settle()
-            times = []
-            for _ in range(repeat):
-                times.append(timed(fn))
-                settle()
-            res.add(Row(key, name, size, times, vs={"memcpy": "memcpy"}))
-    finally:
-        src_arr = None  # the closures share this cell: drop the last view before closing
-        gc.collect()
-        src_map.close()
-        ray.kill(holder)
-
-
-def bench_remote(res: Results, pool: Any, rpool: Any, src: str, out: str, size: int,
-                 digest: str, repeat: int) -> None:
-    key = "bench-remote"
-    times, block_id = [], ""
+    chunks = f"{human(CHUNK)} chunks, {IN_FLIGHT} in flight"
+    raw.get_chunked()  # warm up: worker paths, object store pages
+    raw.put_to_actor_chunked()
+    settle()
+    key, block_id = "bench-remote", ""
+    times: dict[str, list[float]] = {k: [] for k in (
+        "ray_get_chunked", "ray_put_actor_chunked", "store_remote", "read_remote",
+        "retrieve_remote")}
     for i in range(repeat):
+        times["ray_put_actor_chunked"].append(timed(raw.put_to_actor_chunked))
+        settle()
         if block_id:
             pool.deallocate(block_id)
         block_id = pool.allocate(size, node="gpu1").block_id
-        times.append(timed(lambda b=block_id: rpool.store_file(key, src, block_id=b, offset=0)))
+        times["store_remote"].append(
+            timed(lambda b=block_id: rpool.store_file(key, src, block_id=b, offset=0)))
         res.check(f"remote store (read back locally), run {i + 1}",
                   hash_block(pool, block_id, size), digest)
         settle()
-    res.add(Row("store_remote", "store_file, remote (force_remote)", size, times,
+        times["ray_get_chunked"].append(timed(raw.get_chunked))
+        settle()
+        t0 = time.perf_counter()
+        got = rpool.read(block_id)
+        times["read_remote"].append(time.perf_counter() - t0)
+        res.check(f"remote read, run {i + 1}", hashlib.sha256(got).hexdigest(), digest)
+        del got
+        settle()
+        remove(out)
+        times["retrieve_remote"].append(timed(lambda b=block_id: rpool.retrieve_to_file(b, out)))
+        res.check(f"remote retrieve, run {i + 1}", hash_file(out), digest)
+        remove(out)
+        settle()
+    pool.deallocate(block_id)
+    res.add(Row("ray_get_chunked", f"ray.get of actor-on-gpu1 arrays, {chunks}", size,
+                times["ray_get_chunked"], vs={"memcpy": "memcpy"}))
+    res.add(Row("ray_put_actor_chunked", f"ray.put + ref to actor on gpu1, {chunks}", size,
+                times["ray_put_actor_chunked"], vs={"memcpy": "memcpy"}))
+    res.add(Row("store_remote", "store_file, remote (force_remote)", size, times["store_remote"],
                 vs={"ray_put_actor_chunked": "put+actor chunked",
                     "ray_put_actor": "put+actor whole", "ray_get": "ray.get whole",
                     "cp": "cp"}))
-
-    times = []
-    for i in range(repeat):
-        t0 = time.perf_counter()
-        got = rpool.read(block_id)
-        times.append(time.perf_counter() - t0)
-        if i == 0:
-            res.check("remote read", hashlib.sha256(got).hexdigest(), digest)
-        del got
-        settle()
-    res.add(Row("read_remote", "pool.read into new bytes, remote (force_remote)", size, times,
-                vs={"ray_get_chunked": "ray.get chunked", "memcpy": "memcpy"}))
-
-    times = []
-    for i in range(repeat):
-        remove(out)
-        times.append(timed(lambda: rpool.retrieve_to_file(block_id, out)))
-        res.check(f"remote retrieve, run {i + 1}", hash_file(out), digest)
-        settle()
-    remove(out)
-    res.add(Row("retrieve_remote", "retrieve_to_file, remote (force_remote)", size, times,
-                vs={"ray_get_chunked": "ray.get chunked", "ray_get": "ray.get whole",
-                    "cp": "cp"}))
-    pool.deallocate(block_id)
+    res.add(Row("read_remote", "pool.read into new bytes, remote (force_remote)", size,
+                times["read_remote"], vs={"ray_get_chunked": "ray.get chunked",
+                                          "memcpy": "memcpy"}))
+    res.add(Row("retrieve_remote", "retrieve_to_file, remote (force_remote)", size,
+                times["retrieve_remote"], vs={"ray_get_chunked": "ray.get chunked",
+                                              "ray_get": "ray.get whole", "cp": "cp"}))
 
 
 def bench_cli(res: Results, pool: Any, address: str, tmp: str, src: str, out: str, size: int,
@@ -767,10 +800,14 @@ def main(argv: list[str] | None = None) -> int:
         pool.deallocate(block_id)
         log("the memory API, local")
         bench_memory_api(res, pool, size, args.repeat)
-        log("raw Ray")
-        bench_ray(res, src, size, args.repeat, gpu1.node_id, store_bytes, args.whole)
-        log("remote path")
-        bench_remote(res, pool, rpool, src, out, size, digest, args.repeat)
+        raw = RawRay(src, size, gpu1.node_id)
+        try:
+            log("raw Ray, whole objects")
+            bench_ray(res, raw, size, args.repeat, store_bytes, args.whole)
+            log("remote path, in turn with raw chunked Ray")
+            bench_remote(res, pool, rpool, raw, src, out, size, digest, args.repeat)
+        finally:
+            raw.close()
         if not args.no_cli:
             log("CLI")
             bench_cli(res, pool, address, tmp, src, out, size, digest, args.repeat)

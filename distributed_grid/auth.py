@@ -153,7 +153,11 @@ def sources() -> list[TokenSource]:
     if user is not None:
         return [user]
     found = []
-    for path in (token_path(), os.path.join(os.path.expanduser("~"), ".ray", "auth_token")):
+    # last, the file a parent process found for itself and put in this one's environment (a
+    # child with another TMPDIR has other files of its own, or none)
+    inherited = os.environ.get(SET_HERE_ENV, "").strip()
+    places = [token_path(), os.path.join(os.path.expanduser("~"), ".ray", "auth_token")]
+    for path in dict.fromkeys(places + ([inherited] if inherited else [])):
         try:
             if _read(path):
                 found.append(_file_source(path))

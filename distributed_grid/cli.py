@@ -323,37 +323,19 @@ class ClusterCommands:
             shm_size: the size of each private /dev/shm (default 2GiB; a quarter of it is
                 Ray's object store of the node).
         """
-        from distributed_grid import lifecycle, runtime
+        from distributed_grid import lifecycle
 
-        runtime.started_entries()  # a corrupt record is refused before anything is started
-        port = _optional_int(port, "port")
-        num_cpus = _optional_int(num_cpus, "num-cpus")
-        name = None if name is None else str(name)
-        names = _names(nodes)
-        private = _private_shm(private_shm, shm_size)
-        if address is not None:
-            if names:
-                raise InvalidArgument("--nodes starts a new local cluster; it cannot join one")
-            lifecycle.start_worker(str(address), name=name, num_cpus=num_cpus,
-                                   private_shm=private)
-            started, role, shown = str(address), "worker", [name or lifecycle.host_node_name()]
-            told = f"joined {address} as {shown[0]}"
-        elif names or _flag(loopback, "loopback") or private is not None:
-            head = name or lifecycle.host_node_name()
-            started = lifecycle.start_local(names, head_name=head, head_cpus=num_cpus,
-                                            private_shm=private)
-            role, shown = "local", [head, *names]
-            told = f"started a local cluster at {started} with nodes {', '.join(shown)}"
-        else:
-            started = lifecycle.start_head(name=name, port=port, num_cpus=num_cpus)
-            role, shown = "head", [name or lifecycle.host_node_name()]
-            told = (f"started a Ray head at {started}; join it from other hosts with "
-                    f"`grid cluster start --address {started} --name NAME`")
+        started = lifecycle.start(
+            name=None if name is None else str(name),
+            address=None if address is None else str(address), nodes=_names(nodes),
+            loopback=_flag(loopback, "loopback"), port=_optional_int(port, "port"),
+            num_cpus=_optional_int(num_cpus, "num-cpus"),
+            private_shm=_private_shm(private_shm, shm_size))
         if _flag(json, "json"):
-            _emit({"address": started, "role": role, "nodes": shown})
-        elif role != "worker":
-            print(started, file=_out())
-        print(told, file=sys.stderr)
+            _emit(started.to_json())
+        elif started.role != "worker":
+            print(started.address, file=_out())
+        print(started.describe(), file=sys.stderr)
 
     @as_typed
     def stop(self, json: bool = False) -> None:

@@ -168,6 +168,61 @@ def safe_name(hostname: str) -> str:
     return (cleaned or "node")[:64]
 
 
+@dataclass(frozen=True)
+class Started:
+    """What :func:`start` started: the head's address, this host's role in the cluster
+    (``local``: a cluster for this host alone; ``head``; ``worker``) and the nodes it runs."""
+
+    address: str
+    role: str
+    nodes: list[str]
+
+    def to_json(self) -> dict[str, object]:
+        return {"address": self.address, "role": self.role, "nodes": list(self.nodes)}
+
+    def describe(self) -> str:
+        """One line for a person."""
+        if self.role == "worker":
+            return f"joined {self.address} as {self.nodes[0]}"
+        if self.role == "local":
+            return (f"started a local cluster at {self.address} with nodes "
+                    f"{', '.join(self.nodes)}")
+        return (f"started a Ray head at {self.address}; join it from other hosts with "
+                f"`grid cluster start --address {self.address} --name NAME`")
+
+
+def start(name: str | None = None, address: str | None = None, nodes: list[str] | None = None,
+          loopback: bool = False, port: int | None = None, num_cpus: int | None = None,
+          private_shm: int | None = None) -> Started:
+    """Start Ray on this host, outliving the caller, the way ``grid cluster start`` does: join
+    the cluster at ``address`` as a worker; or, with ``nodes``, ``loopback`` or
+    ``private_shm``, a cluster for this host alone (a head plus a raylet per node name);
+    else a head that other hosts can join.
+
+    Args:
+        name: this host's node name (default: :func:`host_node_name`).
+        private_shm: the size of the private /dev/shm of each worker node (None: they share
+            the host's).
+
+    Raises:
+        InvalidArgument: ``nodes`` with ``address`` (nodes start a new cluster).
+        ClusterError: Ray did not start (the message says why), or the record of started
+            clusters is corrupt.
+    """
+    runtime.started_entries()  # a corrupt record of started clusters stops this first
+    nodes = list(nodes or [])
+    own = name or host_node_name()
+    if address is not None:
+        if nodes:
+            raise InvalidArgument("--nodes starts a new local cluster; it cannot join one")
+        start_worker(address, name=name, num_cpus=num_cpus, private_shm=private_shm)
+        return Started(address, "worker", [own])
+    if nodes or loopback or private_shm is not None:
+        started = start_local(nodes, head_name=own, head_cpus=num_cpus, private_shm=private_shm)
+        return Started(started, "local", [own, *nodes])
+    return Started(start_head(name=name, port=port, num_cpus=num_cpus), "head", [own])
+
+
 def start_local(nodes: tuple[str, ...] | list[str] = (), head_name: str | None = None,
                 head_cpus: int | None = None, object_store_memory: int | None = None,
                 timeout: float = 300, private_shm: int | None = None) -> str:

@@ -252,3 +252,39 @@ def test_a_list_of_buffers_is_written_one_after_another(pool, remote_pool, block
     assert pool.read(big) == b"".join(p[::-1] for p in parts)
     remote_pool.write(big, parts)
     assert pool.read(big) == want
+
+
+def test_a_kept_mapping_is_not_closed_under_a_thread_using_it(pool, blocks):
+    """Threads copying through the kept mappings of more blocks than are kept: none sees its
+    mapping closed by another's eviction while it uses it."""
+    import threading
+    import time
+
+    from distributed_grid.memory.mappings import Mappings
+
+    infos = []
+    for i in range(3):
+        block_id = blocks.new(MiB, node="gpu1")
+        pool.write(block_id, bytes([i + 1]) * MiB)
+        infos.append(pool.block_info(block_id))
+    maps = Mappings(kept=1)
+    errors: list[BaseException] = []
+
+    def use(k: int) -> None:
+        try:
+            for n in range(300):
+                which = (n + k) % 3
+                with maps.mapped(infos[which]) as segment:
+                    time.sleep(0)  # let another thread in between the lookup and the copy
+                    with segment.data() as data:
+                        assert data[123] == which + 1
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=use, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    maps.close()
+    assert not errors, errors[:3]

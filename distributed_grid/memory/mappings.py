@@ -28,6 +28,7 @@ class Mappings:
         self.populate = populate  # map every page at once (for writers of whole ranges)
         self._lock = threading.Lock()
         self._open: OrderedDict[str, seg.Segment] = OrderedDict()
+        self._users: dict[str, int] = {}  # segment name -> copies using its mapping now
 
     def attach(self, block: BlockInfo) -> seg.Segment | None:
         """A new mapping of the block when it is provably on this host, else None."""
@@ -40,28 +41,59 @@ class Mappings:
     @contextmanager
     def mapped(self, block: BlockInfo, attach: bool = True) -> Iterator[seg.Segment | None]:
         """A kept mapping of the block (None when its segment is not here, or not the block's,
-        or, without ``attach``, when none is kept)."""
+        or, without ``attach``, when none is kept). While the caller uses it, no other thread
+        closes it: a mapping in use is not evicted, even beyond ``kept``."""
         self.drop_stale()
         with self._lock:
-            segment = self._open.pop(block.segment, None)
-        if segment is not None and segment.token.hex() != block.token:
-            close_quietly(segment)
-            segment = None
+            segment = self._open.get(block.segment)
+            if segment is not None and segment.token.hex() != block.token:
+                if not self._users.get(block.segment):  # another block's, and unused
+                    close_quietly(self._open.pop(block.segment))
+                segment = None
+            if segment is not None:
+                self._open.move_to_end(block.segment)
+                self._users[block.segment] = self._users.get(block.segment, 0) + 1
         if segment is None and attach:
-            segment = self.attach(block)
+            fresh = self.attach(block)
+            if fresh is not None:
+                with self._lock:
+                    segment = self._open.get(block.segment)
+                    if segment is None or segment.token.hex() != block.token:
+                        segment = fresh  # else another thread attached it meanwhile
+                        if block.segment not in self._open:
+                            self._open[block.segment] = fresh
+                    self._users[block.segment] = self._users.get(block.segment, 0) + 1
+                    self._evict()
+                if segment is not fresh:
+                    close_quietly(fresh)
         if segment is None:
             yield None
             return
-        with self._lock:
-            self._open[block.segment] = segment
-            while len(self._open) > self.kept:
-                close_quietly(self._open.popitem(last=False)[1])
-        yield segment
+        try:
+            yield segment
+        finally:
+            with self._lock:
+                left = self._users.get(block.segment, 1) - 1
+                if left:
+                    self._users[block.segment] = left
+                else:
+                    self._users.pop(block.segment, None)
+                self._evict()
+
+    def _evict(self) -> None:
+        """Close the least recently used mappings beyond ``kept`` that no copy uses (with the
+        lock held)."""
+        for name in list(self._open):
+            if len(self._open) <= self.kept:
+                return
+            if not self._users.get(name):
+                close_quietly(self._open.pop(name))
 
     def drop_stale(self) -> None:
         """Close kept mappings whose segment is gone from the host (their block was freed)."""
         with self._lock:
-            for name in [n for n in self._open if not seg.segment_exists(n)]:
+            for name in [n for n in self._open
+                         if not self._users.get(n) and not seg.segment_exists(n)]:
                 close_quietly(self._open.pop(name))
 
     def close(self) -> None:
