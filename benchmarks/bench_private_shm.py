@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import mmap
 import os
 import signal
 import sys
@@ -45,6 +44,7 @@ from bench_transfer import (  # noqa: E402  (the sibling script's helpers)
     human,
     log,
     machine_info,
+    map_file,
     settle,
     timed,
     write_random_file,
@@ -57,12 +57,7 @@ class Holder:
     def __init__(self, path: str, size: int) -> None:
         import numpy as np
 
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            self._map = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
-        finally:
-            os.close(fd)
+        self._map = map_file(path, size)
         self.arr = np.frombuffer(self._map, dtype=np.uint8)
 
     def where(self) -> tuple[str, int]:

@@ -397,18 +397,23 @@ def bench_memory_api(res: Results, pool: Any, size: int, repeat: int) -> None:
     gc.collect()
 
 
+def map_file(path: str, size: int) -> mmap.mmap:
+    """A read-only mapping of a file's first ``size`` bytes, every page mapped now."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        return mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+
+
 class Holder:
     """Runs on gpu1: serves a file's bytes as numpy arrays and swallows arrays sent to it."""
 
     def __init__(self, path: str, size: int) -> None:
         import numpy as np
 
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            self._map = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
-        finally:
-            os.close(fd)
+        self._map = map_file(path, size)
         self.arr = np.frombuffer(self._map, dtype=np.uint8)
 
     def node_id(self) -> str:
@@ -442,12 +447,7 @@ class RawRay:
         if ray.get(self.holder.node_id.remote()) != gpu1_id:
             ray.kill(self.holder)
             raise RuntimeError("the holder actor did not start on gpu1")
-        fd = os.open(src, os.O_RDONLY)
-        try:
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            self._map = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
-        finally:
-            os.close(fd)
+        self._map = map_file(src, size)
         self.arr: Any = np.frombuffer(self._map, dtype=np.uint8)
 
     def get_whole(self) -> None:
