@@ -288,3 +288,22 @@ def test_a_kept_mapping_is_not_closed_under_a_thread_using_it(pool, blocks):
         t.join()
     maps.close()
     assert not errors, errors[:3]
+
+
+def test_a_kept_mapping_of_a_block_freed_by_another_process_goes(pool, grid, blocks):
+    """A process that copied a big block through its kept mapping and then waits does not
+    hold the block's memory once another process frees it (its watcher closes the mapping)."""
+    import time
+
+    size = MAPPED_MIN + MiB
+    block_id = blocks.new(size, node="gpu1")
+    data = _pattern(size, 14)
+    pool.write(block_id, data)
+    segment = pool.block_info(block_id).segment
+    assert pool.read(block_id) == data
+    assert segment in _mapped_segments()
+    grid("memory", "deallocate", block_id)
+    deadline = time.monotonic() + 30  # the watcher looks every 2 s; a loaded machine is slow
+    while segment in _mapped_segments() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert segment not in _mapped_segments()

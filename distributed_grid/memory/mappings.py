@@ -1,15 +1,19 @@
-"""The store actor's mappings of its blocks for remote reads: attached on demand, a few kept.
+"""Mappings of blocks a process keeps between copies: attached on demand, the last few kept.
 
-A chunk read for another host is returned as a numpy array over the block's mapping, so Ray
-copies it once, straight into the object store. A new mapping faults in each page on first
-touch, so the last ``KEPT`` mappings stay open between calls; each call first drops kept mappings
-whose segment is gone from the host, so a freed block is not held in memory for long. A segment
-is mapped only if its header holds the token the block's catalog recorded.
+The store actor answers a chunk read for another host with a numpy array over its mapping of the
+block (Ray copies it once, straight into the object store); a process copying a big buffer in or
+out of a block of its host copies through its mapping (``memory/local.py``). A new mapping takes a
+page fault per page on first touch, so the last ``kept`` mappings stay open between calls. A
+mapping a copy is using is never closed under it. Kept mappings whose segment is gone from the
+host (their block was freed) are closed at each call, and by a daemon thread every
+``WATCH_SECONDS`` while any is kept, so a freed block's memory is not held for long. A segment is
+mapped only if its header holds the token the block's catalog recorded.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +22,7 @@ from distributed_grid.memory import segment as seg
 from distributed_grid.memory.records import BlockInfo
 
 KEPT = 8
+WATCH_SECONDS = 2.0  # how often kept mappings of freed blocks are looked for while any is kept
 
 
 class Mappings:
@@ -29,6 +34,7 @@ class Mappings:
         self._lock = threading.Lock()
         self._open: OrderedDict[str, seg.Segment] = OrderedDict()
         self._users: dict[str, int] = {}  # segment name -> copies using its mapping now
+        self._watcher: threading.Thread | None = None
 
     def attach(self, block: BlockInfo) -> seg.Segment | None:
         """A new mapping of the block when it is provably on this host, else None."""
@@ -64,6 +70,7 @@ class Mappings:
                             self._open[block.segment] = fresh
                     self._users[block.segment] = self._users.get(block.segment, 0) + 1
                     self._evict()
+                    self._watch()
                 if segment is not fresh:
                     close_quietly(fresh)
         if segment is None:
@@ -79,6 +86,25 @@ class Mappings:
                 else:
                     self._users.pop(block.segment, None)
                 self._evict()
+
+    def _watch(self) -> None:
+        """While any mapping is kept, a daemon thread closes those whose block was freed every
+        ``WATCH_SECONDS`` (with the lock held): a process that read a big block once and then
+        waits does not hold the block's memory after it is freed elsewhere."""
+        if self._watcher is not None and self._watcher.is_alive():
+            return
+        self._watcher = threading.Thread(target=self._watching, name="kept-mappings",
+                                         daemon=True)
+        self._watcher.start()
+
+    def _watching(self) -> None:
+        while True:
+            time.sleep(WATCH_SECONDS)
+            self.drop_stale()
+            with self._lock:
+                if not self._open:
+                    self._watcher = None
+                    return
 
     def _evict(self) -> None:
         """Close the least recently used mappings beyond ``kept`` that no copy uses (with the
