@@ -5,7 +5,7 @@ Starts its own private loopback cluster with ``--private-shm``: a head on the ho
 and one worker ``gpu2`` in a mount namespace with a private tmpfs on /dev/shm (default 2 GiB, a
 quarter of it Ray's object store of gpu2). A block on gpu2 cannot be attached from the head, so
 the library takes the remote path with no forcing switch, as it would to another machine.
-Measured in one run, each the best of ``--repeat``, all at one size (default 256 MiB), every
+Measured in one run, each the median of ``--repeat`` runs, all at one size (default 256 MiB), every
 round trip checked with SHA-256 outside the timed regions:
 
 * raw Ray, gpu2 → head: an actor pinned to gpu2 returns numpy arrays of the bytes (from a file
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(doc: dict[str, Any]) -> None:
     m = doc["machine"]
-    print(f"distributed_grid across private /dev/shm: {human(doc['size_bytes'])}, best of "
+    print(f"distributed_grid across private /dev/shm: {human(doc['size_bytes'])}, median of "
           f"{doc['repeat']}; nproc={m['nproc']}, {m['cpu_model']}, Linux {m['kernel']}, "
           f"ray {doc['ray']}")
     print(f"cluster: head (host /dev/shm) + gpu2 (private {human(doc['gpu2_shm_bytes'])} "
@@ -313,11 +313,11 @@ def print_table(doc: dict[str, Any]) -> None:
     print("GB/s = 10^9 bytes/s; 'vs' = this row's speed / that row's speed, same bytes, same run")
     print()
     width = max(len(r["name"]) for r in doc["results"])
-    print(f"{'measurement'.ljust(width)}  {'best s':>7}  {'GB/s':>6}  runs s / vs")
+    print(f"{'measurement'.ljust(width)}  {'median s':>8}  {'GB/s':>6}  runs s / vs")
     for r in doc["results"]:
         vs = ", ".join(f"{v:.2f}x {k}" for k, v in r["speed_vs"].items())
         runs = " ".join(f"{t:.3f}" for t in r["times_s"])
-        print(f"{r['name'].ljust(width)}  {r['best_s']:7.3f}  {r['gb_per_s']:6.2f}  {runs}"
+        print(f"{r['name'].ljust(width)}  {r['best_s']:8.3f}  {r['gb_per_s']:6.2f}  {runs}"
               + (f"  [{vs}]" if vs else ""))
     verdict = "all equal" if not doc["mismatches"] else f"MISMATCH in {doc['mismatches']}"
     print(f"\nround trips verified with sha256: {doc['verified_round_trips']}, {verdict}")

@@ -14,7 +14,8 @@ is shared and noisy), with issue 9's goals checked at the end:
 * the memory API on the block's host: ``pool.write`` of an array into a block just allocated
   and into one this process has mapped (written before), ``pool.read`` into new bytes and
   ``pool.read_into`` an array the caller has touched before,
-  ``pool.put`` (allocation included) and ``pool.get`` (a zero-copy view; in ms)
+  ``pool.put`` (allocation included), ``pool.get`` (a zero-copy view; in ms) and
+  ``pool.put_tensors`` of the same bytes as 16 float32 tensors
 * raw Ray: an actor on ``gpu1`` returning a numpy array fetched by the driver (whole, and in the
   package's chunks with its in-flight bound, which is what the remote retrieve does), the
   driver's own ``ray.put`` + ``ray.get``, and ``ray.put`` + a ref handed to an actor on ``gpu1``
@@ -393,6 +394,23 @@ def bench_memory_api(res: Results, pool: Any, size: int, repeat: int) -> None:
                 times, vs=dict(vs)))
     res.add(Row("get", f"pool.get of a {human(size)} array on its host (zero-copy view)", 0,
                 get_times))
+
+    parts = 16  # a model's weights: named float32 tensors, the array's bytes in all
+    tensors = {f"layer{i}.weight": part.view(np.float32)
+               for i, part in enumerate(np.split(arr[: size // (4 * parts) * 4 * parts], parts))}
+    times = []
+    for i in range(repeat):
+        times.append(timed(lambda: pool.put_tensors("bench-tensors", tensors, node="gpu1")))
+        if i == 0:
+            got = pool.get_tensors("bench-tensors")
+            same = all(np.array_equal(got[name].view(np.uint8), t.view(np.uint8))  # NaNs too
+                       for name, t in tensors.items())
+            res.check("put_tensors then get_tensors", str(same), "True")
+            del got
+        pool.delete("bench-tensors")
+    res.add(Row("put_tensors", f"pool.put_tensors of {parts} float32 tensors (allocation "
+                "included)", sum(t.nbytes for t in tensors.values()), times, vs=dict(vs)))
+    tensors = {}
     arr = None
     gc.collect()
 
