@@ -28,9 +28,8 @@ WATCH_SECONDS = 2.0  # how often kept mappings of freed blocks are looked for wh
 class Mappings:
     """The segments this process keeps mapped."""
 
-    def __init__(self, kept: int = KEPT, populate: bool = False) -> None:
+    def __init__(self, kept: int = KEPT) -> None:
         self.kept = kept
-        self.populate = populate  # map every page at once (for writers of whole ranges)
         self._lock = threading.Lock()
         self._open: OrderedDict[str, seg.Segment] = OrderedDict()
         self._users: dict[str, int] = {}  # segment name -> copies using its mapping now
@@ -39,8 +38,7 @@ class Mappings:
     def attach(self, block: BlockInfo) -> seg.Segment | None:
         """A new mapping of the block when it is provably on this host, else None."""
         try:
-            return seg.attach_block(block.segment, bytes.fromhex(block.token), block.size,
-                                    self.populate)
+            return seg.attach_block(block.segment, bytes.fromhex(block.token), block.size)
         except (seg.SegmentNotFound, OSError):
             return None
 

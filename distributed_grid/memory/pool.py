@@ -799,7 +799,8 @@ class MemoryPool:
 
         Raises:
             InvalidArgument: ``buffer`` is not a writable contiguous buffer, or holds fewer
-                bytes than the range (nothing was written into it then).
+                bytes than the range (found before the copy, so the buffer is as it was; but
+                for a key rewritten longer while it was read, after the first try).
             KeyNotFound, OutOfBounds: as :meth:`plan_read`.
         """
         try:

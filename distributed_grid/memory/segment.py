@@ -281,14 +281,14 @@ def map_data(name: str, token: bytes, size: int, populate: bool = False) -> memo
     return memoryview(_map_block(name, token, size, populate))[HEADER_SIZE : HEADER_SIZE + size]
 
 
-def attach_block(name: str, token: bytes, size: int, populate: bool = False) -> Segment:
+def attach_block(name: str, token: bytes, size: int) -> Segment:
     """:meth:`Segment.attach` of a segment that must hold ``token`` and ``size`` data bytes
-    (every page mapped now with ``populate``: see :func:`map_data`).
+    (no page mapped yet).
 
     Raises:
         SegmentNotFound: no such segment, or it holds another token or size.
     """
-    return Segment(name, _map_block(name, token, size, populate), size, token)
+    return Segment(name, _map_block(name, token, size), size, token)
 
 
 def open_data(name: str, token: bytes, size: int) -> int:

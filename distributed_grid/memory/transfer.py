@@ -434,14 +434,15 @@ def populate(array: Any, write: bool) -> None:
         _madvise = libc.madvise
         _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         _madvise.restype = ctypes.c_int
-    if _madvise is False or not len(array):
+    call = _madvise  # another thread may set it to False meanwhile
+    if call is False or not len(array):
         return
     import ctypes
 
     address = array.ctypes.data
     start = address // mmap.PAGESIZE * mmap.PAGESIZE
     advice = MADV_POPULATE_WRITE if write else MADV_POPULATE_READ
-    if _madvise(start, address + len(array) - start, advice) != 0 and \
+    if call(start, address + len(array) - start, advice) != 0 and \
             ctypes.get_errno() == errno.EINVAL:
         _madvise = False  # this kernel does not know it
 
