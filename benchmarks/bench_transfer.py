@@ -20,7 +20,8 @@ is shared and noisy), with issue 9's goals checked at the end:
   package's chunks with its in-flight bound, which is what the remote retrieve does), the
   driver's own ``ray.put`` + ``ray.get``, and ``ray.put`` + a ref handed to an actor on ``gpu1``
   (whole and chunked, which is what the remote store does)
-* remote path (``force_remote=True``): ``store_file``, ``pool.read`` and ``retrieve_to_file``,
+* remote path (``force_remote=True``): ``store_file``, ``pool.read``, ``pool.read_into`` a buffer
+  the caller reuses, and ``retrieve_to_file``,
   each round of them in turn with the raw chunked transfers they are compared with, so that the
   machine's changing load falls on both sides of a ratio alike
 * the CLI (``grid memory store`` / ``grid memory retrieve`` as subprocesses), including process
@@ -563,7 +564,10 @@ def bench_remote(res: Results, pool: Any, rpool: Any, raw: RawRay, src: str, out
     key, block_id = "bench-remote", ""
     times: dict[str, list[float]] = {k: [] for k in (
         "ray_get_chunked", "ray_put_actor_chunked", "store_remote", "read_remote",
-        "retrieve_remote")}
+        "read_into_remote", "retrieve_remote")}
+    import numpy as np
+
+    into = np.ones(size, dtype=np.uint8)  # a buffer the caller reuses: every page in
     for i in range(repeat):
         times["ray_put_actor_chunked"].append(timed(raw.put_to_actor_chunked))
         settle()
@@ -583,6 +587,9 @@ def bench_remote(res: Results, pool: Any, rpool: Any, raw: RawRay, src: str, out
         res.check(f"remote read, run {i + 1}", hashlib.sha256(got).hexdigest(), digest)
         del got
         settle()
+        times["read_into_remote"].append(timed(lambda b=block_id: rpool.read_into(b, into)))
+        res.check(f"remote read_into, run {i + 1}", hashlib.sha256(into).hexdigest(), digest)
+        settle()
         remove(out)
         times["retrieve_remote"].append(timed(lambda b=block_id: rpool.retrieve_to_file(b, out)))
         res.check(f"remote retrieve, run {i + 1}", hash_file(out), digest)
@@ -600,6 +607,8 @@ def bench_remote(res: Results, pool: Any, rpool: Any, raw: RawRay, src: str, out
     res.add(Row("read_remote", "pool.read into new bytes, remote (force_remote)", size,
                 times["read_remote"], vs={"ray_get_chunked": "ray.get chunked",
                                           "memcpy": "memcpy"}))
+    res.add(Row("read_into_remote", "pool.read_into a buffer the caller reuses, remote", size,
+                times["read_into_remote"], vs={"ray_get_chunked": "ray.get chunked"}))
     res.add(Row("retrieve_remote", "retrieve_to_file, remote (force_remote)", size,
                 times["retrieve_remote"], vs={"ray_get_chunked": "ray.get chunked",
                                               "ray_get": "ray.get whole", "cp": "cp"}))
