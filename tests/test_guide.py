@@ -1,4 +1,5 @@
-"""The guide (shared/seed/distributed-memory-cli-guide.md), run verbatim on fresh clusters.
+"""The user guide's walkthroughs (the `grid memory` command lines it shows, copied here), run
+verbatim on fresh clusters.
 
 Block ids such as ``block_0_gpu2`` in the guide assume a new cluster, so each walkthrough gets
 one of its own, started and stopped with ``grid cluster start --nodes gpu1,gpu2`` and
