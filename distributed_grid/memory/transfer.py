@@ -3,14 +3,15 @@
 A transfer reads from a :class:`Source` (a file, or a buffer in memory) and writes to a
 :class:`Sink` (a file or pipe, a buffer, or any callable taking the bytes in order).
 
-On the block's host the bytes go through the segment's file descriptor, never through a new
-mapping (a mapping faults in each page on first touch, which cost more than the copy itself
-here): into a block with ``pwrite`` on ``COPY_THREADS`` threads (a buffer is written as it is, a
-file through a small buffer per thread that stays in the CPU's cache); out of one into a file the
-same way, into a pipe with ``sendfile``, into a buffer with ``preadv`` straight into it (on
-``COPY_THREADS`` threads too). A write of a buffer into a block that this process keeps mapped
-(:class:`~distributed_grid.memory.local.LocalNode`) is a numpy copy on ``COPY_THREADS`` threads
-instead: ``pwrite`` into tmpfs holds the file's lock, so its threads do not add up.
+On the block's host, files and small buffers go through the segment's file descriptor: into a
+block with ``pwrite`` on ``COPY_THREADS`` threads (a buffer is written as it is, a file through a
+small buffer per thread that stays in the CPU's cache); out of one into a file the same way, into
+a pipe with ``sendfile``, into a buffer with ``preadv``. A big buffer (see ``local.MAPPED_MIN``)
+is copied through a mapping of the block that :class:`~distributed_grid.memory.local.LocalNode`
+keeps, with numpy on ``COPY_THREADS`` threads, each mapping the pages of its next piece in one
+call first (:func:`populate`: a page fault per page cost more than the copy itself here); into
+pages never written, :func:`fill_both_ways` runs ``pwrite`` and the mapping at once (``pwrite``
+into tmpfs holds the file's lock, so its own threads do not add up).
 Elsewhere the same pieces travel as ObjectRefs (:mod:`distributed_grid.memory.remote`).
 """
 
