@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 
 from distributed_grid.errors import ClusterError
@@ -39,8 +40,13 @@ MS_PRIVATE = 1 << 18
 PROBE_SIZE = 2**20
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
+    """libc, with the calls this module makes looked up once (a forked child of a threaded
+    process must not take the dynamic loader's lock again: see :func:`private_shm_refusal`)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.unshare, libc.mount  # noqa: B018  (looked up now, kept by the CDLL)
+    return libc
 
 
 def _unshare(flags: int) -> int:
@@ -127,8 +133,11 @@ def private_shm_refusal() -> str | None:
     """Why this host cannot give a node a private /dev/shm (None: it can).
 
     Tried for real, in a forked child that enters a namespace with a 1 MiB tmpfs and exits
-    (the namespace and its tmpfs go with it); this process is not changed.
+    (the namespace and its tmpfs go with it); this process is not changed. The child calls only
+    libc functions looked up before the fork (no dynamic loader lock, which another thread of
+    this process may have held when it forked).
     """
+    _libc()  # looked up before the fork: another thread may hold the loader's lock at the fork
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
