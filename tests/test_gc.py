@@ -42,26 +42,31 @@ def session_of(pid: int) -> int | None:
 
 
 def kill_cluster(fresh) -> dict:
-    """SIGKILL every process of the cluster ``fresh`` started; returns what started.json says
-    of it."""
+    """SIGKILL every process of the cluster ``fresh`` started, again while any is left (a
+    process of it may fork between a look at its session and the kill); returns what
+    started.json says of it."""
     with open(os.path.join(fresh_runtime_dir(fresh), "started.json"), encoding="utf-8") as f:
         started = json.load(f)
     supervisor = started[0]["pid"]
     raylets = set(started[0]["raylets"].values())
-    pids = {int(p) for p in os.listdir("/proc") if p.isdigit()
-            and session_of(int(p)) == supervisor} | {supervisor} | raylets
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+
+    def members() -> set[int]:
+        return {int(p) for p in os.listdir("/proc") if p.isdigit()
+                and session_of(int(p)) == supervisor and runtime.process_alive(int(p), None)}
+
     deadline = time.monotonic() + 60
-    while any(runtime.process_alive(pid, None) for pid in pids):
+    killed: set[int] = set()
+    targets = members() | {supervisor} | raylets
+    while targets or any(runtime.process_alive(pid, None) for pid in killed):
         assert time.monotonic() < deadline, "the cluster's processes did not die"
+        for pid in targets:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        killed |= targets
         time.sleep(0.1)
-    survivors = [int(p) for p in os.listdir("/proc") if p.isdigit()
-                 and session_of(int(p)) == supervisor and runtime.process_alive(int(p), None)]
-    assert not survivors, survivors
+        targets = members()  # one forked meanwhile is in the session too
     return started[0]
 
 
