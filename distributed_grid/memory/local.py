@@ -62,13 +62,14 @@ class LocalNode(BlockStore):
     """
 
     is_local = True
+    kept_mappings = KEPT_MAPPINGS  # how many mappings of its blocks the process keeps
 
     def __init__(self, node: str, cluster_id: str, capacity: int | None = None) -> None:
         super().__init__(node, cluster_id, capacity)
         self._held: dict[tuple[int, int, str | None], list[HeldSlot]] = {}
         self._held_lock = threading.Lock()
         self._tag: tuple[int, int] | None = None
-        self._maps = Mappings(KEPT_MAPPINGS)
+        self._maps = Mappings(self.kept_mappings)
 
     def tag(self) -> int:
         """This process's owner tag for guard slots (computed again after a fork)."""

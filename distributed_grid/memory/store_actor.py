@@ -43,7 +43,7 @@ from distributed_grid.errors import BlockNotFound, KeyNotFound
 from distributed_grid.memory import transfer
 from distributed_grid.memory.directory import KeyDirectory
 from distributed_grid.memory.local import HeldSlot, LocalNode
-from distributed_grid.memory.mappings import Mappings
+from distributed_grid.memory.mappings import KEPT
 from distributed_grid.memory.records import BlockInfo, NodeStats
 from distributed_grid.memory.seqguard import Guard
 from distributed_grid.memory.store import REMOTE_WRITER, STORE_PROTOCOL
@@ -82,11 +82,12 @@ class StoreActor(LocalNode):
         head: the name of the head node, whose store keeps the key directory.
     """
 
+    kept_mappings = KEPT  # one set of kept mappings serves chunks for other hosts and copies
+
     def __init__(self, node: str, cluster_id: str, head: str) -> None:
         super().__init__(node, cluster_id)
         self.head = head
         self.is_head = node == head
-        self.mappings = Mappings()
         self.directory = KeyDirectory(cluster_id) if self.is_head else None
         # a node whose catalog went with its memory (its machine rebooted) goes on numbering
         # where its last life stopped, as far as it published: a stale id names no new block
@@ -121,7 +122,7 @@ class StoreActor(LocalNode):
 
     @contextmanager
     def _mapped(self, block: BlockInfo) -> Iterator[memoryview]:
-        with self.mappings.mapped(block) as segment:
+        with self._maps.mapped(block) as segment:
             if segment is None:
                 raise BlockNotFound(f"the shared memory of {block.block_id} is gone from its "
                                     "host", block_id=block.block_id, node=self.node)
@@ -205,18 +206,8 @@ class StoreActor(LocalNode):
         with self._mapped(block) as data:
             return np.frombuffer(data[offset : offset + length], dtype=np.uint8)
 
-    def deallocate(self, number: int) -> BlockInfo:
-        info = super().deallocate(number)
-        self.mappings.drop_stale()
-        return info
-
-    def _drop_freed_mappings(self) -> None:
-        super()._drop_freed_mappings()  # the kept write mappings
-        self.mappings.drop_stale()
-
     def destroy(self) -> int:
         """Free every block, remove the catalog (and on the head the key directory)."""
-        self.mappings.close()
         self._maps.close()
         count = super().destroy()
         if self.directory is not None:
