@@ -1,6 +1,6 @@
 """Builds the optional C extension; the project's metadata is in pyproject.toml.
 
-``distributed_grid.memory._seqguard`` (native/seqguard.c) is compiled where a C compiler exists;
+``distributed_grid.memory.shm._seqguard`` (native/seqguard.c) is compiled where a C compiler exists;
 without one the install still succeeds and the pure-Python twin is used
 (see distributed_grid/memory/seqguard.py).
 """
@@ -10,7 +10,7 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "distributed_grid.memory._seqguard",
+            "distributed_grid.memory.shm._seqguard",
             ["native/seqguard.c"],
             optional=True,
         )

@@ -226,7 +226,7 @@ class Bench:
     # -- 4. nodes ------------------------------------------------------------------------------
 
     def section_nodes(self) -> None:
-        from distributed_grid import lifecycle
+        from distributed_grid.cluster import lifecycle
         from distributed_grid.memory import MemoryPool
 
         per_nodes = {}
@@ -273,8 +273,8 @@ class Bench:
 
     def section_directory(self, pool) -> None:
         from distributed_grid import _ray
-        from distributed_grid.memory.directory import KeyDirectory
-        from distributed_grid.memory.remote import RemoteDirectory
+        from distributed_grid.memory.client.remote_node import RemoteDirectory
+        from distributed_grid.memory.node.directory import KeyDirectory
 
         local = pool.directory
         assert isinstance(local, KeyDirectory), "the bench's head is on this host"
@@ -309,8 +309,8 @@ class Bench:
     def section_paths(self) -> None:
         import threading
 
-        from distributed_grid.memory import segment as seg
-        from distributed_grid.memory import transfer
+        from distributed_grid.memory.io import transfer
+        from distributed_grid.memory.shm import segment as seg
         from distributed_grid.sizes import parse_size
 
         size = parse_size(self.args.file_size)
@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     tempfile.tempdir = None
     os.environ.pop("RAY_ADDRESS", None)
     os.environ.pop("XDG_RUNTIME_DIR", None)
-    from distributed_grid import lifecycle
+    from distributed_grid.cluster import lifecycle
     from distributed_grid.memory import MemoryPool
 
     bench = Bench(args, tmp)

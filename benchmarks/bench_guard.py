@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    from distributed_grid.memory import segment as seg
-    from distributed_grid.memory import seqguard
+    from distributed_grid.memory.shm import segment as seg
+    from distributed_grid.memory.shm import seqguard
 
     name = f"/dg.bench{uuid.uuid4().hex[:10]}.guard.0"
     token = secrets.token_bytes(seg.TOKEN_SIZE)

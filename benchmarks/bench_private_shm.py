@@ -116,8 +116,8 @@ def bench(res: Results, pool: Any, src: str, out: str, size: int, digest: str,
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from distributed_grid.memory.remote import IN_FLIGHT
-    from distributed_grid.memory.transfer import CHUNK
+    from distributed_grid.memory.client.remote_node import IN_FLIGHT
+    from distributed_grid.memory.io.transfer import CHUNK
 
     gpu2 = pool.ray.node("gpu2").node_id
     on_gpu2 = NodeAffinitySchedulingStrategy(gpu2, soft=False)
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lifecycle = pool = None
     try:
-        from distributed_grid.node_process import DEFAULT_SHM_SIZE, object_store_for
+        from distributed_grid.cluster.node_process import DEFAULT_SHM_SIZE, object_store_for
         from distributed_grid.sizes import parse_size
 
         parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
         import ray
 
-        from distributed_grid import lifecycle
+        from distributed_grid.cluster import lifecycle
         from distributed_grid.memory import MemoryPool
 
         res = Results(tmp)

@@ -456,8 +456,8 @@ class RawRay:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from distributed_grid.memory.remote import IN_FLIGHT
-        from distributed_grid.memory.transfer import CHUNK
+        from distributed_grid.memory.client.remote_node import IN_FLIGHT
+        from distributed_grid.memory.io.transfer import CHUNK
 
         self.size, self.chunk, self.in_flight = size, CHUNK, IN_FLIGHT
         self.holder = ray.remote(Holder).options(
@@ -554,8 +554,8 @@ def bench_remote(res: Results, pool: Any, rpool: Any, raw: RawRay, src: str, out
     """The remote path and the raw chunked Ray transfers it is compared with, measured in turn
     within each round (raw put, store, raw get, read, retrieve), so that the machine's changing
     load falls on both sides of each ratio alike."""
-    from distributed_grid.memory.remote import IN_FLIGHT
-    from distributed_grid.memory.transfer import CHUNK
+    from distributed_grid.memory.client.remote_node import IN_FLIGHT
+    from distributed_grid.memory.io.transfer import CHUNK
 
     chunks = f"{human(CHUNK)} chunks, {IN_FLIGHT} in flight"
     raw.get_chunked()  # warm up: worker paths, object store pages
@@ -791,8 +791,9 @@ def main(argv: list[str] | None = None) -> int:
 
         import numpy as np
 
-        from distributed_grid import lifecycle as cluster
-        from distributed_grid.memory import remote, transfer
+        from distributed_grid.cluster import lifecycle as cluster
+        from distributed_grid.memory.client import remote_node as remote
+        from distributed_grid.memory.io import transfer
 
         res = Results(tmp)
         src = os.path.join(tmp, "src.bin")

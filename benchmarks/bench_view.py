@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("RAY_ADDRESS", None)
     import numpy as np
 
-    from distributed_grid import lifecycle
+    from distributed_grid.cluster import lifecycle
     from distributed_grid.memory import MemoryPool
-    from distributed_grid.memory.segment import Segment
+    from distributed_grid.memory.shm.segment import Segment
     from distributed_grid.sizes import format_size, parse_size
 
     sizes = {"small": parse_size(args.small), "big": parse_size(args.big)}

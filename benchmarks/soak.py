@@ -161,7 +161,7 @@ def main() -> None:
     os.environ.pop("RAY_ADDRESS", None)
     os.environ.pop("XDG_RUNTIME_DIR", None)
     tempfile.tempdir = None
-    from distributed_grid import lifecycle
+    from distributed_grid.cluster import lifecycle
 
     address = lifecycle.start_local(["gpu1", "gpu2"], head_name="head")
     pool = None

@@ -18,7 +18,7 @@ A record is trusted only while the process it names is alive, checked by pid *an
 (a pid the kernel has handed to another process does not count), so a dead cluster's files are
 never believed. The folder is ``$XDG_RUNTIME_DIR/distributed_grid`` when that is set, else
 ``$TMPDIR/distributed_grid-<uid>`` (``/tmp`` without TMPDIR). It also holds the clusters' auth
-token (:mod:`distributed_grid.auth`), the logs of the Ray processes started here and their
+token (:mod:`distributed_grid.cluster.auth`), the logs of the Ray processes started here and their
 Ray temp folder ``ray/`` (Ray makes its session folders world-writable; inside this one nobody
 else reaches them).
 """

@@ -1,6 +1,6 @@
 /* The write guard of a segment: atomics on its header page.
  *
- * Extension module distributed_grid.memory._seqguard. Each function takes a writable buffer
+ * Extension module distributed_grid.memory.shm._seqguard. Each function takes a writable buffer
  * over the first 4096 bytes (or more) of a segment and works on two fields of the layout that
  * distributed_grid/memory/segment.py writes down:
  *

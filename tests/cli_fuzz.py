@@ -2,8 +2,8 @@
 
 Shared by the suite's short fuzz test (``tests/test_cli_fuzz.py``) and the long run
 (``benchmarks/fuzz_cli.py``). The grammar is the CLI's own: every group of
-:class:`~distributed_grid.cli.Grid`, every command and option read by
-:func:`~distributed_grid.cli_grammar.commands_of`, so a command added to the CLI is fuzzed with
+:class:`~distributed_grid.cli.main.Grid`, every command and option read by
+:func:`~distributed_grid.cli.grammar.commands_of`, so a command added to the CLI is fuzzed with
 no change here. Only the kinds of value a parameter takes (a size, a block id, a path) are
 named here, by parameter name; a parameter not named gets values of every kind.
 
@@ -46,8 +46,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from distributed_grid import cli
-from distributed_grid.cli_grammar import (
+from distributed_grid.cli import main as cli
+from distributed_grid.cli.grammar import (
     HELP_FLAGS,
     Command,
     Param,

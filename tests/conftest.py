@@ -54,7 +54,7 @@ def sweep(cluster_id: str) -> list[str]:
 @pytest.fixture(scope="session")
 def cluster_address():
     """The address of the session's cluster: a head named ``head`` and workers gpu1, gpu2."""
-    from distributed_grid import lifecycle
+    from distributed_grid.cluster import lifecycle
 
     address = lifecycle.start_local(list(WORKERS), head_name="head", head_cpus=2)
     cid = None

@@ -16,10 +16,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from distributed_grid.errors import InvalidArgument, StoreFull
-from distributed_grid.memory import capacity
-from distributed_grid.memory import segment as seg
-from distributed_grid.memory.capacity import Limits, memory_reserve, room_for_blocks
-from distributed_grid.memory.store import BlockStore
+from distributed_grid.memory.node.store import BlockStore
+from distributed_grid.memory.shm import capacity
+from distributed_grid.memory.shm import segment as seg
+from distributed_grid.memory.shm.capacity import Limits, memory_reserve, room_for_blocks
 
 HEADER = seg.HEADER_SIZE
 GiB = 2**30

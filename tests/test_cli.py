@@ -308,7 +308,7 @@ def test_help_speaks_the_guides_spelling(grid):
 
 
 def test_big_store_shows_progress_on_a_terminal(grid, blocks, tmp_path, unique):
-    from distributed_grid.format import PROGRESS_MIN_BYTES
+    from distributed_grid.cli.format import PROGRESS_MIN_BYTES
 
     data = os.urandom(PROGRESS_MIN_BYTES + 1)
     (tmp_path / "big").write_bytes(data)
@@ -352,7 +352,7 @@ def test_a_file_that_does_not_know_its_size_is_refused(grid, unique):
 
 
 def test_address_option_reaches_the_given_cluster_only(grid, cluster_address, tmp_path):
-    from distributed_grid import auth
+    from distributed_grid.cluster import auth
 
     # nothing else could point at the cluster: no RAY_ADDRESS, no record; only its token
     private = {"TMPDIR": str(tmp_path), "RAY_ADDRESS": "", "RAY_AUTH_TOKEN_PATH": auth.token_path()}

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distributed_grid import cli
-from distributed_grid.cli_grammar import UsageError, check, commands_of
+from distributed_grid.cli import main as cli
+from distributed_grid.cli.grammar import UsageError, check, commands_of
 
 GROUPS = {"memory": cli.MemoryCommands(), "cluster": cli.ClusterCommands()}
 TABLE = commands_of(GROUPS, cli.METAVARS)

@@ -13,7 +13,7 @@ import pytest
 
 from distributed_grid import runtime
 from distributed_grid.errors import KeyConflict
-from distributed_grid.memory.host import HostNodes
+from distributed_grid.memory.client.host import HostNodes
 
 REMOTE = {"DISTRIBUTED_GRID_FORCE_REMOTE": "1"}
 
@@ -81,10 +81,10 @@ COMMANDS = [
 
 
 def run_grid(grid, args, env=None) -> tuple[bool, str]:
-    """Run ``grid ARGS`` (as ``python -m distributed_grid.cli``); returns whether it imported
+    """Run ``grid ARGS`` (as ``python -m distributed_grid.cli.main``); returns whether it imported
     Ray, and its output."""
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "distributed_grid.cli", *map(str, args)],
+        [sys.executable, "-X", "importtime", "-m", "distributed_grid.cli.main", *map(str, args)],
         capture_output=True, env={**grid.env, **(env or {})}, timeout=300)
     err = result.stderr.decode(errors="replace")
     assert result.returncode == 0, err
@@ -210,7 +210,7 @@ def test_upkeep_publishes_the_block_list_for_when_the_node_is_gone(pool, blocks,
 def test_a_catalog_of_another_version_is_one_error_line(fresh):
     import sqlite3
 
-    from distributed_grid.memory.catalog import SCHEMA_VERSION, catalog_path
+    from distributed_grid.memory.node.catalog import SCHEMA_VERSION, catalog_path
 
     fresh("cluster", "start", "--nodes", "gpu1")
     cluster_id = fresh.remember_cluster()["cluster_id"]

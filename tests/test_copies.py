@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from distributed_grid.memory import buffers, transfer
-from distributed_grid.memory.local import MAPPED_MIN
+from distributed_grid.memory.io import buffers, transfer
+from distributed_grid.memory.node.local_node import MAPPED_MIN
 
 MiB = 2**20
 
@@ -260,7 +260,7 @@ def test_a_kept_mapping_is_not_closed_under_a_thread_using_it(pool, blocks):
     import threading
     import time
 
-    from distributed_grid.memory.mappings import Mappings
+    from distributed_grid.memory.shm.mappings import Mappings
 
     infos = []
     for i in range(3):

@@ -17,7 +17,7 @@ import pytest
 from small_shm import needs_small_shm, run_on_small_shm
 
 from distributed_grid.errors import BlockNotFound, KeyNotFound
-from distributed_grid.memory import transfer
+from distributed_grid.memory.io import transfer
 
 REMOTE = {"DISTRIBUTED_GRID_FORCE_REMOTE": "1"}
 
@@ -308,7 +308,7 @@ def test_a_key_deleted_and_stored_again_while_it_is_read_is_read_again(pool, rem
 READER = """
 import json, sys, time
 from distributed_grid.errors import BlockNotFound, KeyNotFound
-from distributed_grid.memory import transfer
+from distributed_grid.memory.io import transfer
 from distributed_grid.memory import MemoryPool
 key, wanted = sys.argv[1], int(sys.argv[2])
 pool = MemoryPool()
@@ -361,7 +361,7 @@ def test_a_reader_in_another_process_gets_a_deleted_key_whole_or_not_at_all(grid
 # slot) until it is killed.
 PREPARED = """
 import sys
-from distributed_grid.memory.local import LocalNode
+from distributed_grid.memory.node.local_node import LocalNode
 cluster_id, number, offset, key = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 LocalNode("n1", cluster_id).prepare_write(number, offset, 100, key)
 print("prepared", flush=True)
@@ -374,7 +374,7 @@ def node(request):
     """A LocalNode of a cluster of this test alone; its files are removed afterwards."""
     from conftest import sweep
 
-    from distributed_grid.memory.local import LocalNode
+    from distributed_grid.memory.node.local_node import LocalNode
 
     cluster_id = f"d{os.getpid()}{uuid.uuid4().hex[:8]}"
     made = LocalNode("n1", cluster_id)
@@ -405,8 +405,8 @@ def test_a_block_goes_with_the_key_it_was_allocated_for(node):
 
 def test_a_dead_writers_write_is_undone_by_the_delete(node):
     from distributed_grid.errors import KeyBusy
-    from distributed_grid.memory import segment as seg
-    from distributed_grid.memory.seqguard import Guard
+    from distributed_grid.memory.shm import segment as seg
+    from distributed_grid.memory.shm.seqguard import Guard
 
     block = node.allocate(4096)
     node.prepare_write(block.number, 0, 10, "k")
@@ -437,7 +437,7 @@ def test_a_dead_writers_write_is_undone_by_the_delete(node):
 FULL = """
 import json, os, sqlite3
 from distributed_grid.errors import StoreFull
-from distributed_grid.memory.local import LocalNode
+from distributed_grid.memory.node.local_node import LocalNode
 node = LocalNode("n1", "full")
 def put(number, offset, n, key):
     node.prepare_write(number, offset, n, key)

@@ -7,7 +7,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from distributed_grid.errors import OutOfBounds
-from distributed_grid.memory.extents import slice_extents
+from distributed_grid.memory.io.extents import slice_extents
 
 
 @st.composite

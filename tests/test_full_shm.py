@@ -19,9 +19,9 @@ from small_shm import needs_small_shm, run_on_small_shm
 COMMON = textwrap.dedent("""
     import json, os, sqlite3, subprocess, sys
     from distributed_grid.errors import StoreFull
-    from distributed_grid.memory import segment as seg
-    from distributed_grid.memory import transfer
-    from distributed_grid.memory.local import LocalNode
+    from distributed_grid.memory.shm import segment as seg
+    from distributed_grid.memory.io import transfer
+    from distributed_grid.memory.node.local_node import LocalNode
 
     node = LocalNode("n1", "full")
     FILLER = "/dev/shm/filler"
@@ -82,7 +82,7 @@ COMMON = textwrap.dedent("""
         assert free() == 0, free()
 
     def fresh_process_finds(key):
-        code = ("import sys; from distributed_grid.memory.local import LocalNode; "
+        code = ("import sys; from distributed_grid.memory.node.local_node import LocalNode; "
                 "from distributed_grid.errors import GridError\\n"
                 "try:\\n place = LocalNode('n1', 'full').find_key(sys.argv[1])\\n"
                 " print(place.block_id if place else None)\\n"

@@ -21,7 +21,7 @@ import pytest
 from conftest import cluster_files
 
 from distributed_grid import runtime
-from distributed_grid.memory import sweeper
+from distributed_grid.cluster import gc as sweeper
 
 NOBODY = 65534
 

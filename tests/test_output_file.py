@@ -21,8 +21,8 @@ import time
 import pytest
 
 from distributed_grid.errors import FileError
-from distributed_grid.memory import output_file, transfer
-from distributed_grid.memory.output_file import OutputFile
+from distributed_grid.memory.io import output_file, transfer
+from distributed_grid.memory.io.output_file import OutputFile
 
 GRID = os.path.join(os.path.dirname(sys.executable), "grid")
 AS_NOBODY = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]

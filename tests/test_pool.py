@@ -15,7 +15,7 @@ from distributed_grid.errors import BlockNotFound, GridError, KeyConflict, OutOf
 
 
 def test_local_path_is_proven_by_token(pool, remote_pool, blocks):
-    from distributed_grid.memory import segment as seg
+    from distributed_grid.memory.shm import segment as seg
 
     block_id = blocks.new(8192, node="gpu1")
     pool.write(block_id, b"the block's own bytes")
@@ -52,8 +52,8 @@ def test_remote_and_local_paths_give_the_same_bytes(pool, remote_pool, blocks, n
 
 
 def test_remote_transfer_is_chunked(remote_pool, pool, blocks, monkeypatch):
-    from distributed_grid.memory import transfer
-    from distributed_grid.memory.remote import RemoteNode
+    from distributed_grid.memory.client.remote_node import RemoteNode
+    from distributed_grid.memory.io import transfer
 
     monkeypatch.setattr(transfer, "CHUNK", 4096)  # many chunks, several in flight at once
     calls: list[str] = []

@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 from conftest import GRID, FreshGrid, sweep
 
-from distributed_grid.lifecycle import LOOPBACK_ENV
-from distributed_grid.namespaces import private_shm_refusal, processes_in
+from distributed_grid.cluster.lifecycle import LOOPBACK_ENV
+from distributed_grid.cluster.namespaces import private_shm_refusal, processes_in
 
 ROOT = Path(__file__).parents[1]
 _REFUSAL = private_shm_refusal()
@@ -135,7 +135,7 @@ def test_without_cap_sys_admin_a_user_namespace_does_it():
     may make a user namespace, where it can mount the tmpfs."""
     if not shutil.which("setpriv"):
         pytest.skip("needs util-linux's setpriv")
-    code = ("import ctypes, json, os; from distributed_grid import namespaces as n; "
+    code = ("import ctypes, json, os; from distributed_grid.cluster import namespaces as n; "
             "print(json.dumps([n.private_shm_refusal(), "
             "ctypes.CDLL(None, use_errno=True).unshare(n.CLONE_NEWNS)]))")
     done = subprocess.run(["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin",
@@ -389,7 +389,7 @@ pool.write(block, b"from the head")
 @ray.remote(num_cpus=0)
 def on_gpu2(block, head_block):
     from distributed_grid.memory import MemoryPool
-    from distributed_grid.memory.local import LocalNode
+    from distributed_grid.memory.node.local_node import LocalNode
 
     inside = MemoryPool()
     view = inside.view(block)  # live memory: the block's own pages

@@ -65,7 +65,7 @@ def test_auth_is_reloaded_and_a_refusal_is_one_bounded_call(cluster_address, tmp
     """``reload_auth_config`` makes an imported Ray read the token again; ``auth_refusal`` says
     whether the GCS takes it (the session's cluster runs with token auth). In a process of its
     own: reloading Ray's config is for a process that has not connected yet."""
-    from distributed_grid import auth
+    from distributed_grid.cluster import auth
 
     wrong = tmp_path / "wrong"
     wrong.write_text("00" * 32)
@@ -81,9 +81,10 @@ def test_auth_is_reloaded_and_a_refusal_is_one_bounded_call(cluster_address, tmp
 
 def test_a_worker_node_joins_and_leaves(remote_pool, cluster_address, tmp_path):
     """``start_worker_node``, ``node_id``, ``raylet_pid`` and ``stop_node``, through the worker
-    node process (``python -m distributed_grid.worker_node``, what ``--private-shm`` nodes and
+    node process (``python -m distributed_grid.cluster.worker_node``, what ``--private-shm`` nodes
+    and
     loopback joins run): its raylet joins the session's cluster, and SIGTERM takes it out."""
-    from distributed_grid import lifecycle, node_process
+    from distributed_grid.cluster import lifecycle, node_process
 
     ready = tmp_path / "ready.json"
     proc = subprocess.Popen(node_process.command(cluster_address, "rayprivate", str(ready),

@@ -19,7 +19,8 @@ import tempfile
 import pytest
 
 import distributed_grid
-from distributed_grid import auth, runtime
+from distributed_grid import runtime
+from distributed_grid.cluster import auth
 from distributed_grid.errors import ClusterError
 
 SYSTEM_PYTHON = "/usr/bin/python3.11"  # the venv's version (3.11), outside /root
@@ -175,7 +176,7 @@ def test_the_token_file_is_private_made_once_and_kept(tmp_path, monkeypatch):
 
 
 def test_processes_that_make_the_token_at_once_get_the_same_one(tmp_path):
-    code = "from distributed_grid import auth; print(open(auth.ensure_token()).read())"
+    code = "from distributed_grid.cluster import auth; print(open(auth.ensure_token()).read())"
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     for name in ("XDG_RUNTIME_DIR", auth.TOKEN_ENV, auth.TOKEN_PATH_ENV):
         env.pop(name, None)
@@ -217,7 +218,7 @@ def test_a_worker_needs_the_heads_token(tmp_path, monkeypatch):
 
 
 def test_a_database_is_private_and_one_of_another_user_is_refused(tmp_path):
-    from distributed_grid.memory.database import Database
+    from distributed_grid.memory.shm.database import Database
 
     loose = tmp_path / "loose.db"
     loose.touch(mode=0o644)
@@ -296,7 +297,7 @@ def test_another_user_cannot_read_a_block(stranger, pool, blocks, grid, unique):
     for path in files:
         assert f"DENIED {path} PermissionError" in out, out
     for args in (["memory", "retrieve", block_id], ["memory", "retrieve", unique]):
-        failed = stranger.run(["-m", "distributed_grid.cli", *args],
+        failed = stranger.run(["-m", "distributed_grid.cli.main", *args],
                               env={"RAY_ADDRESS": grid.env["RAY_ADDRESS"]})
         assert failed.returncode == 1, failed
         lines = [line for line in failed.stderr.splitlines() if line.strip()]
@@ -308,7 +309,7 @@ def test_another_user_cannot_read_a_block(stranger, pool, blocks, grid, unique):
 
 def test_another_user_cannot_read_or_write_the_key_value_store(stranger, remote_pool, unique):
     from distributed_grid import _ray
-    from distributed_grid.memory.store_actor import NAMESPACE
+    from distributed_grid.memory.node.actor import NAMESPACE
 
     address = remote_pool.ray.address  # this process is connected
     _ray.kv_put(unique, b"the owner's", NAMESPACE)

@@ -16,8 +16,8 @@ import posix_ipc
 import pytest
 
 from distributed_grid.errors import GridError, InvalidArgument, NotFound, StoreFull
-from distributed_grid.memory import segment as seg
-from distributed_grid.memory.segment import Segment, SegmentNotFound
+from distributed_grid.memory.shm import segment as seg
+from distributed_grid.memory.shm.segment import Segment, SegmentNotFound
 
 GIB = 2**30
 
@@ -358,7 +358,7 @@ def test_a_child_process_that_attaches_and_closes_leaves_the_segment(names):
         child = textwrap.dedent(
             """
             import sys
-            from distributed_grid.memory.segment import Segment
+            from distributed_grid.memory.shm.segment import Segment
             s = Segment.attach(sys.argv[1])
             v = s.data()
             assert bytes(v[0:6]) == b"parent", bytes(v[0:6])

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distributed_grid.errors import InvalidArgument
-from distributed_grid.memory import segment as seg
-from distributed_grid.memory import seqguard
+from distributed_grid.memory.shm import segment as seg
+from distributed_grid.memory.shm import seqguard
 
 MIB = 2**20
 SLOTS = seg.GUARD_SLOT_COUNT
@@ -82,8 +82,8 @@ def guard(impl, block):
 
 WORKER = textwrap.dedent(r'''
     import json, os, sys, time
-    from distributed_grid.memory import segment as seg
-    from distributed_grid.memory import seqguard
+    from distributed_grid.memory.shm import segment as seg
+    from distributed_grid.memory.shm import seqguard
 
     a = json.loads(sys.argv[1])
     fd = seg.open_data(a["name"], bytes.fromhex(a["token"]), a["size"])
@@ -365,7 +365,7 @@ def test_a_file_smaller_than_a_header_is_refused(impl, tmp_path):
 
 
 def test_the_c_functions_check_their_buffer():
-    native = pytest.importorskip("distributed_grid.memory._seqguard")
+    native = pytest.importorskip("distributed_grid.memory.shm._seqguard")
     assert (native.SEQUENCE_OFFSET, native.SLOTS_OFFSET, native.SLOT_COUNT, native.SLOT_SIZE,
             native.GUARD_SIZE) == (seg.GUARD_SEQUENCE_OFFSET, seg.GUARD_SLOTS_OFFSET,
                                    seg.GUARD_SLOT_COUNT, seg.GUARD_SLOT_SIZE, seg.HEADER_SIZE)
@@ -395,7 +395,7 @@ def test_owner_tags():
 
 
 def test_the_environment_chooses_the_twin():
-    code = "from distributed_grid.memory import seqguard; print(seqguard.IMPLEMENTATION)"
+    code = "from distributed_grid.memory.shm import seqguard; print(seqguard.IMPLEMENTATION)"
     env = dict(os.environ, DISTRIBUTED_GRID_PURE_PYTHON="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          check=True, timeout=WAIT).stdout.decode().strip()

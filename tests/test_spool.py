@@ -7,7 +7,7 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distributed_grid.memory import transfer
+from distributed_grid.memory.io import transfer
 
 steps = st.lists(st.one_of(
     st.tuples(st.just("write"), st.binary(min_size=1, max_size=300)),

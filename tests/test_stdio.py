@@ -347,9 +347,9 @@ class Trickle(io.RawIOBase):
 @given(length=st.integers(0, 5000), sizes=st.lists(st.integers(1, 700), min_size=1, max_size=5),
        limit=st.none() | st.integers(0, 5000), memory=st.sampled_from([0, 100, 10**6]))
 def test_a_stream_is_held_whole_or_refused_past_its_limit(length, sizes, limit, memory):
-    from distributed_grid import inputs
     from distributed_grid.errors import OutOfBounds
-    from distributed_grid.memory import input_stream
+    from distributed_grid.memory.io import inputs
+    from distributed_grid.memory.io import spool as input_stream
 
     data = bytes(i % 251 for i in range(length))
     source = Trickle(data, sizes)
@@ -407,7 +407,7 @@ class Terminal(io.StringIO):
 
 
 def test_a_stream_of_unknown_length_shows_a_count_then_a_file_a_bar():
-    from distributed_grid.format import Progress
+    from distributed_grid.cli.format import Progress
 
     shown = Terminal()
     with Progress("store", None, shown) as bar:

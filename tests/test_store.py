@@ -29,10 +29,10 @@ from distributed_grid.errors import (
     StoreFull,
     VersionMismatch,
 )
-from distributed_grid.memory import segment as seg
-from distributed_grid.memory.catalog import SCHEMA_VERSION
-from distributed_grid.memory.local import LocalNode
-from distributed_grid.memory.store import BlockStore
+from distributed_grid.memory.node.catalog import SCHEMA_VERSION
+from distributed_grid.memory.node.local_node import LocalNode
+from distributed_grid.memory.node.store import BlockStore
+from distributed_grid.memory.shm import segment as seg
 from distributed_grid.names import parse_block_id
 
 NODE = "n1"
@@ -424,7 +424,7 @@ def test_abort_drops_the_pending_extent(store):
 
 
 def test_local_node_fills_and_drains_the_segment(cluster_id):
-    from distributed_grid.memory import transfer
+    from distributed_grid.memory.io import transfer
 
     node = LocalNode(NODE, cluster_id)
     try:
@@ -452,7 +452,7 @@ def test_local_node_fills_and_drains_the_segment(cluster_id):
 
 @pytest.mark.parametrize("length", [0, 1, 2**20 - 1, 2**20, 3 * 2**20 + 5])
 def test_file_and_buffer_copies_through_the_descriptor_split_across_threads(tmp_path, length):
-    from distributed_grid.memory import transfer
+    from distributed_grid.memory.io import transfer
 
     data = os.urandom(length)
     (tmp_path / "src").write_bytes(data)
@@ -578,7 +578,7 @@ def test_a_catalog_of_another_schema_version_is_refused_clearly(stores):
 
 
 def test_a_file_that_is_no_catalog_is_refused_clearly(cluster_id):
-    from distributed_grid.memory.catalog import catalog_path
+    from distributed_grid.memory.node.catalog import catalog_path
 
     path = catalog_path(cluster_id, NODE)
     with open(path, "wb") as f:
@@ -603,8 +603,8 @@ def test_invalid_node_name_is_refused(node):
 
 WORKER = textwrap.dedent("""
     import sys
-    from distributed_grid.memory.store import BlockStore
-    from distributed_grid.memory import segment as seg
+    from distributed_grid.memory.node.store import BlockStore
+    from distributed_grid.memory.shm import segment as seg
 
     node, cluster_id, tag, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     store = BlockStore(node, cluster_id)
@@ -688,8 +688,8 @@ def test_a_client_killed_in_the_middle_of_changes_leaves_the_catalog_consistent(
 FULL = textwrap.dedent("""
     import json, os, sqlite3, sys
     from distributed_grid.errors import StoreFull
-    from distributed_grid.memory import segment as seg
-    from distributed_grid.memory.store import BlockStore
+    from distributed_grid.memory.shm import segment as seg
+    from distributed_grid.memory.node.store import BlockStore
 
     store = BlockStore("n1", "fulltest")
     sizes, refused = [], []

@@ -19,7 +19,7 @@ import pytest
 
 from distributed_grid.errors import InvalidArgument, KeyNotFound
 from distributed_grid.memory import MemoryPool, connect
-from distributed_grid.memory.tensors import DATA_ALIGNMENT
+from distributed_grid.memory.values.tensors import DATA_ALIGNMENT
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 

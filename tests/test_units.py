@@ -10,9 +10,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from distributed_grid import errors
-from distributed_grid.config import ClusterConfig, NodeConfig, load_config
+from distributed_grid.cluster.config import ClusterConfig, NodeConfig, load_config
 from distributed_grid.errors import GridError, InvalidArgument
-from distributed_grid.memory.segment import SegmentNotFound
+from distributed_grid.memory.shm.segment import SegmentNotFound
 from distributed_grid.names import (
     check_range,
     format_block_id,

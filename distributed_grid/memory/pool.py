@@ -1,10 +1,12 @@
 """The client: routes block ids and keys to their nodes, and moves the bytes.
 
 A block id names its node. A node whose store runs on this host (its record in the runtime
-directory says so, and its raylet is alive) is a :class:`~distributed_grid.memory.local.LocalNode`:
+directory says so, and its raylet is alive) is a
+:class:`~distributed_grid.memory.node.local_node.LocalNode`:
 its catalog is read and changed in this process and its bytes copied through the segments'
 descriptors or viewed through a mapping, with no round trip and no Ray. Any other node is a
-:class:`~distributed_grid.memory.remote.RemoteNode`, reached through its store actor; Ray is
+:class:`~distributed_grid.memory.client.remote_node.RemoteNode`, reached through its store actor;
+Ray is
 imported and connected only then. ``DISTRIBUTED_GRID_FORCE_REMOTE=1`` takes the remote path for
 every node (the way a process on another host would).
 
@@ -19,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from distributed_grid import inputs
-from distributed_grid.config import ClusterConfig, memory_cap, use_config
+from distributed_grid.cluster.config import ClusterConfig, memory_cap, use_config
+from distributed_grid.cluster.lifecycle import find_cluster
 from distributed_grid.errors import (
     BlockNotFound,
     FileError,
@@ -35,14 +37,14 @@ from distributed_grid.errors import (
     StoreFull,
     VersionMismatch,
 )
-from distributed_grid.lifecycle import find_cluster
-from distributed_grid.memory import input_stream, transfer
-from distributed_grid.memory.capacity import describe_limit
-from distributed_grid.memory.directory import KeyDirectory
-from distributed_grid.memory.extents import slice_extents
-from distributed_grid.memory.host import HostNodes
-from distributed_grid.memory.local import LocalNode
-from distributed_grid.memory.output_file import OutputFile
+from distributed_grid.memory.client.host import HostNodes
+from distributed_grid.memory.io import inputs, transfer
+from distributed_grid.memory.io import spool as input_stream
+from distributed_grid.memory.io.extents import slice_extents
+from distributed_grid.memory.io.output_file import OutputFile
+from distributed_grid.memory.node.directory import KeyDirectory
+from distributed_grid.memory.node.local_node import LocalNode
+from distributed_grid.memory.node.store import STORE_PROTOCOL
 from distributed_grid.memory.records import (
     BlockInfo,
     KeyPlace,
@@ -53,7 +55,7 @@ from distributed_grid.memory.records import (
     RetrieveResult,
     StoreResult,
 )
-from distributed_grid.memory.store import STORE_PROTOCOL
+from distributed_grid.memory.shm.capacity import describe_limit
 from distributed_grid.names import (
     check_range,
     check_start,
@@ -68,8 +70,8 @@ from distributed_grid.runtime import this_process
 if TYPE_CHECKING:
     import numpy as np
 
-    from distributed_grid.memory.cluster import RayCluster
-    from distributed_grid.memory.remote import RemoteNode
+    from distributed_grid.cluster.connection import RayCluster
+    from distributed_grid.memory.client.remote_node import RemoteNode
 
     Node = LocalNode | RemoteNode  # what the pool asks of a node is the same of both
 
@@ -135,7 +137,7 @@ class MemoryPool:
         """The cluster through Ray, connected on first use (only a need for another host, or a
         non-persistent pool's lease, brings Ray in)."""
         if self._ray is None:
-            from distributed_grid.memory.cluster import RayCluster
+            from distributed_grid.cluster.connection import RayCluster
 
             self._ray = RayCluster(self.target)
         return self._ray
@@ -174,7 +176,7 @@ class MemoryPool:
             known = ", ".join(sorted(self.host.alive)) or "none"
             raise NodeNotFound(f"no node named {name!r} in the cluster; known nodes: {known}",
                                node=name)
-        from distributed_grid.memory.remote import RemoteNode
+        from distributed_grid.memory.client.remote_node import RemoteNode
 
         return RemoteNode(self.ray, name)
 
@@ -218,7 +220,7 @@ class MemoryPool:
             if path is not None:
                 self._directory = KeyDirectory(self.host.cluster_id or "", path)
             else:
-                from distributed_grid.memory.remote import RemoteDirectory
+                from distributed_grid.memory.client.remote_node import RemoteDirectory
 
                 self._directory = RemoteDirectory(self.ray)
         return self._directory
@@ -501,7 +503,7 @@ class MemoryPool:
         """Store what ``source`` brings, to its end, under ``key``; returns where it went.
 
         ``source`` is a descriptor (0: standard input), a binary file object, or an
-        :class:`~distributed_grid.inputs.Input`; it is not closed. A regular file
+        :class:`~distributed_grid.memory.io.inputs.Input`; it is not closed. A regular file
         is copied from its current position, as :meth:`store_file` copies one. Anything else
         (a pipe, a FIFO, a terminal, ``io.BytesIO``) is read to its end first, in memory up to
         64 MiB and beyond in an unnamed temporary file, and only then written: without
@@ -767,9 +769,9 @@ class MemoryPool:
 
         The bytes are copied once, straight into the ``bytes`` returned (on this host from the
         segment on two threads; from another host out of each chunk Ray brings): see
-        :mod:`distributed_grid.memory.buffers`.
+        :mod:`distributed_grid.memory.io.buffers`.
         """
-        from distributed_grid.memory.buffers import new_bytes
+        from distributed_grid.memory.io.buffers import new_bytes
 
         pieces = self.plan_read(target, size, offset)
         while True:
@@ -834,7 +836,7 @@ class MemoryPool:
         """Write a block's or key's bytes to ``path`` (replaced only once they are complete).
 
         What happens to an existing file, a link, a FIFO or a device at ``path``: see
-        :mod:`distributed_grid.memory.output_file`.
+        :mod:`distributed_grid.memory.io.output_file`.
 
         Args:
             pieces: the plan from :meth:`plan_read` when the caller made it already.
@@ -858,36 +860,36 @@ class MemoryPool:
         (or with ``consistent``) a read-only copy no concurrent write tore. ``populate`` maps
         every page at once, for a caller about to write all of it.
 
-        See :func:`distributed_grid.memory.arrays.view`.
+        See :func:`distributed_grid.memory.values.arrays.view`.
         """
-        from distributed_grid.memory import arrays  # numpy is imported when arrays are used
+        from distributed_grid.memory.values import arrays  # numpy is imported when arrays are used
 
         return arrays.view(self, block_id, dtype, shape, offset, consistent, populate)
 
     def put(self, key: str, array: Any, node: str | None = None) -> StoreResult:
         """Store a numpy array under ``key`` with its dtype and shape.
 
-        See :func:`distributed_grid.memory.arrays.put`.
+        See :func:`distributed_grid.memory.values.arrays.put`.
         """
-        from distributed_grid.memory import arrays
+        from distributed_grid.memory.values import arrays
 
         return arrays.put(self, key, array, node)
 
     def get(self, key: str, consistent: bool = False) -> np.ndarray:
         """The array stored under ``key``; zero-copy on this host.
 
-        See :func:`distributed_grid.memory.arrays.get`.
+        See :func:`distributed_grid.memory.values.arrays.get`.
         """
-        from distributed_grid.memory import arrays
+        from distributed_grid.memory.values import arrays
 
         return arrays.get(self, key, consistent)
 
     def put_object(self, key: str, obj: Any, node: str | None = None) -> StoreResult:
         """Store a Python object under ``key``, pickled with cloudpickle.
 
-        See :func:`distributed_grid.memory.objects.put_object`.
+        See :func:`distributed_grid.memory.values.objects.put_object`.
         """
-        from distributed_grid.memory import objects
+        from distributed_grid.memory.values import objects
 
         return objects.put_object(self, key, obj, node)
 
@@ -895,9 +897,9 @@ class MemoryPool:
         """The object stored under ``key`` by :meth:`put_object`. Unpickling runs code of
         whoever wrote the key: trusted data only.
 
-        See :func:`distributed_grid.memory.objects.get_object`.
+        See :func:`distributed_grid.memory.values.objects.get_object`.
         """
-        from distributed_grid.memory import objects
+        from distributed_grid.memory.values import objects
 
         return objects.get_object(self, key)
 
@@ -906,9 +908,9 @@ class MemoryPool:
         """Store named tensors (numpy arrays or torch tensors) under ``key`` as a safetensors
         file.
 
-        See :func:`distributed_grid.memory.tensors.put_tensors`.
+        See :func:`distributed_grid.memory.values.tensors.put_tensors`.
         """
-        from distributed_grid.memory import tensors as safetensors
+        from distributed_grid.memory.values import tensors as safetensors
 
         return safetensors.put_tensors(self, key, tensors, node, metadata)
 
@@ -916,9 +918,9 @@ class MemoryPool:
         """The named tensors of a safetensors key (or a stored ``.safetensors`` file) as numpy
         arrays or torch tensors; zero-copy on this host.
 
-        See :func:`distributed_grid.memory.tensors.get_tensors`.
+        See :func:`distributed_grid.memory.values.tensors.get_tensors`.
         """
-        from distributed_grid.memory import tensors as safetensors
+        from distributed_grid.memory.values import tensors as safetensors
 
         return safetensors.get_tensors(self, key, framework)
 

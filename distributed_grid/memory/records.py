@@ -131,7 +131,7 @@ class NodeStats:
     bytes (less ``shm_reserve``, kept for the catalogs), the host's ``MemAvailable`` (less
     ``mem_reserve``), the room under the process's cgroup limit (``cgroup_free``, less its
     reserve) and the node's ``capacity``; ``limited_by`` names the one that sets it (``shm``,
-    ``memory``, ``cgroup`` or ``capacity``). See :mod:`distributed_grid.memory.capacity`.
+    ``memory``, ``cgroup`` or ``capacity``). See :mod:`distributed_grid.memory.shm.capacity`.
     """
 
     node: str

@@ -10,7 +10,7 @@ import asyncio
 import os
 from typing import Any
 
-from distributed_grid.config import ClusterConfig
+from distributed_grid.cluster.config import ClusterConfig
 from distributed_grid.errors import ClusterError
 
 
@@ -18,7 +18,8 @@ class DistributedMemoryPool:
     """Blocks of shared memory on the cluster, for asyncio code.
 
     Args:
-        cluster_config: a :class:`~distributed_grid.config.ClusterConfig`, the path of a YAML
+        cluster_config: a :class:`~distributed_grid.cluster.config.ClusterConfig`, the path of a
+        YAML
             cluster config, or None (node labels or host names name the nodes).
         address: the cluster's ``HOST:PORT``; None for the config's address, ``RAY_ADDRESS``,
             the host's cluster, or the embedded local cluster.

@@ -1,0 +1,1 @@
+"""The client: routes block ids and keys to their nodes and moves the bytes."""

@@ -1,0 +1,1 @@
+"""Moving bytes: inputs, sources, sinks, copies, spools, output files, extents."""

@@ -1,0 +1,1 @@
+"""A node: its block store, catalog, key directory, and the actor that serves it."""

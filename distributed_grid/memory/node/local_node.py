@@ -1,0 +1,327 @@
+"""A node whose catalog is on this host, reached with no round trip.
+
+:class:`LocalNode` is the node's :class:`~distributed_grid.memory.node.store.BlockStore`, run in
+this
+process over the node's catalog: metadata changes are catalog transactions; bulk copies go
+through the segments' descriptors, and a view maps the block's segment.
+
+Every copy is guarded (``memory/seqguard.py``, the write guard in each segment's header): a
+write holds a slot naming its range from before ``prepare_write`` until after ``commit_write``
+(or ``abort_write``), and a read waits while a slot overlaps its range, copies, and copies
+again if a write started or ended meanwhile. So a read returns the bytes from before a
+concurrent write or from after it, never a mix. A slot whose owner died is released by the
+first reader that meets it, after the writes of that owner are undone.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from distributed_grid.errors import BlockNotFound, WriteInProgress
+from distributed_grid.memory.io import transfer
+from distributed_grid.memory.node.store import BlockStore
+from distributed_grid.memory.records import BlockInfo
+from distributed_grid.memory.shm import segment as seg
+from distributed_grid.memory.shm.mappings import Mappings
+from distributed_grid.memory.shm.seqguard import Guard, process_tag, tag_alive
+from distributed_grid.names import check_range, validate_key
+
+READ_WAIT_SECONDS = 30.0  # the longest a read waits for a live writer of its bytes
+# A write of a buffer, or a read into one, of at least MAPPED_MIN bytes and a quarter of the
+# block goes through a mapping of the block this process keeps (the last KEPT_MAPPINGS stay for
+# the next copy), copied on two threads, each mapping the pages of its next piece in one call
+# first (``transfer.populate``): 1 GiB written into a kept mapping in 0.10 s here against 0.30 s
+# with ``pwrite``, read into new bytes in 0.18 s against 0.26 s with ``preadv``. Pages never
+# written take ``transfer.fill_both_ways`` (``pwrite`` and the mapping at once).
+MAPPED_MIN = 16 * 2**20
+KEPT_MAPPINGS = 2
+
+
+@dataclass
+class HeldSlot:
+    """A write-guard slot a running write holds."""
+
+    guard: Guard
+    slot: int
+    tag: int
+    range: tuple[int, int]
+    writer: str | None = None
+
+
+class LocalNode(BlockStore):
+    """A node of this host: its store in this process, and zero-copy access to its blocks.
+
+    Args:
+        node: the node's name.
+        cluster_id: the cluster's identity.
+    """
+
+    is_local = True
+    kept_mappings = KEPT_MAPPINGS  # how many mappings of its blocks the process keeps
+
+    def __init__(self, node: str, cluster_id: str, capacity: int | None = None) -> None:
+        super().__init__(node, cluster_id, capacity)
+        self._held: dict[tuple[int, int, str | None], list[HeldSlot]] = {}
+        self._held_lock = threading.Lock()
+        self._tag: tuple[int, int] | None = None
+        self._maps = Mappings(self.kept_mappings)
+
+    def tag(self) -> int:
+        """This process's owner tag for guard slots (computed again after a fork)."""
+        pid = os.getpid()
+        if self._tag is None or self._tag[0] != pid:
+            self._tag = (pid, process_tag(pid) or pid << 32)
+        return self._tag[1]
+
+    @contextmanager
+    def _descriptor(self, block: BlockInfo) -> Iterator[int]:
+        try:
+            fd = seg.open_data(block.segment, bytes.fromhex(block.token), block.size)
+        except seg.SegmentNotFound as exc:
+            raise BlockNotFound(f"the shared memory of {block.block_id} is gone",
+                                block_id=block.block_id, node=self.node) from exc
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    # -- writes: hold a guard slot from prepare to commit ----------------------------------------
+
+    def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
+                      force: bool = False, writer: str | None = None, slot: int | None = None,
+                      guard: int | None = None) -> BlockInfo:
+        """:meth:`BlockStore.prepare_write`, holding the range's guard slot until the write
+        commits or aborts (a write of no bytes holds none)."""
+        if key is not None:
+            validate_key(key)
+        if length <= 0 or slot is not None:
+            return super().prepare_write(number, offset, length, key, force, writer, slot, guard)
+        row = self._row(number)
+        check_range(self.block_id(number), row.size, offset, length, "write")  # before a slot
+        try:
+            fd = seg.open_data(row.segment, bytes.fromhex(row.token), row.size)
+        except seg.SegmentNotFound as exc:
+            raise BlockNotFound(f"the shared memory of {self.block_id(number)} is gone",
+                                block_id=self.block_id(number), node=self.node) from exc
+        try:
+            g = Guard(fd)
+        finally:
+            os.close(fd)
+        tag = self.tag()
+        taken = g.claim(tag, offset, offset + length)
+        if taken < 0:
+            g.close()
+            raise WriteInProgress(
+                f"{self.block_id(number)} has as many writes running as its header can track; "
+                "try again when one has finished", block_id=self.block_id(number))
+        try:
+            info = super().prepare_write(number, offset, length, key, force, writer, taken, tag)
+        except BaseException:
+            g.release(taken, tag)
+            g.close()
+            raise
+        with self._held_lock:
+            self._held.setdefault((number, offset, key), []).append(
+                HeldSlot(g, taken, tag, (offset, offset + length), writer))
+        return info
+
+    def _let_go(self, number: int, offset: int, key: str | None) -> None:
+        with self._held_lock:
+            held = self._held.get((number, offset, key))
+            slot = held.pop(0) if held else None
+            if held == []:
+                del self._held[(number, offset, key)]
+        if slot is not None:
+            slot.guard.release(slot.slot, slot.tag)
+            slot.guard.close()
+
+    def commit_write(self, number: int, offset: int, length: int, key: str | None = None,
+                     meta: dict[str, Any] | None = None) -> BlockInfo:
+        """:meth:`BlockStore.commit_write`, then the guard slot goes (readers then see the
+        committed key and its new bytes together)."""
+        try:
+            return super().commit_write(number, offset, length, key, meta)
+        finally:
+            self._let_go(number, offset, key)
+
+    def abort_write(self, number: int, offset: int, key: str | None = None,
+                    torn: bool = True) -> None:
+        try:
+            super().abort_write(number, offset, key, torn)
+        finally:
+            self._let_go(number, offset, key)
+
+    # -- bytes ---------------------------------------------------------------------------------
+
+    def fill(self, block: BlockInfo, offset: int, length: int, source: transfer.Source,
+             progress: transfer.Progress = transfer.no_progress) -> None:
+        """Copy ``length`` bytes from ``source`` into the block at ``offset`` (inside a write
+        prepared by this process): through a kept mapping when the source is in memory (one
+        buffer, or several one after another) and big (see ``MAPPED_MIN``), else with
+        ``pwrite``."""
+        parts = source.parts() if self._mapped_copy(block, length) else None
+        if parts is not None:
+            with self._maps.mapped(block) as mapped:
+                if mapped is not None:
+                    end = offset + length
+                    with mapped.data()[offset:end] as dest:
+                        if end <= block.used:  # pages written before
+                            fault_in = None if mapped.has_pages(offset, end) else "dest"
+                            for at, part in parts:
+                                transfer.copy(dest[at : at + len(part)], part, progress,
+                                              fault_in)
+                            mapped.note_pages(offset, end)
+                            return
+                        with self._descriptor(block) as fd:
+                            for at, part in parts:
+                                transfer.fill_both_ways(fd, seg.HEADER_SIZE + offset + at,
+                                                        dest[at : at + len(part)], part,
+                                                        progress)
+                    return
+        with self._descriptor(block) as fd:
+            transfer.fill_fd(fd, seg.HEADER_SIZE + offset, length, source, progress)
+
+    @staticmethod
+    def _mapped_copy(block: BlockInfo, length: int) -> bool:
+        """Whether a copy of ``length`` bytes of the block goes through a kept mapping."""
+        return length >= MAPPED_MIN and 4 * length >= block.size
+
+    def drain(self, block: BlockInfo, offset: int, length: int, sink: transfer.Sink,
+              progress: transfer.Progress = transfer.no_progress) -> None:
+        """Hand ``length`` bytes of the block from ``offset`` to ``sink``, in order, as they
+        were before or after any concurrent write of them, never a mix.
+
+        Raises:
+            WriteInProgress: a live writer held the bytes for longer than ``READ_WAIT_SECONDS``.
+        """
+        if length <= 0:
+            return
+        with self._descriptor(block) as fd:
+            guard = Guard(fd)
+            try:
+                if isinstance(sink, transfer.BufferSink) and self._mapped_copy(block, length):
+                    with self._maps.mapped(block) as mapped:
+                        if mapped is not None:
+                            paged = mapped.has_pages(offset, offset + length)
+                            with mapped.data()[offset : offset + length] as src:
+                                self.guarded(block, guard, offset, length, sink.mark,
+                                             sink.rewind,
+                                             lambda: sink.write_mapped(src, progress, paged))
+                            mapped.note_pages(offset, offset + length)
+                            return
+                if sink.rewindable:
+                    self.guarded(block, guard, offset, length, sink.mark, sink.rewind,
+                                 lambda: transfer.drain_fd(fd, seg.HEADER_SIZE + offset, length,
+                                                           sink, progress))
+                    return
+                spool = transfer.SpoolSink()  # the sink gets the bytes only once whole
+                try:
+                    self.guarded(block, guard, offset, length, spool.mark, spool.rewind,
+                                 lambda: transfer.drain_fd(fd, seg.HEADER_SIZE + offset,
+                                                           length, spool))
+                    spool.hand_to(sink, progress)
+                finally:
+                    spool.close()
+            finally:
+                guard.close()
+
+    def guarded(self, block: BlockInfo, guard: Guard, offset: int, length: int,
+                mark: Callable[[], int], rewind: Callable[[int], None],
+                copy: Callable[[], object]) -> int:
+        """Run ``copy`` until it ran while no write of ``offset..offset+length`` started, ran
+        or ended (``rewind(mark())`` before each new run); returns how many runs it took
+        beyond the first.
+
+        Raises:
+            WriteInProgress: a live writer held the range for ``READ_WAIT_SECONDS``.
+        """
+        again = 0
+        deadline = time.monotonic() + READ_WAIT_SECONDS
+        while True:
+            seq = self.wait_idle(block, guard, offset, offset + length)
+            start = mark()
+            copy()
+            if guard.end_read(seq):
+                return again
+            if time.monotonic() > deadline:
+                raise WriteInProgress(
+                    f"bytes {offset}..{offset + length} of {block.block_id} were written "
+                    f"again during every read for {READ_WAIT_SECONDS:g} s; try again later",
+                    block_id=block.block_id)
+            rewind(start)
+            again += 1
+
+    def wait_idle(self, block: BlockInfo, guard: Guard, offset: int, end: int) -> int:
+        """Wait until no write holds bytes ``offset..end`` of the block; returns the guard's
+        sequence then. A slot whose owner died is cleared (its writes undone) at once.
+
+        Raises:
+            WriteInProgress: a live writer held the range for ``READ_WAIT_SECONDS``.
+        """
+        deadline = time.monotonic() + READ_WAIT_SECONDS
+        delay = 50e-6
+        while True:
+            seq, busy = guard.begin_read(offset, end)
+            if busy == 0:
+                return seq
+            if not tag_alive(busy):
+                self.clear_dead_slots(block.number, guard)
+                continue
+            if time.monotonic() > deadline:
+                raise WriteInProgress(
+                    f"bytes {offset}..{end} of {block.block_id} have been written by process "
+                    f"{busy >> 32} for more than {READ_WAIT_SECONDS:g} s; try again later",
+                    block_id=block.block_id, pid=busy >> 32)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+    def clear_dead_slots(self, number: int, guard: Guard) -> int:
+        """Undo the writes of dead writers, then release the block's guard slots whose owner
+        is dead and that no pending write names (taken before the write was recorded: no byte
+        was copied). Returns how many slots went."""
+        self.reap_writes()
+        named = {(e.slot, e.guard) for e in self.catalog.pending_extents()
+                 if e.block == number}
+        cleared = 0
+        for slot, owner, _, _ in guard.occupied():
+            if not tag_alive(owner) and (slot, owner) not in named:
+                cleared += guard.release(slot, owner)
+        return cleared
+
+    def deallocate(self, number: int) -> BlockInfo:
+        try:
+            return super().deallocate(number)
+        finally:
+            self._maps.drop_stale()  # this process holds the freed memory no longer
+
+    def _drop_freed_mappings(self) -> None:
+        self._maps.drop_stale()
+
+    def close(self) -> None:
+        """Close the kept mappings and the catalog (live views stay valid)."""
+        self._maps.close()
+        super().close()
+
+    def open_block(self, number: int, populate: bool = False) -> tuple[int, memoryview]:
+        """A block's size and a writable memoryview of its bytes over a mapping of its own
+        (every page mapped at once with ``populate``, for a caller about to write all of it).
+
+        The memory stays valid while the view (or an array over it) lives, even if the block
+        is deallocated meanwhile, and goes with it. One catalog query and one attach: this is
+        what opening a zero-copy view costs.
+        """
+        place = self.catalog.place_of(number)
+        if place is None or place[3] != "ok":
+            self._row(number)  # raises the right BlockNotFound
+        size, name, token, _ = place  # type: ignore[misc]
+        try:
+            return size, seg.map_data(name, bytes.fromhex(token), size, populate)
+        except seg.SegmentNotFound as exc:
+            raise BlockNotFound(f"the shared memory of {self.block_id(number)} is gone",
+                                block_id=self.block_id(number), node=self.node) from exc

@@ -1,0 +1,1 @@
+"""This host's shared memory: segments, the write guard, databases, kept mappings, capacity."""

@@ -1,0 +1,1 @@
+"""Typed values under keys: numpy arrays, safetensors, pickled objects."""

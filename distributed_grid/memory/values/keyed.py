@@ -1,0 +1,65 @@
+"""Writing one value under a key: find its place, write it, and undo a block made for it if the
+write fails. What :func:`~distributed_grid.memory.values.arrays.put` and
+:func:`~distributed_grid.memory.values.objects.put_object` share."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from distributed_grid.errors import KeyNotFound
+from distributed_grid.memory.records import BlockInfo, KeyPlace, StoreResult
+from distributed_grid.names import validate_key
+
+
+class Blocks(Protocol):
+    """The part of :class:`~distributed_grid.memory.pool.MemoryPool`'s public surface that
+    keyed values (arrays, objects) are built on."""
+
+    def open_block(self, block_id: str,
+                   populate: bool = False) -> tuple[int, memoryview | None]: ...
+    def read(self, target: str, size: int | None = None, offset: int = 0) -> bytes: ...
+    def find_key(self, key: str) -> KeyPlace | None: ...
+    def place_for(self, key: str, length: int,
+                  node: str | None = None) -> tuple[str, int, str | None]: ...
+    def allocate(self, size: int, node: str | None = None) -> BlockInfo: ...
+    def deallocate(self, block_id: str) -> BlockInfo: ...
+    def write(self, block_id: str, data: Any, offset: int = 0, key: str | None = None,
+              force: bool = False, progress: Any = None,
+              meta: dict[str, Any] | None = None) -> BlockInfo: ...
+
+
+def find_key(pool: Blocks, key: str) -> KeyPlace:
+    """Where ``key`` lives.
+
+    Raises:
+        KeyNotFound: no block holds ``key``.
+    """
+    key = validate_key(str(key))
+    found = pool.find_key(key)
+    if found is None:
+        raise KeyNotFound(f"no key named {key!r}; `grid memory list-objects` shows the keys",
+                          key=key)
+    return found
+
+
+def write_key(pool: Blocks, key: str, data: Any, length: int, node: str | None,
+              meta: dict[str, Any]) -> StoreResult:
+    """Write ``length`` bytes of ``data`` (a buffer, or a list of them one after another)
+    under ``key`` with ``meta``.
+
+    A new key gets a block of its own (on ``node`` when given); a key that exists is replaced
+    in place when the new bytes fit there.
+
+    Raises:
+        KeyConflict: the key exists and the bytes do not fit in its place.
+    """
+    key = validate_key(str(key))
+    block_id, offset, allocated = pool.place_for(key, length, node)
+    try:
+        info = pool.write(block_id, data, offset=offset, key=key, meta=meta)
+    except BaseException:
+        if allocated is not None:
+            pool.deallocate(allocated)
+        raise
+    return StoreResult(block=info, key=key, offset=offset, length=length,
+                       allocated=allocated is not None)
