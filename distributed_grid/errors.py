@@ -10,8 +10,8 @@ Every public error derives from :class:`GridError`, so a caller (and the CLI) ca
      │    ├── KeyNotFound                   no key with that name
      │    └── NodeNotFound                  no node with that name
      ├── KeyConflict                        a write onto bytes (or a key) that another key owns
- │    └── KeyBusy                       a write of a key while another write of it is running
- ├── WriteInProgress (TimeoutError)     a read waited too long for a write of its bytes to end
+     │    └── KeyBusy                       a write of a key while another write of it is running
+     ├── WriteInProgress (TimeoutError)     a read waited too long for a write of its bytes to end
      ├── StoreFull (MemoryError)            the node's shared memory cannot hold the block
      ├── NodeUnavailable (ConnectionError)  the node or its store actor is gone
      ├── ClusterError (RuntimeError)        no cluster could be reached or started

@@ -139,8 +139,6 @@ class MemoryCommands:
             address: the cluster's address (HOST:PORT).
         """
         offset = _size(offset, "offset")
-        if block_id is None and offset != 0:
-            raise InvalidArgument("--offset needs --block-id: a new block is written from 0")
         path = _path(file_path, "FILE_PATH")
         pool = _pool(config, address)
         block = None if block_id is None else str(block_id)
@@ -207,8 +205,7 @@ class MemoryCommands:
                 result = pool.retrieve_to_file(target, str(output), size_n, offset_n,
                                                progress=bar.update, pieces=pieces)
             if as_json:
-                _emit({"source": target, "output": str(output), "bytes": result.bytes,
-                       "offset": offset_n})
+                _emit(result.to_json())
             else:
                 print(f"wrote {result.bytes} bytes of {target} to {output}", file=sys.stderr)
         elif _out().isatty():
@@ -373,14 +370,12 @@ class ClusterCommands:
             config: a cluster config YAML file.
             address: the cluster's address (HOST:PORT).
         """
-        pool = _pool(config, address)
-        stats = pool.stats()
+        status = _pool(config, address).status()
         if _flag(json, "json"):
-            _emit({"address": pool.address, "cluster_id": pool.cluster_id,
-                   "nodes": [s.to_json() for s in stats]})
+            _emit(status.to_json())
         else:
-            print(f"cluster at {pool.address}", file=_out())
-            print(node_table(stats), file=_out())
+            print(f"cluster at {status.address}", file=_out())
+            print(node_table(status.nodes), file=_out())
 
 
 def _private_shm(private_shm: Any, shm_size: Any) -> int | None:

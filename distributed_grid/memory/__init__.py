@@ -6,25 +6,12 @@ is reachable); its errors are those of :mod:`distributed_grid.errors`.
 
 from __future__ import annotations
 
-from distributed_grid.errors import (
-    BlockNotFound,
-    ClusterError,
-    FileError,
-    GridError,
-    InvalidArgument,
-    KeyBusy,
-    KeyConflict,
-    KeyNotFound,
-    NodeNotFound,
-    NodeUnavailable,
-    NotFound,
-    OutOfBounds,
-    StoreFull,
-    VersionMismatch,
-)
+from distributed_grid import errors as _errors
+from distributed_grid.errors import *  # noqa: F403  (every public error: errors.__all__)
 from distributed_grid.memory.pool import FORCE_REMOTE_ENV, MemoryPool
 from distributed_grid.memory.records import (
     BlockInfo,
+    ClusterStatus,
     KeyPlace,
     KeyRemoval,
     NodeInfo,
@@ -37,30 +24,18 @@ from distributed_grid.names import format_block_id, parse_block_id
 from distributed_grid.sizes import format_size, parse_size
 
 __all__ = [
+    *_errors.__all__,
     "FORCE_REMOTE_ENV",
     "BlockInfo",
-    "BlockNotFound",
-    "ClusterError",
-    "FileError",
-    "GridError",
-    "InvalidArgument",
-    "KeyBusy",
-    "KeyConflict",
-    "KeyNotFound",
+    "ClusterStatus",
     "KeyPlace",
     "KeyRemoval",
     "MemoryPool",
     "NodeInfo",
-    "NodeNotFound",
     "NodeStats",
-    "NodeUnavailable",
-    "NotFound",
-    "OutOfBounds",
     "PendingWrite",
     "RetrieveResult",
-    "StoreFull",
     "StoreResult",
-    "VersionMismatch",
     "connect",
     "format_block_id",
     "format_size",

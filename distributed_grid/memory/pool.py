@@ -47,6 +47,7 @@ from distributed_grid.memory.node.local_node import LocalNode
 from distributed_grid.memory.node.store import STORE_PROTOCOL
 from distributed_grid.memory.records import (
     BlockInfo,
+    ClusterStatus,
     KeyPlace,
     KeyRemoval,
     NodeInfo,
@@ -398,6 +399,11 @@ class MemoryPool:
                         hostname=n.hostname, is_head=n.is_head)
                 for n in self.nodes() if n.name in per_node]
 
+    def status(self) -> ClusterStatus:
+        """The cluster's address and identity, and each alive node's :meth:`stats`."""
+        return ClusterStatus(address=self.address, cluster_id=self.cluster_id,
+                             nodes=self.stats())
+
     def destroy_all(self) -> int:
         """Free every block on every node (before the cluster is stopped); returns the count."""
         count = sum(self._each_node("destroy").values())
@@ -491,6 +497,7 @@ class MemoryPool:
                 lives in another block.
         """
         key = validate_key(str(key))
+        _check_place(block_id, offset)
         if block_id is not None:
             self._room(block_id, offset)  # a wrong block is told before a FIFO is waited on
         with inputs.open_path(path) as source:
@@ -523,6 +530,7 @@ class MemoryPool:
                 lives in another block.
         """
         key = validate_key(str(key))
+        _check_place(block_id, offset)
         room = None if block_id is None else self._room(block_id, offset)
         given = inputs.given_input(source)
         if given.size is not None:
@@ -961,6 +969,16 @@ def _reconnect(address: str, config: ClusterConfig | str | None, force_remote: b
     """A pickled :class:`MemoryPool`, connected again (see :meth:`MemoryPool.__reduce__`)."""
     return MemoryPool(address, config=config, force_remote=force_remote,
                       start_if_missing=False, persistent=persistent)
+
+
+def _check_place(block_id: str | None, offset: int) -> None:
+    """Refuse an offset without a block: bytes without a block id go to a new block (or to
+    the key's place) from its start."""
+    check_start(offset)
+    if block_id is None and offset:
+        raise InvalidArgument(
+            f"offset {offset} needs a block id (--block-id BLOCK): without one the bytes go to "
+            "a new block, or to the key's place, from its start", offset=offset)
 
 
 class _PlanChanged(Exception):

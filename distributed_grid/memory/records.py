@@ -67,17 +67,20 @@ class BlockInfo:
 
     def to_json(self) -> dict[str, Any]:
         """The block as plain data (what ``list-objects --json`` prints for it); ``pending``
-        is a list of ``{"key", "offset", "length", "writer"}``."""
+        is a list of ``{"key", "offset", "length", "writer"}``. The segment's name and token
+        are how this host reaches the block's memory, not facts of the block: left out."""
         data = asdict(self)
+        del data["segment"], data["token"]
         data["keys"] = {k: [list(e) for e in ext] for k, ext in self.keys.items()}
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BlockInfo:
-        """The inverse of :meth:`to_json`."""
+        """The inverse of :meth:`to_json` (a block known this way is not reachable: its
+        segment and token are empty)."""
         keys = {k: [(int(o), int(n)) for o, n in ext] for k, ext in data["keys"].items()}
         pending = [PendingWrite(**p) for p in data.get("pending", [])]
-        return cls(**{**data, "keys": keys, "pending": pending})
+        return cls(**{"segment": "", "token": "", **data, "keys": keys, "pending": pending})
 
     def with_status(self, status: str) -> BlockInfo:
         """The same block with another status (``lost`` for a node that is gone)."""
@@ -208,8 +211,25 @@ class RetrieveResult:
     blocks: list[str]
 
     def to_json(self) -> dict[str, Any]:
-        """The result as plain data."""
-        return asdict(self)
+        """The result as plain data (what ``grid memory retrieve --output FILE --json``
+        prints): ``source`` (the block or key), ``output`` (the file), ``bytes``, ``offset``."""
+        return {"source": self.target, "output": self.path, "bytes": self.bytes,
+                "offset": self.offset}
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """The cluster as ``grid cluster status`` shows it: its address, its identity and each
+    alive node's shared memory and blocks."""
+
+    address: str
+    cluster_id: str
+    nodes: list[NodeStats]
+
+    def to_json(self) -> dict[str, Any]:
+        """The status as plain data (what ``cluster status --json`` prints)."""
+        return {"address": self.address, "cluster_id": self.cluster_id,
+                "nodes": [n.to_json() for n in self.nodes]}
 
 
 @dataclass(frozen=True)
