@@ -178,7 +178,7 @@ class MemoryCommands:
             config: a cluster config YAML file.
             address: the cluster's address (HOST:PORT).
         """
-        from distributed_grid.memory.io import transfer
+        from distributed_grid.memory.io import sinks
 
         target = str(block_id)
         size_n, offset_n = _optional_int(size, "size"), _size(offset, "offset")
@@ -197,7 +197,7 @@ class MemoryCommands:
             out = _out()
             out.flush()
             with Progress("retrieve", total) as bar:
-                written = pool.read_to(target, transfer.FdSink(out.fileno()), size_n, offset_n,
+                written = pool.read_to(target, sinks.FdSink(out.fileno()), size_n, offset_n,
                                        bar.update, pieces)
             print(f"wrote {written} bytes of {target} to standard output", file=sys.stderr)
         elif output is not None:
@@ -216,7 +216,7 @@ class MemoryCommands:
             out = _out()
             out.flush()
             with Progress("retrieve", total) as bar:
-                pool.read_to(target, transfer.FdSink(out.fileno()), size_n, offset_n,
+                pool.read_to(target, sinks.FdSink(out.fileno()), size_n, offset_n,
                              bar.update, pieces)
 
     @as_typed

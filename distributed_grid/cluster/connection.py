@@ -4,7 +4,7 @@ Only what needs another host comes here; a process whose blocks are all on its o
 imports this module (nor Ray). :class:`RayCluster` connects on creation, caches the node table
 (refreshed on a miss or a Ray error, not on every call) and the store actors' handles, and turns
 every Ray error into the library's own in one place (:meth:`RayCluster.result`). Every wait for
-a store is bounded (``store_actor.METADATA_TIMEOUT`` and its siblings): a store that is alive but
+a store is bounded (``wire.METADATA_TIMEOUT`` and its siblings): a store that is alive but
 does not answer fails the call with :class:`NodeUnavailable` instead of holding the caller.
 """
 
@@ -39,18 +39,15 @@ from distributed_grid.errors import (
     NodeUnavailable,
     VersionMismatch,
 )
-from distributed_grid.memory.node.actor import (
-    METADATA_TIMEOUT,
-    NAMESPACE,
-    START_TIMEOUT,
+from distributed_grid.memory.node.serving import (
     find_store,
     get_store,
     last_published,
     make_lease,
 )
-from distributed_grid.memory.node.store import STORE_PROTOCOL
 from distributed_grid.memory.records import BlockInfo, NodeInfo
 from distributed_grid.runtime import same_address
+from distributed_grid.wire import METADATA_TIMEOUT, NAMESPACE, START_TIMEOUT, STORE_PROTOCOL
 
 HEAD_RESOURCE = "node:__internal_head__"
 

@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     from distributed_grid import _ray, runtime
     from distributed_grid.cluster import connection as cluster
     from distributed_grid.cluster.lifecycle import NODE_LABEL, Target
-    from distributed_grid.memory.node.actor import START_TIMEOUT, get_store
-    from distributed_grid.memory.node.store import remove_cluster_files
+    from distributed_grid.memory.node.recovery import remove_cluster_files
+    from distributed_grid.memory.node.serving import get_store
+    from distributed_grid.wire import START_TIMEOUT
 
     head_args: dict = {"include_dashboard": False, "object_store_memory": args.object_store_memory,
                        "labels": {NODE_LABEL: args.head_name}}

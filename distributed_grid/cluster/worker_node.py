@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from distributed_grid import runtime
     from distributed_grid.cluster import lifecycle
+    from distributed_grid.memory.shm.layout import shm_identity
 
     loopback = lifecycle.is_loopback(args.address)
     if loopback:
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         _write_ready(args.ready_file, {
             "pid": os.getpid(), "name": args.name, "node_id": _ray.node_id(node),
             "raylet_pid": raylet, "private_shm": how is not None, "how": how,
-            "mount_namespace": namespace, "shm": runtime.shm_identity(),
+            "mount_namespace": namespace, "shm": shm_identity(),
             "object_store_memory": object_store,
         })
         while not stop.wait(0.5):

@@ -38,13 +38,12 @@ from distributed_grid.errors import (
     VersionMismatch,
 )
 from distributed_grid.memory.client.host import HostNodes
-from distributed_grid.memory.io import inputs, transfer
+from distributed_grid.memory.io import copies, inputs, sinks, sources
 from distributed_grid.memory.io import spool as input_stream
 from distributed_grid.memory.io.extents import slice_extents
 from distributed_grid.memory.io.output_file import OutputFile
 from distributed_grid.memory.node.directory import KeyDirectory
 from distributed_grid.memory.node.local_node import LocalNode
-from distributed_grid.memory.node.store import STORE_PROTOCOL
 from distributed_grid.memory.records import (
     BlockInfo,
     ClusterStatus,
@@ -67,6 +66,7 @@ from distributed_grid.names import (
     whole_bytes,
 )
 from distributed_grid.runtime import this_process
+from distributed_grid.wire import STORE_PROTOCOL
 
 if TYPE_CHECKING:
     import numpy as np
@@ -539,7 +539,7 @@ class MemoryPool:
             if given.size == 0 and not given.empty_ok:
                 raise FileError(f"nothing arrived on {given.name}; nothing was stored")
             result = self._store_source(
-                key, given.size, transfer.FileSource(given.fd, given.name, given.size,
+                key, given.size, sources.FileSource(given.fd, given.name, given.size,
                                                      given.start),
                 block_id, offset, force, progress)
             given.consumed()
@@ -575,7 +575,7 @@ class MemoryPool:
                               f"{block.size})", block_id=block_id, offset=offset)
         return block.size - offset
 
-    def _store_source(self, key: str, length: int, source: transfer.Source,
+    def _store_source(self, key: str, length: int, source: sources.Source,
                       block_id: str | None, offset: int, force: bool,
                       progress: Progress | None) -> StoreResult:
         """Write ``length`` bytes of ``source`` under ``key``: at ``offset`` of ``block_id``,
@@ -633,19 +633,19 @@ class MemoryPool:
         Raises:
             OutOfBounds, KeyConflict, BlockNotFound, InvalidArgument.
         """
-        source: transfer.Source
+        source: sources.Source
         if isinstance(data, (list, tuple)):
-            source = transfer.GatherSource([memoryview(part).cast("B") for part in data])
+            source = sources.GatherSource([memoryview(part).cast("B") for part in data])
             length = source.length
         else:
             view = memoryview(data).cast("B")
-            source, length = transfer.BufferSource(view), len(view)
+            source, length = sources.BufferSource(view), len(view)
         if key is not None:
             key = validate_key(str(key))
         return self._write(block_id, offset, length, key, force, source, progress, meta)
 
     def _write(self, block_id: str, offset: int, length: int, key: str | None, force: bool,
-               source: transfer.Source, progress: Progress | None,
+               source: sources.Source, progress: Progress | None,
                meta: dict[str, Any] | None = None) -> BlockInfo:
         """prepare (claims the range) → claim the key in the directory → copy → commit."""
         number, node = self._block_node(block_id)
@@ -655,7 +655,7 @@ class MemoryPool:
             if key is not None:
                 self._claim(key, block_id)
             copying = True
-            node.fill(block, offset, length, source, progress or transfer.no_progress)
+            node.fill(block, offset, length, source, progress or copies.no_progress)
             return node.commit_write(number, offset, length, key, meta)
         except BaseException:
             try:
@@ -698,18 +698,18 @@ class MemoryPool:
                 for start, length in runs]
 
     def read_into_sink(self, pieces: list[Piece],
-                       sink: transfer.Sink | Callable[[memoryview], object],
+                       sink: sinks.Sink | Callable[[memoryview], object],
                        progress: Progress | None = None) -> int:
         """Hand the bytes of ``pieces`` to ``sink`` (a :class:`~distributed_grid.memory.
-        transfer.Sink` or a callable) in order; returns the byte count."""
-        sink = transfer.as_sink(sink)
+        sinks.Sink` or a callable) in order; returns the byte count."""
+        sink = sinks.as_sink(sink)
         for piece in pieces:
             _, node = self._block_node(piece.block.block_id)
             node.drain(piece.block, piece.offset, piece.length, sink,
-                       progress or transfer.no_progress)
+                       progress or copies.no_progress)
         return sum(p.length for p in pieces)
 
-    def read_to(self, target: str, sink: transfer.Sink | Callable[[memoryview], object],
+    def read_to(self, target: str, sink: sinks.Sink | Callable[[memoryview], object],
                 size: int | None = None, offset: int = 0, progress: Progress | None = None,
                 pieces: list[Piece] | None = None) -> int:
         """Hand the bytes of a block or key to ``sink``, in order; returns the byte count.
@@ -725,12 +725,12 @@ class MemoryPool:
         Args:
             pieces: the plan from :meth:`plan_read` when the caller made it already.
         """
-        sink = transfer.as_sink(sink)
+        sink = sinks.as_sink(sink)
         if pieces is None:
             pieces = self.plan_read(target, size, offset)
         if looks_like_block_id(target):
             return self.read_into_sink(pieces, sink, progress)
-        spool = None if sink.rewindable else transfer.SpoolSink()
+        spool = None if sink.rewindable else sinks.SpoolSink()
         out = spool or sink
         try:
             while True:
@@ -749,13 +749,13 @@ class MemoryPool:
                     if gone is not None:
                         raise gone
                     break
-                if isinstance(out, transfer.BufferSink) and \
+                if isinstance(out, sinks.BufferSink) and \
                         len(out.dest) - start < sum(p.length for p in again):
                     raise _PlanChanged(again)  # the caller's buffer no longer fits
                 out.rewind(start)
                 pieces = again
             if spool is not None:
-                spool.hand_to(sink, progress or transfer.no_progress)
+                spool.hand_to(sink, progress or copies.no_progress)
         finally:
             if spool is not None:
                 spool.close()
@@ -788,7 +788,7 @@ class MemoryPool:
             spare = bytearray(length) if made is None else None
             out, dest = made if made is not None else (None, memoryview(spare))
             try:
-                count = self.read_to(target, transfer.BufferSink(dest), size, offset,
+                count = self.read_to(target, sinks.BufferSink(dest), size, offset,
                                      pieces=pieces)
             except _PlanChanged as changed:
                 pieces = changed.pieces
@@ -833,7 +833,7 @@ class MemoryPool:
                         "read from there; give a bigger buffer, or size= to read fewer",
                         target=target, bytes=length)
                 try:
-                    return self.read_to(target, transfer.BufferSink(flat), size, offset,
+                    return self.read_to(target, sinks.BufferSink(flat), size, offset,
                                         pieces=pieces)
                 except _PlanChanged as changed:  # rewritten meanwhile, and longer
                     pieces = changed.pieces
@@ -855,7 +855,7 @@ class MemoryPool:
         if pieces is None:
             pieces = self.plan_read(target, size, offset)
         with OutputFile(path) as out:
-            written = self.read_to(target, transfer.FdSink(out.fd), size, offset, progress,
+            written = self.read_to(target, sinks.FdSink(out.fd), size, offset, progress,
                                    pieces)
         return RetrieveResult(target=target, path=str(path), bytes=written, offset=offset,
                               blocks=sorted({p.block.block_id for p in pieces}))

@@ -4,7 +4,7 @@ store actor; and the key directory, reached through the head's store.
 :class:`RemoteNode` has the same methods as
 :class:`~distributed_grid.memory.node.local_node.LocalNode`;
 each metadata call is one round trip. Bytes travel as ObjectRefs in chunks of
-``transfer.CHUNK`` with at most ``IN_FLIGHT`` outstanding, so a block of any size never needs
+``copies.CHUNK`` with at most ``IN_FLIGHT`` outstanding, so a block of any size never needs
 more than ``IN_FLIGHT * CHUNK`` bytes of object store at once, and progress can be shown.
 
 Every wait is bounded (:data:`TIMEOUTS`): a metadata call by ``METADATA_TIMEOUT``, a chunk or
@@ -24,11 +24,15 @@ import numpy as np
 
 from distributed_grid.cluster.connection import RayCluster
 from distributed_grid.errors import WriteInProgress
-from distributed_grid.memory.io import transfer
-from distributed_grid.memory.node.actor import ALLOCATE_RATE, BULK_TIMEOUT, METADATA_TIMEOUT
-from distributed_grid.memory.node.local_node import READ_WAIT_SECONDS
-from distributed_grid.memory.node.store import REMOTE_WRITER
+from distributed_grid.memory.io import copies, sinks, sources
 from distributed_grid.memory.records import BlockInfo, KeyPlace, KeyRemoval, NodeStats
+from distributed_grid.wire import (
+    ALLOCATE_RATE,
+    BULK_TIMEOUT,
+    METADATA_TIMEOUT,
+    READ_WAIT_SECONDS,
+    REMOTE_WRITER,
+)
 
 IN_FLIGHT = 4
 # A chunk smaller than this travels inside the call itself; a bigger one is put in the object
@@ -134,11 +138,11 @@ class RemoteNode:
 
     # -- bytes: chunks as ObjectRefs -------------------------------------------------------------
 
-    def fill(self, block: BlockInfo, offset: int, length: int, source: transfer.Source,
-             progress: transfer.Progress = transfer.no_progress) -> None:
+    def fill(self, block: BlockInfo, offset: int, length: int, source: sources.Source,
+             progress: copies.Progress = copies.no_progress) -> None:
         """Send ``length`` bytes from ``source`` into the block at ``offset``, chunk by chunk."""
         pending: deque[tuple[Any, int]] = deque()
-        for pos, n in transfer.chunks(length):
+        for pos, n in copies.chunks(length):
             if source.in_memory and n >= INLINE_BYTES:
                 # ray.put copies the caller's bytes into the object store: the one copy a raw
                 # transfer makes (a copy into a fresh buffer first took 34% of the time).
@@ -161,8 +165,8 @@ class RemoteNode:
             self.result(done)
             progress(size)
 
-    def drain(self, block: BlockInfo, offset: int, length: int, sink: transfer.Sink,
-              progress: transfer.Progress = transfer.no_progress) -> None:
+    def drain(self, block: BlockInfo, offset: int, length: int, sink: sinks.Sink,
+              progress: copies.Progress = copies.no_progress) -> None:
         """Fetch ``length`` bytes of the block from ``offset``; hand them to ``sink`` in order,
         as they were before or after any concurrent write of them, never a mix.
 
@@ -172,7 +176,7 @@ class RemoteNode:
         """
         if length <= 0:
             return
-        if length <= transfer.CHUNK:  # the store copies it whole, guarded, in one call
+        if length <= copies.CHUNK:  # the store copies it whole, guarded, in one call
             array = self._call("read_whole", block.number, offset, length,
                                timeout=READ_WAIT_SECONDS + BULK_TIMEOUT)
             sink.write(memoryview(array))
@@ -181,15 +185,15 @@ class RemoteNode:
         if sink.rewindable:
             self._fetch_whole(block, offset, length, sink, progress)
             return
-        spool = transfer.SpoolSink()  # the sink gets the bytes only once whole
+        spool = sinks.SpoolSink()  # the sink gets the bytes only once whole
         try:
             self._fetch_whole(block, offset, length, spool, progress)
             spool.hand_to(sink)
         finally:
             spool.close()
 
-    def _fetch_whole(self, block: BlockInfo, offset: int, length: int, target: transfer.Sink,
-                     progress: transfer.Progress) -> None:
+    def _fetch_whole(self, block: BlockInfo, offset: int, length: int, target: sinks.Sink,
+                     progress: copies.Progress) -> None:
         """Fetch the bytes into ``target`` until no write started or ended meanwhile."""
         deadline = time.monotonic() + READ_WAIT_SECONDS
         while True:
@@ -206,13 +210,13 @@ class RemoteNode:
                     block_id=block.block_id)
             target.rewind(start)
 
-    def _fetch(self, block: BlockInfo, offset: int, length: int, sink: transfer.Sink,
-               progress: transfer.Progress) -> None:
+    def _fetch(self, block: BlockInfo, offset: int, length: int, sink: sinks.Sink,
+               progress: copies.Progress) -> None:
         """Fetch the chunks, ``IN_FLIGHT`` at a time, and hand each to ``sink`` on a thread of
         its own while the next ones travel: the sink's copy (or a file's writes, which wait
         on its disk) then overlaps the transfer instead of following it."""
         pending: deque[tuple[Any, int]] = deque()
-        pieces = iter(transfer.chunks(length))
+        pieces = iter(copies.chunks(length))
         for pos, n in pieces:
             pending.append((self.submit("read_chunk", block.number, offset + pos, n), n))
             if len(pending) >= IN_FLIGHT:
@@ -234,7 +238,7 @@ class _SinkThread:
     """Hands arrays to a sink in order on one thread, at most one waiting (so no more than
     ``IN_FLIGHT + 2`` chunks are held at once); its error is raised in the giver."""
 
-    def __init__(self, sink: transfer.Sink, progress: transfer.Progress) -> None:
+    def __init__(self, sink: sinks.Sink, progress: copies.Progress) -> None:
         self.sink, self.progress = sink, progress
         self.queue: queue.Queue[tuple[Any, int] | None] = queue.Queue(maxsize=1)
         self.error: BaseException | None = None

@@ -36,7 +36,7 @@ def stop_started_clusters() -> Teardown | None:
     """Free the blocks of every cluster this host started and stop its Ray nodes; None when
     nothing started by grid runs here. A store that cannot be reached is a warning (its
     segments are unlinked from /dev/shm afterwards), not a failure."""
-    from distributed_grid.memory.node.store import remove_cluster_files
+    from distributed_grid.memory.node.recovery import remove_cluster_files
     from distributed_grid.memory.pool import MemoryPool
 
     started = lifecycle.started_here()
