@@ -59,8 +59,10 @@ class ClusterLinks(Protocol):
 
 
 def snapshot(blocks: list[BlockInfo], next_number: int) -> bytes:
-    """A node's block list as it is published (with the number its next block gets)."""
-    return json.dumps({"blocks": [b.to_json() for b in blocks],
+    """A node's block list as it is published (with the number its next block gets): the
+    blocks' facts whole, their segments' names and tokens too."""
+    return json.dumps({"blocks": [{**b.to_json(), "segment": b.segment, "token": b.token}
+                                  for b in blocks],
                        "next_number": next_number}).encode()
 
 
