@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from distributed_grid import errors as _errors
 from distributed_grid.errors import *  # noqa: F403  (every public error: errors.__all__)
-from distributed_grid.memory.pool import FORCE_REMOTE_ENV, MemoryPool
+from distributed_grid.memory.client.router import FORCE_REMOTE_ENV
+from distributed_grid.memory.pool import MemoryPool
 from distributed_grid.memory.records import (
     BlockInfo,
     ClusterStatus,

@@ -52,6 +52,7 @@ class BufferSource(Source):
 
     def __init__(self, data: memoryview) -> None:
         self.data = data
+        self.length = len(data)
 
     def read_into(self, pos: int, buf: memoryview) -> None:
         buf[:] = self.data[pos : pos + len(buf)]

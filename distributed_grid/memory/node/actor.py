@@ -184,6 +184,12 @@ class StoreActor(LocalNode):
                                     "host", block_id=block.block_id, node=self.node)
             return np.frombuffer(segment.data()[offset : offset + length], dtype=np.uint8)
 
+    def close(self) -> None:
+        """Close the kept mappings, the catalog and (on the head) the key directory."""
+        if self.directory is not None:
+            self.directory.close()
+        super().close()
+
     def destroy(self) -> int:
         """Free every block, remove the catalog (and on the head the key directory)."""
         self._maps.close()
