@@ -45,7 +45,7 @@ from distributed_grid.memory.node.serving import (
     last_published,
     make_lease,
 )
-from distributed_grid.memory.records import BlockInfo, NodeInfo
+from distributed_grid.records import BlockInfo, NodeInfo
 from distributed_grid.runtime import same_address
 from distributed_grid.wire import METADATA_TIMEOUT, NAMESPACE, START_TIMEOUT, STORE_PROTOCOL
 

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from distributed_grid.memory.records import NodeInfo
+    from distributed_grid.records import NodeInfo
 
 DEFAULT_OBJECT_STORE = 2 * 2**30
 

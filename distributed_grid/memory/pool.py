@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from distributed_grid.memory.client.block_pool import BlockPool
-from distributed_grid.memory.records import StoreResult
+from distributed_grid.records import StoreResult
 
 if TYPE_CHECKING:
     import numpy as np

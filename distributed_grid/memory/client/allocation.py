@@ -8,9 +8,9 @@ from distributed_grid.errors import StoreFull
 from distributed_grid.memory.client import placement
 from distributed_grid.memory.client.nodes import Node
 from distributed_grid.memory.client.router import Router
-from distributed_grid.memory.records import BlockInfo
 from distributed_grid.memory.shm.capacity import describe_limit
 from distributed_grid.names import positive_size
+from distributed_grid.records import BlockInfo
 
 
 class Allocator:

@@ -24,7 +24,8 @@ from distributed_grid.memory.client.reads import Reader
 from distributed_grid.memory.client.router import Router, force_remote_default
 from distributed_grid.memory.client.writes import Writer, source_of
 from distributed_grid.memory.io import copies, inputs, sinks
-from distributed_grid.memory.records import (
+from distributed_grid.names import key_from
+from distributed_grid.records import (
     BlockInfo,
     ClusterStatus,
     KeyPlace,
@@ -35,7 +36,6 @@ from distributed_grid.memory.records import (
     RetrieveResult,
     StoreResult,
 )
-from distributed_grid.names import key_from
 
 if TYPE_CHECKING:
     from distributed_grid.cluster.connection import RayCluster

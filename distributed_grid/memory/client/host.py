@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from distributed_grid.memory.records import NodeInfo
 from distributed_grid.memory.shm.layout import shm_identity
+from distributed_grid.records import NodeInfo
 from distributed_grid.runtime import NodeRecord, cluster_record, node_records
 
 

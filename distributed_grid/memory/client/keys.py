@@ -22,8 +22,8 @@ from distributed_grid.errors import (
 )
 from distributed_grid.memory.client.nodes import NodeStore
 from distributed_grid.memory.client.router import Router
-from distributed_grid.memory.records import KeyPlace, KeyRemoval
 from distributed_grid.names import Key, parse_block_id
+from distributed_grid.records import KeyPlace, KeyRemoval
 
 Version = tuple[int, int] | None  # a node catalog's version (None: another host's node)
 

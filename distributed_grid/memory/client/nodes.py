@@ -25,7 +25,7 @@ from distributed_grid.memory.io.copies import Progress
 from distributed_grid.memory.io.sinks import Sink
 from distributed_grid.memory.io.sources import Source
 from distributed_grid.memory.node.directory import Holder
-from distributed_grid.memory.records import BlockInfo, KeyPlace, KeyRemoval, NodeStats
+from distributed_grid.records import BlockInfo, KeyPlace, KeyRemoval, NodeStats
 
 
 class NodeStore(Protocol):

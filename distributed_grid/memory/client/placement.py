@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from distributed_grid.memory.records import NodeStats
+from distributed_grid.records import NodeStats
 
 STEP_BITS = 26  # free memory is compared in steps of 2**26 bytes (64 MiB)
 

@@ -22,7 +22,6 @@ from distributed_grid.memory.io import copies, sinks
 from distributed_grid.memory.io.buffers import new_bytes
 from distributed_grid.memory.io.extents import slice_extents
 from distributed_grid.memory.io.output_file import OutputFile
-from distributed_grid.memory.records import Piece, RetrieveResult
 from distributed_grid.names import (
     check_range,
     check_start,
@@ -30,6 +29,7 @@ from distributed_grid.names import (
     validate_key,
     whole_bytes,
 )
+from distributed_grid.records import Piece, RetrieveResult
 
 Progress = copies.Progress
 

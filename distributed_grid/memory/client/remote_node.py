@@ -28,8 +28,8 @@ from distributed_grid.cluster.connection import RayCluster
 from distributed_grid.memory.io import copies, sinks, sources
 from distributed_grid.memory.node.actor import StoreActor
 from distributed_grid.memory.node.directory import Holder
-from distributed_grid.memory.records import BlockInfo, KeyPlace, KeyRemoval, NodeStats
 from distributed_grid.memory.shm.seqguard import read_untorn
+from distributed_grid.records import BlockInfo, KeyPlace, KeyRemoval, NodeStats
 from distributed_grid.wire import (
     ALLOCATE_RATE,
     BULK_TIMEOUT,

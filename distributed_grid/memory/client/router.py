@@ -32,8 +32,8 @@ from distributed_grid.memory.client.host import HostNodes
 from distributed_grid.memory.client.nodes import Directory, Node
 from distributed_grid.memory.node.directory import KeyDirectory
 from distributed_grid.memory.node.local_node import LocalNode
-from distributed_grid.memory.records import BlockInfo, NodeInfo
 from distributed_grid.names import parse_block_id
+from distributed_grid.records import BlockInfo, NodeInfo
 from distributed_grid.wire import STORE_PROTOCOL
 
 if TYPE_CHECKING:

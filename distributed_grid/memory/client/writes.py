@@ -18,8 +18,8 @@ from distributed_grid.memory.client.allocation import Allocator
 from distributed_grid.memory.client.keys import KeyIndex
 from distributed_grid.memory.client.router import Router
 from distributed_grid.memory.io import copies, inputs, sources, spool
-from distributed_grid.memory.records import BlockInfo, StoreResult
 from distributed_grid.names import Key, check_start
+from distributed_grid.records import BlockInfo, StoreResult
 from distributed_grid.runtime import this_process
 
 Progress = copies.Progress

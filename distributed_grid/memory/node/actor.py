@@ -44,10 +44,10 @@ from distributed_grid.memory.node.upkeep import (
     Upkeep,
     read_snapshot,
 )
-from distributed_grid.memory.records import BlockInfo, NodeStats
 from distributed_grid.memory.shm.layout import shm_identity
 from distributed_grid.memory.shm.mappings import KEPT
 from distributed_grid.names import check_range
+from distributed_grid.records import BlockInfo, NodeStats
 from distributed_grid.runtime import (
     NodeRecord,
     process_start,

@@ -3,7 +3,7 @@
 :class:`StoreCore` is the state a :class:`~distributed_grid.memory.node.store.BlockStore` is made
 of (the node's catalog, its name, the segment names of its blocks, this process's identity) and
 the few rules its parts (allocation and reads, writes, recovery) all apply: how a catalog row
-becomes a :class:`~distributed_grid.memory.records.BlockInfo`, when a block is usable, whether
+becomes a :class:`~distributed_grid.records.BlockInfo`, when a block is usable, whether
 a writer still lives, and how an undone write gives back its extents and its guard slot.
 
 :func:`segment_fd`, :func:`open_guard` and :func:`guard_of` open a block's segment (its
@@ -20,11 +20,11 @@ from contextlib import contextmanager
 from distributed_grid.errors import BlockNotFound
 from distributed_grid.memory.node.catalog import Catalog
 from distributed_grid.memory.node.schema import BlockRow, ExtentRow
-from distributed_grid.memory.records import BlockInfo, PendingWrite
 from distributed_grid.memory.shm import segment as seg
 from distributed_grid.memory.shm.layout import segment_pattern, segment_prefix
 from distributed_grid.memory.shm.seqguard import Guard, tag_alive
 from distributed_grid.names import format_block_id
+from distributed_grid.records import BlockInfo, PendingWrite
 from distributed_grid.runtime import identity_alive, this_process
 
 

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import time
 
-from distributed_grid.memory.records import NodeStats
 from distributed_grid.memory.shm.database import Database, remove_database
 from distributed_grid.memory.shm.layout import HEADER_SIZE, directory_path
 from distributed_grid.names import validate_cluster_id
+from distributed_grid.records import NodeStats
 
 SCHEMA_VERSION = 1
 

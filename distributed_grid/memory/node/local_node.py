@@ -28,12 +28,12 @@ from distributed_grid.errors import BlockNotFound, WriteInProgress
 from distributed_grid.memory.io import copies, sinks, sources
 from distributed_grid.memory.node.core import open_guard, segment_fd
 from distributed_grid.memory.node.store import BlockStore
-from distributed_grid.memory.records import BlockInfo
 from distributed_grid.memory.shm import layout
 from distributed_grid.memory.shm import segment as seg
 from distributed_grid.memory.shm.mappings import Mappings
 from distributed_grid.memory.shm.seqguard import Guard, process_tag, read_untorn, tag_alive
 from distributed_grid.names import check_range
+from distributed_grid.records import BlockInfo
 from distributed_grid.wire import READ_WAIT_SECONDS
 
 # A write of a buffer, or a read into one, of at least MAPPED_MIN bytes and a quarter of the

@@ -23,7 +23,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from distributed_grid import _ray
 from distributed_grid.memory.node.actor import StoreActor
 from distributed_grid.memory.node.upkeep import read_snapshot
-from distributed_grid.memory.records import BlockInfo, NodeStats
+from distributed_grid.records import BlockInfo, NodeStats
 from distributed_grid.wire import (
     LEASE_PREFIX,
     METADATA_TIMEOUT,

@@ -24,11 +24,11 @@ from distributed_grid.errors import BlockNotFound, GridError, StoreFull
 from distributed_grid.memory.node.recovery import StoreRecovery
 from distributed_grid.memory.node.schema import ExtentRow
 from distributed_grid.memory.node.writes import StoreWrites
-from distributed_grid.memory.records import BlockInfo, KeyPlace, NodeStats
 from distributed_grid.memory.shm import layout
 from distributed_grid.memory.shm import segment as seg
 from distributed_grid.memory.shm.capacity import describe_limit, node_stats, read_limits
 from distributed_grid.names import positive_size, validate_key
+from distributed_grid.records import BlockInfo, KeyPlace, NodeStats
 
 
 class BlockStore(StoreWrites, StoreRecovery):

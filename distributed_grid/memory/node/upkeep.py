@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from distributed_grid.memory.node.directory import KeyDirectory
 from distributed_grid.memory.node.local_node import LocalNode
-from distributed_grid.memory.records import BlockInfo, NodeStats
+from distributed_grid.records import BlockInfo, NodeStats
 from distributed_grid.wire import REMOTE_WRITER
 
 TICK_SECONDS = 2.0

@@ -19,9 +19,9 @@ from typing import Any
 from distributed_grid.errors import KeyBusy, KeyConflict, KeyNotFound, StoreFull
 from distributed_grid.memory.node.core import StoreCore
 from distributed_grid.memory.node.schema import ExtentRow
-from distributed_grid.memory.records import BlockInfo, KeyRemoval, PendingWrite
 from distributed_grid.memory.shm import segment as seg
 from distributed_grid.names import check_range, validate_key
+from distributed_grid.records import BlockInfo, KeyRemoval, PendingWrite
 
 
 class StoreWrites(StoreCore):

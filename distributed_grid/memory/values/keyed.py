@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from distributed_grid.errors import KeyNotFound
-from distributed_grid.memory.records import BlockInfo, KeyPlace, StoreResult
 from distributed_grid.names import key_from
+from distributed_grid.records import BlockInfo, KeyPlace, StoreResult
 
 
 class Blocks(Protocol):

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from distributed_grid.errors import InvalidArgument
-from distributed_grid.memory.records import StoreResult
 from distributed_grid.memory.values.keyed import Blocks, find_key, write_key
 from distributed_grid.names import key_from
+from distributed_grid.records import StoreResult
 
 FORMAT = "safetensors"
 DATA_ALIGNMENT = 64  # where the data starts, in bytes from the key's start (a cache line)
