@@ -5,14 +5,12 @@ record of clusters started by distributed_grid are its own: the tests never touc
 cluster a developer has running. Everything started in a test is ended by its fixture, by pid,
 even when the test fails.
 
-The folders: ``unit/`` needs no Ray at all (marked ``unit``; ``-m unit`` collects that folder
-alone, since importing the other folders' modules imports Ray), ``cluster/`` runs against the
-session's real local Ray cluster (its fixtures are in ``cluster/conftest.py``) or starts clusters
-of its own, ``multihost/`` starts nodes with a /dev/shm of their own (marked ``multihost``, left
-out of the default run). What tests share that is not a fixture lives in the package
-``helpers/``, imported as ``from helpers.grid import Grid``: pyproject.toml puts ``tests/`` on
-pytest's ``pythonpath`` (the ``[tool.pytest.ini_options]`` table), so that works from any folder
-and for any way of naming the tests on the command line. Test modules never import a conftest.
+Folders: ``unit/`` (no Ray), ``cluster/`` (the session's cluster, whose fixtures are in
+``cluster/conftest.py``, or clusters of their own), ``multihost/``; tests/README.md says more.
+What tests share that is not a fixture is in the package ``helpers/``, imported as ``from
+helpers.grid import Grid``: pyproject.toml puts ``tests/`` on pytest's ``pythonpath``, so that
+works from every folder however the tests are named on the command line. No test module
+imports a conftest.
 """
 
 from __future__ import annotations
