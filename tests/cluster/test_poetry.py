@@ -34,9 +34,10 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import GRID, sweep
+from helpers.dev_shm import sweep
+from helpers.grid import GRID
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENABLE_ENV = "DISTRIBUTED_GRID_TEST_POETRY"
 
 pytestmark = pytest.mark.skipif(

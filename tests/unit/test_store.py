@@ -17,8 +17,8 @@ import time
 import uuid
 
 import pytest
-from conftest import sweep
-from small_shm import needs_small_shm, run_on_small_shm
+from helpers.dev_shm import sweep
+from helpers.small_shm import needs_small_shm, run_on_small_shm
 
 from distributed_grid.errors import (
     BlockNotFound,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import textwrap
 
-from small_shm import needs_small_shm, run_on_small_shm
+from helpers.small_shm import needs_small_shm, run_on_small_shm
 
 COMMON = textwrap.dedent("""
     import json, os, sqlite3, subprocess, sys

@@ -1,11 +1,11 @@
 """Random command lines, from the CLI's own grammar, against a store with known contents: no
 traceback, no hang, one ``error:`` line, and a command that fails changes nothing (see
-``cli_fuzz.py``; ``benchmarks/fuzz_cli.py`` runs 1,000 and more)."""
+``helpers/cli_fuzz.py``; ``benchmarks/fuzz_cli.py`` runs 1,000 and more)."""
 
 from __future__ import annotations
 
 import pytest
-from cli_fuzz import Ref, World, command_lines, judge
+from helpers.cli_fuzz import Ref, World, command_lines, judge
 from hypothesis import HealthCheck, assume, example, given, settings
 
 

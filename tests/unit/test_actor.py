@@ -15,7 +15,7 @@ import uuid
 
 import numpy as np
 import pytest
-from conftest import sweep
+from helpers.dev_shm import sweep
 
 from distributed_grid.errors import KeyNotFound
 from distributed_grid.memory.node.actor import StoreActor

@@ -18,10 +18,9 @@ import time
 import uuid
 
 import pytest
-from conftest import cluster_files
+from helpers.dev_shm import cluster_files
 
 from distributed_grid import runtime
-from distributed_grid.cluster import gc as sweeper
 
 NOBODY = 65534
 
@@ -88,20 +87,6 @@ def foreign_file():
     os.unlink(path)
 
 
-@pytest.fixture
-def orphan_files():
-    """Files of a cluster nobody recorded nor holds (started under another TMPDIR, say)."""
-    cid = f"gcorphan{uuid.uuid4().hex[:8]}"
-    paths = [f"/dev/shm/dg.{cid}.n1.0", f"/dev/shm/dgc.{cid}.n1.db"]
-    for path in paths:
-        with open(path, "wb") as f:
-            f.write(b"left")
-    yield cid, paths
-    for path in paths:
-        if os.path.exists(path):
-            os.unlink(path)
-
-
 def test_gc_removes_a_killed_clusters_files_and_nothing_live(fresh, tmp_path, pool, grid,
                                                              foreign_file):
     live = pool.cluster_id
@@ -156,27 +141,3 @@ def test_gc_removes_a_killed_clusters_files_and_nothing_live(fresh, tmp_path, po
     again = json.loads(fresh.out("memory", "gc", "--json"))
     assert not [f for f in again["removed"] if f["cluster_id"] == cid]
     os.unlink(writing)
-
-
-def test_files_with_no_record_are_kept_while_recent_then_removed(orphan_files):
-    cid, paths = orphan_files
-    result = sweeper.sweep(dry_run=True)
-    assert "no record of it here" in result.kept[cid]
-    assert all(os.path.exists(p) for p in paths)
-    old = time.time() - sweeper.GRACE_SECONDS - 60
-    for path in paths:
-        os.utime(path, (old, old))
-    result = sweeper.sweep(dry_run=True)
-    assert sorted(f.path for f in result.removed if f.cluster_id == cid) == sorted(paths)
-    assert cid not in result.kept and all(os.path.exists(p) for p in paths)
-
-
-def test_files_a_process_holds_are_kept(orphan_files):
-    cid, paths = orphan_files
-    old = time.time() - sweeper.GRACE_SECONDS - 60
-    for path in paths:
-        os.utime(path, (old, old))
-    with open(paths[1], "rb"):  # as a store holds its catalog open
-        result = sweeper.sweep(dry_run=True)
-    assert f"process {os.getpid()} holds" in result.kept[cid]
-    assert not [f for f in result.removed if f.cluster_id == cid]

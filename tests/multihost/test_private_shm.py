@@ -28,12 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import GRID, FreshGrid, sweep
+from helpers.dev_shm import sweep
+from helpers.grid import GRID, FreshGrid
 
 from distributed_grid.cluster.lifecycle import LOOPBACK_ENV
 from distributed_grid.cluster.namespaces import private_shm_refusal, processes_in
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 _REFUSAL = private_shm_refusal()
 pytestmark = [
     pytest.mark.multihost,

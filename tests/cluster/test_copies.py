@@ -176,29 +176,6 @@ def test_big_copies_at_odd_places_land_where_they_should(pool, blocks):
     assert pool.read(block_id, size=size, offset=0) == bytes(model)
 
 
-def test_fill_both_ways_meets_in_the_middle(tmp_path):
-    """The two ways of :func:`copies.fill_both_ways` write every byte once, for lengths
-    around the piece size, into a real file through ``pwrite`` and a real mapping."""
-    import mmap
-
-    for length in (copies.PARALLEL_MIN, copies.PARALLEL_MIN + 1,
-                   3 * copies.FAULT_PIECE - 1, 3 * copies.FAULT_PIECE + 4096):
-        base = 4096
-        path = tmp_path / "file"
-        with open(path, "wb") as f:
-            f.truncate(base + length)
-        data = _pattern(length, length % 251)
-        with open(path, "r+b") as f:
-            mapping = mmap.mmap(f.fileno(), base + length)
-            try:
-                with memoryview(mapping)[base:] as dest:
-                    copies.fill_both_ways(f.fileno(), base, dest, memoryview(data))
-            finally:
-                mapping.close()
-        with open(path, "rb") as f:
-            assert f.read() == bytes(base) + data
-
-
 def test_read_into_fills_the_callers_buffer(pool, remote_pool, blocks, unique):
     size = MAPPED_MIN + MiB  # on this host, through the kept mapping
     block_id = blocks.new(size, node="gpu1")

@@ -3,15 +3,16 @@
 The arithmetic is a pure function, checked with hypothesis; reading the host is checked on
 real files (this host's /proc, and cgroup trees laid out as the kernel lays them out); and a
 real allocation bigger than the memory bound but smaller than /dev/shm's free bytes is refused
-before any memory is reserved, through the library and through the CLI.
+before any memory is reserved, through the library (through the CLI: ``test_capacity_cli.py``
+in tests/cluster/). The ``half_memory_reserved`` fixture is the root conftest's.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
+from helpers.dev_shm import sweep
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -149,19 +150,8 @@ def test_cgroup_v1_and_no_limit(tmp_path):
 # -- a real refusal ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def half_memory_reserved(monkeypatch):
-    """A reserve of half the host's available memory, so the memory bound is far below
-    /dev/shm's free bytes (it is below them anyway when /dev/shm is as big as the RAM)."""
-    _, available = capacity.read_meminfo()
-    monkeypatch.setenv(capacity.RESERVE_ENV, str(available // 2))
-    return available // 2
-
-
 def test_a_block_bigger_than_memory_can_back_is_refused_before_reserving_any(
         half_memory_reserved, tmp_path, request):
-    from conftest import sweep
-
     cluster_id = f"cap{os.getpid()}"
     request.addfinalizer(lambda: sweep(cluster_id))
     store = BlockStore("n1", cluster_id)
@@ -182,31 +172,3 @@ def test_a_block_bigger_than_memory_can_back_is_refused_before_reserving_any(
     assert store.catalog.meta("next_number") == 0  # no number spent
     used = (before.f_bavail - after.f_bavail) * before.f_frsize
     assert used < size // 1000, used  # nothing of the block was reserved
-
-
-def test_cli_names_the_limit_that_refused(grid, half_memory_reserved):
-    env = {capacity.RESERVE_ENV: str(half_memory_reserved)}
-
-    def gpu1(status: dict) -> dict:
-        return next(n for n in status["nodes"] if n["node"] == "gpu1")
-
-    usual = gpu1(json.loads(grid("cluster", "status", "--json",
-                                 env={capacity.RESERVE_ENV: ""}).stdout))
-    halved = gpu1(json.loads(grid("cluster", "status", "--json", env=env).stdout))
-    assert halved["limited_by"] == "memory" and halved["mem_available"] > 0
-    assert halved["free_for_blocks"] < usual["free_for_blocks"]
-    table = grid("cluster", "status", env=env).stdout.decode()
-    assert "MEM AVAILABLE" in table and "(memory)" in table
-    # more than either reserve lets a block have, less than /dev/shm's free bytes: refused
-    # by whichever process allocates (a store actor knows nothing of this test's reserve)
-    shm_room = halved["shm_free"] - halved["shm_reserve"] - HEADER
-    room = max(usual["free_for_blocks"], halved["free_for_blocks"])
-    if not room < shm_room:
-        pytest.skip("/dev/shm is smaller than what the host's memory backs")
-    size = (room + shm_room) // 2
-    for where in (["--node", "gpu1"], []):
-        line = grid.fails("memory", "allocate", size, *where, env=env)
-        assert "memory available" in line and capacity.RESERVE_ENV in line, line
-    bad = grid.fails("memory", "allocate", "1MB", "--node", "gpu1",
-                     env={capacity.RESERVE_ENV: "lots"})
-    assert bad.startswith(f"error: {capacity.RESERVE_ENV} 'lots' is not a size"), bad

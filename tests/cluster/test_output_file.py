@@ -348,14 +348,3 @@ def test_a_full_filesystem_leaves_the_old_file(grid, stored, tmp_path):
     assert result.returncode == 1 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "error: cannot write the output: No space left on device"
     assert result.stdout.decode().split() == ["old", "out.bin"]
-
-
-def test_a_failed_write_into_a_named_temporary_leaves_nothing(tmp_path):
-    out = tmp_path / "out.bin"
-    out.write_bytes(b"old")
-    with pytest.raises(RuntimeError), OutputFile(str(out), unnamed=False) as dest:
-        os.write(dest.fd, b"half")
-        assert len(os.listdir(tmp_path)) == 2  # the named temporary, while it is written
-        raise RuntimeError("the copy failed")
-    assert out.read_bytes() == b"old"
-    assert os.listdir(tmp_path) == ["out.bin"]

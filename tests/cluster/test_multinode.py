@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import GRID
+from helpers.grid import GRID
 
 from distributed_grid.errors import NodeNotFound
 

@@ -1,6 +1,6 @@
 """Random command lines for ``grid``, drawn from its own grammar, and the oracle that judges a run.
 
-Shared by the suite's short fuzz test (``tests/test_cli_fuzz.py``) and the long run
+Shared by the suite's short fuzz test (``tests/cluster/test_cli_fuzz.py``) and the long run
 (``benchmarks/fuzz_cli.py``). The grammar is the CLI's own: every group of
 :class:`~distributed_grid.cli.main.Grid`, every command and option read by
 :func:`~distributed_grid.cli.grammar.commands_of`, so a command added to the CLI is fuzzed with
