@@ -1,6 +1,6 @@
 """The private Ray APIs distributed_grid uses, each behind one function of ours.
 
-Ray does not promise to keep these. ``tests/test_ray_private.py`` calls every function here
+Ray does not promise to keep these. ``tests/cluster/test_ray_private.py`` calls every function here
 against a real cluster, so an upgrade of Ray that changes one fails that test by name instead of
 failing somewhere deep in a command.
 """
