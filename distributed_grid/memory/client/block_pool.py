@@ -184,11 +184,13 @@ class BlockPool:
 
     def is_local(self, block_id: str) -> bool:
         """Whether this process reaches ``block_id`` zero-copy (same host, proven by token)."""
-        _, data = self.open_block(block_id)
-        if data is None:
+        number, node = self._router.block_node(block_id)
+        if not node.is_local:
             return False
-        data.release()
-        return True
+        _, data = node.open_block(number)
+        if data is not None:
+            data.release()
+        return data is not None
 
     def open_block(self, block_id: str,
                    populate: bool = False) -> tuple[int, memoryview | None]:
