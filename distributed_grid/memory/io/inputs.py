@@ -250,8 +250,8 @@ def _wait_for_bytes(fd: int, name: str, seconds: float) -> None:
 
 
 def given_input(source: Input | int | Any) -> Input:
-    """What :meth:`~distributed_grid.memory.pool.MemoryPool.store_stream` was given, as an
-    :class:`Input` (not closed by it): an Input, a descriptor, or a binary file object.
+    """What a pool's ``store_stream`` was given, as an :class:`Input` (not closed by it): an
+    Input, a descriptor, or a binary file object.
 
     A regular file is read from its current position; anything else to its end.
     """

@@ -7,7 +7,7 @@ block is one query whatever the number of nodes.
 
 The directory is an index, not the truth: a key's bytes and extents live in its block's node
 catalog. What the directory guarantees is that a key lives in one block of the cluster. The
-protocol (run by :class:`~distributed_grid.memory.pool.MemoryPool`):
+protocol (run for the pool by :mod:`distributed_grid.memory.client.keys`):
 
 1. A write of key K into block b first records K in b's catalog (pending).
 2. Then it claims K in the directory: the claim succeeds if K is free or already b's (its

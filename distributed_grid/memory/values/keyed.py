@@ -12,8 +12,8 @@ from distributed_grid.records import BlockInfo, KeyPlace, StoreResult
 
 
 class Blocks(Protocol):
-    """The part of :class:`~distributed_grid.memory.pool.MemoryPool`'s public surface that
-    keyed values (arrays, objects) are built on."""
+    """The part of the pool's public surface (:class:`~distributed_grid.memory.client.
+    block_pool.BlockPool`) that keyed values (arrays, tensors, objects) are built on."""
 
     def open_block(self, block_id: str,
                    populate: bool = False) -> tuple[int, memoryview | None]: ...
