@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set-up and the two jobs of this repository, for a machine with only Python 3.11+, gcc and pip.
-#   ./dev.sh demo   create .venv, install, store and retrieve a file through `grid memory ...`
+#   ./dev.sh demo   create .venv, install, store and retrieve a file through `grid memory ...` on a
+#                   cluster it starts and stops (examples/cli_round_trip.sh)
 #   ./dev.sh test   create .venv, install (with torch's CPU build when its wheel file is at hand),
 #                   ruff, then the whole test suite (extra args go to pytest)
 set -euo pipefail
