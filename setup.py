@@ -2,7 +2,7 @@
 
 ``distributed_grid.memory.shm._seqguard`` (native/seqguard.c) is compiled where a C compiler exists;
 without one the install still succeeds and the pure-Python twin is used
-(see distributed_grid/memory/seqguard.py).
+(see distributed_grid/memory/shm/seqguard.py).
 """
 
 from setuptools import Extension, setup
