@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 from conftest import GRID, FreshGrid, sweep
 
-from distributed_grid.cluster.lifecycle import LOOPBACK_ENV
 from distributed_grid.cluster.namespaces import private_shm_refusal, processes_in
+from distributed_grid.cluster.ray_env import LOOPBACK_ENV
 
 ROOT = Path(__file__).parents[1]
 _REFUSAL = private_shm_refusal()

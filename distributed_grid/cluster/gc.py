@@ -51,7 +51,7 @@ _RECORD_KINDS = (  # what it keeps in the runtime directory, by folder
     ("clusters", re.compile(rf"({_CLUSTER_ID})\.json"), "cluster record"),
 )
 _TEMP = re.compile(r".+\.([0-9]+)\.tmp")  # runtime.py writes <record>.<pid>.tmp, then renames
-_READY = re.compile(r"local-([0-9]+)-[0-9]+\.json(\.tmp)?")  # lifecycle.start_local's
+_READY = re.compile(r"local-([0-9]+)-[0-9]+\.json(\.tmp)?")  # starting.start_local's
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from distributed_grid.cluster.config import ClusterConfig, memory_cap, use_config
-from distributed_grid.cluster.lifecycle import find_cluster
+from distributed_grid.cluster.target import find_cluster
 from distributed_grid.errors import (
     BlockNotFound,
     FileError,
