@@ -112,6 +112,8 @@ def ray_errors(asked: Asked) -> Iterator[None]:
         if isinstance(getattr(exc, "cause", None), GridError):
             raise exc.cause from None
         raise
+    except GridError:
+        raise  # the library's already (some are ConnectionErrors or RuntimeErrors too)
     except Exception as exc:
         for kind, raised, ours in RAY_ERRORS:
             if kind == asked.kind and isinstance(exc, raised):
