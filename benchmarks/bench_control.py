@@ -309,7 +309,8 @@ class Bench:
     def section_paths(self) -> None:
         import threading
 
-        from distributed_grid.memory.io import transfer
+        from distributed_grid.memory.io import copies, sinks, sources
+        from distributed_grid.memory.shm import layout
         from distributed_grid.memory.shm import segment as seg
         from distributed_grid.sizes import parse_size
 
@@ -323,7 +324,7 @@ class Bench:
                 pass
         name = f"/dgbench-paths-{os.getpid()}"
         token = bytes(16)
-        total = seg.HEADER_SIZE + size
+        total = layout.HEADER_SIZE + size
 
         def fresh() -> None:
             seg.unlink_segment(name)
@@ -344,7 +345,7 @@ class Bench:
             data = segment.data()
 
             def copy(a: int, n: int) -> None:
-                for pos, k in transfer.chunks(n):
+                for pos, k in copies.chunks(n):
                     got = 0
                     while got < k:
                         got += os.preadv(fd, [data[a + pos + got : a + pos + k]], a + pos + got)
@@ -356,7 +357,7 @@ class Bench:
         def into_descriptor() -> None:
             fd = os.open(src, os.O_RDONLY)
             dst = seg.open_data(name, token, size)
-            transfer.fill_fd(dst, seg.HEADER_SIZE, size, transfer.FileSource(fd, src, size))
+            copies.fill_fd(dst, layout.HEADER_SIZE, size, sources.FileSource(fd, src, size))
             os.close(dst)
             os.close(fd)
 
@@ -371,12 +372,12 @@ class Bench:
             reader.start()
             if use_sendfile:
                 fd = seg.open_data(name, token, size)
-                transfer.drain_fd(fd, seg.HEADER_SIZE, size, transfer.FdSink(w))
+                sinks.drain_fd(fd, layout.HEADER_SIZE, size, sinks.FdSink(w))
                 os.close(fd)
             else:
                 segment = seg.Segment.attach(name)
                 data = segment.data()
-                transfer.FdSink(w).write(data)
+                sinks.FdSink(w).write(data)
                 data.release()
                 segment.close()
             os.close(w)

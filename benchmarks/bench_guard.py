@@ -91,24 +91,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
+    from distributed_grid.memory.shm import layout, seqguard
     from distributed_grid.memory.shm import segment as seg
-    from distributed_grid.memory.shm import seqguard
 
     name = f"/dg.bench{uuid.uuid4().hex[:10]}.guard.0"
-    token = secrets.token_bytes(seg.TOKEN_SIZE)
+    token = secrets.token_bytes(layout.TOKEN_SIZE)
     seg.create_segment(name, MIB, token)
     fd = None
     report: dict = {"default": seqguard.IMPLEMENTATION, "implementations": {}}
     try:
         fd = seg.open_data(name, token, MIB)
-        os.pwrite(fd, b"\x5a" * MIB, seg.HEADER_SIZE)  # populate the pages once
+        os.pwrite(fd, b"\x5a" * MIB, layout.HEADER_SIZE)  # populate the pages once
         for impl, cls in sorted(seqguard.IMPLEMENTATIONS.items()):
             print(f"measuring the {impl} guard...", file=sys.stderr)
             with cls(fd) as guard:
                 out = _calls(guard, args.loops, args.repeat)
                 for label, size, loops in (("4KiB", 4 * KIB, args.loops // 5),
                                            ("1MiB", MIB, max(args.loops // 200, 20))):
-                    out[f"read_{label}"] = _reads(guard, fd, seg.HEADER_SIZE, size, loops,
+                    out[f"read_{label}"] = _reads(guard, fd, layout.HEADER_SIZE, size, loops,
                                                   args.repeat)
             report["implementations"][impl] = out
     finally:

@@ -117,7 +117,7 @@ def bench(res: Results, pool: Any, src: str, out: str, size: int, digest: str,
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from distributed_grid.memory.client.remote_node import IN_FLIGHT
-    from distributed_grid.memory.io.transfer import CHUNK
+    from distributed_grid.memory.io.copies import CHUNK
 
     gpu2 = pool.ray.node("gpu2").node_id
     on_gpu2 = NodeAffinitySchedulingStrategy(gpu2, soft=False)

@@ -457,7 +457,7 @@ class RawRay:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from distributed_grid.memory.client.remote_node import IN_FLIGHT
-        from distributed_grid.memory.io.transfer import CHUNK
+        from distributed_grid.memory.io.copies import CHUNK
 
         self.size, self.chunk, self.in_flight = size, CHUNK, IN_FLIGHT
         self.holder = ray.remote(Holder).options(
@@ -555,7 +555,7 @@ def bench_remote(res: Results, pool: Any, rpool: Any, raw: RawRay, src: str, out
     within each round (raw put, store, raw get, read, retrieve), so that the machine's changing
     load falls on both sides of each ratio alike."""
     from distributed_grid.memory.client.remote_node import IN_FLIGHT
-    from distributed_grid.memory.io.transfer import CHUNK
+    from distributed_grid.memory.io.copies import CHUNK
 
     chunks = f"{human(CHUNK)} chunks, {IN_FLIGHT} in flight"
     raw.get_chunked()  # warm up: worker paths, object store pages
@@ -793,14 +793,14 @@ def main(argv: list[str] | None = None) -> int:
 
         from distributed_grid.cluster import starting, stopping
         from distributed_grid.memory.client import remote_node as remote
-        from distributed_grid.memory.io import transfer
+        from distributed_grid.memory.io import copies
 
         res = Results(tmp)
         src = os.path.join(tmp, "src.bin")
         dst = os.path.join(tmp, "dst.bin")
         out = os.path.join(tmp, "out.bin")
         log(f"temp dir {tmp}; writing {human(size)} of random bytes")
-        digest = write_random_file(src, size, transfer.CHUNK)
+        digest = write_random_file(src, size, copies.CHUNK)
 
         log("memcpy")
         bench_memcpy(res, size, args.repeat)
@@ -843,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {
             "size_bytes": size, "repeat": args.repeat, "machine": machine_info(),
             "ray": ray.__version__, "numpy": np.__version__, "address": address,
-            "object_store_bytes": store_bytes, "chunk_bytes": transfer.CHUNK,
+            "object_store_bytes": store_bytes, "chunk_bytes": copies.CHUNK,
             "in_flight": remote.IN_FLIGHT, "peak_own_memory_bytes": res.peak_own,
             "peak_mem_drop_bytes": watch.stop(),
         }

@@ -32,14 +32,29 @@ def validate_node_name(name: object) -> str:
     return name
 
 
-def validate_key(key: object) -> str:
-    """Return ``key`` if it can name stored data."""
+class Key(str):
+    """A key that passed :func:`validate_key`: code that receives one does not check it again
+    (a key is checked once, where it enters, and carried on as a Key)."""
+
+    __slots__ = ()
+
+
+def validate_key(key: object) -> Key:
+    """Return ``key`` (as a :class:`Key`) if it can name stored data."""
+    if type(key) is Key:
+        return key
     if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH or "\0" in key:
         raise InvalidArgument(
             f"invalid key {key!r}: a key is a non-empty string of at most {MAX_KEY_LENGTH} "
             "characters without NUL", key=key,
         )
-    return key
+    return Key(key)
+
+
+def key_from(value: object) -> Key:
+    """A key as a caller gave it, checked: text, or anything else as its ``str()`` (the command
+    line and Python callers pass other types)."""
+    return validate_key(value if isinstance(value, str) else str(value))
 
 
 def validate_cluster_id(cluster_id: object) -> str:

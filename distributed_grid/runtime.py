@@ -8,9 +8,10 @@ Three kinds of file, each mode 0600 in a folder only the user can enter:
   corrupt one is an error, not an empty record.
 - ``nodes/<cluster id>.<node>.json``: written by a node's store when it starts: which cluster and
   node it serves, where the node's catalog is, which raylet runs the node, and which shared
-  memory its /dev/shm is (:func:`shm_identity`). A process that sees the same /dev/shm reads
-  them to reach the node's blocks without Ray; for any other (a node started with a private
-  /dev/shm, or a process inside one) the record names another host's memory.
+  memory its /dev/shm is (``shm_identity`` of ``memory/shm/layout.py``). A process that sees
+  the same /dev/shm reads them to reach the node's blocks without Ray; for any other (a node
+  started with a private /dev/shm, or a process inside one) the record names another host's
+  memory.
 - ``clusters/<cluster id>.json``: written by the supervisor of a cluster that lives on this host
   alone (loopback): all its nodes. With it, a command can know it needs no other host.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 import tempfile
@@ -66,6 +68,11 @@ def runtime_dir() -> str:
     return path
 
 
+_TEMP = re.compile(r".+\.([0-9]+)\.tmp")  # what _write_json writes, then renames
+# the ready file a cluster's start waits for (``local-<pid>-<n>.json``, written aside first)
+_READY = re.compile(r"local-([0-9]+)-[0-9]+\.json(\.tmp)?")
+
+
 def _write_json(path: str, data: Any) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -88,6 +95,40 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def stale_temp_files() -> list[tuple[str | None, str, str]]:
+    """The runtime folder's temporary files whose writer (the pid in the name) is gone: a
+    record written aside and never renamed, a ready file nobody will read. Each is
+    ``(cluster id or None, name as shown, path)``."""
+    root = runtime_dir()
+    found = []
+    for folder in ("", "nodes", "clusters"):
+        try:
+            names = sorted(os.listdir(os.path.join(root, folder)))
+        except OSError:
+            continue
+        for name in names:
+            match = _TEMP.fullmatch(name) or (_READY.fullmatch(name) if not folder else None)
+            if match is None or process_alive(int(match.group(1)), None):
+                continue
+            cluster_id = name.split(".", 1)[0] if folder else None
+            shown = f"{folder}/{name}" if folder else name
+            found.append((cluster_id, shown, os.path.join(root, folder, name)))
+    return found
+
+
+def remove_stale_temp_files() -> list[str]:
+    """Remove :func:`stale_temp_files` (a node's store does when it starts); returns their
+    paths."""
+    gone = []
+    for _, _, path in stale_temp_files():
+        try:
+            os.unlink(path)
+        except OSError:  # gone meanwhile
+            continue
+        gone.append(path)
+    return gone
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -137,36 +178,6 @@ def identity_alive(identity: str) -> bool | None:
     if host != socket.gethostname() or not pid.isdigit():
         return None
     return process_alive(int(pid), int(start) if start.isdigit() else None)
-
-
-# -- which memory this process sees ------------------------------------------------------------
-
-SHM_DIR = "/dev/shm"  # memory/segment.py's SHM_DIR; this module stays below memory/
-_BOOT_ID: str | None = None
-
-
-def shm_identity() -> str:
-    """Which shared memory this process's /dev/shm is: ``<boot id>:<device>``.
-
-    Two processes of a host see the same segments exactly when their /dev/shm is the same
-    filesystem, which its device number tells (each tmpfs mount gets its own while mounted; a
-    bind mount of it keeps it). A node started in a mount namespace of its own with a private
-    tmpfs on /dev/shm (``grid cluster start --private-shm``) has another, so its records do not
-    lead a process outside into its memory. The boot id keeps a record from before a reboot
-    from ever matching.
-    """
-    global _BOOT_ID
-    if _BOOT_ID is None:
-        try:
-            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-                _BOOT_ID = f.read().strip()
-        except OSError:
-            _BOOT_ID = "unknown"
-    try:
-        device = os.stat(SHM_DIR).st_dev
-    except OSError:
-        device = -1
-    return f"{_BOOT_ID}:{device}"
 
 
 # -- what grid started here --------------------------------------------------------------------
@@ -265,18 +276,12 @@ class NodeRecord:
     raylet_start: int | None
     protocol: int
     directory: str | None = None  # the key directory's file, on the head's host
-    shm: str | None = None  # the store's /dev/shm (:func:`shm_identity`); None: written before
+    shm: str | None = None  # which /dev/shm the store's is (layout.shm_identity); None: older
 
     @property
     def alive(self) -> bool:
         """Whether the node's raylet still runs (the node is part of a live cluster)."""
         return process_alive(self.raylet_pid, self.raylet_start)
-
-    @property
-    def here(self) -> bool:
-        """Whether the node's memory is this process's /dev/shm: its catalog and segments can
-        be opened here (a record written before the identity was recorded counts as here)."""
-        return self.shm is None or self.shm == shm_identity()
 
 
 @dataclass(frozen=True)

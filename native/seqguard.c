@@ -2,7 +2,7 @@
  *
  * Extension module distributed_grid.memory.shm._seqguard. Each function takes a writable buffer
  * over the first 4096 bytes (or more) of a segment and works on two fields of the layout that
- * distributed_grid/memory/segment.py writes down:
+ * distributed_grid/memory/shm/layout.py writes down:
  *
  *     64      8     sequence (u64): +1 when a write starts, +1 when it ends
  *     128     2048  64 write slots of 32 bytes: owner u64 (0 = free), start u64, end u64, spare

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import pytest
 
 from distributed_grid.errors import NodeUnavailable
-from distributed_grid.memory.node.actor import METADATA_TIMEOUT
+from distributed_grid.wire import METADATA_TIMEOUT
 
 REMOTE = {"DISTRIBUTED_GRID_FORCE_REMOTE": "1"}
 BOUND = 120  # seconds a command may take here: its start, Ray's connection, one timed-out call

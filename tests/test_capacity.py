@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 
 from distributed_grid.errors import InvalidArgument, StoreFull
 from distributed_grid.memory.node.store import BlockStore
-from distributed_grid.memory.shm import capacity
+from distributed_grid.memory.shm import capacity, layout
 from distributed_grid.memory.shm import segment as seg
 from distributed_grid.memory.shm.capacity import Limits, memory_reserve, room_for_blocks
 
-HEADER = seg.HEADER_SIZE
+HEADER = layout.HEADER_SIZE
 GiB = 2**30
 sizes = st.integers(min_value=0, max_value=2**45)
 maybe = st.none() | sizes
@@ -171,10 +171,10 @@ def test_a_block_bigger_than_memory_can_back_is_refused_before_reserving_any(
     shm_room = stats.shm_free - stats.shm_reserve - HEADER
     size = (stats.free_for_blocks + shm_room) // 2  # more than memory backs, less than shm
     assert stats.free_for_blocks < size < shm_room
-    before = os.statvfs(seg.SHM_DIR)
+    before = os.statvfs(layout.SHM_DIR)
     with pytest.raises(StoreFull) as exc:
         store.allocate(size)
-    after = os.statvfs(seg.SHM_DIR)
+    after = os.statvfs(layout.SHM_DIR)
     message = str(exc.value)
     assert "memory available" in message and capacity.RESERVE_ENV in message
     assert exc.value.limit == "memory" and exc.value.size == size and "\n" not in message

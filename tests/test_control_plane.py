@@ -61,9 +61,9 @@ def test_a_stale_directory_entry_is_taken_over(pool, remote_pool, blocks, unique
 def test_a_pending_write_holds_its_key_against_other_blocks(pool, blocks, unique):
     first = blocks.new(100, node="gpu1")
     other = blocks.new(100, node="gpu2")
-    number, node = pool._block_node(first)
+    number, node = pool._router.block_node(first)
     node.prepare_write(number, 0, 4, unique)  # the first steps of a write that is still
-    pool._claim(unique, first)  # copying its bytes
+    pool._keys.claim(unique, first)  # copying its bytes
     with pytest.raises(KeyConflict, match="already lives in"):
         pool.write(other, b"race", key=unique)
     node.abort_write(number, 0, unique)

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from distributed_grid.memory.io import buffers, transfer
+from distributed_grid.memory.io import buffers, copies, sinks
 from distributed_grid.memory.node.local_node import MAPPED_MIN
 
 MiB = 2**20
@@ -82,20 +82,20 @@ def test_remote_read_of_many_chunks_hands_them_over_in_order(pool, remote_pool, 
     in order, and a sink's error reaches the caller (no thread is left behind)."""
     import threading
 
-    size = 2 * transfer.CHUNK + 12345
+    size = 2 * copies.CHUNK + 12345
     block_id = blocks.new(size, node="gpu2")
     data = _pattern(size, 10)
     pool.write(block_id, data)
     got = bytearray()
     assert remote_pool.read_to(block_id, got.extend) == size
     assert got == data
-    assert remote_pool.read(block_id, size=transfer.CHUNK + 3, offset=transfer.CHUNK - 1) == \
-        data[transfer.CHUNK - 1 : 2 * transfer.CHUNK + 2]
+    assert remote_pool.read(block_id, size=copies.CHUNK + 3, offset=copies.CHUNK - 1) == \
+        data[copies.CHUNK - 1 : 2 * copies.CHUNK + 2]
 
     class Refused(Exception):
         pass
 
-    class RefuseSecond(transfer.Sink):
+    class RefuseSecond(sinks.Sink):
         rewindable = True  # the chunks come to it straight, not through a spool
 
         def __init__(self) -> None:
@@ -116,7 +116,7 @@ def test_remote_read_of_many_chunks_hands_them_over_in_order(pool, remote_pool, 
     sink = RefuseSecond()
     with pytest.raises(Refused):
         remote_pool.read_to(block_id, sink)
-    assert sink.seen == [transfer.CHUNK, transfer.CHUNK]  # nothing handed on after the error
+    assert sink.seen == [copies.CHUNK, copies.CHUNK]  # nothing handed on after the error
     assert threading.active_count() == threads
 
 
@@ -164,7 +164,7 @@ def test_big_copies_at_odd_places_land_where_they_should(pool, blocks):
     size = 3 * MAPPED_MIN
     block_id = blocks.new(size, node="gpu1")
     model = bytearray(size)
-    offset, length = 4097, 2 * MAPPED_MIN + transfer.FAULT_PIECE // 2 + 13
+    offset, length = 4097, 2 * MAPPED_MIN + copies.FAULT_PIECE // 2 + 13
     data = _pattern(length, 8)
     pool.write(block_id, data, offset=offset)
     model[offset : offset + length] = data
@@ -177,12 +177,12 @@ def test_big_copies_at_odd_places_land_where_they_should(pool, blocks):
 
 
 def test_fill_both_ways_meets_in_the_middle(tmp_path):
-    """The two ways of :func:`transfer.fill_both_ways` write every byte once, for lengths
+    """The two ways of :func:`copies.fill_both_ways` write every byte once, for lengths
     around the piece size, into a real file through ``pwrite`` and a real mapping."""
     import mmap
 
-    for length in (transfer.PARALLEL_MIN, transfer.PARALLEL_MIN + 1,
-                   3 * transfer.FAULT_PIECE - 1, 3 * transfer.FAULT_PIECE + 4096):
+    for length in (copies.PARALLEL_MIN, copies.PARALLEL_MIN + 1,
+                   3 * copies.FAULT_PIECE - 1, 3 * copies.FAULT_PIECE + 4096):
         base = 4096
         path = tmp_path / "file"
         with open(path, "wb") as f:
@@ -192,7 +192,7 @@ def test_fill_both_ways_meets_in_the_middle(tmp_path):
             mapping = mmap.mmap(f.fileno(), base + length)
             try:
                 with memoryview(mapping)[base:] as dest:
-                    transfer.fill_both_ways(f.fileno(), base, dest, memoryview(data))
+                    copies.fill_both_ways(f.fileno(), base, dest, memoryview(data))
             finally:
                 mapping.close()
         with open(path, "rb") as f:

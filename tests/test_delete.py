@@ -17,7 +17,7 @@ import pytest
 from small_shm import needs_small_shm, run_on_small_shm
 
 from distributed_grid.errors import BlockNotFound, KeyNotFound
-from distributed_grid.memory.io import transfer
+from distributed_grid.memory.io import sinks
 
 REMOTE = {"DISTRIBUTED_GRID_FORCE_REMOTE": "1"}
 
@@ -272,7 +272,7 @@ def test_a_read_planned_before_a_delete_finds_the_key_gone(pool, remote_pool, ot
                                "gpu1").block_id)
     out = bytearray(4096)
     with pytest.raises(KeyNotFound):
-        reader.read_to(unique, transfer.BufferSink(memoryview(out)), pieces=pieces)
+        reader.read_to(unique, sinks.BufferSink(memoryview(out)), pieces=pieces)
 
 
 @pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
@@ -298,7 +298,7 @@ def test_a_key_deleted_and_stored_again_while_it_is_read_is_read_again(pool, rem
 
     out = bytearray(2000)
     reader = remote_pool if remote else pool
-    reader.read_to(unique, transfer.BufferSink(memoryview(out)), progress=between_pieces)
+    reader.read_to(unique, sinks.BufferSink(memoryview(out)), progress=between_pieces)
     assert not steps, "the reader copied fewer pieces than the key has"
     assert bytes(out) == b"\x33" * 2000  # the key as stored again, whole
 
@@ -308,7 +308,7 @@ def test_a_key_deleted_and_stored_again_while_it_is_read_is_read_again(pool, rem
 READER = """
 import json, sys, time
 from distributed_grid.errors import BlockNotFound, KeyNotFound
-from distributed_grid.memory.io import transfer
+from distributed_grid.memory.io import sinks
 from distributed_grid.memory import MemoryPool
 key, wanted = sys.argv[1], int(sys.argv[2])
 pool = MemoryPool()

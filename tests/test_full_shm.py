@@ -20,7 +20,7 @@ COMMON = textwrap.dedent("""
     import json, os, sqlite3, subprocess, sys
     from distributed_grid.errors import StoreFull
     from distributed_grid.memory.shm import segment as seg
-    from distributed_grid.memory.io import transfer
+    from distributed_grid.memory.io import sinks, sources
     from distributed_grid.memory.node.local_node import LocalNode
 
     node = LocalNode("n1", "full")
@@ -34,7 +34,7 @@ COMMON = textwrap.dedent("""
         # what MemoryPool._write does on this host (minus the key directory)
         block = node.prepare_write(number, offset, len(data), key)
         try:
-            node.fill(block, offset, len(data), transfer.BufferSource(memoryview(data)))
+            node.fill(block, offset, len(data), sources.BufferSource(memoryview(data)))
         except BaseException:
             node.abort_write(number, offset, key)
             raise
@@ -46,7 +46,7 @@ COMMON = textwrap.dedent("""
             return None
         out = bytearray()
         for offset, length in place.extents:
-            node.drain(place.block, offset, length, transfer.CallableSink(out.extend))
+            node.drain(place.block, offset, length, sinks.CallableSink(out.extend))
         return bytes(out)
 
     def catalog_state():

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from distributed_grid.errors import FileError
-from distributed_grid.memory.io import output_file, transfer
+from distributed_grid.memory.io import output_file, sinks
 from distributed_grid.memory.io.output_file import OutputFile
 
 GRID = os.path.join(os.path.dirname(sys.executable), "grid")
@@ -112,7 +112,7 @@ def test_a_link_at_the_drawn_temporary_name_cannot_redirect_the_write(
     monkeypatch.setattr(output_file, "_random_suffix", lambda: next(drawn))
     out = os.path.join(shared, "out.bin")
     with OutputFile(out, unnamed=unnamed) as dest:
-        pool.read_into_sink(pool.plan_read(key), transfer.FdSink(dest.fd))
+        pool.read_into_sink(pool.plan_read(key), sinks.FdSink(dest.fd))
     assert_untouched(victim)
     assert sha(open(out, "rb").read()) == sha(data)
     assert os.readlink(planted) == str(victim)

@@ -15,17 +15,17 @@ from distributed_grid.errors import BlockNotFound, GridError, KeyConflict, OutOf
 
 
 def test_local_path_is_proven_by_token(pool, remote_pool, blocks):
-    from distributed_grid.memory.shm import segment as seg
+    from distributed_grid.memory.shm import layout
 
     block_id = blocks.new(8192, node="gpu1")
     pool.write(block_id, b"the block's own bytes")
     assert pool.is_local(block_id)
     assert not remote_pool.is_local(block_id)
     info = pool.block_info(block_id)
-    path = os.path.join(seg.SHM_DIR, info.segment.lstrip("/"))
+    path = os.path.join(layout.SHM_DIR, info.segment.lstrip("/"))
     fd = os.open(path, os.O_RDWR)
     try:
-        token = os.pread(fd, seg.TOKEN_SIZE, 24)  # the header's token (segment.py's layout)
+        token = os.pread(fd, layout.TOKEN_SIZE, 24)  # the header's token (segment.py's layout)
         assert token.hex() == info.token
         os.pwrite(fd, bytes(b ^ 0xFF for b in token), 24)  # another block's memory, say
         with pytest.raises(BlockNotFound, match="shared memory"):
@@ -53,9 +53,9 @@ def test_remote_and_local_paths_give_the_same_bytes(pool, remote_pool, blocks, n
 
 def test_remote_transfer_is_chunked(remote_pool, pool, blocks, monkeypatch):
     from distributed_grid.memory.client.remote_node import RemoteNode
-    from distributed_grid.memory.io import transfer
+    from distributed_grid.memory.io import copies
 
-    monkeypatch.setattr(transfer, "CHUNK", 4096)  # many chunks, several in flight at once
+    monkeypatch.setattr(copies, "CHUNK", 4096)  # many chunks, several in flight at once
     calls: list[str] = []
     submit = RemoteNode.submit
 

@@ -396,7 +396,7 @@ def on_gpu2(block, head_block):
     seen = bytes(view[:13]).decode()
     view[100:108] = np.frombuffer(b"gpu2 was", dtype=np.uint8)
     return {"local": inside.is_local(block), "head_local": inside.is_local(head_block),
-            "local_node": isinstance(inside._node("gpu2"), LocalNode),
+            "local_node": isinstance(inside._router.node("gpu2"), LocalNode),
             "writeable": bool(view.flags.writeable), "seen": seen,
             "node_id": ray.get_runtime_context().get_node_id(), "shm": os.stat("/dev/shm").st_dev}
 

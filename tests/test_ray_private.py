@@ -10,6 +10,7 @@ import sys
 import time
 
 from distributed_grid import _ray, runtime
+from distributed_grid.memory.shm import layout
 
 
 def test_key_value_store_round_trip(remote_pool, unique):
@@ -102,7 +103,7 @@ def test_a_worker_node_joins_and_leaves(remote_pool, cluster_address, tmp_path):
             assert f.read().strip() == "raylet"
         joined = {n.name: n for n in remote_pool.ray.nodes(refresh=True)}["rayprivate"]
         assert joined.alive and joined.node_id == info["node_id"]
-        assert info["private_shm"] is False and info["shm"] == runtime.shm_identity()
+        assert info["private_shm"] is False and info["shm"] == layout.shm_identity()
     finally:
         proc.terminate()
         assert proc.wait(timeout=120) == 0

@@ -309,7 +309,7 @@ def test_another_user_cannot_read_a_block(stranger, pool, blocks, grid, unique):
 
 def test_another_user_cannot_read_or_write_the_key_value_store(stranger, remote_pool, unique):
     from distributed_grid import _ray
-    from distributed_grid.memory.node.actor import NAMESPACE
+    from distributed_grid.wire import NAMESPACE
 
     address = remote_pool.ray.address  # this process is connected
     _ray.kv_put(unique, b"the owner's", NAMESPACE)

@@ -16,6 +16,7 @@ import posix_ipc
 import pytest
 
 from distributed_grid.errors import GridError, InvalidArgument, NotFound, StoreFull
+from distributed_grid.memory.shm import layout
 from distributed_grid.memory.shm import segment as seg
 from distributed_grid.memory.shm.segment import Segment, SegmentNotFound
 
@@ -23,7 +24,7 @@ GIB = 2**30
 
 
 def shm_path(name: str) -> str:
-    return os.path.join(seg.SHM_DIR, name.lstrip("/"))
+    return os.path.join(layout.SHM_DIR, name.lstrip("/"))
 
 
 @pytest.fixture
@@ -43,14 +44,14 @@ def names():
             posix_ipc.unlink_shared_memory(name)
         except posix_ipc.ExistentialError:
             pass
-    left = [e for e in os.listdir(seg.SHM_DIR) if e.startswith(base.lstrip("/"))]
+    left = [e for e in os.listdir(layout.SHM_DIR) if e.startswith(base.lstrip("/"))]
     for entry in left:
-        os.unlink(os.path.join(seg.SHM_DIR, entry))
-    assert not left, f"left in {seg.SHM_DIR}: {left}"
+        os.unlink(os.path.join(layout.SHM_DIR, entry))
+    assert not left, f"left in {layout.SHM_DIR}: {left}"
 
 
 def token() -> bytes:
-    return secrets.token_bytes(seg.TOKEN_SIZE)
+    return secrets.token_bytes(layout.TOKEN_SIZE)
 
 
 def test_create_writes_the_documented_header(names):
@@ -60,11 +61,11 @@ def test_create_writes_the_documented_header(names):
         assert (s.name, s.size, s.token, s.closed) == (name, 1000, tok, False)
         with open(shm_path(name), "rb") as f:
             raw = f.read()
-        assert len(raw) == seg.HEADER_SIZE + 1000
+        assert len(raw) == layout.HEADER_SIZE + 1000
         magic, version, reserved, size = struct.unpack_from("<8sIIQ", raw, 0)
         assert (magic, version, reserved, size) == (b"DGRIDSEG", 1, 0, 1000)
         assert raw[24:40] == tok
-        assert raw[40 : seg.HEADER_SIZE] == bytes(seg.HEADER_SIZE - 40)
+        assert raw[40 : layout.HEADER_SIZE] == bytes(layout.HEADER_SIZE - 40)
     finally:
         s.close()
         s.unlink()
@@ -105,7 +106,7 @@ def test_data_writes_are_seen_by_a_second_attachment(names):
         assert bytes(w[100:103]) == b"abc"
         w.release()
         with open(shm_path(name), "rb") as f:  # the data lives after the header page
-            f.seek(seg.HEADER_SIZE)
+            f.seek(layout.HEADER_SIZE)
             assert f.read(5) == b"hello"
     finally:
         other.close()
@@ -126,7 +127,7 @@ def test_data_view_is_exactly_the_data_bytes(names):
         v.release()
         with open(shm_path(name), "rb") as f:
             raw = f.read()
-        assert raw[seg.HEADER_SIZE :] == b"x" * 10
+        assert raw[layout.HEADER_SIZE :] == b"x" * 10
         assert raw[24:40] == s.token  # the header was not touched by data writes
     finally:
         s.close()
@@ -143,7 +144,7 @@ def test_attach_unknown_name_raises_segment_not_found(names):
     assert not os.path.exists(shm_path(name))
 
 
-@pytest.mark.parametrize("size", [0, 100, seg.HEADER_SIZE, 3 * seg.HEADER_SIZE])
+@pytest.mark.parametrize("size", [0, 100, layout.HEADER_SIZE, 3 * layout.HEADER_SIZE])
 def test_attach_foreign_segment_raises_invalid_argument(names, size):
     name = names()
     shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
@@ -164,7 +165,7 @@ def test_attach_foreign_segment_raises_invalid_argument(names, size):
 )
 def test_attach_rejects_a_bad_header(names, version, claimed_size):
     name = names()
-    shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=seg.HEADER_SIZE + 10)
+    shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=layout.HEADER_SIZE + 10)
     with open(shm_path(name), "r+b") as f:
         f.write(struct.pack("<8sIIQ16s", b"DGRIDSEG", version, 0, claimed_size, bytes(16)))
     shm.close_fd()
@@ -234,7 +235,7 @@ def test_segment_file_mode_is_0600(names):
 
 def test_create_bigger_than_shm_raises_store_full_and_leaves_nothing(names):
     name = names()
-    st = os.statvfs(seg.SHM_DIR)
+    st = os.statvfs(layout.SHM_DIR)
     free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
     # Bigger than the free space, and bigger than the whole filesystem as well, so that tmpfs
     # refuses the posix_fallocate at once instead of reserving every free page before failing
@@ -343,7 +344,7 @@ def test_list_segment_names_filters_by_prefix(names):
 
 def test_shm_capacity_matches_statvfs():
     total, free = seg.shm_capacity()
-    st = os.statvfs(seg.SHM_DIR)
+    st = os.statvfs(layout.SHM_DIR)
     assert total == st.f_blocks * st.f_frsize
     assert 0 <= free <= total
 

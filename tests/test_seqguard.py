@@ -23,11 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distributed_grid.errors import InvalidArgument
+from distributed_grid.memory.shm import layout, seqguard
 from distributed_grid.memory.shm import segment as seg
-from distributed_grid.memory.shm import seqguard
 
 MIB = 2**20
-SLOTS = seg.GUARD_SLOT_COUNT
+SLOTS = layout.GUARD_SLOT_COUNT
 GO = MIB  # data offsets of two control bytes the parent sets for its workers
 STOP = MIB + 1
 WAIT = 300  # seconds any child may take before the test fails
@@ -46,7 +46,7 @@ class Block:
 
     def __init__(self) -> None:
         self.name = f"/dg.{uuid.uuid4().hex[:12]}.t.0"
-        self.token = secrets.token_bytes(seg.TOKEN_SIZE)
+        self.token = secrets.token_bytes(layout.TOKEN_SIZE)
         self.size = MIB + 4096
         seg.create_segment(self.name, self.size, self.token)
         self.fd = seg.open_data(self.name, self.token, self.size)
@@ -55,7 +55,7 @@ class Block:
         return {"name": self.name, "token": self.token.hex(), "size": self.size, **more}
 
     def set_byte(self, offset: int, value: int) -> None:
-        os.pwrite(self.fd, bytes([value]), seg.HEADER_SIZE + offset)
+        os.pwrite(self.fd, bytes([value]), layout.HEADER_SIZE + offset)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -82,14 +82,14 @@ def guard(impl, block):
 
 WORKER = textwrap.dedent(r'''
     import json, os, sys, time
+    from distributed_grid.memory.shm import layout, seqguard
     from distributed_grid.memory.shm import segment as seg
-    from distributed_grid.memory.shm import seqguard
 
     a = json.loads(sys.argv[1])
     fd = seg.open_data(a["name"], bytes.fromhex(a["token"]), a["size"])
     g = seqguard.IMPLEMENTATIONS[a["impl"]](fd)
     tag = seqguard.process_tag(os.getpid())
-    H = seg.HEADER_SIZE
+    H = layout.HEADER_SIZE
 
     def flag(offset):
         return os.pread(fd, 1, H + offset) != b"\0"
@@ -236,9 +236,9 @@ def test_a_new_segment_is_an_idle_guard(guard):
 def test_claim_publishes_the_documented_words(guard, block):
     assert guard.claim(7, 100, 200) == 0
     assert guard.claim(8, 300, 400) == 1
-    header = os.pread(block.fd, seg.HEADER_SIZE, 0)
-    assert struct.unpack_from("<Q", header, seg.GUARD_SEQUENCE_OFFSET) == (2,)
-    slots = struct.unpack_from("<8Q", header, seg.GUARD_SLOTS_OFFSET)
+    header = os.pread(block.fd, layout.HEADER_SIZE, 0)
+    assert struct.unpack_from("<Q", header, layout.GUARD_SEQUENCE_OFFSET) == (2,)
+    slots = struct.unpack_from("<8Q", header, layout.GUARD_SLOTS_OFFSET)
     assert slots == (7, 100, 200, 0, 8, 300, 400, 0)
     assert guard.occupied() == [(0, 7, 100, 200), (1, 8, 300, 400)]
 
@@ -278,7 +278,8 @@ def test_release_frees_only_for_the_holder_and_always_bumps(guard):
 
 def test_a_slot_being_published_overlaps_every_range(guard, block):
     # an owner without an end: what a writer killed inside claim leaves behind
-    os.pwrite(block.fd, struct.pack("<Q", 42), seg.GUARD_SLOTS_OFFSET + 5 * seg.GUARD_SLOT_SIZE)
+    os.pwrite(block.fd, struct.pack("<Q", 42),
+              layout.GUARD_SLOTS_OFFSET + 5 * layout.GUARD_SLOT_SIZE)
     assert guard.begin_read(10**9, 10**9 + 1) == (0, 42)
     assert guard.occupied() == [(5, 42, 0, 0)]
     assert guard.release(5, 42)
@@ -367,8 +368,9 @@ def test_a_file_smaller_than_a_header_is_refused(impl, tmp_path):
 def test_the_c_functions_check_their_buffer():
     native = pytest.importorskip("distributed_grid.memory.shm._seqguard")
     assert (native.SEQUENCE_OFFSET, native.SLOTS_OFFSET, native.SLOT_COUNT, native.SLOT_SIZE,
-            native.GUARD_SIZE) == (seg.GUARD_SEQUENCE_OFFSET, seg.GUARD_SLOTS_OFFSET,
-                                   seg.GUARD_SLOT_COUNT, seg.GUARD_SLOT_SIZE, seg.HEADER_SIZE)
+            native.GUARD_SIZE) == (layout.GUARD_SEQUENCE_OFFSET, layout.GUARD_SLOTS_OFFSET,
+                                   layout.GUARD_SLOT_COUNT, layout.GUARD_SLOT_SIZE,
+                                   layout.HEADER_SIZE)
     with pytest.raises(ValueError, match="4096 bytes"):
         native.sequence(bytearray(100))
     page = bytearray(8192)
@@ -432,7 +434,7 @@ def test_processes_never_share_a_slot_and_lose_no_increment(impl, block, childre
     with seqguard.IMPLEMENTATIONS[impl](block.fd) as g:
         assert g.sequence() == 2 * claims  # one bump per claim, one per release: none lost
         assert g.occupied() == []
-    assert os.pread(block.fd, SLOTS * 8, seg.HEADER_SIZE) == bytes(SLOTS * 8)
+    assert os.pread(block.fd, SLOTS * 8, layout.HEADER_SIZE) == bytes(SLOTS * 8)
 
 
 def _race(impl: str, block: Block, children: Children, guarded: bool) -> tuple[dict, list]:
@@ -507,7 +509,7 @@ OPS = st.lists(st.one_of(
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=OPS)
 def test_claims_and_releases_follow_a_plain_model(impl, block, ops):
-    os.pwrite(block.fd, bytes(seg.HEADER_SIZE - 40), 40)  # an idle guard for each example
+    os.pwrite(block.fd, bytes(layout.HEADER_SIZE - 40), 40)  # an idle guard for each example
     model: list[tuple[int, int, int] | None] = [None] * SLOTS
     seq = 0
     with seqguard.IMPLEMENTATIONS[impl](block.fd) as g:

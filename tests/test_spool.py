@@ -7,7 +7,7 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distributed_grid.memory.io import transfer
+from distributed_grid.memory.io import sinks
 
 steps = st.lists(st.one_of(
     st.tuples(st.just("write"), st.binary(min_size=1, max_size=300)),
@@ -21,7 +21,7 @@ def test_a_spool_holds_what_a_rewindable_file_would(steps, limit):
     """Writes and rewinds against a plain bytearray model; spilled or not, the same bytes."""
     model = bytearray()
     pos = 0
-    spool = transfer.SpoolSink(limit=limit)
+    spool = sinks.SpoolSink(limit=limit)
     try:
         for kind, arg in steps:
             if kind == "write":
@@ -34,7 +34,7 @@ def test_a_spool_holds_what_a_rewindable_file_would(steps, limit):
                 pos = mark
             assert spool.mark() == pos
         out = bytearray()
-        assert spool.hand_to(transfer.CallableSink(out.extend)) == pos
+        assert spool.hand_to(sinks.CallableSink(out.extend)) == pos
         assert bytes(out) == bytes(model[:pos])
         assert (spool.fd is not None) == (max_reached(steps) > limit)
     finally:
@@ -58,7 +58,7 @@ def test_a_spilled_spool_goes_to_a_pipe_whole_and_leaves_no_file(tmp_path, monke
 
     monkeypatch.setattr(tempfile, "tempdir", None)
     data = os.urandom(3 * 2**20)
-    spool = transfer.SpoolSink(limit=2**20)
+    spool = sinks.SpoolSink(limit=2**20)
     spool.write(memoryview(data))
     assert spool.fd is not None and os.listdir(tmp_path) == []  # unnamed: nothing to leave
     r, w = os.pipe()
@@ -71,7 +71,7 @@ def test_a_spilled_spool_goes_to_a_pipe_whole_and_leaves_no_file(tmp_path, monke
 
     reader = threading.Thread(target=drain)
     reader.start()
-    spool.hand_to(transfer.FdSink(w))
+    spool.hand_to(sinks.FdSink(w))
     os.close(w)
     reader.join()
     os.close(r)

@@ -32,6 +32,7 @@ from distributed_grid.errors import (
 from distributed_grid.memory.node.catalog import SCHEMA_VERSION
 from distributed_grid.memory.node.local_node import LocalNode
 from distributed_grid.memory.node.store import BlockStore
+from distributed_grid.memory.shm import layout
 from distributed_grid.memory.shm import segment as seg
 from distributed_grid.names import parse_block_id
 
@@ -424,56 +425,56 @@ def test_abort_drops_the_pending_extent(store):
 
 
 def test_local_node_fills_and_drains_the_segment(cluster_id):
-    from distributed_grid.memory.io import transfer
+    from distributed_grid.memory.io import sinks, sources
 
     node = LocalNode(NODE, cluster_id)
     try:
         block = node.allocate(1000)
         payload = bytes(range(256)) * 3
-        node.fill(block, 100, len(payload), transfer.BufferSource(memoryview(payload)))
+        node.fill(block, 100, len(payload), sources.BufferSource(memoryview(payload)))
         got = bytearray()
-        node.drain(block, 0, 1000, transfer.CallableSink(got.extend))
+        node.drain(block, 0, 1000, sinks.CallableSink(got.extend))
         assert bytes(got[100 : 100 + len(payload)]) == payload and bytes(got[:100]) == bytes(100)
         into = bytearray(10)
-        node.drain(block, 100, 10, transfer.BufferSink(memoryview(into)))
+        node.drain(block, 100, 10, sinks.BufferSink(memoryview(into)))
         assert bytes(into) == payload[:10]
         size, view = node.open_block(block.number)  # a live window over the block, no copy
         assert size == 1000
-        node.fill(block, 0, 4, transfer.BufferSource(memoryview(b"WXYZ")))
+        node.fill(block, 0, 4, sources.BufferSource(memoryview(b"WXYZ")))
         assert bytes(view[:4]) == b"WXYZ"
         node.deallocate(block.number)
         assert bytes(view[:4]) == b"WXYZ"  # the mapping lives as long as the view
         view.release()
         with pytest.raises(BlockNotFound):
-            node.fill(block, 0, 1, transfer.BufferSource(memoryview(b"x")))
+            node.fill(block, 0, 1, sources.BufferSource(memoryview(b"x")))
     finally:
         node.close()
 
 
 @pytest.mark.parametrize("length", [0, 1, 2**20 - 1, 2**20, 3 * 2**20 + 5])
 def test_file_and_buffer_copies_through_the_descriptor_split_across_threads(tmp_path, length):
-    from distributed_grid.memory.io import transfer
+    from distributed_grid.memory.io import copies, sinks, sources
 
     data = os.urandom(length)
     (tmp_path / "src").write_bytes(data)
     base = 4096 + 3
     with open(tmp_path / "dst", "w+b") as out:
-        fd, size = transfer.open_input(str(tmp_path / "src"))
+        fd, size = sources.open_input(str(tmp_path / "src"))
         try:
-            transfer.fill_fd(out.fileno(), base, size, transfer.FileSource(fd, "src", size))
+            copies.fill_fd(out.fileno(), base, size, sources.FileSource(fd, "src", size))
         finally:
             os.close(fd)
         moved = []
-        transfer.fill_fd(out.fileno(), base + length, length,
-                         transfer.BufferSource(memoryview(data[::-1])), moved.append)
+        copies.fill_fd(out.fileno(), base + length, length,
+                         sources.BufferSource(memoryview(data[::-1])), moved.append)
         assert sum(moved) == length
         out.seek(0)
         assert out.read()[base:] == data + data[::-1]
         piped = bytearray()
-        transfer.drain_fd(out.fileno(), base, 2 * length, transfer.CallableSink(piped.extend))
+        sinks.drain_fd(out.fileno(), base, 2 * length, sinks.CallableSink(piped.extend))
         assert bytes(piped) == data + data[::-1]
         with open(tmp_path / "copy", "wb") as copy:
-            transfer.drain_fd(out.fileno(), base, length, transfer.FdSink(copy.fileno()))
+            sinks.drain_fd(out.fileno(), base, length, sinks.FdSink(copy.fileno()))
     assert (tmp_path / "copy").read_bytes() == data
 
 
@@ -544,7 +545,7 @@ def test_destroy_removes_every_segment_and_the_catalog(stores):
     assert os.path.exists(store.catalog.path)
     assert store.destroy() == 3
     assert seg.list_segment_names(store.prefix) == []
-    assert not any(e.startswith(f"dgc.{store.cluster_id}.") for e in os.listdir(seg.SHM_DIR))
+    assert not any(e.startswith(f"dgc.{store.cluster_id}.") for e in os.listdir(layout.SHM_DIR))
     assert stores.new().destroy() == 0  # a new, empty catalog
 
 

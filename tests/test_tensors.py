@@ -351,9 +351,9 @@ def test_with_connect_closes_the_pool_and_its_blocks_stay(cluster_address, pool,
     with connect(cluster_address) as inner:
         inner.put_tensors(unique, {"a": np.ones(3)})
         held = inner.get_tensors(unique)["a"]
-        assert inner._nodes  # it opened the key's node
+        assert inner._router._nodes  # it opened the key's node
     keys.append(unique)
-    assert not inner._nodes  # closed what it opened
+    assert not inner._router._nodes  # closed what it opened
     assert held.tolist() == [1.0, 1.0, 1.0]  # a live view outlives the pool's close
     assert pool.get_tensors(unique)["a"].tolist() == [1.0, 1.0, 1.0]
 

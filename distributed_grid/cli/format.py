@@ -11,7 +11,7 @@ from distributed_grid.sizes import format_size
 
 if TYPE_CHECKING:
     from distributed_grid.cluster.gc import Sweep
-    from distributed_grid.memory.records import BlockInfo, NodeStats
+    from distributed_grid.records import BlockInfo, NodeStats
 
 PROGRESS_MIN_BYTES = 32 * 2**20  # smaller transfers finish before a bar would help
 

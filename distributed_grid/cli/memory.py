@@ -94,7 +94,7 @@ class MemoryCommands:
             config: a cluster config YAML file.
             address: the cluster's address (HOST:PORT).
         """
-        from distributed_grid.memory.io import transfer
+        from distributed_grid.memory.io import sinks
 
         target = str(block_id)
         size_n, offset_n = args.optional_size(size, "size"), args.size(offset, "offset")
@@ -114,7 +114,7 @@ class MemoryCommands:
         elif to_stdout or not out.stdout.isatty():
             # the raw bytes into the command's own stdout, whatever it is: a pipe, a file
             # opened to append, or (asked with --output -) a terminal
-            sink = transfer.FdSink(out.raw_stdout().fileno())
+            sink = sinks.FdSink(out.raw_stdout().fileno())
             with Progress("retrieve", total) as bar:
                 written = pool.read_to(target, sink, size_n, offset_n, bar.update, pieces)
             if to_stdout:

@@ -3,9 +3,8 @@
 Only what needs another host comes here; a process whose blocks are all on its own host never
 imports this module (nor Ray). :class:`RayCluster` connects on creation, caches the node table
 (refreshed on a miss or a Ray error, not on every call) and the store actors' handles. Every wait
-for a store is bounded (``METADATA_TIMEOUT`` and its siblings in the store actor's module): a
-store that is alive but does not answer fails the call with :class:`NodeUnavailable` instead of
-holding the caller.
+for a store is bounded (``wire.METADATA_TIMEOUT`` and its siblings): a store that is alive but
+does not answer fails the call with :class:`NodeUnavailable` instead of holding the caller.
 
 Ray's errors become the library's in one place, :func:`ray_errors` (as httpx's
 ``map_exceptions``): a table of what each Ray error means for what was asked of Ray (a store's
@@ -43,18 +42,15 @@ from distributed_grid.errors import (
     NodeUnavailable,
     VersionMismatch,
 )
-from distributed_grid.memory.node.actor import (
-    METADATA_TIMEOUT,
-    NAMESPACE,
-    START_TIMEOUT,
+from distributed_grid.memory.node.serving import (
     find_store,
     get_store,
     last_published,
     make_lease,
 )
-from distributed_grid.memory.node.store import STORE_PROTOCOL
-from distributed_grid.memory.records import BlockInfo, NodeInfo
+from distributed_grid.records import BlockInfo, NodeInfo
 from distributed_grid.runtime import same_address
+from distributed_grid.wire import METADATA_TIMEOUT, NAMESPACE, START_TIMEOUT, STORE_PROTOCOL
 
 HEAD_RESOURCE = "node:__internal_head__"
 

@@ -22,8 +22,8 @@ listed or touched (``st_uid``), nor anything that is not a regular file.
 
 Temporary files go too, whatever their cluster: a record is written to ``<name>.<pid>.tmp``
 and renamed, and the ready file of ``grid cluster start`` to ``local-<pid>-<n>.json``; once
-that pid is gone nobody will rename or read them. :func:`remove_stale_temp_files` removes only
-those; a node's store runs it when it starts.
+that pid is gone nobody will rename or read them (a node's store removes just those when it
+starts: :func:`distributed_grid.runtime.remove_stale_temp_files`).
 """
 
 from __future__ import annotations
@@ -36,22 +36,14 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from distributed_grid.memory.shm.segment import SHM_DIR
-from distributed_grid.runtime import cluster_records, node_records, process_alive, runtime_dir
+from distributed_grid.memory.shm.layout import CLUSTER_ID_PATTERN, FILE_KINDS, SHM_DIR
+from distributed_grid.runtime import cluster_records, node_records, runtime_dir, stale_temp_files
 
 GRACE_SECONDS = 600.0
-_CLUSTER_ID = r"[A-Za-z0-9]{1,32}"
-_SHM_KINDS = (  # what a cluster keeps in /dev/shm, by name
-    (re.compile(rf"dg\.({_CLUSTER_ID})\..+"), "segment"),
-    (re.compile(rf"dgc\.({_CLUSTER_ID})\..+\.db(-wal|-shm|-journal)?"), "catalog"),
-    (re.compile(rf"dgk\.({_CLUSTER_ID})\.db(-wal|-shm|-journal)?"), "key directory"),
-)
 _RECORD_KINDS = (  # what it keeps in the runtime directory, by folder
-    ("nodes", re.compile(rf"({_CLUSTER_ID})\..+\.json"), "node record"),
-    ("clusters", re.compile(rf"({_CLUSTER_ID})\.json"), "cluster record"),
+    ("nodes", re.compile(rf"({CLUSTER_ID_PATTERN})\..+\.json"), "node record"),
+    ("clusters", re.compile(rf"({CLUSTER_ID_PATTERN})\.json"), "cluster record"),
 )
-_TEMP = re.compile(r".+\.([0-9]+)\.tmp")  # runtime.py writes <record>.<pid>.tmp, then renames
-_READY = re.compile(r"local-([0-9]+)-[0-9]+\.json(\.tmp)?")  # starting.start_local's
 
 
 @dataclass(frozen=True)
@@ -119,13 +111,8 @@ def sweep(dry_run: bool = False, grace: float = GRACE_SECONDS) -> Sweep:
         # segments first (the memory), records last: a sweep cut short is resumed by the next
         order = ("segment", "catalog", "key directory", "node record", "cluster record")
         removed += _remove(sorted(files, key=lambda f: (order.index(f.kind), f.name)), dry_run)
-    removed += _remove(list(_stale_temp_files()), dry_run)
+    removed += _remove(_stale_temp_files(), dry_run)
     return Sweep(removed=removed, kept=kept, dry_run=dry_run)
-
-
-def remove_stale_temp_files() -> list[LeftFile]:
-    """Remove the runtime directory's temporary files whose writer is gone; returns them."""
-    return _remove(list(_stale_temp_files()), dry_run=False)
 
 
 # -- finding -----------------------------------------------------------------------------------
@@ -154,7 +141,7 @@ def _listdir(path: str) -> list[str]:
 
 def _shm_files() -> Iterator[LeftFile]:
     for name in _listdir(SHM_DIR):
-        for pattern, kind in _SHM_KINDS:
+        for pattern, kind in FILE_KINDS:
             match = pattern.fullmatch(name)
             if match:
                 left = _left(match.group(1), kind, name, os.path.join(SHM_DIR, name))
@@ -175,19 +162,11 @@ def _record_files() -> Iterator[LeftFile]:
                     yield left
 
 
-def _stale_temp_files() -> Iterator[LeftFile]:
+def _stale_temp_files() -> list[LeftFile]:
     """Temporary files of the runtime directory whose writer (the pid in the name) is gone."""
-    root = runtime_dir()
-    for folder in ("", "nodes", "clusters"):
-        for name in _listdir(os.path.join(root, folder)):
-            match = _TEMP.fullmatch(name) or (_READY.fullmatch(name) if not folder else None)
-            if match is None or process_alive(int(match.group(1)), None):
-                continue
-            cluster_id = name.split(".", 1)[0] if folder else None
-            shown = f"{folder}/{name}" if folder else name
-            left = _left(cluster_id, "temp file", shown, os.path.join(root, folder, name))
-            if left is not None:
-                yield left
+    found = [_left(cluster_id, "temp file", shown, path)
+             for cluster_id, shown, path in stale_temp_files()]
+    return [left for left in found if left is not None]
 
 
 def _held_files() -> dict[str, int]:

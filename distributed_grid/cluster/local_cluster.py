@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from distributed_grid.memory.records import NodeInfo
+    from distributed_grid.records import NodeInfo
 
 DEFAULT_OBJECT_STORE = 2 * 2**30
 
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     from distributed_grid.cluster import connection as cluster
     from distributed_grid.cluster.config import NODE_LABEL
     from distributed_grid.cluster.target import Target
-    from distributed_grid.memory.node.actor import get_store
-    from distributed_grid.memory.node.store import remove_cluster_files
+    from distributed_grid.memory.node.recovery import remove_cluster_files
+    from distributed_grid.memory.node.serving import get_store
 
     head_args: dict = {"include_dashboard": False, "object_store_memory": args.object_store_memory,
                        "labels": {NODE_LABEL: args.head_name}}

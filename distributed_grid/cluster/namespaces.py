@@ -29,8 +29,9 @@ import functools
 import os
 
 from distributed_grid.errors import ClusterError
+from distributed_grid.memory.shm import layout
 
-SHM_DIR = "/dev/shm"
+SHM_DIR = layout.SHM_DIR
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 MS_NOSUID = 0x2

@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     from distributed_grid import runtime
     from distributed_grid.cluster.config import NODE_LABEL
     from distributed_grid.cluster.ray_env import LOOPBACK_ENV, is_loopback, ray_temp_dir
+    from distributed_grid.memory.shm.layout import shm_identity
 
     loopback = is_loopback(args.address)
     if loopback:
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         _write_ready(args.ready_file, {
             "pid": os.getpid(), "name": args.name, "node_id": _ray.node_id(node),
             "raylet_pid": raylet, "private_shm": how is not None, "how": how,
-            "mount_namespace": namespace, "shm": runtime.shm_identity(),
+            "mount_namespace": namespace, "shm": shm_identity(),
             "object_store_memory": object_store,
         })
         while not stop.wait(0.5):

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from distributed_grid import errors as _errors
 from distributed_grid.errors import *  # noqa: F403  (every public error: errors.__all__)
-from distributed_grid.memory.pool import FORCE_REMOTE_ENV, MemoryPool
-from distributed_grid.memory.records import (
+from distributed_grid.memory.client.router import FORCE_REMOTE_ENV
+from distributed_grid.memory.pool import MemoryPool
+from distributed_grid.names import format_block_id, parse_block_id
+from distributed_grid.records import (
     BlockInfo,
     ClusterStatus,
     KeyPlace,
@@ -20,7 +22,6 @@ from distributed_grid.memory.records import (
     RetrieveResult,
     StoreResult,
 )
-from distributed_grid.names import format_block_id, parse_block_id
 from distributed_grid.sizes import format_size, parse_size
 
 __all__ = [

@@ -1,7 +1,8 @@
 """This host's part of a cluster, from the records its stores wrote: no Ray needed to read it.
 
 "This host" is the memory this process sees: a record counts only when its store's /dev/shm is
-this process's (:attr:`~distributed_grid.runtime.NodeRecord.here`). A node with a private
+this process's (its record's ``shm`` is this process's :func:`~distributed_grid.memory.shm.
+layout.shm_identity`). A node with a private
 /dev/shm (``grid cluster start --private-shm``) writes its record into the same runtime folder,
 but for a process outside its mount namespace it is another host, reached through Ray; a
 process inside it (a task on that node) sees that node here and the others as remote.
@@ -16,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from distributed_grid.memory.records import NodeInfo
+from distributed_grid.memory.shm.layout import shm_identity
+from distributed_grid.records import NodeInfo
 from distributed_grid.runtime import NodeRecord, cluster_record, node_records
 
 
@@ -33,8 +35,9 @@ class HostNodes:
     @classmethod
     def find(cls, address: str) -> HostNodes:
         """What this host holds of the cluster at ``address`` (nothing if no store runs here)."""
+        here = shm_identity()
         every = [(r, r.alive) for r in node_records(address=address, alive_only=False)
-                 if r.here]
+                 if r.shm is None or r.shm == here]  # None: written before it was recorded
         whole = cluster_record(address)
         alive = [r for r, up in every if up]
         if whole is not None:

@@ -1,43 +1,51 @@
 """A node on another host (or any node, when the remote path is forced), reached through its
 store actor; and the key directory, reached through the head's store.
 
-:class:`RemoteNode` has the same methods as
-:class:`~distributed_grid.memory.node.local_node.LocalNode`;
-each metadata call is one round trip. Bytes travel as ObjectRefs in chunks of
-``transfer.CHUNK`` with at most ``IN_FLIGHT`` outstanding, so a block of any size never needs
-more than ``IN_FLIGHT * CHUNK`` bytes of object store at once, and progress can be shown.
+:class:`RemoteNode` keeps :class:`~distributed_grid.memory.client.nodes.Node` as a
+:class:`~distributed_grid.memory.node.local_node.LocalNode` does; each metadata call is one
+round trip. Every call names the actor's method by the function itself
+(``StoreActor.allocate``), so a name the actor does not serve fails when this module is
+imported, not in a call. Bytes travel as ObjectRefs in chunks of ``copies.CHUNK`` with at most
+``IN_FLIGHT`` outstanding, so a block of any size never needs more than ``IN_FLIGHT * CHUNK``
+bytes of object store at once, and progress can be shown.
 
-Every wait is bounded (:data:`TIMEOUTS`): a metadata call by ``METADATA_TIMEOUT``, a chunk or
-a bulk free by ``BULK_TIMEOUT`` from when the caller starts waiting for it, an allocation by
-the time its pages take on top; past it the call fails with ``NodeUnavailable``.
+Every wait is bounded (:mod:`distributed_grid.wire`): a metadata call by ``METADATA_TIMEOUT``,
+a chunk or a bulk free by ``BULK_TIMEOUT`` from when the caller starts waiting for it, an
+allocation by the time its pages take on top; past it the call fails with ``NodeUnavailable``.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from distributed_grid.cluster.connection import RayCluster
-from distributed_grid.errors import WriteInProgress
-from distributed_grid.memory.io import transfer
-from distributed_grid.memory.node.actor import ALLOCATE_RATE, BULK_TIMEOUT, METADATA_TIMEOUT
-from distributed_grid.memory.node.local_node import READ_WAIT_SECONDS
-from distributed_grid.memory.node.store import REMOTE_WRITER
-from distributed_grid.memory.records import BlockInfo, KeyPlace, KeyRemoval, NodeStats
+from distributed_grid.memory.io import copies, sinks, sources
+from distributed_grid.memory.node.actor import StoreActor
+from distributed_grid.memory.node.directory import Holder
+from distributed_grid.memory.shm.seqguard import read_untorn
+from distributed_grid.records import BlockInfo, KeyPlace, KeyRemoval, NodeStats
+from distributed_grid.wire import (
+    ALLOCATE_RATE,
+    BULK_TIMEOUT,
+    METADATA_TIMEOUT,
+    READ_WAIT_SECONDS,
+    REMOTE_WRITER,
+)
 
 IN_FLIGHT = 4
 # A chunk smaller than this travels inside the call itself; a bigger one is put in the object
 # store first (from there it reaches the node's store at ~10 GB/s instead of ~4). A 16-byte
 # write through a put took 7 ms here, inline 1.5 ms.
 INLINE_BYTES = 64 * 2**10
-# The store methods that may take longer than a metadata call, and how long they may take.
-TIMEOUTS = {"write_chunk": BULK_TIMEOUT, "read_chunk": BULK_TIMEOUT, "destroy": BULK_TIMEOUT,
-            "release_lease": BULK_TIMEOUT}
+# The store methods that may take longer than a metadata call.
+BULK = {m.__name__ for m in (StoreActor.write_chunk, StoreActor.read_chunk, StoreActor.destroy,
+                             StoreActor.release_lease)}
 
 
 class Call(NamedTuple):
@@ -62,20 +70,25 @@ class RemoteNode:
         self.node = node
         cluster.store(node)  # fails now (NodeNotFound, NodeUnavailable) rather than later
 
-    def _call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        return self.result(self.submit(method, *args), timeout)
+    # -- calls ------------------------------------------------------------------------------------
 
-    def submit(self, method: str, *args: Any) -> Call:
-        """Start a call without waiting (for calls to many nodes at once)."""
-        return Call(self.cluster.submit(self.node, method, *args),
-                    TIMEOUTS.get(method, METADATA_TIMEOUT))
+    def submit(self, name: str, *args: Any) -> Call:
+        """Send a call of the store's method ``name`` without waiting (every call leaves
+        through here)."""
+        return Call(self.cluster.submit(self.node, name, *args),
+                    BULK_TIMEOUT if name in BULK else METADATA_TIMEOUT)
 
     def result(self, call: Call, timeout: float | None = None) -> Any:
-        """The result of a call started with :meth:`submit`, waited for at most its method's
-        timeout (or ``timeout`` seconds)."""
+        """The result of a sent call, waited for at most its method's timeout (or
+        ``timeout`` seconds)."""
         return self.cluster.result(call.ref, self.node, timeout or call.timeout)
 
-    # -- metadata: one round trip each -----------------------------------------------------------
+    def _call(self, method: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
+        return self.result(self.submit(method.__name__, *args), timeout)
+
+    def start(self, method: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+        call = self.submit(method.__name__, *args)
+        return lambda: self.result(call)
 
     def writer(self, identity: str | None) -> str | None:
         """How the node's store names a writer of this process: by its Ray job too, whose end
@@ -84,61 +97,75 @@ class RemoteNode:
             return None
         return f"{REMOTE_WRITER}{self.cluster.job_id}:{identity}"
 
+    # -- metadata: one round trip each -----------------------------------------------------------
+
     def allocate(self, size: int, lease: str | None = None, capacity: int | None = None,
                  holder: str | None = None, for_key: str | None = None) -> BlockInfo:
-        return self._call("allocate", size, lease, capacity, self.writer(holder), for_key,
-                          timeout=METADATA_TIMEOUT + size / ALLOCATE_RATE)
+        return self._call(StoreActor.allocate, size, lease, capacity, self.writer(holder),
+                          for_key, timeout=METADATA_TIMEOUT + size / ALLOCATE_RATE)
 
     def deallocate(self, number: int) -> BlockInfo:
-        return self._call("deallocate", number)
+        return self._call(StoreActor.deallocate, number)
 
     def delete_key(self, key: str) -> KeyRemoval:
-        return self._call("delete_key", key)
+        return self._call(StoreActor.delete_key, key)
 
     def block_info(self, number: int) -> BlockInfo:
-        return self._call("block_info", number)
+        return self._call(StoreActor.block_info, number)
 
     def list_blocks(self) -> list[BlockInfo]:
-        return self._call("list_blocks")
+        return self._call(StoreActor.list_blocks)
 
     def find_key(self, key: str) -> KeyPlace | None:
-        return self._call("find_key", key)
+        return self._call(StoreActor.find_key, key)
 
     def holds_key(self, key: str, number: int) -> bool:
-        return self._call("holds_key", key, number)
+        return self._call(StoreActor.holds_key, key, number)
 
     def list_keys(self) -> dict[str, str]:
-        return self._call("list_keys")
+        return self._call(StoreActor.list_keys)
 
     def stats(self, capacity: int | None = None) -> NodeStats:
-        return self._call("stats", capacity)
+        return self._call(StoreActor.stats, capacity)
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
                       force: bool = False, writer: str | None = None) -> BlockInfo:
-        return self._call("prepare_write", number, offset, length, key, force,
+        return self._call(StoreActor.prepare_write, number, offset, length, key, force,
                           self.writer(writer))
 
     def commit_write(self, number: int, offset: int, length: int, key: str | None = None,
                      meta: dict[str, Any] | None = None) -> BlockInfo:
-        return self._call("commit_write", number, offset, length, key, meta)
+        return self._call(StoreActor.commit_write, number, offset, length, key, meta)
 
     def abort_write(self, number: int, offset: int, key: str | None = None,
                     torn: bool = True) -> None:
-        self._call("abort_write", number, offset, key, torn)
+        self._call(StoreActor.abort_write, number, offset, key, torn)
 
     def release_lease(self, lease: str) -> list[str]:
-        return self._call("release_lease", lease)
+        return self._call(StoreActor.release_lease, lease)
 
     def destroy(self) -> int:
-        return self._call("destroy")
+        return self._call(StoreActor.destroy)
+
+    def open_block(self, number: int,
+                   populate: bool = False) -> tuple[int, memoryview | None]:
+        """The block's size, and no view: its memory is on another host."""
+        return self.block_info(number).size, None
+
+    def change_mark(self) -> tuple[int, int] | None:
+        """None: this process does not see the node's catalog change."""
+        return None
+
+    def close(self) -> None:
+        """Nothing to release: the store actor is the cluster's."""
 
     # -- bytes: chunks as ObjectRefs -------------------------------------------------------------
 
-    def fill(self, block: BlockInfo, offset: int, length: int, source: transfer.Source,
-             progress: transfer.Progress = transfer.no_progress) -> None:
+    def fill(self, block: BlockInfo, offset: int, length: int, source: sources.Source,
+             progress: copies.Progress = copies.no_progress) -> None:
         """Send ``length`` bytes from ``source`` into the block at ``offset``, chunk by chunk."""
         pending: deque[tuple[Any, int]] = deque()
-        for pos, n in transfer.chunks(length):
+        for pos, n in copies.chunks(length):
             if source.in_memory and n >= INLINE_BYTES:
                 # ray.put copies the caller's bytes into the object store: the one copy a raw
                 # transfer makes (a copy into a fresh buffer first took 34% of the time).
@@ -150,7 +177,8 @@ class RemoteNode:
                 source.read_into(pos, memoryview(buf))
             chunk = buf if n < INLINE_BYTES else self.cluster.put(buf)
             del buf
-            pending.append((self.submit("write_chunk", block.number, offset + pos, chunk), n))
+            pending.append((self.submit(StoreActor.write_chunk.__name__, block.number,
+                                        offset + pos, chunk), n))
             del chunk
             if len(pending) >= IN_FLIGHT:
                 done, size = pending.popleft()
@@ -161,8 +189,8 @@ class RemoteNode:
             self.result(done)
             progress(size)
 
-    def drain(self, block: BlockInfo, offset: int, length: int, sink: transfer.Sink,
-              progress: transfer.Progress = transfer.no_progress) -> None:
+    def drain(self, block: BlockInfo, offset: int, length: int, sink: sinks.Sink,
+              progress: copies.Progress = copies.no_progress) -> None:
         """Fetch ``length`` bytes of the block from ``offset``; hand them to ``sink`` in order,
         as they were before or after any concurrent write of them, never a mix.
 
@@ -172,8 +200,8 @@ class RemoteNode:
         """
         if length <= 0:
             return
-        if length <= transfer.CHUNK:  # the store copies it whole, guarded, in one call
-            array = self._call("read_whole", block.number, offset, length,
+        if length <= copies.CHUNK:  # the store copies it whole, guarded, in one call
+            array = self._call(StoreActor.read_whole, block.number, offset, length,
                                timeout=READ_WAIT_SECONDS + BULK_TIMEOUT)
             sink.write(memoryview(array))
             progress(length)
@@ -181,40 +209,33 @@ class RemoteNode:
         if sink.rewindable:
             self._fetch_whole(block, offset, length, sink, progress)
             return
-        spool = transfer.SpoolSink()  # the sink gets the bytes only once whole
+        spool = sinks.SpoolSink()  # the sink gets the bytes only once whole
         try:
             self._fetch_whole(block, offset, length, spool, progress)
             spool.hand_to(sink)
         finally:
             spool.close()
 
-    def _fetch_whole(self, block: BlockInfo, offset: int, length: int, target: transfer.Sink,
-                     progress: transfer.Progress) -> None:
+    def _fetch_whole(self, block: BlockInfo, offset: int, length: int, target: sinks.Sink,
+                     progress: copies.Progress) -> None:
         """Fetch the bytes into ``target`` until no write started or ended meanwhile."""
-        deadline = time.monotonic() + READ_WAIT_SECONDS
-        while True:
-            seq = self._call("read_begin", block.number, offset, length,
-                             timeout=READ_WAIT_SECONDS + METADATA_TIMEOUT)
-            start = target.mark()
-            self._fetch(block, offset, length, target, progress)
-            if self._call("read_end", block.number, seq):
-                break
-            if time.monotonic() > deadline:
-                raise WriteInProgress(
-                    f"bytes {offset}..{offset + length} of {block.block_id} were written again "
-                    f"during every read for {READ_WAIT_SECONDS:g} s; try again later",
-                    block_id=block.block_id)
-            target.rewind(start)
+        read_untorn(
+            lambda: self._call(StoreActor.read_begin, block.number, offset, length,
+                               timeout=READ_WAIT_SECONDS + METADATA_TIMEOUT),
+            lambda: self._fetch(block, offset, length, target, progress),
+            lambda seq: self._call(StoreActor.read_end, block.number, seq),
+            target.mark, target.rewind, block.block_id, offset, length)
 
-    def _fetch(self, block: BlockInfo, offset: int, length: int, sink: transfer.Sink,
-               progress: transfer.Progress) -> None:
+    def _fetch(self, block: BlockInfo, offset: int, length: int, sink: sinks.Sink,
+               progress: copies.Progress) -> None:
         """Fetch the chunks, ``IN_FLIGHT`` at a time, and hand each to ``sink`` on a thread of
         its own while the next ones travel: the sink's copy (or a file's writes, which wait
         on its disk) then overlaps the transfer instead of following it."""
+        read_chunk = StoreActor.read_chunk.__name__
         pending: deque[tuple[Any, int]] = deque()
-        pieces = iter(transfer.chunks(length))
+        pieces = iter(copies.chunks(length))
         for pos, n in pieces:
-            pending.append((self.submit("read_chunk", block.number, offset + pos, n), n))
+            pending.append((self.submit(read_chunk, block.number, offset + pos, n), n))
             if len(pending) >= IN_FLIGHT:
                 break
         with _SinkThread(sink, progress) as handed:
@@ -224,7 +245,7 @@ class RemoteNode:
                 del ref
                 nxt = next(pieces, None)  # asked for before this chunk is copied
                 if nxt is not None:
-                    pending.append((self.submit("read_chunk", block.number, offset + nxt[0],
+                    pending.append((self.submit(read_chunk, block.number, offset + nxt[0],
                                                 nxt[1]), nxt[1]))
                 handed.give(array, n)
                 del array
@@ -234,7 +255,7 @@ class _SinkThread:
     """Hands arrays to a sink in order on one thread, at most one waiting (so no more than
     ``IN_FLIGHT + 2`` chunks are held at once); its error is raised in the giver."""
 
-    def __init__(self, sink: transfer.Sink, progress: transfer.Progress) -> None:
+    def __init__(self, sink: sinks.Sink, progress: copies.Progress) -> None:
         self.sink, self.progress = sink, progress
         self.queue: queue.Queue[tuple[Any, int] | None] = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
@@ -267,32 +288,33 @@ class _SinkThread:
 
 
 class RemoteDirectory:
-    """The key directory, reached through the head's store (see ``memory/directory.py``)."""
+    """The key directory, reached through the head's store (which serves each method of
+    :class:`~distributed_grid.memory.client.nodes.Directory` as ``dir_<name>``)."""
 
     def __init__(self, cluster: RayCluster) -> None:
         self.cluster = cluster
         self.head = cluster.head().name
 
-    def _call(self, method: str, *args: Any) -> Any:
-        return self.cluster.call(self.head, method, *args)
+    def _call(self, method: Callable[..., Any], *args: Any) -> Any:
+        return self.cluster.call(self.head, method.__name__, *args)
 
-    def lookup(self, key: str) -> tuple[str, int] | None:
-        return self._call("dir_lookup", key)
+    def lookup(self, key: str) -> Holder | None:
+        return self._call(StoreActor.dir_lookup, key)
 
-    def claim(self, key: str, block_id: str) -> tuple[str, int] | None:
-        return self._call("dir_claim", key, block_id)
+    def claim(self, key: str, block_id: str) -> Holder | None:
+        return self._call(StoreActor.dir_claim, key, block_id)
 
-    def take_over(self, key: str, block_id: str, holder: tuple[str, int]) -> bool:
-        return self._call("dir_take_over", key, block_id, holder)
+    def take_over(self, key: str, block_id: str, holder: Holder) -> bool:
+        return self._call(StoreActor.dir_take_over, key, block_id, holder)
 
-    def forget_key(self, key: str, holder: tuple[str, int]) -> bool:
-        return self._call("dir_forget_key", key, holder)
+    def forget_key(self, key: str, holder: Holder) -> bool:
+        return self._call(StoreActor.dir_forget_key, key, holder)
 
     def forget_blocks(self, block_ids: list[str]) -> int:
-        return self._call("dir_forget_blocks", block_ids)
+        return self._call(StoreActor.dir_forget_blocks, block_ids)
 
     def report(self, stats: NodeStats, is_head: bool) -> None:
-        self._call("dir_report", stats, is_head)
+        self._call(StoreActor.dir_report, stats, is_head)
 
     def node_sizes(self) -> list[NodeStats]:
-        return self._call("dir_node_sizes")
+        return self._call(StoreActor.dir_node_sizes)

@@ -36,8 +36,8 @@ def stop_started_clusters() -> Teardown | None:
     """Free the blocks of every cluster this host started and stop its Ray nodes; None when
     nothing started by grid runs here. A store that cannot be reached is a warning (its
     segments are unlinked from /dev/shm afterwards), not a failure."""
-    from distributed_grid.memory.node.store import remove_cluster_files
-    from distributed_grid.memory.pool import MemoryPool
+    from distributed_grid.memory.client.block_pool import BlockPool
+    from distributed_grid.memory.node.recovery import remove_cluster_files
 
     started = hosted.started_here()
     if not started:
@@ -47,7 +47,7 @@ def stop_started_clusters() -> Teardown | None:
     cluster_ids = {e["cluster_id"] for e in heads if e.get("cluster_id")}
     for entry in heads:
         try:
-            with MemoryPool(entry["address"], start_if_missing=False) as pool:
+            with BlockPool(entry["address"], start_if_missing=False) as pool:
                 cluster_ids.add(pool.cluster_id)
                 done.freed_blocks += pool.destroy_all()
         except GridError as exc:

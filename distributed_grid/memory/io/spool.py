@@ -2,7 +2,7 @@
 
 A stream (:class:`~distributed_grid.memory.io.inputs.Input` without a size: a pipe, a FIFO, a
 terminal)
-is read whole into a :class:`~distributed_grid.memory.io.transfer.SpoolSink` (in memory up to 64
+is read whole into a :class:`~distributed_grid.memory.io.sinks.SpoolSink` (in memory up to 64
 MiB, beyond in an unnamed temporary file) before anything is allocated or written
 (:func:`read_to_end`): a new block then fits exactly what arrived, and a stream longer than the
 room it was sent to changes nothing. A stream that brings nothing is refused by the caller.
@@ -11,14 +11,14 @@ room it was sent to changes nothing. A stream that brings nothing is refused by 
 from __future__ import annotations
 
 from distributed_grid.errors import FileError, OutOfBounds
-from distributed_grid.memory.io import transfer
+from distributed_grid.memory.io import copies, sinks, sources
 from distributed_grid.memory.io.inputs import Input, Progress
 
 # -- reading ---------------------------------------------------------------------------------
 
 
 def read_to_end(source: Input, limit: int | None = None, progress: Progress | None = None,
-                memory: int = transfer.STAGE_IN_MEMORY) -> transfer.SpoolSink:
+                memory: int = sinks.STAGE_IN_MEMORY) -> sinks.SpoolSink:
     """Read a stream to its end into a spool (the caller closes it).
 
     Args:
@@ -31,8 +31,8 @@ def read_to_end(source: Input, limit: int | None = None, progress: Progress | No
         OutOfBounds: more than ``limit`` bytes arrived (facts: ``limit``).
         FileError: the input or the spool failed (``No space left on device``...).
     """
-    spool = transfer.SpoolSink(limit=memory)
-    buf = memoryview(bytearray(transfer.PIECE))
+    spool = sinks.SpoolSink(limit=memory)
+    buf = memoryview(bytearray(copies.PIECE))
     try:
         while True:
             try:
@@ -62,9 +62,9 @@ def _spool_dir() -> str:
     return tempfile.gettempdir()
 
 
-def spooled_source(spool: transfer.SpoolSink, name: str) -> transfer.Source:
+def spooled_source(spool: sinks.SpoolSink, name: str) -> sources.Source:
     """The bytes a spool holds, as the source of a write."""
     if spool.buf is not None:
-        return transfer.BufferSource(memoryview(spool.buf)[: spool.pos])
-    return transfer.FileSource(spool.fd, f"{name} (held in a temporary file)",  # type: ignore[arg-type]
+        return sources.BufferSource(memoryview(spool.buf)[: spool.pos])
+    return sources.FileSource(spool.fd, f"{name} (held in a temporary file)",  # type: ignore[arg-type]
                                spool.pos)

@@ -7,130 +7,33 @@ the host may read it; changes happen in transactions (:meth:`Catalog.transaction
 database's write lock is the node's single-writer rule, and a process killed in the middle of a
 change leaves the catalog as it was before the change.
 
-This module is the schema and its queries; what may change and when (the policy) is
+This module is the queries; the tables and what their states mean are
+:mod:`distributed_grid.memory.node.schema`; what may change and when (the policy) is
 :mod:`distributed_grid.memory.node.store`.
-
-Block states: ``creating`` (its number is spent and its creator is making the segment),
-``ok``, or ``missing`` (its segment vanished from the host). ``block_count`` and ``block_bytes``
-in ``meta`` count the blocks that hold memory (creating and ok), kept by every change, so no
-question about the node's size costs a scan. A block allocated for one write (``grid memory
-store`` without a block id) has a ``holder``, the writer, until that write commits: if the
-holder dies first, the block is freed. It also remembers the key it was made ``for_key``, so
-removing that key (:meth:`~distributed_grid.memory.node.store.BlockStore.delete_key`) frees the
-block when no other key lives in it.
-
-An extent is complete, or pending (being written) with its ``writer`` and the write-guard slot
-(``slot``, ``guard``: the slot's index and owner tag in the segment's header) the write holds.
-A key rewritten at the same offset keeps its complete extent beside the pending one until the
-new write commits, so the key stays readable meanwhile; the commit then gives the complete
-extent the new length, and it keeps its id. Extent ids are never reused: a key's extents with
-the same ids have been the key's all along (a reader checks that its key was not deleted, and
-another key written in its place, while it read).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any
 
 from distributed_grid.errors import InvalidArgument
+from distributed_grid.memory.node.schema import (
+    BLOCK_COLUMNS,
+    BLOCK_COLUMNS_OF_B,
+    EXTENT_COLUMNS,
+    EXTENT_COLUMNS_OF_E,
+    HOLDS_MEMORY,
+    SCHEMA,
+    SCHEMA_VERSION,
+    BlockRow,
+    ExtentRow,
+)
 from distributed_grid.memory.shm.database import Database, remove_database
-from distributed_grid.memory.shm.segment import SHM_DIR
+from distributed_grid.memory.shm.layout import catalog_path
 from distributed_grid.names import validate_cluster_id, validate_node_name
-
-SCHEMA_VERSION = 3
-
-_SCHEMA = """
-CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
-INSERT INTO meta VALUES ('next_number', 0), ('block_count', 0), ('block_bytes', 0);
-CREATE TABLE leases (name TEXT PRIMARY KEY, created REAL NOT NULL) WITHOUT ROWID;
-CREATE TABLE blocks (
-    number INTEGER PRIMARY KEY,
-    size INTEGER NOT NULL CHECK (size > 0),
-    segment TEXT NOT NULL UNIQUE,
-    token TEXT NOT NULL,
-    created REAL NOT NULL,
-    high_water INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL CHECK (state IN ('creating', 'ok', 'missing')),
-    lease TEXT REFERENCES leases(name),
-    creator TEXT,
-    holder TEXT,
-    for_key TEXT
-);
-CREATE INDEX blocks_by_lease ON blocks(lease) WHERE lease IS NOT NULL;
-CREATE INDEX blocks_not_ok ON blocks(state) WHERE state != 'ok';
-CREATE INDEX blocks_held ON blocks(holder) WHERE holder IS NOT NULL;
-CREATE TABLE extents (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    block INTEGER NOT NULL REFERENCES blocks(number) ON DELETE CASCADE,
-    key TEXT NOT NULL,
-    offset INTEGER NOT NULL CHECK (offset >= 0),
-    length INTEGER NOT NULL CHECK (length >= 0),
-    complete INTEGER NOT NULL DEFAULT 0,
-    writer TEXT,
-    slot INTEGER,
-    guard INTEGER
-);
-CREATE INDEX extents_by_block ON extents(block, offset);
-CREATE INDEX extents_pending ON extents(block) WHERE complete = 0;
-CREATE INDEX extents_by_key ON extents(key, block);
-CREATE TABLE key_meta (
-    key TEXT PRIMARY KEY,
-    block INTEGER NOT NULL REFERENCES blocks(number) ON DELETE CASCADE,
-    meta TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX key_meta_by_block ON key_meta(block)
-"""
-_HOLDS_MEMORY = ("creating", "ok")
-
-
-class BlockRow(NamedTuple):
-    """One row of ``blocks``."""
-
-    number: int
-    size: int
-    segment: str
-    token: str
-    created: float
-    high_water: int
-    state: str
-    lease: str | None
-    creator: str | None
-    holder: str | None
-    for_key: str | None
-
-
-class ExtentRow(NamedTuple):
-    """One row of ``extents``: a run of a block's bytes that belongs to a key."""
-
-    id: int
-    block: int
-    key: str
-    offset: int
-    length: int
-    complete: bool
-    writer: str | None
-    slot: int | None
-    guard: int | None
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.length
-
-
-_BLOCK_COLUMNS = ("number, size, segment, token, created, high_water, state, lease, creator, "
-                  "holder, for_key")
-_EXTENT_COLUMNS = "id, block, key, offset, length, complete, writer, slot, guard"
-_BLOCK_COLUMNS_OF_B = ", ".join(f"b.{c}" for c in _BLOCK_COLUMNS.split(", "))
-_EXTENT_COLUMNS_OF_E = ", ".join(f"e.{c}" for c in _EXTENT_COLUMNS.split(", "))
-
-
-def catalog_path(cluster_id: str, node: str) -> str:
-    """Where the catalog of ``node`` of cluster ``cluster_id`` lives on its host."""
-    return os.path.join(SHM_DIR, f"dgc.{cluster_id}.{node}.db")
 
 
 class Catalog:
@@ -139,7 +42,7 @@ class Catalog:
     Args:
         node: the node's name.
         cluster_id: the cluster's identity.
-        path: the file; None for :func:`catalog_path`.
+        path: the file; None for the node's own (``memory/shm/layout.py``).
 
     Raises:
         VersionMismatch: the file holds a catalog of another schema version (or no catalog).
@@ -150,7 +53,7 @@ class Catalog:
         self.node = validate_node_name(node)
         self.cluster_id = validate_cluster_id(cluster_id)
         self.path = path or catalog_path(cluster_id, node)
-        self._db = Database(self.path, _SCHEMA, SCHEMA_VERSION, f"the catalog of node {node}")
+        self._db = Database(self.path, SCHEMA, SCHEMA_VERSION, f"the catalog of node {node}")
         owner = self._owner()
         if owner == (None, None):
             with self._db.transaction() as db:  # the first process to open the catalog
@@ -180,10 +83,6 @@ class Catalog:
         """Every catalog read inside the block sees one committed state."""
         with self._db.snapshot():
             yield
-
-    def data_version(self) -> int:
-        """Changes whenever another process commits a change to this catalog."""
-        return self._db.data_version()
 
     def change_mark(self) -> tuple[int, int]:
         """Changes whenever a change to this catalog is committed, by this process too."""
@@ -231,7 +130,7 @@ class Catalog:
     # -- blocks --------------------------------------------------------------------------------
 
     def block(self, number: int) -> BlockRow | None:
-        rows = self._db.rows(f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE number=?", (number,))
+        rows = self._db.rows(f"SELECT {BLOCK_COLUMNS} FROM blocks WHERE number=?", (number,))
         return BlockRow(*rows[0]) if rows else None
 
     def place_of(self, number: int) -> tuple[int, str, str, str] | None:
@@ -243,7 +142,7 @@ class Catalog:
     def block_and_extents(self, number: int) -> tuple[BlockRow | None, list[ExtentRow]]:
         """A block's row and its extents by offset, read in one statement (one state)."""
         rows = self._db.rows(
-            f"SELECT {_BLOCK_COLUMNS_OF_B}, {_EXTENT_COLUMNS_OF_E} FROM blocks b "
+            f"SELECT {BLOCK_COLUMNS_OF_B}, {EXTENT_COLUMNS_OF_E} FROM blocks b "
             "LEFT JOIN extents e ON e.block = b.number WHERE b.number=? ORDER BY e.offset, e.id",
             (number,))
         if not rows:
@@ -255,13 +154,13 @@ class Catalog:
     def blocks(self, states: tuple[str, ...] = ("ok", "missing")) -> list[BlockRow]:
         marks = ",".join("?" * len(states))
         return [BlockRow(*r) for r in self._db.rows(
-            f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE state IN ({marks}) ORDER BY number",
+            f"SELECT {BLOCK_COLUMNS} FROM blocks WHERE state IN ({marks}) ORDER BY number",
             states)]
 
     def unsettled_blocks(self) -> list[BlockRow]:
         """Blocks being created or missing their segment (an index keeps this cheap)."""
         return [BlockRow(*r) for r in self._db.rows(
-            f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE state != 'ok'")]
+            f"SELECT {BLOCK_COLUMNS} FROM blocks WHERE state != 'ok'")]
 
     def insert_block(self, number: int, size: int, segment: str, token: str, created: float,
                      lease: str | None, creator: str, holder: str | None = None,
@@ -276,7 +175,7 @@ class Catalog:
         if lease is not None:
             db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?)", (lease, created))
         db.execute(
-            f"INSERT INTO blocks ({_BLOCK_COLUMNS}) VALUES (?,?,?,?,?,0,'creating',?,?,?,?)",
+            f"INSERT INTO blocks ({BLOCK_COLUMNS}) VALUES (?,?,?,?,?,0,'creating',?,?,?,?)",
             (number, size, segment, token, created, lease, creator, holder, for_key))
         self._add_meta("block_count", 1)
         self._add_meta("block_bytes", size)
@@ -285,7 +184,7 @@ class Catalog:
         """Move a block to ``state`` (inside a transaction)."""
         self._db.db.execute("UPDATE blocks SET state=?, creator=NULL WHERE number=?",
                             (state, row.number))
-        was, now = row.state in _HOLDS_MEMORY, state in _HOLDS_MEMORY
+        was, now = row.state in HOLDS_MEMORY, state in HOLDS_MEMORY
         if was != now:
             self._add_meta("block_count", 1 if now else -1)
             self._add_meta("block_bytes", row.size if now else -row.size)
@@ -294,7 +193,7 @@ class Catalog:
         """Forget a block with its extents and key metadata (inside a transaction)."""
         db = self._db.db
         db.execute("DELETE FROM blocks WHERE number=?", (row.number,))
-        if row.state in _HOLDS_MEMORY:
+        if row.state in HOLDS_MEMORY:
             self._add_meta("block_count", -1)
             self._add_meta("block_bytes", -row.size)
         if row.lease is not None and db.execute(
@@ -304,7 +203,7 @@ class Catalog:
     def held_blocks(self) -> list[BlockRow]:
         """Blocks allocated for a write that has not committed yet (an index keeps it cheap)."""
         return [BlockRow(*r) for r in self._db.rows(
-            f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE holder IS NOT NULL")]
+            f"SELECT {BLOCK_COLUMNS} FROM blocks WHERE holder IS NOT NULL")]
 
     def let_go(self, number: int) -> None:
         """The block's write committed: it no longer depends on its holder's life."""
@@ -320,18 +219,18 @@ class Catalog:
     def extents(self, number: int) -> list[ExtentRow]:
         """A block's extents, by offset."""
         return [ExtentRow(*r) for r in self._db.rows(
-            f"SELECT {_EXTENT_COLUMNS} FROM extents WHERE block=? ORDER BY offset, id",
+            f"SELECT {EXTENT_COLUMNS} FROM extents WHERE block=? ORDER BY offset, id",
             (number,))]
 
     def all_extents(self) -> list[ExtentRow]:
         """Every extent of the node, by block and offset (for a listing)."""
         return [ExtentRow(*r) for r in self._db.rows(
-            f"SELECT {_EXTENT_COLUMNS} FROM extents ORDER BY block, offset, id")]
+            f"SELECT {EXTENT_COLUMNS} FROM extents ORDER BY block, offset, id")]
 
     def overlapping(self, number: int, offset: int, end: int) -> list[ExtentRow]:
         """The extents of a block that share a byte with ``offset..end``."""
         return [ExtentRow(*r) for r in self._db.rows(
-            f"SELECT {_EXTENT_COLUMNS} FROM extents WHERE block=? AND offset<? AND offset+length>?"
+            f"SELECT {EXTENT_COLUMNS} FROM extents WHERE block=? AND offset<? AND offset+length>?"
             " ORDER BY offset, id", (number, end, offset))]
 
     def block_of_key(self, key: str, complete_only: bool = False) -> int | None:
@@ -343,7 +242,7 @@ class Catalog:
     def key_extents(self, key: str, number: int) -> list[ExtentRow]:
         """The extents of ``key`` in block ``number``, by offset."""
         return [ExtentRow(*r) for r in self._db.rows(
-            f"SELECT {_EXTENT_COLUMNS} FROM extents WHERE key=? AND block=? ORDER BY offset, id",
+            f"SELECT {EXTENT_COLUMNS} FROM extents WHERE key=? AND block=? ORDER BY offset, id",
             (key, number))]
 
     def complete_keys(self) -> list[tuple[str, int]]:
@@ -366,17 +265,17 @@ class Catalog:
     def pending_extent(self, number: int, key: str, offset: int) -> ExtentRow | None:
         """The pending extent of ``key`` at ``offset`` in block ``number``, if any."""
         rows = self._db.rows(
-            f"SELECT {_EXTENT_COLUMNS} FROM extents WHERE block=? AND key=? AND offset=? "
+            f"SELECT {EXTENT_COLUMNS} FROM extents WHERE block=? AND key=? AND offset=? "
             "AND complete=0", (number, key, offset))
         return ExtentRow(*rows[0]) if rows else None
 
     def pending_extents(self, key: str | None = None) -> list[ExtentRow]:
         """Every pending extent of the node (or of ``key``), by block and offset."""
         if key is None:
-            rows = self._db.rows(f"SELECT {_EXTENT_COLUMNS} FROM extents WHERE complete=0 "
+            rows = self._db.rows(f"SELECT {EXTENT_COLUMNS} FROM extents WHERE complete=0 "
                                  "ORDER BY block, offset")
         else:
-            rows = self._db.rows(f"SELECT {_EXTENT_COLUMNS} FROM extents WHERE key=? AND "
+            rows = self._db.rows(f"SELECT {EXTENT_COLUMNS} FROM extents WHERE key=? AND "
                                  "complete=0 ORDER BY block, offset", (key,))
         return [ExtentRow(*r) for r in rows]
 
@@ -402,13 +301,6 @@ class Catalog:
     def drop_extents(self, ids: list[int]) -> None:
         db = self._db.db
         db.executemany("DELETE FROM extents WHERE id=?", [(i,) for i in ids])
-
-    def drop_pending(self, number: int, key: str, offset: int) -> int:
-        """Forget the pending extent of ``key`` at ``offset``; returns how many went."""
-        cursor = self._db.db.execute(
-            "DELETE FROM extents WHERE block=? AND key=? AND offset=? AND complete=0",
-            (number, key, offset))
-        return cursor.rowcount
 
     def block_has_extents(self, number: int) -> bool:
         """Whether any key (complete or being written) has bytes in block ``number``."""

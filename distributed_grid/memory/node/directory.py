@@ -27,13 +27,12 @@ and the next claim replaces them.
 
 from __future__ import annotations
 
-import os
 import time
 
-from distributed_grid.memory.records import NodeStats
 from distributed_grid.memory.shm.database import Database, remove_database
-from distributed_grid.memory.shm.segment import HEADER_SIZE, SHM_DIR
+from distributed_grid.memory.shm.layout import HEADER_SIZE, directory_path
 from distributed_grid.names import validate_cluster_id
+from distributed_grid.records import NodeStats
 
 SCHEMA_VERSION = 1
 
@@ -56,11 +55,6 @@ CREATE TABLE nodes (
 """
 
 Holder = tuple[str, int]  # (block id, version)
-
-
-def directory_path(cluster_id: str) -> str:
-    """Where the key directory of cluster ``cluster_id`` lives on its head's host."""
-    return os.path.join(SHM_DIR, f"dgk.{cluster_id}.db")
 
 
 class KeyDirectory:

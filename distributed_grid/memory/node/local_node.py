@@ -1,16 +1,18 @@
 """A node whose catalog is on this host, reached with no round trip.
 
 :class:`LocalNode` is the node's :class:`~distributed_grid.memory.node.store.BlockStore`, run in
-this
-process over the node's catalog: metadata changes are catalog transactions; bulk copies go
-through the segments' descriptors, and a view maps the block's segment.
+this process over the node's catalog: metadata changes are catalog transactions; bulk copies go
+through the segments' descriptors or a mapping this process keeps, and a view maps the block's
+segment. The pool reaches a node of its own host this way, and the node's store actor serves
+other hosts from one.
 
-Every copy is guarded (``memory/seqguard.py``, the write guard in each segment's header): a
+Every copy is guarded (the write guard in each segment's header, ``memory/shm/seqguard.py``): a
 write holds a slot naming its range from before ``prepare_write`` until after ``commit_write``
 (or ``abort_write``), and a read waits while a slot overlaps its range, copies, and copies
-again if a write started or ended meanwhile. So a read returns the bytes from before a
-concurrent write or from after it, never a mix. A slot whose owner died is released by the
-first reader that meets it, after the writes of that owner are undone.
+again if a write started or ended meanwhile (:func:`~distributed_grid.memory.shm.seqguard.
+read_untorn`). So a read returns the bytes from before a concurrent write or from after it,
+never a mix. A slot whose owner died is released by the first reader that meets it, after the
+writes of that owner are undone.
 """
 
 from __future__ import annotations
@@ -18,27 +20,28 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from distributed_grid.errors import BlockNotFound, WriteInProgress
-from distributed_grid.memory.io import transfer
+from distributed_grid.memory.io import copies, sinks, sources
+from distributed_grid.memory.node.core import open_guard, segment_fd
 from distributed_grid.memory.node.store import BlockStore
-from distributed_grid.memory.records import BlockInfo
+from distributed_grid.memory.shm import layout
 from distributed_grid.memory.shm import segment as seg
 from distributed_grid.memory.shm.mappings import Mappings
-from distributed_grid.memory.shm.seqguard import Guard, process_tag, tag_alive
-from distributed_grid.names import check_range, validate_key
+from distributed_grid.memory.shm.seqguard import Guard, process_tag, read_untorn, tag_alive
+from distributed_grid.names import check_range
+from distributed_grid.records import BlockInfo
+from distributed_grid.wire import READ_WAIT_SECONDS
 
-READ_WAIT_SECONDS = 30.0  # the longest a read waits for a live writer of its bytes
 # A write of a buffer, or a read into one, of at least MAPPED_MIN bytes and a quarter of the
 # block goes through a mapping of the block this process keeps (the last KEPT_MAPPINGS stay for
 # the next copy), copied on two threads, each mapping the pages of its next piece in one call
-# first (``transfer.populate``): 1 GiB written into a kept mapping in 0.10 s here against 0.30 s
+# first (``copies.populate``): 1 GiB written into a kept mapping in 0.10 s here against 0.30 s
 # with ``pwrite``, read into new bytes in 0.18 s against 0.26 s with ``preadv``. Pages never
-# written take ``transfer.fill_both_ways`` (``pwrite`` and the mapping at once).
+# written take ``copies.fill_both_ways`` (``pwrite`` and the mapping at once).
 MAPPED_MIN = 16 * 2**20
 KEPT_MAPPINGS = 2
 
@@ -60,6 +63,7 @@ class LocalNode(BlockStore):
     Args:
         node: the node's name.
         cluster_id: the cluster's identity.
+        capacity: the cap on the node's block bytes (None: what the host can back).
     """
 
     is_local = True
@@ -79,18 +83,6 @@ class LocalNode(BlockStore):
             self._tag = (pid, process_tag(pid) or pid << 32)
         return self._tag[1]
 
-    @contextmanager
-    def _descriptor(self, block: BlockInfo) -> Iterator[int]:
-        try:
-            fd = seg.open_data(block.segment, bytes.fromhex(block.token), block.size)
-        except seg.SegmentNotFound as exc:
-            raise BlockNotFound(f"the shared memory of {block.block_id} is gone",
-                                block_id=block.block_id, node=self.node) from exc
-        try:
-            yield fd
-        finally:
-            os.close(fd)
-
     # -- writes: hold a guard slot from prepare to commit ----------------------------------------
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
@@ -98,21 +90,11 @@ class LocalNode(BlockStore):
                       guard: int | None = None) -> BlockInfo:
         """:meth:`BlockStore.prepare_write`, holding the range's guard slot until the write
         commits or aborts (a write of no bytes holds none)."""
-        if key is not None:
-            validate_key(key)
         if length <= 0 or slot is not None:
             return super().prepare_write(number, offset, length, key, force, writer, slot, guard)
         row = self._row(number)
         check_range(self.block_id(number), row.size, offset, length, "write")  # before a slot
-        try:
-            fd = seg.open_data(row.segment, bytes.fromhex(row.token), row.size)
-        except seg.SegmentNotFound as exc:
-            raise BlockNotFound(f"the shared memory of {self.block_id(number)} is gone",
-                                block_id=self.block_id(number), node=self.node) from exc
-        try:
-            g = Guard(fd)
-        finally:
-            os.close(fd)
+        g = open_guard(self._info(row, []))
         tag = self.tag()
         taken = g.claim(tag, offset, offset + length)
         if taken < 0:
@@ -141,6 +123,12 @@ class LocalNode(BlockStore):
             slot.guard.release(slot.slot, slot.tag)
             slot.guard.close()
 
+    def held_writes(self) -> list[tuple[tuple[int, int, str | None], HeldSlot]]:
+        """The guard slots this process's running writes hold, each with the write's
+        ``(block number, offset, key)``."""
+        with self._held_lock:
+            return [(write, held) for write, slots in self._held.items() for held in slots]
+
     def commit_write(self, number: int, offset: int, length: int, key: str | None = None,
                      meta: dict[str, Any] | None = None) -> BlockInfo:
         """:meth:`BlockStore.commit_write`, then the guard slot goes (readers then see the
@@ -159,8 +147,8 @@ class LocalNode(BlockStore):
 
     # -- bytes ---------------------------------------------------------------------------------
 
-    def fill(self, block: BlockInfo, offset: int, length: int, source: transfer.Source,
-             progress: transfer.Progress = transfer.no_progress) -> None:
+    def fill(self, block: BlockInfo, offset: int, length: int, source: sources.Source,
+             progress: copies.Progress = copies.no_progress) -> None:
         """Copy ``length`` bytes from ``source`` into the block at ``offset`` (inside a write
         prepared by this process): through a kept mapping when the source is in memory (one
         buffer, or several one after another) and big (see ``MAPPED_MIN``), else with
@@ -174,26 +162,26 @@ class LocalNode(BlockStore):
                         if end <= block.used:  # pages written before
                             fault_in = None if mapped.has_pages(offset, end) else "dest"
                             for at, part in parts:
-                                transfer.copy(dest[at : at + len(part)], part, progress,
-                                              fault_in)
+                                copies.copy(dest[at : at + len(part)], part, progress,
+                                            fault_in)
                             mapped.note_pages(offset, end)
                             return
-                        with self._descriptor(block) as fd:
+                        with segment_fd(block) as fd:
                             for at, part in parts:
-                                transfer.fill_both_ways(fd, seg.HEADER_SIZE + offset + at,
-                                                        dest[at : at + len(part)], part,
-                                                        progress)
+                                copies.fill_both_ways(fd, layout.HEADER_SIZE + offset + at,
+                                                      dest[at : at + len(part)], part,
+                                                      progress)
                     return
-        with self._descriptor(block) as fd:
-            transfer.fill_fd(fd, seg.HEADER_SIZE + offset, length, source, progress)
+        with segment_fd(block) as fd:
+            copies.fill_fd(fd, layout.HEADER_SIZE + offset, length, source, progress)
 
     @staticmethod
     def _mapped_copy(block: BlockInfo, length: int) -> bool:
         """Whether a copy of ``length`` bytes of the block goes through a kept mapping."""
         return length >= MAPPED_MIN and 4 * length >= block.size
 
-    def drain(self, block: BlockInfo, offset: int, length: int, sink: transfer.Sink,
-              progress: transfer.Progress = transfer.no_progress) -> None:
+    def drain(self, block: BlockInfo, offset: int, length: int, sink: sinks.Sink,
+              progress: copies.Progress = copies.no_progress) -> None:
         """Hand ``length`` bytes of the block from ``offset`` to ``sink``, in order, as they
         were before or after any concurrent write of them, never a mix.
 
@@ -202,60 +190,49 @@ class LocalNode(BlockStore):
         """
         if length <= 0:
             return
-        with self._descriptor(block) as fd:
-            guard = Guard(fd)
+        with segment_fd(block) as fd:
+            guard = Guard(fd)  # the guard of the same segment: no second open
             try:
-                if isinstance(sink, transfer.BufferSink) and self._mapped_copy(block, length):
-                    with self._maps.mapped(block) as mapped:
-                        if mapped is not None:
-                            paged = mapped.has_pages(offset, offset + length)
-                            with mapped.data()[offset : offset + length] as src:
-                                self.guarded(block, guard, offset, length, sink.mark,
-                                             sink.rewind,
-                                             lambda: sink.write_mapped(src, progress, paged))
-                            mapped.note_pages(offset, offset + length)
-                            return
-                if sink.rewindable:
-                    self.guarded(block, guard, offset, length, sink.mark, sink.rewind,
-                                 lambda: transfer.drain_fd(fd, seg.HEADER_SIZE + offset, length,
-                                                           sink, progress))
-                    return
-                spool = transfer.SpoolSink()  # the sink gets the bytes only once whole
-                try:
-                    self.guarded(block, guard, offset, length, spool.mark, spool.rewind,
-                                 lambda: transfer.drain_fd(fd, seg.HEADER_SIZE + offset,
-                                                           length, spool))
-                    spool.hand_to(sink, progress)
-                finally:
-                    spool.close()
+                self._drain(block, fd, guard, offset, length, sink, progress)
             finally:
                 guard.close()
+
+    def _drain(self, block: BlockInfo, fd: int, guard: Guard, offset: int, length: int,
+               sink: sinks.Sink, progress: copies.Progress) -> None:
+        if isinstance(sink, sinks.BufferSink) and self._mapped_copy(block, length):
+            with self._maps.mapped(block) as mapped:
+                if mapped is not None:
+                    paged = mapped.has_pages(offset, offset + length)
+                    with mapped.data()[offset : offset + length] as src:
+                        self.guarded(block, guard, offset, length, sink.mark, sink.rewind,
+                                     lambda: sink.write_mapped(src, progress, paged))
+                    mapped.note_pages(offset, offset + length)
+                    return
+        base = layout.HEADER_SIZE + offset
+        if sink.rewindable:
+            self.guarded(block, guard, offset, length, sink.mark, sink.rewind,
+                         lambda: sinks.drain_fd(fd, base, length, sink, progress))
+            return
+        spool = sinks.SpoolSink()  # the sink gets the bytes only once whole
+        try:
+            self.guarded(block, guard, offset, length, spool.mark, spool.rewind,
+                         lambda: sinks.drain_fd(fd, base, length, spool))
+            spool.hand_to(sink, progress)
+        finally:
+            spool.close()
 
     def guarded(self, block: BlockInfo, guard: Guard, offset: int, length: int,
                 mark: Callable[[], int], rewind: Callable[[int], None],
                 copy: Callable[[], object]) -> int:
         """Run ``copy`` until it ran while no write of ``offset..offset+length`` started, ran
-        or ended (``rewind(mark())`` before each new run); returns how many runs it took
-        beyond the first.
+        or ended (:func:`~distributed_grid.memory.shm.seqguard.read_untorn`); returns how many
+        runs it took beyond the first.
 
         Raises:
             WriteInProgress: a live writer held the range for ``READ_WAIT_SECONDS``.
         """
-        again = 0
-        deadline = time.monotonic() + READ_WAIT_SECONDS
-        while True:
-            seq = self.wait_idle(block, guard, offset, offset + length)
-            start = mark()
-            copy()
-            if guard.end_read(seq):
-                return again
-            if time.monotonic() > deadline:
-                raise WriteInProgress(
-                    f"bytes {offset}..{offset + length} of {block.block_id} were written "
-                    f"again during every read for {READ_WAIT_SECONDS:g} s; try again later",
-                    block_id=block.block_id)
-            rewind(start)
-            again += 1
+        return read_untorn(lambda: self.wait_idle(block, guard, offset, offset + length), copy,
+                           guard.end_read, mark, rewind, block.block_id, offset, length)
 
     def wait_idle(self, block: BlockInfo, guard: Guard, offset: int, end: int) -> int:
         """Wait until no write holds bytes ``offset..end`` of the block; returns the guard's
@@ -319,9 +296,24 @@ class LocalNode(BlockStore):
         place = self.catalog.place_of(number)
         if place is None or place[3] != "ok":
             self._row(number)  # raises the right BlockNotFound
-        size, name, token, _ = place  # type: ignore[misc]
+            return self.open_block(number, populate)  # it became usable meanwhile
+        size, name, token, _ = place
         try:
             return size, seg.map_data(name, bytes.fromhex(token), size, populate)
         except seg.SegmentNotFound as exc:
             raise BlockNotFound(f"the shared memory of {self.block_id(number)} is gone",
                                 block_id=self.block_id(number), node=self.node) from exc
+
+    # -- what the pool asks of every node --------------------------------------------------------
+
+    def change_mark(self) -> tuple[int, int] | None:
+        """The version of the node's catalog: it changes with every commit, this process's own
+        (other threads') included."""
+        return self.catalog.change_mark()
+
+    def start(self, method: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+        """Run the store's ``method`` (a method of :class:`~distributed_grid.memory.client.nodes.
+        NodeStore`, by its name) now; returns what gives its result (as a remote node's
+        ``start`` does, which only sends the call)."""
+        result = getattr(self, method.__name__)(*args)
+        return lambda: result

@@ -31,8 +31,9 @@ import time
 from dataclasses import dataclass
 
 from distributed_grid.errors import InvalidArgument
-from distributed_grid.memory.records import NodeStats
-from distributed_grid.memory.shm.segment import HEADER_SIZE, SHM_DIR, shm_capacity
+from distributed_grid.memory.shm.layout import HEADER_SIZE, SHM_DIR
+from distributed_grid.memory.shm.segment import shm_capacity
+from distributed_grid.records import NodeStats
 from distributed_grid.sizes import format_size, parse_size
 
 RESERVE_ENV = "DISTRIBUTED_GRID_MEMORY_RESERVE"

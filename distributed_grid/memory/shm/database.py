@@ -180,10 +180,6 @@ class Database:
         with self._lock, self._errors():
             return self.db.execute(sql, args).fetchall()
 
-    def data_version(self) -> int:
-        """A number that changes whenever another connection commits a change."""
-        return int(self.scalar("PRAGMA data_version"))  # type: ignore[arg-type]
-
     def change_mark(self) -> tuple[int, int]:
         """A pair that changes whenever any connection commits a change, this one included
         (``data_version`` sees only the others': a store actor that changes its catalog for

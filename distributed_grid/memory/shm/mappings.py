@@ -18,8 +18,8 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from distributed_grid.memory.records import BlockInfo
 from distributed_grid.memory.shm import segment as seg
+from distributed_grid.records import BlockInfo
 
 KEPT = 8
 WATCH_SECONDS = 2.0  # how often kept mappings of freed blocks are looked for while any is kept

@@ -5,30 +5,8 @@ everyone else attaches and closes. ``multiprocessing.shared_memory`` is never us
 3.11 every process that attaches registers the segment with its resource tracker, which unlinks
 it when that process exits, so a CLI that read a block would destroy it.
 
-Segment layout (the only place it is written down)::
-
-    offset  size  field
-    0       8     magic  b"DGRIDSEG"
-    8       4     layout version (little-endian u32), currently 1
-    12      4     reserved, 0
-    16      8     data size in bytes (little-endian u64)
-    24      16    token: random bytes the owner writes at creation. A client that attaches the
-                  segment and reads the token the store reported is on the same memory, which
-                  proves the zero-copy path is valid.
-    40      24    reserved, 0
-    64      8     write guard: sequence (u64), +1 when a write starts, +1 when it ends
-    72      56    reserved, 0
-    128     2048  write guard: 64 slots of 32 bytes, each owner u64 (0 = free), start u64,
-                  end u64, spare u64 (0). A slot whose owner is set but whose end is 0 is
-                  being published (or released): it overlaps every range.
-    2176    1920  reserved, 0 (room for pin counts)
-    4096    size  data
-
-The write guard's words are little-endian, naturally aligned and only accessed atomically, by
-:mod:`distributed_grid.memory.shm.seqguard` (which states its protocol). A new header is all zeros
-there, which is an idle guard.
-
-The data starts on a page boundary so views over it are aligned for every dtype.
+The header page's layout, and every name a segment may have, are in
+:mod:`distributed_grid.memory.shm.layout`.
 """
 
 from __future__ import annotations
@@ -36,22 +14,18 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import struct
 
 import posix_ipc
 
 from distributed_grid.errors import InvalidArgument, NotFound, StoreFull
-
-HEADER_SIZE = 4096
-MAGIC = b"DGRIDSEG"
-LAYOUT_VERSION = 1
-TOKEN_SIZE = 16
-SHM_DIR = "/dev/shm"  # where Linux keeps POSIX shared memory; used to list and measure
-_HEADER = struct.Struct("<8sIIQ16s")
-GUARD_SEQUENCE_OFFSET = 64  # the write guard's fields, see the layout above
-GUARD_SLOTS_OFFSET = 128
-GUARD_SLOT_COUNT = 64
-GUARD_SLOT_SIZE = 32
+from distributed_grid.memory.shm.layout import (
+    HEADER,
+    HEADER_SIZE,
+    LAYOUT_VERSION,
+    MAGIC,
+    SHM_DIR,
+    TOKEN_SIZE,
+)
 
 
 class SegmentNotFound(NotFound):
@@ -212,7 +186,7 @@ def create_segment(name: str, size: int, token: bytes) -> None:
                 raise StoreFull(f"cannot reserve {size} bytes of shared memory: {why}",
                                 size=size, free=free) from exc
             raise
-        os.pwrite(shm.fd, _HEADER.pack(MAGIC, LAYOUT_VERSION, 0, size, token), 0)
+        os.pwrite(shm.fd, HEADER.pack(MAGIC, LAYOUT_VERSION, 0, size, token), 0)
     except BaseException:
         shm.close_fd()
         _unlink_quietly(name)
@@ -233,10 +207,10 @@ def _open(name: str) -> tuple[int, int, int, bytes]:
         raise SegmentNotFound(f"no shared-memory segment {name} on this host") from exc
     try:
         total = os.fstat(fd).st_size
-        header = os.pread(fd, _HEADER.size, 0)
-        if total < HEADER_SIZE or len(header) < _HEADER.size:
+        header = os.pread(fd, HEADER.size, 0)
+        if total < HEADER_SIZE or len(header) < HEADER.size:
             raise InvalidArgument(f"segment {name} is too small to hold a header ({total} B)")
-        magic, version, _, size, token = _HEADER.unpack(header)
+        magic, version, _, size, token = HEADER.unpack(header)
         if magic != MAGIC or version != LAYOUT_VERSION or HEADER_SIZE + size > total:
             raise InvalidArgument(f"segment {name} is not a distributed_grid segment")
     except BaseException:

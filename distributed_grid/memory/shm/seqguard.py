@@ -63,13 +63,16 @@ from __future__ import annotations
 import importlib
 import mmap
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
-from distributed_grid.errors import InvalidArgument
+from distributed_grid.errors import InvalidArgument, WriteInProgress
 from distributed_grid.memory.shm import seqguard_py
-from distributed_grid.memory.shm.segment import HEADER_SIZE
+from distributed_grid.memory.shm.layout import HEADER_SIZE
 from distributed_grid.memory.shm.seqguard_py import check_owner, check_range, check_slot, check_word
 from distributed_grid.runtime import process_alive, process_start
+from distributed_grid.wire import READ_WAIT_SECONDS
 
 try:  # the extension module native/seqguard.c builds (a .so beside this file)
     _native: Any = importlib.import_module("distributed_grid.memory.shm._seqguard")
@@ -226,3 +229,38 @@ def tag_alive(tag: int) -> bool:
     start = process_start(pid)
     return (start is not None and (start & _TICKS_MASK) == (tag & _TICKS_MASK)
             and process_alive(pid, start))
+
+
+# -- the reader's side ------------------------------------------------------------------------
+
+
+def read_untorn(begin: Callable[[], int], copy: Callable[[], object],
+                end: Callable[[int], bool], mark: Callable[[], int],
+                rewind: Callable[[int], None], block_id: str, offset: int, length: int) -> int:
+    """Copy a block's bytes ``offset..offset+length`` until no write of them started, ran or
+    ended during the copy; returns how many copies it took beyond the first.
+
+    The guard's protocol seen from a reader, wherever the guard is: ``begin()`` waits until no
+    write holds the bytes and returns the guard's sequence (``begin_read``, on this host or
+    through the node's store), ``copy()`` copies them, ``end(seq)`` says whether the sequence
+    is still ``seq`` (``end_read``). Before each new copy the destination goes back to where
+    the first one started (``rewind(mark())``).
+
+    Raises:
+        WriteInProgress: the bytes were written again during every copy for
+            ``READ_WAIT_SECONDS``.
+    """
+    again = 0
+    deadline = time.monotonic() + READ_WAIT_SECONDS
+    while True:
+        seq = begin()
+        start = mark()
+        copy()
+        if end(seq):
+            return again
+        if time.monotonic() > deadline:
+            raise WriteInProgress(
+                f"bytes {offset}..{offset + length} of {block_id} were written again during "
+                f"every read for {READ_WAIT_SECONDS:g} s; try again later", block_id=block_id)
+        rewind(start)
+        again += 1

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from distributed_grid.errors import InvalidArgument
-from distributed_grid.memory.shm.segment import (
+from distributed_grid.memory.shm.layout import (
     GUARD_SEQUENCE_OFFSET,
     GUARD_SLOT_COUNT,
     GUARD_SLOT_SIZE,

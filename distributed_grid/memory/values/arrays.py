@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from distributed_grid.errors import InvalidArgument, OutOfBounds
-from distributed_grid.memory.records import StoreResult
 from distributed_grid.memory.values.keyed import Blocks, find_key, write_key
+from distributed_grid.records import StoreResult
 
 
 def _dtype(dtype: Any) -> np.dtype:

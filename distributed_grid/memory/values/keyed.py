@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from distributed_grid.errors import KeyNotFound
-from distributed_grid.memory.records import BlockInfo, KeyPlace, StoreResult
-from distributed_grid.names import validate_key
+from distributed_grid.names import key_from
+from distributed_grid.records import BlockInfo, KeyPlace, StoreResult
 
 
 class Blocks(Protocol):
@@ -34,7 +34,7 @@ def find_key(pool: Blocks, key: str) -> KeyPlace:
     Raises:
         KeyNotFound: no block holds ``key``.
     """
-    key = validate_key(str(key))
+    key = key_from(key)
     found = pool.find_key(key)
     if found is None:
         raise KeyNotFound(f"no key named {key!r}; `grid memory list-objects` shows the keys",
@@ -53,7 +53,7 @@ def write_key(pool: Blocks, key: str, data: Any, length: int, node: str | None,
     Raises:
         KeyConflict: the key exists and the bytes do not fit in its place.
     """
-    key = validate_key(str(key))
+    key = key_from(key)
     block_id, offset, allocated = pool.place_for(key, length, node)
     try:
         info = pool.write(block_id, data, offset=offset, key=key, meta=meta)

@@ -14,8 +14,8 @@ from typing import Any
 import cloudpickle
 
 from distributed_grid.errors import InvalidArgument
-from distributed_grid.memory.records import StoreResult
 from distributed_grid.memory.values.keyed import Blocks, find_key, write_key
+from distributed_grid.records import StoreResult
 
 FORMAT = "cloudpickle"
 

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from distributed_grid.errors import InvalidArgument
-from distributed_grid.memory.records import StoreResult
 from distributed_grid.memory.values.keyed import Blocks, find_key, write_key
-from distributed_grid.names import validate_key
+from distributed_grid.names import key_from
+from distributed_grid.records import StoreResult
 
 FORMAT = "safetensors"
 DATA_ALIGNMENT = 64  # where the data starts, in bytes from the key's start (a cache line)
@@ -80,7 +80,7 @@ def put_tensors(pool: Blocks, key: str, tensors: Mapping[str, Any], node: str | 
             objects, strings, float128...).
         KeyConflict: the key exists and the bytes do not fit in its place.
     """
-    key = validate_key(str(key))
+    key = key_from(key)
     if not isinstance(tensors, Mapping):
         raise InvalidArgument(f"tensors must be a mapping of names to arrays, got "
                               f"{type(tensors).__name__}")

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from distributed_grid.wire import REMOTE_WRITER
+
 Extent = tuple[int, int]  # (offset in the block, length)
 
-REMOTE_WRITER = "ray:"  # a writer on another host: ``ray:<job>:<host/pid/start>``
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,90 @@
+"""Making and freeing blocks: on the node the caller names, or where :mod:`.placement` ranks
+best."""
+
+from __future__ import annotations
+
+from distributed_grid.cluster.config import memory_cap
+from distributed_grid.errors import StoreFull
+from distributed_grid.memory.client import placement
+from distributed_grid.memory.client.nodes import Node
+from distributed_grid.memory.client.router import Router
+from distributed_grid.memory.shm.capacity import describe_limit
+from distributed_grid.names import positive_size
+from distributed_grid.records import BlockInfo
+
+
+class Allocator:
+    """Makes blocks for one pool.
+
+    Args:
+        router: the pool's nodes.
+        lease: the pool's lease for non-persistent blocks (None: blocks are persistent).
+    """
+
+    def __init__(self, router: Router, lease: str | None) -> None:
+        self.router = router
+        self.lease = lease
+
+    def allocate(self, size: int, node: str | None = None, holder: str | None = None,
+                 for_key: str | None = None) -> BlockInfo:
+        """A new block of ``size`` bytes on ``node``, or (None) where there is most room.
+
+        Args:
+            holder: the writer the block is made for (freed if it dies before its write).
+            for_key: the key the block is made for (freed with the key).
+
+        Raises:
+            InvalidArgument: ``size`` is not a positive whole number of bytes.
+            NodeNotFound: no node is called ``node``.
+            StoreFull: no node (or not ``node``) can hold ``size`` bytes.
+        """
+        positive_size(size)
+        if node is not None:
+            chosen = self.router.node(node)
+            info = chosen.allocate(size, self.lease, memory_cap(node), holder, for_key)
+        else:
+            chosen, info = self._anywhere(size, holder, for_key)
+        self.router.report(chosen)
+        return info
+
+    def deallocate(self, block_id: str) -> BlockInfo:
+        """Free a block and its keys; returns the facts it had.
+
+        Raises:
+            BlockNotFound: no such block.
+        """
+        number, node = self.router.block_node(block_id)
+        info = node.deallocate(number)
+        if info.keys or info.pending_keys:
+            self.router.directory.forget_blocks([info.block_id])
+        self.router.report(node)
+        return info
+
+    def _anywhere(self, size: int, holder: str | None,
+                  for_key: str | None) -> tuple[Node, BlockInfo]:
+        """Allocate on the worker (the head only when there is none) that :mod:`.placement`
+        ranks best by the sizes the nodes last reported. A node whose report was stale and
+        turns out full is asked for its real size and the next one tried."""
+        alive = self.router.nodes()
+        candidates = [n.name for n in alive if not n.is_head] or [n.name for n in alive]
+        sizes = {s.node: s for s in self.router.directory.node_sizes() if s.node in candidates}
+        for name in candidates:
+            if name not in sizes:  # its store has not reported yet
+                sizes[name] = self.router.node(name).stats()
+        host_of = {n.name: n.hostname or n.name for n in alive}
+        caps = {name: memory_cap(name) for name in sizes}
+        shared = placement.host_rooms(sizes, host_of)
+        for _ in range(2 * len(sizes)):
+            best = placement.best(sizes, shared, host_of, caps)
+            if size > placement.room(best, sizes, shared, host_of, caps):
+                break
+            node = self.router.node(best)
+            try:
+                return node, node.allocate(size, self.lease, caps[best], holder, for_key)
+            except StoreFull:
+                sizes[best] = node.stats()  # its report was stale: rank it by what it says now
+        sizes[best] = self.router.node(best).stats(caps[best])  # what bounds it, for the message
+        free = placement.room(best, sizes, shared, host_of, caps)
+        raise StoreFull(f"cannot allocate {size} bytes: the most any node can hold is {free} "
+                        f"bytes (node {best}: {describe_limit(sizes[best])})",
+                        size=size, free=free, node=best, limit=sizes[best].limited_by)

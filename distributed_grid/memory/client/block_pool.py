@@ -1,0 +1,326 @@
+"""The pool of blocks and keys: a thin facade over the router, allocation, keys, writes, reads.
+
+:class:`BlockPool` is what a caller holds: it connects to the cluster (the embedded local one
+when none answers), checks each value where it enters (a key once, carried on as a
+:class:`~distributed_grid.names.Key`), and hands the work to its parts: :mod:`.router` (which
+node holds a block, and how to reach it), :mod:`.allocation` and :mod:`.placement` (new blocks),
+:mod:`.keys` (the key directory's protocol), :mod:`.writes` and :mod:`.reads` (the bytes).
+:class:`~distributed_grid.memory.pool.MemoryPool` adds typed values (arrays, tensors, objects).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+
+from distributed_grid.cluster.config import ClusterConfig, memory_cap, use_config
+from distributed_grid.cluster.target import find_cluster
+from distributed_grid.memory.client.allocation import Allocator
+from distributed_grid.memory.client.host import HostNodes
+from distributed_grid.memory.client.keys import KeyIndex
+from distributed_grid.memory.client.nodes import Directory, NodeStore
+from distributed_grid.memory.client.reads import Reader
+from distributed_grid.memory.client.router import Router, force_remote_default
+from distributed_grid.memory.client.writes import Writer, source_of
+from distributed_grid.memory.io import copies, inputs, sinks
+from distributed_grid.names import key_from
+from distributed_grid.records import (
+    BlockInfo,
+    ClusterStatus,
+    KeyPlace,
+    KeyRemoval,
+    NodeInfo,
+    NodeStats,
+    Piece,
+    RetrieveResult,
+    StoreResult,
+)
+
+if TYPE_CHECKING:
+    from distributed_grid.cluster.connection import RayCluster
+
+Progress = copies.Progress
+F = TypeVar("F", bound="Callable[..., Any]")
+
+
+def _doc_of(implementation: Callable[..., Any]) -> Callable[[F], F]:
+    """Give a method of the facade the docstring of the method that does its work (written
+    once, where the work is)."""
+    def give(method: F) -> F:
+        method.__doc__ = implementation.__doc__
+        return method
+
+    return give
+
+
+class BlockPool:
+    """Blocks of shared memory across the cluster's nodes, and keys in them.
+
+    Args:
+        address: the cluster's ``HOST:PORT``; None for ``RAY_ADDRESS``, the cluster recorded on
+            this host, or the embedded local cluster started on demand.
+        config: a cluster config (object or YAML path) naming nodes and their memory caps.
+        force_remote: always take the remote (ObjectRef) path; None reads
+            ``DISTRIBUTED_GRID_FORCE_REMOTE``.
+        start_if_missing: start the embedded cluster when none answers.
+        persistent: blocks this pool allocates stay until deallocated (True), or are freed by
+            :meth:`close` and when this process ends, however it ends (False).
+    """
+
+    def __init__(self, address: str | None = None, *, config: ClusterConfig | str | None = None,
+                 force_remote: bool | None = None, start_if_missing: bool = True,
+                 persistent: bool = True) -> None:
+        config = use_config(config)
+        if address is None and config is not None:
+            address = config.address
+        target = find_cluster(address, start_if_missing=start_if_missing)
+        self.address = target.address
+        self.force_remote = force_remote_default() if force_remote is None else force_remote
+        self.persistent = persistent
+        self._config = config  # what a pickled pool carries to the other side
+        self._router = Router(target, self.force_remote)
+        self._lease: tuple[str, Any] | None = None if persistent else self.ray.make_lease()
+        self._keys = KeyIndex(self._router)
+        self._blocks = Allocator(self._router, self._lease[0] if self._lease else None)
+        self._writer = Writer(self._router, self._keys, self._blocks)
+        self._reader = Reader(self._router, self._keys)
+
+    def __reduce__(self) -> tuple[Any, tuple]:
+        """A pool pickles as its address and options (for Ray tasks and actors), and connects
+        again on the other side: to the same cluster, never starting one; reaching each block
+        the way that process can (zero-copy where the block is on its host). A non-persistent
+        pool comes back as one with a lease of its own: blocks it allocates are freed when that
+        process ends."""
+        return (_reconnect, (type(self), self.address, self._config, self.force_remote,
+                             self.persistent))
+
+    def __enter__(self) -> BlockPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the pool (see :meth:`close`)."""
+        self.close()
+
+    # -- the cluster ----------------------------------------------------------------------------
+
+    @property
+    def ray(self) -> RayCluster:
+        """The cluster through Ray, connected on first use."""
+        return self._router.ray
+
+    @property
+    def host(self) -> HostNodes:
+        """The nodes of the cluster whose stores run on this host."""
+        return self._router.host
+
+    @property
+    def directory(self) -> Directory:
+        """The cluster's key directory, as this process reaches it."""
+        return self._router.directory
+
+    @property
+    def cluster_id(self) -> str:
+        """The cluster's identity (part of every segment name)."""
+        return self._router.cluster_id
+
+    def nodes(self, include_dead: bool = False) -> list[NodeInfo]:
+        """The cluster's nodes (alive ones only, unless ``include_dead``)."""
+        return self._router.nodes(include_dead)
+
+    def stats(self) -> list[NodeStats]:
+        """Per node: shared-memory capacity and free bytes, block count and bytes."""
+        per_node = self._router.each_node(NodeStore.stats, lambda name: (memory_cap(name),))
+        return [replace(per_node[n.name], node_id=n.node_id, address=n.address,
+                        hostname=n.hostname, is_head=n.is_head)
+                for n in self.nodes() if n.name in per_node]
+
+    def status(self) -> ClusterStatus:
+        """The cluster's address and identity, and each alive node's :meth:`stats`."""
+        return ClusterStatus(address=self.address, cluster_id=self.cluster_id,
+                             nodes=self.stats())
+
+    # -- blocks ---------------------------------------------------------------------------------
+
+    def allocate(self, size: int, node: str | None = None) -> BlockInfo:
+        """Allocate a block of ``size`` bytes; returns its facts (``block_id`` among them).
+
+        Without ``node``, the worker with the most free shared memory is chosen (the head only
+        when there is no worker).
+
+        Raises:
+            InvalidArgument: ``size`` is not a positive whole number of bytes.
+            NodeNotFound: no node is called ``node``.
+            StoreFull: the node cannot hold ``size`` bytes.
+        """
+        return self._blocks.allocate(size, node)
+
+    def block_info(self, block_id: str) -> BlockInfo:
+        """The facts of one block: node, size, used bytes, keys, status.
+
+        Raises:
+            InvalidArgument: ``block_id`` is not of the form ``block_<n>_<node>``.
+            BlockNotFound: no such block (its node is unknown, or it has no such block).
+            NodeUnavailable: its node is gone.
+        """
+        number, node = self._router.block_node(block_id)
+        return node.block_info(number)
+
+    @_doc_of(Allocator.deallocate)
+    def deallocate(self, block_id: str) -> BlockInfo:
+        return self._blocks.deallocate(block_id)
+
+    def list_blocks(self) -> list[BlockInfo]:
+        """Every block of the cluster, by node then number (each node asked once, at once).
+
+        Blocks of a node that is gone are listed as they were last known, with status "lost".
+        """
+        blocks = [b for per_node in self._router.each_node(NodeStore.list_blocks).values()
+                  for b in per_node]
+        for node in self.nodes(include_dead=True):
+            if not node.alive:
+                blocks += [b.with_status("lost") for b in self._router.lost_blocks(node.name)]
+        return sorted(blocks, key=lambda b: (b.node, b.number))
+
+    def is_local(self, block_id: str) -> bool:
+        """Whether this process reaches ``block_id`` zero-copy (same host, proven by token)."""
+        _, data = self.open_block(block_id)
+        if data is None:
+            return False
+        data.release()
+        return True
+
+    def open_block(self, block_id: str,
+                   populate: bool = False) -> tuple[int, memoryview | None]:
+        """A block's size and, on this host, a writable view of its bytes (None elsewhere);
+        with ``populate`` every page is mapped at once (``MAP_POPULATE``).
+
+        The view holds a mapping of its own: the memory stays valid while the view (or an
+        array over it) lives, even if the block is deallocated meanwhile, and goes with it.
+
+        Raises:
+            BlockNotFound: no such block.
+        """
+        number, node = self._router.block_node(block_id)
+        return node.open_block(number, populate)
+
+    def destroy_all(self) -> int:
+        """Free every block on every node (before the cluster is stopped); returns the count."""
+        count = sum(self._router.each_node(NodeStore.destroy).values())
+        self._router.remove_directory()  # when it is on this host: else the head's store did
+        return count
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    def find_key(self, key: str) -> KeyPlace | None:
+        """The block holding ``key``'s bytes with the key's extents, or None.
+
+        One lookup in the key directory, then one question to the key's node; a key whose
+        block is on this host is found in the host's catalogs first, without Ray.
+
+        Raises:
+            NodeUnavailable: the key's block is on a node that is gone.
+        """
+        return self._keys.find(key_from(key))[0]
+
+    def keys(self) -> dict[str, str]:
+        """Every key of the cluster, mapped to the id of its block."""
+        return self._keys.every_key()
+
+    @_doc_of(KeyIndex.delete)
+    def delete(self, key: str) -> KeyRemoval:
+        return self._keys.delete(key_from(key))
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    @_doc_of(Writer.store_file)
+    def store_file(self, key: str, path: str, block_id: str | None = None, offset: int = 0,
+                   force: bool = False, progress: Progress | None = None,
+                   on_size: Progress | None = None) -> StoreResult:
+        return self._writer.store_file(key_from(key), path, block_id, offset, force, progress,
+                                       on_size)
+
+    @_doc_of(Writer.store_stream)
+    def store_stream(self, key: str, source: inputs.Input | int | BinaryIO,
+                     block_id: str | None = None, offset: int = 0, force: bool = False,
+                     progress: Progress | None = None,
+                     on_size: Progress | None = None) -> StoreResult:
+        return self._writer.store_stream(key_from(key), source, block_id, offset, force,
+                                         progress, on_size)
+
+    @_doc_of(Writer.place_for)
+    def place_for(self, key: str, length: int,
+                  node: str | None = None) -> tuple[str, int, str | None]:
+        return self._writer.place_for(key_from(key), length, node)
+
+    def write(self, block_id: str, data: Any, offset: int = 0, key: str | None = None,
+              force: bool = False, progress: Progress | None = None,
+              meta: dict[str, Any] | None = None) -> BlockInfo:
+        """Write a bytes-like object into a block at ``offset`` (optionally under ``key``); a
+        list (or tuple) of them is written one after another, as one write, with no copy into
+        one buffer first. ``meta`` says what the key's bytes are (``put`` records an array's
+        dtype and shape).
+
+        Raises:
+            OutOfBounds, KeyConflict, BlockNotFound, InvalidArgument.
+        """
+        source = source_of(data)
+        return self._writer.write(block_id, offset, source.length,
+                                  None if key is None else key_from(key), force, source,
+                                  progress, meta)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    @_doc_of(Reader.plan)
+    def plan_read(self, target: str, size: int | None = None, offset: int = 0) -> list[Piece]:
+        return self._reader.plan(target, size, offset)
+
+    def read_into_sink(self, pieces: list[Piece],
+                       sink: sinks.Sink | Callable[[memoryview], object],
+                       progress: Progress | None = None) -> int:
+        """Hand the bytes of ``pieces`` to ``sink`` (a :class:`~distributed_grid.memory.io.
+        sinks.Sink` or a callable) in order; returns the byte count."""
+        return self._reader.to_sink(pieces, sinks.as_sink(sink), progress)
+
+    @_doc_of(Reader.read_to)
+    def read_to(self, target: str, sink: sinks.Sink | Callable[[memoryview], object],
+                size: int | None = None, offset: int = 0, progress: Progress | None = None,
+                pieces: list[Piece] | None = None) -> int:
+        return self._reader.read_to(target, sinks.as_sink(sink), size, offset, progress,
+                                    pieces)
+
+    @_doc_of(Reader.read)
+    def read(self, target: str, size: int | None = None, offset: int = 0) -> bytes:
+        return self._reader.read(target, size, offset)
+
+    @_doc_of(Reader.read_into)
+    def read_into(self, target: str, buffer: Any, size: int | None = None,
+                  offset: int = 0) -> int:
+        return self._reader.read_into(target, buffer, size, offset)
+
+    @_doc_of(Reader.retrieve_to_file)
+    def retrieve_to_file(self, target: str, path: str, size: int | None = None, offset: int = 0,
+                         progress: Progress | None = None,
+                         pieces: list[Piece] | None = None) -> RetrieveResult:
+        return self._reader.retrieve_to_file(target, path, size, offset, progress, pieces)
+
+    # -- the end --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the pool's connections; a non-persistent pool also frees its blocks.
+
+        Persistent blocks stay: they belong to the stores. Live views stay valid until released.
+        """
+        if self._lease is not None:
+            name, handle = self._lease
+            self._lease = None
+            self._router.each_node(NodeStore.release_lease, lambda _: (name,))
+            self.ray.end_lease(handle)
+        self._router.close()
+
+
+def _reconnect(cls: type[BlockPool], address: str, config: ClusterConfig | str | None,
+               force_remote: bool, persistent: bool) -> BlockPool:
+    """A pickled pool, connected again (see :meth:`BlockPool.__reduce__`)."""
+    return cls(address, config=config, force_remote=force_remote, start_if_missing=False,
+               persistent=persistent)

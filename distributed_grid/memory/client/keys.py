@@ -1,0 +1,134 @@
+"""Keys across the cluster: finding a key's block, claiming a key for a block, removing a key.
+
+The key directory (``memory/node/directory.py``) names the one block of the cluster that holds
+each key; a key's bytes and extents are in that block's node catalog. This module runs the
+directory's protocol for the pool: a write records the key in its block's catalog before it
+claims the key here, a claim that finds another holder asks that holder whether it still has
+the key (a stale entry is taken over with a compare-and-swap), and a removal forgets the entry
+only if it is still the one seen before the catalog dropped the key. A key is found with one
+lookup in the directory and one question to the key's node, whatever the number of nodes; a
+key whose block is on this host is found in the host's catalogs first, without Ray.
+"""
+
+from __future__ import annotations
+
+from distributed_grid.errors import (
+    BlockNotFound,
+    KeyConflict,
+    KeyNotFound,
+    NodeNotFound,
+    NodeUnavailable,
+    NotFound,
+)
+from distributed_grid.memory.client.nodes import NodeStore
+from distributed_grid.memory.client.router import Router
+from distributed_grid.names import Key, parse_block_id
+from distributed_grid.records import KeyPlace, KeyRemoval
+
+Version = tuple[int, int] | None  # a node catalog's version (None: another host's node)
+
+
+class KeyIndex:
+    """The cluster's keys, as one pool finds, claims and removes them.
+
+    Args:
+        router: the pool's nodes and key directory.
+    """
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def find(self, key: Key) -> tuple[KeyPlace | None, Version]:
+        """The block holding ``key``'s bytes with the key's extents (or None), and the version
+        of the key's node catalog taken before the place was read.
+
+        Raises:
+            NodeUnavailable: the key's block is on a node that is gone.
+        """
+        router = self.router
+        if not router.host.complete:
+            for name in router.host.alive:
+                node = router.node(name)
+                version = node.change_mark()
+                place = node.find_key(key)
+                if place is not None:
+                    return place, version
+        holder = router.directory.lookup(key)
+        if holder is None:
+            return None, None
+        _, name = parse_block_id(holder[0])
+        try:
+            node = router.node(name)
+        except NodeNotFound:
+            return None, None
+        version = node.change_mark()
+        return node.find_key(key), version
+
+    def holds(self, block_id: str, key: Key) -> bool:
+        """Whether ``block_id`` has ``key`` (a block on a node that is gone holds nothing)."""
+        number, name = parse_block_id(block_id)
+        try:
+            return self.router.node(name).holds_key(key, number)
+        except (NotFound, NodeUnavailable):
+            return False
+
+    def claim(self, key: Key, block_id: str) -> None:
+        """Make ``block_id`` the key's one block in the cluster (after the block's catalog
+        recorded the key).
+
+        Raises:
+            KeyConflict: another block holds the key.
+        """
+        directory = self.router.directory
+        while True:
+            holder = directory.claim(key, block_id)
+            if holder is None:
+                return
+            if self.holds(holder[0], key):
+                raise KeyConflict(
+                    f"key {key!r} already lives in {holder[0]}; a key lives in one block: "
+                    f"store it there, or deallocate {holder[0]} first",
+                    key=key, block_id=holder[0])
+            if directory.take_over(key, block_id, holder):
+                return
+
+    def delete(self, key: Key) -> KeyRemoval:
+        """Remove ``key``: all its extents, in its one block; and that block too when it was
+        allocated for the key (:meth:`store_file` without a block id, :meth:`put`) and no other
+        key lives in it. Other keys' bytes are untouched. A reader of the key gets its bytes
+        from before the removal, whole, or KeyNotFound. A zero-copy view of the key
+        (:meth:`get`) is live memory: it keeps a freed block's memory while it lives, and in a
+        block that stays it shows whatever is written there next.
+
+        Raises:
+            KeyNotFound: no block holds ``key``; nothing changed.
+            KeyBusy: a write of the key is running; nothing changed.
+            NodeUnavailable: the key's block is on a node that is gone.
+        """
+        unknown = KeyNotFound(f"no key named {key!r}: `grid memory list-objects` shows the "
+                              "blocks and their keys", key=key)
+        directory = self.router.directory
+        entry = directory.lookup(key)  # before the catalog's change: see forget_key
+        if entry is None:
+            raise unknown
+        try:
+            _, node = self.router.block_node(entry[0])
+            removal = node.delete_key(key)
+        except NodeUnavailable as exc:
+            raise NodeUnavailable(f"cannot delete key {key!r}: {exc}", key=key,
+                                  **exc.facts) from exc
+        except (BlockNotFound, KeyNotFound) as exc:  # a stale entry: the key is gone
+            raise unknown from exc
+        if removal.block_freed:
+            directory.forget_blocks([removal.block_id])
+            self.router.report(node)
+        elif removal.block_id == entry[0]:
+            directory.forget_key(key, entry)
+        return removal
+
+    def every_key(self) -> dict[str, str]:
+        """Every key of the cluster, mapped to the id of its block."""
+        merged: dict[str, str] = {}
+        for per_node in self.router.each_node(NodeStore.list_keys).values():
+            merged.update(per_node)
+        return merged

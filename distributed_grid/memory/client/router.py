@@ -1,0 +1,197 @@
+"""Which node holds a block, and how this process reaches it: routing for the pool.
+
+A block id names its node. A node whose store runs on this host (its record in the runtime
+directory says so, and its raylet is alive) is a :class:`~distributed_grid.memory.node.
+local_node.LocalNode`: its catalog is read and changed in this process and its bytes copied
+through the segments' descriptors or viewed through a mapping, with no round trip and no Ray.
+Any other node is a :class:`~distributed_grid.memory.client.remote_node.RemoteNode`, reached
+through its store actor; Ray is imported and connected only then. ``DISTRIBUTED_GRID_FORCE_
+REMOTE=1`` takes the remote path for every node (the way a process on another host would).
+Both kinds keep :class:`~distributed_grid.memory.client.nodes.Node`: nothing here or above asks
+which kind a node is.
+
+The key directory is likewise the head's file when the head is on this host, else reached
+through the head's store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from distributed_grid.cluster.target import Target
+from distributed_grid.errors import (
+    BlockNotFound,
+    NodeNotFound,
+    NodeUnavailable,
+    NotFound,
+    VersionMismatch,
+)
+from distributed_grid.memory.client.host import HostNodes
+from distributed_grid.memory.client.nodes import Directory, Node
+from distributed_grid.memory.node.directory import KeyDirectory
+from distributed_grid.memory.node.local_node import LocalNode
+from distributed_grid.names import parse_block_id
+from distributed_grid.records import BlockInfo, NodeInfo
+from distributed_grid.wire import STORE_PROTOCOL
+
+if TYPE_CHECKING:
+    from distributed_grid.cluster.connection import RayCluster
+
+FORCE_REMOTE_ENV = "DISTRIBUTED_GRID_FORCE_REMOTE"
+
+
+def force_remote_default() -> bool:
+    """Whether ``DISTRIBUTED_GRID_FORCE_REMOTE`` asks for the remote path everywhere."""
+    return os.environ.get(FORCE_REMOTE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class Router:
+    """The nodes of one cluster as this process reaches them, opened on first use.
+
+    Args:
+        target: the cluster.
+        force_remote: reach every node through its store actor.
+    """
+
+    def __init__(self, target: Target, force_remote: bool) -> None:
+        self.target = target
+        self.address = target.address
+        self.force_remote = force_remote
+        self.host = HostNodes() if force_remote else HostNodes.find(self.address)
+        self._ray: RayCluster | None = None
+        self._nodes: dict[str, Node] = {}
+        self._directory: Directory | None = None
+        self._own_directory: KeyDirectory | None = None
+
+    @property
+    def ray(self) -> RayCluster:
+        """The cluster through Ray, connected on first use (only a need for another host, or a
+        non-persistent pool's lease, brings Ray in)."""
+        if self._ray is None:
+            from distributed_grid.cluster.connection import RayCluster
+
+            self._ray = RayCluster(self.target)
+        return self._ray
+
+    @property
+    def cluster_id(self) -> str:
+        """The cluster's identity (part of every segment name)."""
+        return self.host.cluster_id or self.ray.cluster_id
+
+    def nodes(self, include_dead: bool = False) -> list[NodeInfo]:
+        """The cluster's nodes (alive ones only, unless ``include_dead``)."""
+        known = self.host.node_infos() if self.host.complete else self.ray.nodes()
+        return [n for n in known if include_dead or n.alive]
+
+    def node(self, name: str) -> Node:
+        """The node called ``name``, opened on first use.
+
+        Raises:
+            NodeNotFound: no node of that name.
+            NodeUnavailable: the node is gone.
+            VersionMismatch: its store runs another version of distributed_grid.
+        """
+        node = self._nodes.get(name)
+        if node is None:
+            node = self._nodes[name] = self._open(name)
+        return node
+
+    def _open(self, name: str) -> Node:
+        record = self.host.alive.get(name)
+        if record is not None:
+            if record.protocol != STORE_PROTOCOL:
+                raise VersionMismatch(
+                    f"the store of node {name} runs another version of distributed_grid "
+                    f"(protocol {record.protocol}, this one speaks {STORE_PROTOCOL}); stop that "
+                    "cluster (`grid cluster stop`) and start it again", node=name)
+            return LocalNode(name, record.cluster_id)
+        if name in self.host.dead:
+            raise NodeUnavailable(
+                f"node {name} is gone from the cluster: its blocks are lost until it returns",
+                node=name)
+        if self.host.complete:
+            known = ", ".join(sorted(self.host.alive)) or "none"
+            raise NodeNotFound(f"no node named {name!r} in the cluster; known nodes: {known}",
+                               node=name)
+        from distributed_grid.memory.client.remote_node import RemoteNode
+
+        return RemoteNode(self.ray, name)
+
+    def block_node(self, block_id: str) -> tuple[int, Node]:
+        """``(number, node)`` of a block whose node is alive.
+
+        Raises:
+            InvalidArgument: not a block id.
+            BlockNotFound: no node of that name.
+            NodeUnavailable: the node is gone (the block is lost).
+        """
+        number, name = parse_block_id(block_id)
+        try:
+            return number, self.node(name)
+        except NodeUnavailable as exc:
+            state = "unreachable" if "timeout" in exc.facts else "lost"  # wedged, or gone
+            raise NodeUnavailable(f"block {block_id} is {state}: {exc}", block_id=block_id,
+                                  node=name) from exc
+        except NotFound as exc:
+            raise BlockNotFound(f"no block {block_id}: {exc}", block_id=block_id,
+                                node=name) from exc
+
+    def each_node(self, method: Callable[..., Any],
+                  args: Callable[[str], tuple] = lambda _: ()) -> dict[str, Any]:
+        """``method(*args(node))`` of every alive node's store (a method of
+        :class:`~distributed_grid.memory.client.nodes.NodeStore`), by node name: the calls to
+        other hosts all leave first, the local ones run meanwhile."""
+        nodes = {n.name: self.node(n.name) for n in self.nodes()}
+        order = sorted(nodes, key=lambda name: nodes[name].is_local)
+        waits = {name: nodes[name].start(method, *args(name)) for name in order}
+        return {name: wait() for name, wait in waits.items()}
+
+    @property
+    def directory(self) -> Directory:
+        """The key directory: its file when the head is on this host, else the head's store."""
+        if self._directory is None:
+            self._directory = self._directory_here()
+            if self._directory is None:
+                from distributed_grid.memory.client.remote_node import RemoteDirectory
+
+                self._directory = RemoteDirectory(self.ray)
+        return self._directory
+
+    def _directory_here(self) -> KeyDirectory | None:
+        """The key directory's file, opened, when the head's store runs on this host."""
+        if self._own_directory is None and self.host.directory is not None:
+            self._own_directory = KeyDirectory(self.host.cluster_id or "", self.host.directory)
+        return self._own_directory
+
+    def report(self, node: Node) -> None:
+        """Tell the key directory a node's new size when both are on this host; other sizes
+        reach it from the nodes' stores every few seconds (no round trip for this)."""
+        record = self.host.alive.get(node.node)
+        if record is not None and self.host.directory is not None:
+            self.directory.report(node.stats(), record.is_head)
+
+    def remove_directory(self) -> None:
+        """Remove the key directory when its file is on this host (else the head's store
+        removes it with its node)."""
+        here = self._directory_here()
+        if here is not None:
+            here.remove()
+
+    def lost_blocks(self, name: str) -> list[BlockInfo]:
+        """The blocks a node that is gone held, as they were last known."""
+        record = self.host.dead.get(name)
+        if record is not None and os.path.exists(record.catalog):  # its catalog is on this host
+            store = LocalNode(name, record.cluster_id)
+            try:
+                return store.list_blocks()
+            finally:
+                store.close()
+        return [] if self.host.complete else self.ray.last_published(name)
+
+    def close(self) -> None:
+        """Release every node opened (live views stay valid)."""
+        for node in self._nodes.values():
+            node.close()
+        self._nodes.clear()

@@ -1,0 +1,188 @@
+"""What every part of a node's store shares: its catalog, its rows as records, its writers' lives.
+
+:class:`StoreCore` is the state a :class:`~distributed_grid.memory.node.store.BlockStore` is made
+of (the node's catalog, its name, the segment names of its blocks, this process's identity) and
+the few rules its parts (allocation and reads, writes, recovery) all apply: how a catalog row
+becomes a :class:`~distributed_grid.records.BlockInfo`, when a block is usable, whether
+a writer still lives, and how an undone write gives back its extents and its guard slot.
+
+:func:`segment_fd`, :func:`open_guard` and :func:`guard_of` open a block's segment (its
+descriptor, or the write guard in its header) the one way every caller needs: the segment must
+hold the block's token and size, and a segment that is gone is :class:`BlockNotFound`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from distributed_grid.errors import BlockNotFound
+from distributed_grid.memory.node.catalog import Catalog
+from distributed_grid.memory.node.schema import BlockRow, ExtentRow
+from distributed_grid.memory.shm import segment as seg
+from distributed_grid.memory.shm.layout import segment_pattern, segment_prefix
+from distributed_grid.memory.shm.seqguard import Guard, tag_alive
+from distributed_grid.names import format_block_id
+from distributed_grid.records import BlockInfo, PendingWrite
+from distributed_grid.runtime import identity_alive, this_process
+
+
+@contextmanager
+def segment_fd(block: BlockInfo) -> Iterator[int]:
+    """A descriptor of the block's segment for bulk copies (closed when the block ends).
+
+    Raises:
+        BlockNotFound: the block's memory is gone from this host (or holds another block).
+    """
+    try:
+        fd = seg.open_data(block.segment, bytes.fromhex(block.token), block.size)
+    except seg.SegmentNotFound as exc:
+        raise BlockNotFound(f"the shared memory of {block.block_id} is gone",
+                            block_id=block.block_id, node=block.node) from exc
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def open_guard(block: BlockInfo) -> Guard:
+    """The write guard of the block's segment (the caller closes it).
+
+    Raises:
+        BlockNotFound: as :func:`segment_fd`.
+    """
+    with segment_fd(block) as fd:
+        return Guard(fd)
+
+
+@contextmanager
+def guard_of(block: BlockInfo) -> Iterator[Guard]:
+    """:func:`open_guard`, closed when the block ends."""
+    guard = open_guard(block)
+    try:
+        yield guard
+    finally:
+        guard.close()
+
+
+class StoreCore:
+    """The state and shared rules of one node's store, as seen from a process of its host.
+
+    Args:
+        node: the node's name (part of every block id and segment name).
+        cluster_id: the cluster's identity (part of every segment name, so two clusters on one
+            host never collide).
+        capacity: the most bytes this store may hold in blocks; None for what the host's
+            shared memory and memory can back (a caller's config may cap it further per call).
+    """
+
+    def __init__(self, node: str, cluster_id: str, capacity: int | None = None) -> None:
+        self.catalog = Catalog(node, cluster_id)
+        self.node = node
+        self.cluster_id = cluster_id
+        self.capacity = capacity
+        self.prefix = segment_prefix(cluster_id, node)
+        self._segment_re = segment_pattern(cluster_id, node)
+        self.me = this_process()
+
+    def block_id(self, number: int) -> str:
+        """The id of block ``number`` of this node."""
+        return format_block_id(number, self.node)
+
+    def _row(self, number: int, settled: bool = True) -> BlockRow:
+        """The block's row; raises BlockNotFound unless it exists (and is usable if settled)."""
+        return self._usable(number, self.catalog.block(number), settled)
+
+    def _usable(self, number: int, row: BlockRow | None, settled: bool = True) -> BlockRow:
+        if row is None or row.state == "creating":
+            raise BlockNotFound(
+                f"no block {self.block_id(number)} on node {self.node}",
+                block_id=self.block_id(number), node=self.node,
+            )
+        if settled and row.state != "ok":
+            raise BlockNotFound(
+                f"block {self.block_id(number)} lost its shared memory (segment "
+                f"{row.segment} is gone from this host); deallocate it",
+                block_id=self.block_id(number), node=self.node,
+            )
+        return row
+
+    def _info(self, row: BlockRow, extents: list[ExtentRow] | None = None) -> BlockInfo:
+        """The block's facts from its row and extents (read now when not given)."""
+        if extents is None:
+            extents = self.catalog.extents(row.number)
+        keys: dict[str, list[tuple[int, int]]] = {}
+        pending: list[PendingWrite] = []
+        for e in extents:
+            if e.complete:
+                keys.setdefault(e.key, []).append((e.offset, e.length))
+            else:
+                pending.append(PendingWrite(e.key, e.offset, e.length, e.writer))
+        return BlockInfo(
+            block_id=self.block_id(row.number), node=self.node, number=row.number,
+            size=row.size, used=row.high_water, created=row.created, status=row.state,
+            segment=row.segment, token=row.token, keys=keys,
+            pending_keys=sorted({p.key for p in pending}), persistent=row.lease is None,
+            pending=pending,
+        )
+
+    # -- writers' lives -------------------------------------------------------------------------
+
+    def writer_alive(self, writer: str | None) -> bool | None:
+        """Whether the owner of a pending write (or of a block held for one) still runs.
+
+        None when this process cannot tell: a writer on another host, which the node's store
+        actor judges.
+        """
+        if not writer:
+            return False
+        return identity_alive(writer)
+
+    def write_gone(self, pending: ExtentRow) -> bool:
+        """Whether nobody can finish a pending write: its writer is gone, or the process that
+        held its guard slot (the only one copying its bytes) is."""
+        if pending.guard is not None and not tag_alive(pending.guard):
+            return True
+        return self.writer_alive(pending.writer) is False
+
+    # -- undoing writes -------------------------------------------------------------------------
+
+    def _drop(self, number: int, extents: list[ExtentRow]) -> None:
+        """Forget extents (inside a transaction), and the metadata of keys left with none."""
+        self.catalog.drop_extents([e.id for e in extents])
+        for dropped in {e.key for e in extents}:
+            if not self.catalog.key_has_extents(dropped, number):
+                self.catalog.set_key_meta(dropped, number, None)
+
+    def _forget_write(self, pending: ExtentRow) -> list[ExtentRow]:
+        """Undo the pending write of a writer that is gone (inside a transaction): its extent
+        and the complete extents its range overlapped. Returns it (its guard slot is released
+        by the caller, after the transaction)."""
+        torn = [e for e in self.catalog.overlapping(pending.block, pending.offset, pending.end)
+                if e.complete]
+        self._drop(pending.block, [pending, *torn])
+        return [pending]
+
+    def _release_guards(self, writes: list[ExtentRow]) -> None:
+        """Release the write-guard slots undone writes held (by their owner tag: a slot taken
+        meanwhile by another writer is left alone)."""
+        for w in writes:
+            if w.slot is None or w.guard is None:
+                continue
+            row = self.catalog.block(w.block)
+            if row is None:
+                continue
+            try:
+                with guard_of(self._info(row, [])) as guard:
+                    guard.release(w.slot, w.guard)
+            except BlockNotFound:
+                continue
+
+    def _drop_freed_mappings(self) -> None:
+        """Close this process's kept mappings of unlinked segments (a node of this host keeps
+        some), so their memory goes now."""
+
+    def close(self) -> None:
+        """Close this process's connection to the catalog."""
+        self.catalog.close()

@@ -1,0 +1,108 @@
+"""The schema of a node's catalog: its tables, and the rows queries hand back.
+
+Block states: ``creating`` (its number is spent and its creator is making the segment),
+``ok``, or ``missing`` (its segment vanished from the host). ``block_count`` and ``block_bytes``
+in ``meta`` count the blocks that hold memory (creating and ok), kept by every change, so no
+question about the node's size costs a scan. A block allocated for one write (``grid memory
+store`` without a block id) has a ``holder``, the writer, until that write commits: if the
+holder dies first, the block is freed. It also remembers the key it was made ``for_key``, so
+removing that key frees the block when no other key lives in it.
+
+An extent is complete, or pending (being written) with its ``writer`` and the write-guard slot
+(``slot``, ``guard``: the slot's index and owner tag in the segment's header) the write holds.
+A key rewritten at the same offset keeps its complete extent beside the pending one until the
+new write commits, so the key stays readable meanwhile; the commit then gives the complete
+extent the new length, and it keeps its id. Extent ids are never reused: a key's extents with
+the same ids have been the key's all along (a reader checks that its key was not deleted, and
+another key written in its place, while it read).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+SCHEMA_VERSION = 3
+
+SCHEMA = """
+CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+INSERT INTO meta VALUES ('next_number', 0), ('block_count', 0), ('block_bytes', 0);
+CREATE TABLE leases (name TEXT PRIMARY KEY, created REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE blocks (
+    number INTEGER PRIMARY KEY,
+    size INTEGER NOT NULL CHECK (size > 0),
+    segment TEXT NOT NULL UNIQUE,
+    token TEXT NOT NULL,
+    created REAL NOT NULL,
+    high_water INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL CHECK (state IN ('creating', 'ok', 'missing')),
+    lease TEXT REFERENCES leases(name),
+    creator TEXT,
+    holder TEXT,
+    for_key TEXT
+);
+CREATE INDEX blocks_by_lease ON blocks(lease) WHERE lease IS NOT NULL;
+CREATE INDEX blocks_not_ok ON blocks(state) WHERE state != 'ok';
+CREATE INDEX blocks_held ON blocks(holder) WHERE holder IS NOT NULL;
+CREATE TABLE extents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    block INTEGER NOT NULL REFERENCES blocks(number) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    offset INTEGER NOT NULL CHECK (offset >= 0),
+    length INTEGER NOT NULL CHECK (length >= 0),
+    complete INTEGER NOT NULL DEFAULT 0,
+    writer TEXT,
+    slot INTEGER,
+    guard INTEGER
+);
+CREATE INDEX extents_by_block ON extents(block, offset);
+CREATE INDEX extents_pending ON extents(block) WHERE complete = 0;
+CREATE INDEX extents_by_key ON extents(key, block);
+CREATE TABLE key_meta (
+    key TEXT PRIMARY KEY,
+    block INTEGER NOT NULL REFERENCES blocks(number) ON DELETE CASCADE,
+    meta TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX key_meta_by_block ON key_meta(block)
+"""
+HOLDS_MEMORY = ("creating", "ok")
+
+
+class BlockRow(NamedTuple):
+    """One row of ``blocks``."""
+
+    number: int
+    size: int
+    segment: str
+    token: str
+    created: float
+    high_water: int
+    state: str
+    lease: str | None
+    creator: str | None
+    holder: str | None
+    for_key: str | None
+
+
+class ExtentRow(NamedTuple):
+    """One row of ``extents``: a run of a block's bytes that belongs to a key."""
+
+    id: int
+    block: int
+    key: str
+    offset: int
+    length: int
+    complete: bool
+    writer: str | None
+    slot: int | None
+    guard: int | None
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+BLOCK_COLUMNS = ("number, size, segment, token, created, high_water, state, lease, creator, "
+                  "holder, for_key")
+EXTENT_COLUMNS = "id, block, key, offset, length, complete, writer, slot, guard"
+BLOCK_COLUMNS_OF_B = ", ".join(f"b.{c}" for c in BLOCK_COLUMNS.split(", "))
+EXTENT_COLUMNS_OF_E = ", ".join(f"e.{c}" for c in EXTENT_COLUMNS.split(", "))

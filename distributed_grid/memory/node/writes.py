@@ -1,0 +1,227 @@
+"""A node's writes of keys: prepare, commit, abort, and removing keys.
+
+Write protocol: ``prepare_write`` checks the range and records the key's extent as pending (the
+bytes it claims are then owned, so no other write can take them); the bytes are copied (by a
+local client straight into the mapping, or by the store actor from chunks sent through Ray);
+``commit_write`` marks the extent complete. A refused write has changed nothing. A range of a key
+has one writer at a time: a second write of a key onto bytes a running write of it claims is
+refused (:class:`KeyBusy`); writes of disjoint parts of one key (pipeline stages writing their
+parts at known offsets) may run at once.
+
+A write whose writer is gone is undone when another write meets it (here), or by the node's
+upkeep (:mod:`distributed_grid.memory.node.recovery`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distributed_grid.errors import KeyBusy, KeyConflict, KeyNotFound, StoreFull
+from distributed_grid.memory.node.core import StoreCore
+from distributed_grid.memory.node.schema import ExtentRow
+from distributed_grid.memory.shm import segment as seg
+from distributed_grid.names import check_range, validate_key
+from distributed_grid.records import BlockInfo, KeyRemoval, PendingWrite
+
+
+class StoreWrites(StoreCore):
+    """Writes and removals of a node's keys, each one catalog transaction."""
+
+    def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
+                      force: bool = False, writer: str | None = None, slot: int | None = None,
+                      guard: int | None = None) -> BlockInfo:
+        """Check a write of ``length`` bytes at ``offset`` and claim the range for ``key``.
+
+        Rules: the range must lie inside the block; it may not touch bytes of another key (nor
+        of another extent of the same key) unless ``force``; a key written again at the same
+        offset replaces that extent when the write commits (until then the key reads as it
+        was). With ``force`` the overlapped extents of other keys are dropped (their bytes are
+        being overwritten). A key lives in one block of the node (the cluster's key directory
+        makes that one block of the cluster) and each of its ranges one writer at a time.
+        Pending writes of writers that are gone are undone first.
+
+        Args:
+            writer: who writes (``host/pid/start``); None for this process.
+            slot, guard: the write-guard slot the writer holds for the range, and its owner tag.
+
+        Returns:
+            The block's facts (segment name and token let a local client write directly).
+
+        Raises:
+            OutOfBounds, InvalidArgument, KeyConflict, KeyBusy, BlockNotFound.
+        """
+        if key is not None:
+            validate_key(key)
+        released: list[ExtentRow] = []
+        try:
+            with self.catalog.transaction():
+                row = self._row(number)
+                block_id = self.block_id(number)
+                check_range(block_id, row.size, offset, length, "write")
+                end = offset + length
+                if key is not None:
+                    for p in self.catalog.pending_extents(key):
+                        if self.write_gone(p):
+                            released += self._forget_write(p)
+                            continue
+                        if p.block == number and (p.end <= offset or end <= p.offset):
+                            continue  # another part of the key: its writer may run meanwhile
+                        raise KeyBusy(
+                            f"key {key!r} is being written (bytes {p.offset}..{p.end} of "
+                            f"{self.block_id(p.block)}, by {p.writer}); each part of a key has "
+                            "one writer at a time: try again when that write has finished",
+                            key=key, block_id=self.block_id(p.block), writer=p.writer)
+                    elsewhere = self.catalog.block_of_key(key)
+                    if elsewhere is not None and elsewhere != number:
+                        other = self.block_id(elsewhere)
+                        raise KeyConflict(
+                            f"key {key!r} already lives in {other}; a key lives in one block: "
+                            f"store it there, or deallocate {other} first",
+                            key=key, block_id=other,
+                        )
+                overlapping = self.catalog.overlapping(number, offset, end)
+                gone = [e for e in overlapping if not e.complete and self.write_gone(e)]
+                for e in gone:
+                    released += self._forget_write(e)
+                if gone:
+                    overlapping = self.catalog.overlapping(number, offset, end)
+                clashes = [e for e in overlapping
+                           if not (e.key == key and e.offset == offset and e.complete)]
+                if clashes and not force:
+                    e = clashes[0]
+                    who = "another extent of key" if e.key == key else "key"
+                    raise KeyConflict(
+                        f"cannot write {length} bytes at offset {offset} into {block_id}: bytes "
+                        f"{e.offset}..{e.end} belong to {who} {e.key!r}; write elsewhere, or "
+                        "pass --force to overwrite them",
+                        block_id=block_id, offset=offset, length=length, key=e.key,
+                    )
+                self._drop(number, clashes)
+                if key is not None:
+                    self.catalog.add_extent(number, key, offset, length, writer or self.me,
+                                            slot, guard)
+                info = self._info(row)
+        finally:
+            self._release_guards(released)
+        return info
+
+    def commit_write(self, number: int, offset: int, length: int, key: str | None = None,
+                     meta: dict[str, Any] | None = None) -> BlockInfo:
+        """Mark a prepared write complete and move the block's high-water mark.
+
+        The key's complete extent at the same offset (its bytes before this write) is replaced,
+        and a block allocated for this write no longer depends on the writer's life.
+
+        Args:
+            meta: what the key's bytes are (an array's dtype and shape); None for plain bytes.
+
+        Raises:
+            KeyNotFound: no pending write of ``key`` at ``offset`` (it was overwritten with
+                ``force``, undone because its writer seemed gone, or its block deallocated and
+                made again).
+            BlockNotFound: the block is gone.
+        """
+        with self.catalog.transaction():
+            row = self._row(number)
+            check_range(self.block_id(number), row.size, offset, length, "write")
+            if key is not None:
+                if not self.catalog.complete_extent(number, key, offset, length):
+                    raise KeyNotFound(
+                        f"no pending write of key {key!r} at offset {offset} in "
+                        f"{self.block_id(number)}", key=key, block_id=self.block_id(number),
+                        offset=offset,
+                    )
+                self.catalog.set_key_meta(key, number, meta)
+            self.catalog.raise_high_water(number, offset + length)
+            if row.holder is not None:
+                self.catalog.let_go(number)
+            return self._info(self.catalog.block(number))  # type: ignore[arg-type]
+
+    def abort_write(self, number: int, offset: int, key: str | None = None,
+                    torn: bool = True) -> None:
+        """Forget a prepared write that did not finish.
+
+        Args:
+            torn: whether bytes may have been copied: the key's complete extents that the
+                write's range overlapped are then dropped too (they hold a mix).
+        """
+        if key is None:
+            return
+        with self.catalog.transaction():
+            pending = self.catalog.pending_extent(number, key, offset)
+            if pending is None:
+                return
+            self._drop(number, [pending])
+            if torn:
+                self._drop(number, [e for e in self.catalog.overlapping(
+                    number, pending.offset, pending.end) if e.complete])
+
+    def delete_key(self, key: str) -> KeyRemoval:
+        """Remove ``key`` from the node: all its extents, in its one block; and the block too
+        when it was allocated for the key (``for_key``) and no other key has bytes in it
+        (complete or being written) once the key is gone.
+
+        The key's removal and the block's deallocation are one catalog transaction; the
+        block's segment is unlinked after it (a reader's mapping keeps the memory until it
+        closes). A write of the key whose writer is gone is undone first. On a /dev/shm so
+        full that the catalog cannot record the change, a block that goes has its segment
+        unlinked first (its memory makes the room), as in :meth:`deallocate`.
+
+        Raises:
+            KeyBusy: a live writer is writing the key; nothing changed.
+            KeyNotFound: no block of the node holds the key; nothing changed.
+            StoreFull: the catalog cannot record the change; nothing changed.
+        """
+        validate_key(key)
+        try:
+            return self._delete_key(key)
+        except StoreFull:
+            with self.catalog.transaction():  # reads only (it writes no WAL): holds the lock
+                segment = self._segment_freed_by(key)
+                if segment is None:
+                    raise
+                seg.unlink_segment(segment)
+            self._drop_freed_mappings()
+            return self._delete_key(key)
+
+    def _delete_key(self, key: str) -> KeyRemoval:
+        released: list[ExtentRow] = []
+        with self.catalog.transaction():
+            for p in self.catalog.pending_extents(key):
+                if self.write_gone(p):
+                    released += self._forget_write(p)
+                    continue
+                owner = PendingWrite(p.key, p.offset, p.length, p.writer).owner
+                raise KeyBusy(
+                    f"cannot delete key {key!r}: it is being written (bytes {p.offset}.."
+                    f"{p.end} of {self.block_id(p.block)}, by {owner}); try again when that "
+                    "write has finished", key=key, block_id=self.block_id(p.block),
+                    writer=p.writer)
+            number = self.catalog.block_of_key(key)
+            row = None if number is None else self.catalog.block(number)
+            if number is not None and row is not None:
+                extents = self.catalog.key_extents(key, number)
+                self._drop(number, extents)
+                freed = row.for_key == key and not self.catalog.block_has_extents(number)
+                if freed:
+                    self.catalog.delete_block(row)
+        self._release_guards(released)  # undone writes of dead writers: their slots go now
+        if number is None or row is None:
+            raise KeyNotFound(f"no key named {key!r} on node {self.node}", key=key,
+                              node=self.node)
+        if freed:
+            seg.unlink_segment(row.segment)
+            self._drop_freed_mappings()
+        return KeyRemoval(key=key, block_id=self.block_id(number), node=self.node,
+                          bytes=sum(e.length for e in extents),
+                          extents=[(e.offset, e.length) for e in extents], block_freed=freed)
+
+    def _segment_freed_by(self, key: str) -> str | None:
+        """The segment of the block removing ``key`` would free, if it would free one."""
+        number = self.catalog.block_of_key(key)
+        row = None if number is None else self.catalog.block(number)
+        if row is None or row.for_key != key:
+            return None
+        if any(e.key != key or not e.complete for e in self.catalog.extents(row.number)):
+            return None
+        return row.segment
