@@ -3,10 +3,10 @@ store with known contents; exits 1 on any finding.
 
 Starts its own cluster (``grid cluster start --nodes gpu1,gpu2`` in a private TMPDIR) and stops
 it at the end, also on error, Ctrl-C or SIGTERM. The command lines come from the CLI's own
-grammar and the oracle judges each run (both in ``tests/cli_fuzz.py``, shared with the suite's
-short fuzz test): no traceback, no hang (``--timeout`` seconds), an allowed exit code, one
-``error:`` line last on stderr, and a failed (or read-only) command changes no block, key, byte
-or named file. Progress goes to stderr; the summary (runs per exit code, findings with the
+grammar and the oracle judges each run (both in ``tests/helpers/cli_fuzz.py``, shared with the
+suite's short fuzz test): no traceback, no hang (``--timeout`` seconds), an allowed exit code,
+one ``error:`` line last on stderr, and a failed (or read-only) command changes no block, key,
+byte or named file. Progress goes to stderr; the summary (runs per exit code, findings with the
 argument list that caused them, runs per second) to stdout, or as JSON with ``--json``.
 
     .venv/bin/python benchmarks/fuzz_cli.py [--runs 1000] [--seed 0] [--timeout 60] [--json]
@@ -52,7 +52,7 @@ def main() -> int:
     for name in ("RAY_ADDRESS", "XDG_RUNTIME_DIR", "DISTRIBUTED_GRID_CONFIG",
                  "DISTRIBUTED_GRID_FORCE_REMOTE"):
         os.environ.pop(name, None)
-    from cli_fuzz import GRID, World, command_lines
+    from helpers.cli_fuzz import GRID, World, command_lines
     from hypothesis import HealthCheck, assume, given, seed, settings
 
     world = None

@@ -140,40 +140,36 @@ class Reader:
 
     def into_buffer(self, target: str, size: int | None, offset: int,
                     buffer_for: Callable[[int], memoryview]) -> int:
-        """Read into the buffer ``buffer_for(length)`` gives for the planned length (asked
-        again when a key's place changed meanwhile and no longer fits); returns the count."""
+        """Read into the buffer ``buffer_for(length)`` gives for the planned length, asked
+        again when a key's place changed meanwhile and no longer fits (each view it gives is
+        released after its try); returns the byte count."""
         pieces = self.plan(target, size, offset)
         while True:
-            dest = buffer_for(sum(p.length for p in pieces))
-            try:
-                return self.read_to(target, sinks.BufferSink(dest), size, offset,
-                                    pieces=pieces)
-            except PlanChanged as changed:
-                pieces = changed.pieces
+            with buffer_for(sum(p.length for p in pieces)) as dest:
+                try:
+                    return self.read_to(target, sinks.BufferSink(dest), size, offset,
+                                        pieces=pieces)
+                except PlanChanged as changed:
+                    pieces = changed.pieces
 
     def read(self, target: str, size: int | None = None, offset: int = 0) -> bytes:
         """The bytes of a block or key (default: up to the block's high-water mark), as they
-        were before or after any concurrent write, never a mix, copied once into the ``bytes``
-        returned."""
-        made: list[tuple[bytes | bytearray, memoryview]] = []
+        were before or after any concurrent write, never a mix.
 
-        def buffer_for(length: int) -> memoryview:
-            for _, old in made:
-                old.release()
-            made.clear()
-            fresh = new_bytes(length)
-            if fresh is None:  # small, or not CPython: a bytearray, and bytes() of it
-                spare = bytearray(length)
-                fresh = (spare, memoryview(spare))
-            made.append(fresh)
-            return fresh[1]
+        The bytes are copied once, straight into the ``bytes`` returned (on this host from the
+        segment on two threads; from another host out of each chunk Ray brings): see
+        :mod:`distributed_grid.memory.io.buffers`.
+        """
+        made: list[bytes | bytearray] = []
 
-        try:
-            count = self.into_buffer(target, size, offset, buffer_for)
-        finally:
-            for _, view in made:
-                view.release()
-        out, view = made[0]
+        def fresh(length: int) -> memoryview:
+            new = new_bytes(length)  # None: small, or not CPython: a bytearray, then bytes()
+            out, view = new if new is not None else _spare(length)
+            made[:] = [out]
+            return view
+
+        count = self.into_buffer(target, size, offset, fresh)
+        out = made[0]
         if isinstance(out, bytearray):
             return bytes(out[:count]) if count != len(out) else bytes(out)
         return out if count == len(out) else out[:count]
@@ -210,7 +206,7 @@ class Reader:
                         f"the buffer holds {len(flat)} bytes and {target!r} has {length} to "
                         "read from there; give a bigger buffer, or size= to read fewer",
                         target=target, bytes=length)
-                return flat
+                return flat[:]  # a view of its own: released after each try
 
             return self.into_buffer(target, size, offset, fits)
 
@@ -236,6 +232,11 @@ class Reader:
     def _versions(self, pieces: list[Piece]) -> tuple[tuple[int, int] | None, ...]:
         """The versions of the catalogs holding ``pieces`` now (None for another host's)."""
         return tuple(self.router.block_node(p.block.block_id)[1].change_mark() for p in pieces)
+
+
+def _spare(length: int) -> tuple[bytearray, memoryview]:
+    spare = bytearray(length)
+    return spare, memoryview(spare)
 
 
 class PlanChanged(Exception):

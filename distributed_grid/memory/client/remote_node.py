@@ -20,11 +20,10 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from distributed_grid.cluster.connection import RayCluster
 from distributed_grid.memory.io import copies, sinks, sources
 from distributed_grid.memory.node.actor import StoreActor
 from distributed_grid.memory.node.directory import Holder
@@ -37,6 +36,9 @@ from distributed_grid.wire import (
     READ_WAIT_SECONDS,
     REMOTE_WRITER,
 )
+
+if TYPE_CHECKING:  # Ray comes with the cluster a caller hands over, not with this module
+    from distributed_grid.cluster.connection import RayCluster
 
 IN_FLIGHT = 4
 # A chunk smaller than this travels inside the call itself; a bigger one is put in the object
