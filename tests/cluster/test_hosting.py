@@ -101,7 +101,7 @@ def long_tmpdir(fresh):
         yield fresh, short
     finally:
         stopped = fresh("cluster", "stop", check=False)
-        if os.path.lexists(short) and not os.path.isdir(short):
+        if os.path.islink(short):
             os.unlink(short)
         shutil.rmtree(short, ignore_errors=True)
         assert stopped.returncode == 0, stopped.stderr
