@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+from distributed_grid.cluster import namespaces
 from distributed_grid.errors import ClusterError, InvalidArgument
 
 DEFAULT_SHM_SIZE = 2 * 2**30
@@ -58,10 +59,6 @@ def check_private_shm(size: int) -> None:
         InvalidArgument: ``size`` is below :data:`MIN_SHM_SIZE`.
         ClusterError: neither root nor unprivileged user namespaces are available.
     """
-    # here, not above: namespaces reaches memory/ (the shm layout), whose package imports the
-    # client, which imports cluster.target, which imports this module's importer
-    from distributed_grid.cluster import namespaces
-
     if size < MIN_SHM_SIZE:
         raise InvalidArgument(
             f"--shm-size {size} is too small: a node's private /dev/shm holds its blocks and a "
