@@ -226,14 +226,14 @@ class Bench:
     # -- 4. nodes ------------------------------------------------------------------------------
 
     def section_nodes(self) -> None:
-        from distributed_grid.cluster import lifecycle
+        from distributed_grid.cluster import starting, stopping
         from distributed_grid.memory import MemoryPool
 
         per_nodes = {}
         for count in self.args.node_counts:
             names = [f"w{i}" for i in range(count)]
             log(f"nodes: starting a cluster of {count} worker nodes ...")
-            address = lifecycle.start_local(names, head_name="head",
+            address = starting.start_local(names, head_name="head",
                                             object_store_memory=100 * 2**20)
             try:
                 pool = MemoryPool(address)
@@ -251,7 +251,7 @@ class Bench:
             finally:
                 log(f"nodes: stopping the cluster of {count} ...")
                 leave_ray()
-                lifecycle.stop_started(address)
+                stopping.stop_started(address)
         self.results["nodes"] = per_nodes
 
     @staticmethod
@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     tempfile.tempdir = None
     os.environ.pop("RAY_ADDRESS", None)
     os.environ.pop("XDG_RUNTIME_DIR", None)
-    from distributed_grid.cluster import lifecycle
+    from distributed_grid.cluster import stopping
     from distributed_grid.memory import MemoryPool
 
     bench = Bench(args, tmp)
@@ -538,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.section_paths()
     finally:
         leave_ray()
-        lifecycle.stop_started()
+        stopping.stop_started()
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(bench.results, indent=2) if args.json else bench.report())
     return 0

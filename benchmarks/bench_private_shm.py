@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("DISTRIBUTED_GRID_FORCE_REMOTE", None)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    lifecycle = pool = None
+    stopping = pool = None
     try:
         from distributed_grid.cluster.node_process import DEFAULT_SHM_SIZE, object_store_for
         from distributed_grid.sizes import parse_size
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
         import ray
 
-        from distributed_grid.cluster import lifecycle
+        from distributed_grid.cluster import starting, stopping
         from distributed_grid.memory import MemoryPool
 
         res = Results(tmp)
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"starting a private loopback cluster: head + gpu2 with a private {human(shm)} "
             "/dev/shm")
         t0 = time.perf_counter()
-        address = lifecycle.start_local(["gpu2"], head_name="head", private_shm=shm)
+        address = starting.start_local(["gpu2"], head_name="head", private_shm=shm)
         log(f"cluster at {address} after {time.perf_counter() - t0:.1f} s")
         pool = MemoryPool(address)
         bench(res, pool, src, out, size, digest, args.repeat)
@@ -295,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             pool.close()
         if "ray" in sys.modules:
             sys.modules["ray"].shutdown()
-        if lifecycle is not None:
-            lifecycle.stop_started()
+        if stopping is not None:
+            stopping.stop_started()
         _end_leftovers(tmp)
         import shutil
 

@@ -765,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("DISTRIBUTED_GRID_FORCE_REMOTE", None)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
 
-    cluster = pool = rpool = None
+    stopping = pool = rpool = None
     watch = MemoryWatch()
     try:
         from distributed_grid.sizes import parse_size
@@ -791,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
 
         import numpy as np
 
-        from distributed_grid.cluster import lifecycle as cluster
+        from distributed_grid.cluster import starting, stopping
         from distributed_grid.memory.client import remote_node as remote
         from distributed_grid.memory.io import copies
 
@@ -809,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
 
         log("starting a private loopback cluster (head + gpu1)")
         t0 = time.perf_counter()
-        address = cluster.start_local(
+        address = starting.start_local(
             ["gpu1"], head_name="head",
             object_store_memory=parse_size(args.object_store, "--object-store"))
         log(f"cluster at {address} after {time.perf_counter() - t0:.1f} s")
@@ -855,10 +855,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if res.mismatches else 0
     finally:
         watch.stop()
-        _cleanup(tmp, cluster, pool, rpool)
+        _cleanup(tmp, stopping, pool, rpool)
 
 
-def _cleanup(tmp: str, cluster: Any, pool: Any, rpool: Any) -> None:
+def _cleanup(tmp: str, stopping: Any, pool: Any, rpool: Any) -> None:
     """Free the blocks, stop the private cluster, remove the temp dir; each step on its own."""
     if pool is not None:
         try:
@@ -873,10 +873,10 @@ def _cleanup(tmp: str, cluster: Any, pool: Any, rpool: Any) -> None:
             sys.modules["ray"].shutdown()
         except Exception as exc:
             log(f"ray.shutdown failed: {exc!r}")
-    if cluster is not None:
+    if stopping is not None:
         try:
-            stopped = cluster.stop_started()
-            log(f"stopped {len(stopped)} cluster process(es)")
+            stopped = stopping.stop_started()
+            log(f"stopped {len(stopped)} Ray node(s)")
         except Exception as exc:
             log(f"stop_started failed: {exc!r}")
     _end_leftovers(tmp)

@@ -50,13 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("RAY_ADDRESS", None)
     import numpy as np
 
-    from distributed_grid.cluster import lifecycle
+    from distributed_grid.cluster import starting, stopping
     from distributed_grid.memory import MemoryPool
     from distributed_grid.memory.shm.segment import Segment
     from distributed_grid.sizes import format_size, parse_size
 
     sizes = {"small": parse_size(args.small), "big": parse_size(args.big)}
-    address = lifecycle.start_local(["gpu1"], head_name="head")
+    address = starting.start_local(["gpu1"], head_name="head")
     pool = None
     try:
         import ray
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             pool.destroy_all()
         if "ray" in sys.modules:
             sys.modules["ray"].shutdown()
-        lifecycle.stop_started(address)
+        stopping.stop_started(address)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

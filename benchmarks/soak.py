@@ -161,9 +161,9 @@ def main() -> None:
     os.environ.pop("RAY_ADDRESS", None)
     os.environ.pop("XDG_RUNTIME_DIR", None)
     tempfile.tempdir = None
-    from distributed_grid.cluster import lifecycle
+    from distributed_grid.cluster import starting, stopping
 
-    address = lifecycle.start_local(["gpu1", "gpu2"], head_name="head")
+    address = starting.start_local(["gpu1", "gpu2"], head_name="head")
     pool = None
     try:
         from distributed_grid.memory import MemoryPool
@@ -222,7 +222,7 @@ def main() -> None:
             import ray
 
             ray.shutdown()
-        lifecycle.stop_started(address)
+        stopping.stop_started(address)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

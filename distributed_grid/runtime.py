@@ -21,7 +21,8 @@ never believed. The folder is ``$XDG_RUNTIME_DIR/distributed_grid`` when that is
 ``$TMPDIR/distributed_grid-<uid>`` (``/tmp`` without TMPDIR). It also holds the clusters' auth
 token (:mod:`distributed_grid.cluster.auth`), the logs of the Ray processes started here and their
 Ray temp folder ``ray/`` (Ray makes its session folders world-writable; inside this one nobody
-else reaches them).
+else reaches them), unless its path is too long for Ray's sockets
+(:func:`distributed_grid.cluster.ray_env.ray_temp_dir`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,11 @@ command parses sizes and numbers itself. A mistake is a :class:`UsageError`: one
 command's usage, and nothing has run.
 
 Commands are the public methods of the groups (``grid memory``, ``grid cluster``); their names
-and options are spelled as the guide spells them: ``list-objects``, ``--block-id``.
+and options are spelled as the guide spells them: ``list-objects``, ``--block-id``. Each is marked
+:func:`read_only` (it changes nothing, whatever it is given) or :func:`changing`, and a "did you
+mean" never offers a command that changes something for a typo of one that only reads: when a
+read-only command is close enough to the typo, the closest read-only one is offered
+(``grid cluster stat``: status, never start); only when none is, the closest command.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class Command:
     name: str
     summary: str
     params: tuple[Param, ...]
+    read_only: bool = False  # it changes nothing, whatever it is given
 
     @property
     def positionals(self) -> list[Param]:
@@ -113,7 +118,8 @@ def command_of(group: str, method: Callable[..., Any],
         metavar = (metavars or {}).get(p.name, p.name.upper())
         params.append(Param(p.name, p.default is inspect.Parameter.empty, switch, metavar,
                             docs.get(p.name, "")))
-    return Command(group, method.__name__.replace("_", "-"), summary, tuple(params))
+    return Command(group, method.__name__.replace("_", "-"), summary, tuple(params),
+                   read_only=getattr(method, "read_only", False))
 
 
 def commands_of(groups: dict[str, Any],
@@ -136,6 +142,13 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
+def _did_you_mean_command(word: str, commands: dict[str, Command]) -> str:
+    """The "did you mean" for an unknown command: the closest read-only command when one is
+    close enough, else the closest command (see the module's docstring)."""
+    readers = [name for name, command in commands.items() if command.read_only]
+    return _did_you_mean(word, readers) or _did_you_mean(word, list(commands))
+
+
 def check(argv: list[str], groups: dict[str, dict[str, Command]]) -> list[str]:
     """The command line for fire, once it is known to fit a command; see the module's docstring.
 
@@ -144,7 +157,7 @@ def check(argv: list[str], groups: dict[str, dict[str, Command]]) -> list[str]:
     """
     top = "usage: grid {" + ",".join(groups) + "} COMMAND [ARGS...]   (grid --help)"
     if not argv:
-        raise UsageError("no command given", top)
+        raise UsageError("grid needs a command", top)
     group, rest = argv[0], argv[1:]
     if group not in groups:
         raise UsageError(f"unknown command {group!r}{_did_you_mean(group, list(groups))}", top)
@@ -155,7 +168,7 @@ def check(argv: list[str], groups: dict[str, dict[str, Command]]) -> list[str]:
     name = rest[0].replace("_", "-") if rest[0].replace("_", "-") in names else rest[0]
     if name not in groups[group]:
         raise UsageError(f"unknown command 'grid {group} {rest[0]}'"
-                         f"{_did_you_mean(name, names)}", group_usage)
+                         f"{_did_you_mean_command(name, groups[group])}", group_usage)
     command = groups[group][name]
     return [group, name, *_check_args(command, rest[1:])]
 
@@ -219,6 +232,18 @@ def _check_args(command: Command, args: list[str]) -> list[str]:
         raise UsageError(f"missing {unfilled[len(positionals)].metavar}", usage)
     # fire is given every value by name: a positional "-" would be its command separator
     return [*(f"{p.option}={v}" for p, v in zip(unfilled, positionals, strict=True)), *out]
+
+
+def read_only(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a command that changes nothing, whatever it is given (and :func:`as_typed`)."""
+    method.read_only = True  # type: ignore[attr-defined]
+    return as_typed(method)
+
+
+def changing(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a command that may change something (and :func:`as_typed`)."""
+    method.read_only = False  # type: ignore[attr-defined]
+    return as_typed(method)
 
 
 def as_typed(method: Callable[..., Any]) -> Callable[..., Any]:

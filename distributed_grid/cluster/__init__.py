@@ -1,2 +1,4 @@
-"""Hosting: which cluster a command means; starting, joining and stopping clusters on this host;
-the cluster as Ray shows it; auth, namespaces and the processes of worker nodes."""
+"""Hosting: which cluster a command means (``target``); starting, joining and stopping clusters on
+this host (``starting``, ``stopping``, with what runs here in ``hosted``); Ray's addresses,
+environment and temp folder (``ray_env``); the cluster as Ray shows it (``connection``); auth,
+node names (``config``), namespaces and the processes of worker nodes."""

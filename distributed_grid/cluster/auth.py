@@ -1,4 +1,4 @@
-"""The clusters' auth token: the secret Ray's token authentication asks of every caller; no Ray.
+"""The clusters' auth token: the secret Ray's token authentication asks of every caller.
 
 Every cluster ``grid`` starts runs Ray with ``RAY_AUTH_MODE=token``: its GCS, raylets and agents
 refuse any call that does not carry the cluster's token, so another user of the host (or of the
@@ -17,6 +17,7 @@ Which token a process uses, first found first:
 Ray reads these variables from the environment: the processes a cluster is started with get
 them in theirs (:func:`start_env`, :func:`join_source`), and a process that connects sets them
 before it connects (:mod:`distributed_grid.cluster.connection` does, with :func:`sources`).
+Ray is imported only to ask a head whether it takes a token (:func:`check_accepted`).
 """
 
 from __future__ import annotations
@@ -144,6 +145,31 @@ def join_source(address: str) -> TokenSource:
         "$XDG_RUNTIME_DIR/distributed_grid or $TMPDIR/distributed_grid-<uid>) to "
         f"{path} (mode 0600), or set {TOKEN_PATH_ENV} to a copy of it",
         address=address, path=path)
+
+
+def check_accepted(address: str, source: TokenSource) -> None:
+    """Ask the head at ``address`` whether it takes the token of ``source``, in one bounded
+    call (``ray start`` would retry for about 20 s, then fail with a traceback).
+
+    Raises:
+        ClusterError: the head refuses the token.
+    """
+    from distributed_grid import _ray
+
+    saved = {name: os.environ.get(name) for name in source.env}
+    os.environ.update(source.env)
+    try:
+        _ray.reload_auth_config()
+        refusal = _ray.auth_refusal(address)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    if refusal is not None:
+        raise ClusterError(f"the cluster at {address} refused the token of {source.where} "
+                           f"({refusal}): it needs its head's token", address=address)
 
 
 def sources() -> list[TokenSource]:

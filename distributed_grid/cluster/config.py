@@ -11,18 +11,21 @@ A YAML file such as::
         role: worker
         memory: 64GiB        # optional cap on the bytes this node's store may hold
 
-Node names come from the Ray label ``grid.node`` first; this file names the nodes that carry no
-label, by host name or address. The active file is the one given with ``--config`` (or
+Node names come from the Ray label ``grid.node`` (:data:`NODE_LABEL`) first; this file names the
+nodes that carry no label, by host name or address; else a node is named after its host
+(:func:`safe_name`). The active file is the one given with ``--config`` (or
 ``DistributedMemoryPool(config)``), else ``$DISTRIBUTED_GRID_CONFIG``.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 
 from distributed_grid.errors import FileError, InvalidArgument
 
+NODE_LABEL = "grid.node"  # the Ray label that names a node
 CONFIG_ENV = "DISTRIBUTED_GRID_CONFIG"
 CONFIG_MAX_BYTES = 2**20  # a config names nodes: more than this is not one
 _ROLES = ("head", "worker")
@@ -167,3 +170,16 @@ def memory_cap(node: str) -> int | None:
     config = active_config()
     entry = config.node(node) if config is not None else None
     return entry.memory if entry is not None else None
+
+
+def host_node_name() -> str:
+    """The name this host's node gets when nothing else names it: the cluster config's name
+    for this host, else the host name made safe for a block id."""
+    hostname = socket.gethostname()
+    return node_name_for_host(hostname, "127.0.0.1") or safe_name(hostname)
+
+
+def safe_name(hostname: str) -> str:
+    """A host name turned into a valid node name."""
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in hostname).strip("-._")
+    return (cleaned or "node")[:64]

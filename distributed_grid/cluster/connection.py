@@ -2,16 +2,23 @@
 
 Only what needs another host comes here; a process whose blocks are all on its own host never
 imports this module (nor Ray). :class:`RayCluster` connects on creation, caches the node table
-(refreshed on a miss or a Ray error, not on every call) and the store actors' handles, and turns
-every Ray error into the library's own in one place (:meth:`RayCluster.result`). Every wait for
-a store is bounded (``wire.METADATA_TIMEOUT`` and its siblings): a store that is alive but
+(refreshed on a miss or a Ray error, not on every call) and the store actors' handles. Every wait
+for a store is bounded (``wire.METADATA_TIMEOUT`` and its siblings): a store that is alive but
 does not answer fails the call with :class:`NodeUnavailable` instead of holding the caller.
+
+Ray's errors become the library's in one place, :func:`ray_errors` (as httpx's
+``map_exceptions``): a table of what each Ray error means for what was asked of Ray (a store's
+call, the lease actor, a connection), raised ``from`` Ray's. A store's own error (a
+:class:`GridError` raised in the actor) comes back as itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -25,13 +32,9 @@ from ray.exceptions import (
 
 from distributed_grid import _ray
 from distributed_grid.cluster import auth
-from distributed_grid.cluster.lifecycle import (
-    LOOPBACK_ENV,
-    NODE_LABEL,
-    Target,
-    is_loopback,
-    safe_name,
-)
+from distributed_grid.cluster.config import NODE_LABEL, safe_name
+from distributed_grid.cluster.ray_env import LOOPBACK_ENV, is_loopback
+from distributed_grid.cluster.target import Target
 from distributed_grid.errors import (
     ClusterError,
     GridError,
@@ -50,6 +53,71 @@ from distributed_grid.runtime import same_address
 from distributed_grid.wire import METADATA_TIMEOUT, NAMESPACE, START_TIMEOUT, STORE_PROTOCOL
 
 HEAD_RESOURCE = "node:__internal_head__"
+
+
+# -- Ray's errors ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What was asked of Ray, for the error that says it failed.
+
+    ``kind``: ``store`` (a call of node ``node``'s store, waited on for ``timeout`` s),
+    ``stores`` (the nodes' stores, started), ``lease`` (this process's lease actor) or
+    ``connect`` (to the cluster at ``address``).
+    """
+
+    kind: str
+    node: str | None = None
+    address: str | None = None
+    timeout: float | None = None
+
+
+# Ray's error -> the library's, for each kind of thing asked; the first row that fits is taken.
+RAY_ERRORS: tuple[tuple[str, tuple[type[BaseException], ...],
+                        Callable[[Asked, BaseException], GridError]], ...] = (
+    ("store", (GetTimeoutError,), lambda asked, exc: NodeUnavailable(
+        f"the store of node {asked.node} did not answer within {asked.timeout:.0f} s "
+        "(unreachable: alive but stopped or overloaded); check `grid cluster status`",
+        node=asked.node, timeout=asked.timeout)),
+    ("store", (RayActorError, ActorUnschedulableError), lambda asked, exc: NodeUnavailable(
+        f"the store of node {asked.node} is unavailable ({type(exc).__name__}); check "
+        "`grid cluster status`", node=asked.node)),
+    ("stores", (GetTimeoutError, RayActorError, ActorUnschedulableError),
+     lambda asked, exc: ClusterError(
+         f"the nodes' stores did not start within {asked.timeout:.0f} s "
+         f"({type(exc).__name__})")),
+    ("lease", (GetTimeoutError,), lambda asked, exc: ClusterError(
+        f"the cluster did not start this process's lease actor within {START_TIMEOUT:.0f} s; "
+        "check `grid cluster status`")),
+    ("connect", (ConnectionError, RuntimeError, RayError), lambda asked, exc: ClusterError(
+        f"cannot connect to the Ray cluster at {asked.address}: {exc}", address=asked.address)),
+)
+
+
+@contextmanager
+def ray_errors(asked: Asked) -> Iterator[None]:
+    """Turn Ray's errors raised in the block into the library's (see :data:`RAY_ERRORS`).
+
+    A store's own error, which Ray wraps in a :class:`RayTaskError`, is raised as itself; a
+    Ray error the table does not name for ``asked.kind`` passes unchanged.
+    """
+    try:
+        yield
+    except RayTaskError as exc:
+        if isinstance(getattr(exc, "cause", None), GridError):
+            raise exc.cause from None
+        raise
+    except GridError:
+        raise  # the library's already (some are ConnectionErrors or RuntimeErrors too)
+    except Exception as exc:
+        for kind, raised, ours in RAY_ERRORS:
+            if kind == asked.kind and isinstance(exc, raised):
+                raise ours(asked, exc) from exc
+        raise
+
+
+# -- connecting --------------------------------------------------------------------------------
 
 
 def connect(target: Target) -> None:
@@ -75,12 +143,14 @@ def connect(target: Target) -> None:
             _ray.keep_loopback_addresses()
         os.environ[LOOPBACK_ENV] = "0"
     _use_accepted_token(target.address)
-    try:
+    with ray_errors(Asked("connect", address=target.address)):
         ray.init(address=target.address, namespace=NAMESPACE, logging_level="ERROR",
                  log_to_driver=False, configure_logging=True)
-    except (ConnectionError, RuntimeError, RayError) as exc:
-        raise ClusterError(f"cannot connect to the Ray cluster at {target.address}: {exc}",
-                           address=target.address) from exc
+
+
+def disconnect() -> None:
+    """Leave the cluster this process is connected to (what it started stays)."""
+    ray.shutdown()
 
 
 def _use_accepted_token(address: str) -> None:
@@ -94,11 +164,8 @@ def _use_accepted_token(address: str) -> None:
     for source in auth.sources() or [None]:
         auth.use(source)
         _ray.reload_auth_config()
-        try:
+        with ray_errors(Asked("connect", address=address)):
             refusal = _ray.auth_refusal(address)
-        except RayError as exc:
-            raise ClusterError(f"cannot connect to the Ray cluster at {address}: {exc}",
-                               address=address) from exc
         if refusal is None:
             return
         if source is not None:
@@ -109,6 +176,17 @@ def _use_accepted_token(address: str) -> None:
         f"the Ray cluster at {address} {offered} ({refusal}); give it the token of the host "
         f"that started it: put it in a file and set {auth.TOKEN_PATH_ENV} to it (or copy it "
         f"to {auth.token_path()})", address=address)
+
+
+def wait_for_stores(handles: list[Any], timeout: float = START_TIMEOUT) -> list[Any]:
+    """Wait until every store of ``handles`` answers (a new store answers once it has written
+    its node's record); returns their answers.
+
+    Raises:
+        ClusterError: one did not answer within ``timeout`` seconds, or died.
+    """
+    with ray_errors(Asked("stores", timeout=timeout)):
+        return ray.get([handle.ping.remote() for handle in handles], timeout=timeout)
 
 
 def session_cluster_id() -> str:
@@ -236,30 +314,17 @@ class RayCluster:
         return self.result(self.submit(node, method, *args), node, timeout)
 
     def result(self, ref: Any, node: str, timeout: float = METADATA_TIMEOUT) -> Any:
-        """``ray.get`` of a store call, with Ray's errors turned into the library's own.
-
-        This is the one place that does it: the store's own errors come back as themselves, a
-        store that does not answer within ``timeout`` seconds or is gone is
-        :class:`NodeUnavailable`.
+        """``ray.get`` of a store call, with Ray's errors turned into the library's own
+        (:func:`ray_errors`): the store's own errors come back as themselves, a store that does
+        not answer within ``timeout`` seconds or is gone is :class:`NodeUnavailable`.
         """
         try:
-            return ray.get(ref, timeout=timeout)
-        except RayTaskError as exc:
-            if isinstance(getattr(exc, "cause", None), GridError):
-                raise exc.cause from None
+            with ray_errors(Asked("store", node=node, timeout=timeout)):
+                return ray.get(ref, timeout=timeout)
+        except NodeUnavailable:
+            self._nodes = None  # the node table may have changed
+            self._stores.pop(node, None)  # the store is found again on the next call
             raise
-        except GetTimeoutError as exc:
-            self._nodes = None
-            raise NodeUnavailable(
-                f"the store of node {node} did not answer within {timeout:.0f} s (unreachable: "
-                "alive but stopped or overloaded); check `grid cluster status`",
-                node=node, timeout=timeout) from exc
-        except (RayActorError, ActorUnschedulableError) as exc:  # the node just died
-            self._nodes = None
-            self._stores.pop(node, None)
-            raise NodeUnavailable(
-                f"the store of node {node} is unavailable ({type(exc).__name__}); "
-                "check `grid cluster status`", node=node) from exc
 
     @staticmethod
     def put(value: Any) -> Any:
@@ -280,11 +345,8 @@ class RayCluster:
         Raises:
             ClusterError: the lease actor did not start within ``START_TIMEOUT``.
         """
-        try:
+        with ray_errors(Asked("lease")):
             return make_lease()
-        except GetTimeoutError as exc:
-            raise ClusterError(f"the cluster did not start this process's lease actor within "
-                               f"{START_TIMEOUT:.0f} s; check `grid cluster status`") from exc
 
     @staticmethod
     def end_lease(handle: Any) -> None:

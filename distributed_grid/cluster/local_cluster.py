@@ -1,9 +1,8 @@
 """A Ray cluster on this host alone: a head plus one raylet per simulated node, on loopback.
 
 Run as ``python -m distributed_grid.cluster.local_cluster --head-name vm --nodes gpu1,gpu2`` by
-:func:`distributed_grid.cluster.lifecycle.start_local`; the process supervises the raylets and
-takes them
-down when it receives SIGTERM, so the cluster is ended by this one pid.
+:func:`distributed_grid.cluster.starting.start_local`; the process supervises the raylets and
+takes them down when it receives SIGTERM, so the cluster is ended by this one pid.
 
 Each raylet carries the label ``grid.node=<name>``, so block ids and ``--node gpu2`` work on one
 machine as they would across hosts; the nodes share the host's memory (this simulates nodes; it
@@ -12,16 +11,15 @@ is why the raylets are started through ``ray.cluster_utils.Cluster``.
 
 With ``--private-shm BYTES`` each worker node runs instead in a process of its own
 (:mod:`distributed_grid.cluster.worker_node`) inside a mount namespace with a private tmpfs of
-BYTES on
-/dev/shm: its raylet, Ray workers and store see none of the head's segments nor the other
+BYTES on /dev/shm: its raylet, Ray workers and store see none of the head's segments nor the other
 workers', as on separate machines. The head keeps the host's /dev/shm. Those processes end
 with the supervisor (SIGTERM, also if the supervisor is killed outright).
 
 Every Ray process of the cluster runs with Ray's token auth (:mod:`distributed_grid.cluster.auth`)
-and
-keeps its session folder in :func:`distributed_grid.cluster.lifecycle.ray_temp_dir`, which only the
-user
-can enter.
+and keeps its session folder in :func:`distributed_grid.cluster.ray_env.ray_temp_dir`, which only
+the user can enter. The supervisor reaches the cluster through
+:mod:`distributed_grid.cluster.connection` and the private APIs of :mod:`distributed_grid._ray`;
+it imports no Ray of its own.
 
 Before it says it is ready, the supervisor starts every node's store (each writes its node's
 record) and records the cluster's nodes in the runtime directory: from then on a command on this
@@ -59,18 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-file", required=True)
     args = parser.parse_args(argv)
 
-    from distributed_grid.cluster import lifecycle
+    from distributed_grid.cluster.ray_env import LOOPBACK_ENV, ray_env
 
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep every address on loopback
-    os.environ.update(lifecycle.ray_env())  # before Ray is imported: its processes inherit it
-    import ray
+    os.environ[LOOPBACK_ENV] = "0"  # keep every address on loopback
+    os.environ.update(ray_env())  # before Ray is imported: its processes inherit it
 
     from distributed_grid import _ray, runtime
     from distributed_grid.cluster import connection as cluster
-    from distributed_grid.cluster.lifecycle import NODE_LABEL, Target
+    from distributed_grid.cluster.config import NODE_LABEL
+    from distributed_grid.cluster.target import Target
     from distributed_grid.memory.node.recovery import remove_cluster_files
     from distributed_grid.memory.node.serving import get_store
-    from distributed_grid.wire import START_TIMEOUT
 
     head_args: dict = {"include_dashboard": False, "object_store_memory": args.object_store_memory,
                        "labels": {NODE_LABEL: args.head_name}}
@@ -95,9 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                           [args.head_name, *workers])
     stores = [get_store(name, ids[name], cluster_id, args.head_name)
               for name in [args.head_name, *workers]]
-    # each has written its node's record once it answers
-    ray.get([store.ping.remote() for store in stores], timeout=START_TIMEOUT)
-    ray.shutdown()  # the stores are detached and stay; a driver's signal handlers would not
+    cluster.wait_for_stores(stores)  # each has written its node's record once it answers
+    cluster.disconnect()  # the stores are detached and stay; a driver's signal handlers would not
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -135,7 +131,7 @@ def _start_private_nodes(address: str, workers: list[str], args: argparse.Namesp
 
     private: dict[str, dict] = {}
     for name in workers:
-        # named as lifecycle.start_local names its own: `grid memory gc` knows the pattern
+        # named as starting.start_local names its own: `grid memory gc` knows the pattern
         ready = os.path.join(os.path.dirname(args.ready_file),
                              f"local-{os.getpid()}-{time.monotonic_ns()}.json")
         cmd = node_process.command(address, name, ready, num_cpus=1,

@@ -1,15 +1,18 @@
-"""How a worker node process is started: its command line and its sizes.
+"""How a worker node process is started: its command line, its sizes, and whether this host can
+give it a /dev/shm of its own.
 
 The process itself is :mod:`distributed_grid.cluster.worker_node`; this module holds what its
-starters
-(:func:`distributed_grid.cluster.lifecycle.start_worker`, the supervisor of a one-host cluster in
-:mod:`distributed_grid.cluster.local_cluster`) need to know of it, without importing it.
+starters (:func:`distributed_grid.cluster.starting.start_worker`, the supervisor of a one-host
+cluster in :mod:`distributed_grid.cluster.local_cluster`) need to know of it, without importing it.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+from distributed_grid.cluster import namespaces
+from distributed_grid.errors import ClusterError, InvalidArgument
 
 DEFAULT_SHM_SIZE = 2 * 2**30
 MIN_SHM_SIZE = 256 * 2**20
@@ -46,3 +49,21 @@ def command(address: str, name: str, ready_file: str, *, num_cpus: int = 1,
     if die_with_parent:
         cmd += ["--parent", str(os.getpid())]
     return cmd
+
+
+def check_private_shm(size: int) -> None:
+    """Refuse a private /dev/shm of ``size`` bytes that is too small, or that this host cannot
+    give (tried for real in a forked child, before anything starts).
+
+    Raises:
+        InvalidArgument: ``size`` is below :data:`MIN_SHM_SIZE`.
+        ClusterError: neither root nor unprivileged user namespaces are available.
+    """
+    if size < MIN_SHM_SIZE:
+        raise InvalidArgument(
+            f"--shm-size {size} is too small: a node's private /dev/shm holds its blocks and a "
+            f"quarter of it goes to Ray's object store; give at least "
+            f"{MIN_SHM_SIZE // 2**20}MiB", size=size)
+    refusal = namespaces.private_shm_refusal()
+    if refusal is not None:
+        raise ClusterError(f"cannot give nodes a private /dev/shm on this host: {refusal}")

@@ -1,19 +1,16 @@
 """One Ray worker node in a process of its own, optionally with a /dev/shm of its own.
 
 Run as ``python -m distributed_grid.cluster.worker_node --address HOST:PORT --name gpu2
---ready-file F
-[--private-shm BYTES]``:
+--ready-file F [--private-shm BYTES]``:
 
 - by the supervisor of ``grid cluster start --nodes gpu1,gpu2 --private-shm``
   (:mod:`distributed_grid.cluster.local_cluster`), once per worker node, so that each runs in its
-  own
-  mount namespace with a private tmpfs on /dev/shm (:mod:`distributed_grid.cluster.namespaces`),
-  like a
-  node on another machine; the head keeps the host's /dev/shm;
+  own mount namespace with a private tmpfs on /dev/shm
+  (:mod:`distributed_grid.cluster.namespaces`), like a node on another machine; the head keeps
+  the host's /dev/shm;
 - by ``grid cluster start --address HOST:PORT --name gpu2``
-(:func:`distributed_grid.cluster.lifecycle.
-  start_worker`) when the head is on loopback, which ``ray start`` refuses to join, or when the
-  node is asked for a private /dev/shm.
+  (:func:`distributed_grid.cluster.starting.start_worker`) when the head is on loopback, which
+  ``ray start`` refuses to join, or when the node is asked for a private /dev/shm.
 
 The process enters its namespace first (while it has one thread), then starts the node's raylet
 the way ``ray start`` does (:func:`distributed_grid._ray.start_worker_node`), writes the ready
@@ -22,8 +19,7 @@ as the loss of a machine would. With a private /dev/shm it then ends whatever st
 namespace and removes every file of that tmpfs, so nothing of the node is left in memory.
 
 Sizes (:mod:`distributed_grid.cluster.node_process`): the node's tmpfs holds both its blocks and
-Ray's
-object store of the node. The object store takes a quarter of the tmpfs (at least 80 MiB, at
+Ray's object store of the node. The object store takes a quarter of the tmpfs (at least 80 MiB, at
 most the requested size) and is reserved when the node starts
 (``RAY_preallocate_plasma_memory=1``), so blocks filling the tmpfs can never leave Ray's store
 without the pages it was promised (which would be a SIGBUS in a Ray worker instead of a clear
@@ -132,20 +128,21 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["RAY_preallocate_plasma_memory"] = "1"  # reserve the store's pages now
 
     from distributed_grid import runtime
-    from distributed_grid.cluster import lifecycle
+    from distributed_grid.cluster.config import NODE_LABEL
+    from distributed_grid.cluster.ray_env import LOOPBACK_ENV, is_loopback, ray_temp_dir
     from distributed_grid.memory.shm.layout import shm_identity
 
-    loopback = lifecycle.is_loopback(args.address)
+    loopback = is_loopback(args.address)
     if loopback:
-        os.environ[lifecycle.LOOPBACK_ENV] = "0"  # before Ray is imported
+        os.environ[LOOPBACK_ENV] = "0"  # before Ray is imported
     from distributed_grid import _ray
 
     stop = threading.Event()  # handled from the start: a SIGTERM while the raylet starts ends it
     _end_on_signals(stop)
     object_store = object_store_for(args.private_shm, args.object_store_memory)
     node = _ray.start_worker_node(
-        args.address, {lifecycle.NODE_LABEL: args.name}, args.num_cpus, object_store,
-        lifecycle.ray_temp_dir(), node_ip_address="127.0.0.1" if loopback else None,
+        args.address, {NODE_LABEL: args.name}, args.num_cpus, object_store,
+        ray_temp_dir(), node_ip_address="127.0.0.1" if loopback else None,
         log_monitor=not args.no_log_monitor)
     _end_on_signals(stop)  # again: Ray's node put its own SIGTERM handler (an exit 1) in place
     namespace = namespaces.mount_namespace()

@@ -20,9 +20,9 @@ WORKERS = ("gpu1", "gpu2")
 @pytest.fixture(scope="session")
 def cluster_address():
     """The address of the session's cluster: a head named ``head`` and workers gpu1, gpu2."""
-    from distributed_grid.cluster import lifecycle
+    from distributed_grid.cluster import starting, stopping
 
-    address = lifecycle.start_local(list(WORKERS), head_name="head", head_cpus=2)
+    address = starting.start_local(list(WORKERS), head_name="head", head_cpus=2)
     cid = None
     try:
         from distributed_grid.memory import MemoryPool
@@ -32,7 +32,7 @@ def cluster_address():
         yield address
         pool.destroy_all()
     finally:
-        lifecycle.stop_started(address)
+        stopping.stop_started(address)
         leftovers = sweep(cid) if cid is not None else []
         assert not leftovers, f"files left in /dev/shm after the session: {leftovers}"
 

@@ -85,12 +85,12 @@ def test_a_worker_node_joins_and_leaves(remote_pool, cluster_address, tmp_path):
     node process (``python -m distributed_grid.cluster.worker_node``, what ``--private-shm`` nodes
     and
     loopback joins run): its raylet joins the session's cluster, and SIGTERM takes it out."""
-    from distributed_grid.cluster import lifecycle, node_process
+    from distributed_grid.cluster import node_process, ray_env
 
     ready = tmp_path / "ready.json"
     proc = subprocess.Popen(node_process.command(cluster_address, "rayprivate", str(ready),
                                                 object_store_memory=100 * 2**20),
-                            env={**os.environ, **lifecycle.ray_env(join=cluster_address)},
+                            env={**os.environ, **ray_env.ray_env(join=cluster_address)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120

@@ -29,8 +29,10 @@ def _session_of(pid: int) -> list[int]:
 
 
 def test_two_starts_at_once_are_both_stopped(fresh):
-    starts = [subprocess.Popen([GRID, "cluster", "start", "--loopback", *form], cwd=fresh.cwd,
-                               env=fresh.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # --another: each start makes a cluster of its own, whichever of them runs first
+    starts = [subprocess.Popen([GRID, "cluster", "start", "--loopback", "--another", *form],
+                               cwd=fresh.cwd, env=fresh.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
               for form in ([], ["--json"])]
     results = [proc.communicate(timeout=600) for proc in starts]
     assert [proc.returncode for proc in starts] == [0, 0], results

@@ -31,8 +31,8 @@ import pytest
 from helpers.dev_shm import sweep
 from helpers.grid import GRID, FreshGrid
 
-from distributed_grid.cluster.lifecycle import LOOPBACK_ENV
 from distributed_grid.cluster.namespaces import private_shm_refusal, processes_in
+from distributed_grid.cluster.ray_env import LOOPBACK_ENV
 
 ROOT = Path(__file__).parents[2]
 _REFUSAL = private_shm_refusal()

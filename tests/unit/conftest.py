@@ -10,10 +10,14 @@ which import Ray, only the unit steps that bring it in first are caught.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
+from helpers.dev_shm import sweep
 
 UNIT = Path(__file__).resolve().parent
 _found: list[str] = []  # the unit steps that brought Ray in
@@ -27,6 +31,16 @@ def _ray_came_in(before: bool, what: str) -> str | None:
     _found.append(what)
     return (f"{what} imported Ray: a unit test must not (Ray belongs to the tests in "
             "tests/cluster/)")
+
+
+@pytest.fixture
+def cluster_id(request):
+    """A cluster id of this test alone (its files in /dev/shm are named with it): everything
+    of that cluster in /dev/shm is removed after the test, even when it failed."""
+    cid = f"t{os.getpid()}{uuid.uuid4().hex[:8]}"
+    assert re.fullmatch(r"[A-Za-z0-9]{1,32}", cid)
+    request.addfinalizer(lambda: sweep(cid))
+    return cid
 
 
 def pytest_itemcollected(item):

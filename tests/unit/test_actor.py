@@ -9,13 +9,8 @@ a thread.
 
 from __future__ import annotations
 
-import os
-import re
-import uuid
-
 import numpy as np
 import pytest
-from helpers.dev_shm import sweep
 
 from distributed_grid.errors import KeyNotFound
 from distributed_grid.memory.node.actor import StoreActor
@@ -57,14 +52,6 @@ class Cluster:
 
     def published(self, node: str) -> bytes | None:
         return self.snapshots.get(node)
-
-
-@pytest.fixture
-def cluster_id(request):
-    cid = f"t{os.getpid()}{uuid.uuid4().hex[:8]}"
-    assert re.fullmatch(r"[A-Za-z0-9]{1,32}", cid)
-    request.addfinalizer(lambda: sweep(cid))
-    return cid
 
 
 @pytest.fixture

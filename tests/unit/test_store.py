@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 
 import pytest
 from helpers.dev_shm import sweep
@@ -37,14 +36,6 @@ from distributed_grid.memory.shm import segment as seg
 from distributed_grid.names import parse_block_id
 
 NODE = "n1"
-
-
-@pytest.fixture
-def cluster_id(request):
-    cid = f"t{os.getpid()}{uuid.uuid4().hex[:8]}"
-    assert re.fullmatch(r"[A-Za-z0-9]{1,32}", cid)
-    request.addfinalizer(lambda: sweep(cid))
-    return cid
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from distributed_grid.cluster.config import ClusterConfig, memory_cap, use_config
-from distributed_grid.cluster.lifecycle import find_cluster
+from distributed_grid.cluster.target import find_cluster
 from distributed_grid.memory.client.allocation import Allocator
 from distributed_grid.memory.client.host import HostNodes
 from distributed_grid.memory.client.keys import KeyIndex

@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from distributed_grid.cluster.lifecycle import Target
+from distributed_grid.cluster.target import Target
 from distributed_grid.errors import (
     BlockNotFound,
     NodeNotFound,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distributed_grid import runtime
-from distributed_grid.cluster import lifecycle
+from distributed_grid.cluster import hosted, stopping
 from distributed_grid.errors import GridError
 
 
@@ -39,7 +39,7 @@ def stop_started_clusters() -> Teardown | None:
     from distributed_grid.memory.client.block_pool import BlockPool
     from distributed_grid.memory.node.recovery import remove_cluster_files
 
-    started = lifecycle.started_here()
+    started = hosted.started_here()
     if not started:
         return None
     done = Teardown()
@@ -52,7 +52,7 @@ def stop_started_clusters() -> Teardown | None:
                 done.freed_blocks += pool.destroy_all()
         except GridError as exc:
             done.warnings.append(f"blocks of {entry['address']} not freed: {exc}")
-    done.stopped_nodes = lifecycle.stop_started()
+    done.stopped_nodes = stopping.stop_started()
     for cluster_id in sorted(cluster_ids):
         runtime.forget_cluster(cluster_id)
         done.leftover_segments += remove_cluster_files(cluster_id)

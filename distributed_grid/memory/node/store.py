@@ -32,15 +32,8 @@ from distributed_grid.records import BlockInfo, KeyPlace, NodeStats
 
 
 class BlockStore(StoreWrites, StoreRecovery):
-    """The blocks of one node, as seen from a process on the node's host.
-
-    Args:
-        node: the node's name (part of every block id and segment name).
-        cluster_id: the cluster's identity (part of every segment name, so two clusters on one
-            host never collide).
-        capacity: the most bytes this store may hold in blocks; None for what the host's
-            shared memory and memory can back (a caller's config may cap it further per call).
-    """
+    """The blocks of one node, as seen from a process on the node's host (made with the
+    arguments of :class:`~distributed_grid.memory.node.core.StoreCore`)."""
 
     # -- reading --------------------------------------------------------------------------------
 
