@@ -200,7 +200,7 @@ def test_a_worker_joins_a_head_from_another_namespace(tmp_path):
                          check=False)
         assert refused.returncode == 1
         assert "needs its head's auth token" in refused.stderr.decode().splitlines()[-1]
-        # the README's step: the head's token, copied to the worker's runtime folder
+        # docs/operations.md's step: the head's token, copied to the worker's runtime folder
         folder = os.path.join(worker.tmp, f"distributed_grid-{os.getuid()}")
         os.makedirs(folder, mode=0o700, exist_ok=True)
         token = os.path.join(folder, "auth_token")
