@@ -8,7 +8,7 @@
  *     128     2048  64 write slots of 32 bytes: owner u64 (0 = free), start u64, end u64, spare
  *
  * Mechanism only: the protocol, and why these orderings make it correct, are stated in
- * distributed_grid/memory/seqguard.py. The pure-Python twin is seqguard_py.py. Every call is a
+ * distributed_grid/memory/shm/seqguard.py. The pure-Python twin is seqguard_py.py. Every call is a
  * few dozen instructions on a mapped page, so none releases the GIL.
  */
 #define PY_SSIZE_T_CLEAN

@@ -33,7 +33,7 @@ from distributed_grid.errors import ClusterError, StoreFull, VersionMismatch
 BUSY_TIMEOUT_MS = 60_000  # a writer waits this long for another's transaction to end
 # Checkpoint the WAL into the database every 256 pages (1 MiB; SQLite's default is 4 MiB), so
 # a WAL, which lives in /dev/shm beside the segments, stays within the room that allocations
-# leave free for the databases (memory/capacity.py: shm_reserve).
+# leave free for the databases (memory/shm/capacity.py: shm_reserve).
 WAL_AUTOCHECKPOINT_PAGES = 256
 FULL_BELOW = 2**20  # an I/O error with less free than this on the filesystem: it is full
 

@@ -2,12 +2,12 @@
 
 The store actor answers a chunk read for another host with a numpy array over its mapping of the
 block (Ray copies it once, straight into the object store); a process copying a big buffer in or
-out of a block of its host copies through its mapping (``memory/local.py``). A new mapping takes a
-page fault per page on first touch, so the last ``kept`` mappings stay open between calls. A
-mapping a copy is using is never closed under it. Kept mappings whose segment is gone from the
-host (their block was freed) are closed at each call, and by a daemon thread every
-``WATCH_SECONDS`` while any is kept, so a freed block's memory is not held for long. A segment is
-mapped only if its header holds the token the block's catalog recorded.
+out of a block of its host copies through its mapping (``memory/node/local_node.py``). A new
+mapping takes a page fault per page on first touch, so the last ``kept`` mappings stay open
+between calls. A mapping a copy is using is never closed under it. Kept mappings whose segment
+is gone from the host (their block was freed) are closed at each call, and by a daemon thread
+every ``WATCH_SECONDS`` while any is kept, so a freed block's memory is not held for long. A
+segment is mapped only if its header holds the token the block's catalog recorded.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The write guard of a segment: readers never keep a torn mix of old and new bytes.
 
 Each segment's header page holds a sequence word and 64 write slots (the layout is in
-:mod:`distributed_grid.memory.shm.segment`). A writer claims a slot naming its byte range and bumps
-the
-sequence; a reader checks that no busy slot overlaps its range, copies, then checks that the
+:mod:`distributed_grid.memory.shm.layout`). A writer claims a slot naming its byte range and bumps
+the sequence; a reader checks that no busy slot overlaps its range, copies, then checks that the
 sequence did not move. It is a seqlock generalised to several writers of disjoint ranges at once.
 
 Protocol::
