@@ -16,13 +16,13 @@ imports a conftest.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 from helpers.dev_shm import sweep  # helpers import no Ray: they may come before the lines below
 from helpers.grid import FreshGrid
+from helpers.temp_dirs import remove_temp_dir
 
 _SESSION_TMP = tempfile.mkdtemp(prefix="dgt", dir="/tmp")  # short: Ray's socket paths are long
 os.environ["TMPDIR"] = _SESSION_TMP
@@ -37,7 +37,7 @@ UNIT = TESTS / "unit"
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+    remove_temp_dir(_SESSION_TMP)
 
 
 def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
@@ -59,7 +59,7 @@ def fresh(tmp_path):
         yield grid
     finally:
         stopped = grid("cluster", "stop", check=False)
-        shutil.rmtree(grid.tmp, ignore_errors=True)
+        remove_temp_dir(grid.tmp)
         assert stopped.returncode == 0, stopped.stderr.decode(errors="replace")
         left = sweep(grid.cluster_id) if grid.cluster_id else []
         assert not left, f"grid cluster stop left files behind: {left}"

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 from helpers.dev_shm import sweep
 from helpers.grid import GRID, FreshGrid
+from helpers.temp_dirs import remove_temp_dir
 
 from distributed_grid.cluster.namespaces import private_shm_refusal, processes_in
 from distributed_grid.cluster.ray_env import LOOPBACK_ENV
@@ -261,7 +262,7 @@ def test_a_worker_joins_a_head_from_another_namespace(tmp_path):
     finally:
         stops = [g("cluster", "stop", check=False) for g in (worker, head)]
         for g in (worker, head):
-            shutil.rmtree(g.tmp, ignore_errors=True)
+            remove_temp_dir(g.tmp)
         left = sweep(cluster_id) if cluster_id else []
         assert all(s.returncode == 0 for s in stops), [s.stderr for s in stops]
         assert not left, left
@@ -290,7 +291,7 @@ def private(tmp_path_factory):
         gc = json.loads(grid.out("memory", "gc", "--dry-run", "--json"))
         records = records_of(grid, grid.cluster_id) if grid.cluster_id else []
         left = sweep(grid.cluster_id) if grid.cluster_id else []
-        shutil.rmtree(grid.tmp, ignore_errors=True)
+        remove_temp_dir(grid.tmp)
         assert stopped.returncode == 0, stopped.stderr.decode(errors="replace")
         assert not any(left_running.values()), f"processes left in namespaces: {left_running}"
         assert not left, f"files left in the host's /dev/shm: {left}"
