@@ -28,6 +28,7 @@ from distributed_grid.memory.io import copies, sinks, sources
 from distributed_grid.memory.node.actor import StoreActor
 from distributed_grid.memory.node.directory import Holder
 from distributed_grid.memory.shm.seqguard import read_untorn
+from distributed_grid.names import Key
 from distributed_grid.records import BlockInfo, KeyPlace, KeyRemoval, NodeStats
 from distributed_grid.wire import (
     ALLOCATE_RATE,
@@ -77,7 +78,7 @@ class RemoteNode:
     def submit(self, name: str, *args: Any) -> Call:
         """Send a call of the store's method ``name`` without waiting (every call leaves
         through here)."""
-        return Call(self.cluster.submit(self.node, name, *args),
+        return Call(self.cluster.submit(self.node, name, *_on_the_wire(args)),
                     BULK_TIMEOUT if name in BULK else METADATA_TIMEOUT)
 
     def result(self, call: Call, timeout: float | None = None) -> Any:
@@ -253,6 +254,13 @@ class RemoteNode:
                 del array
 
 
+def _on_the_wire(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The arguments of a store call as they travel: a checked key as the plain text it is
+    (Ray sends plain values inline; a ``str`` subclass would be pickled), checked again by the
+    store that receives it."""
+    return tuple(str(a) if isinstance(a, Key) else a for a in args)
+
+
 class _SinkThread:
     """Hands arrays to a sink in order on one thread, at most one waiting (so no more than
     ``IN_FLIGHT + 2`` chunks are held at once); its error is raised in the giver."""
@@ -298,7 +306,7 @@ class RemoteDirectory:
         self.head = cluster.head().name
 
     def _call(self, method: Callable[..., Any], *args: Any) -> Any:
-        return self.cluster.call(self.head, method.__name__, *args)
+        return self.cluster.call(self.head, method.__name__, *_on_the_wire(args))
 
     def lookup(self, key: str) -> Holder | None:
         return self._call(StoreActor.dir_lookup, key)
