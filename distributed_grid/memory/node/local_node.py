@@ -94,7 +94,7 @@ class LocalNode(BlockStore):
             return super().prepare_write(number, offset, length, key, force, writer, slot, guard)
         row = self._row(number)
         check_range(self.block_id(number), row.size, offset, length, "write")  # before a slot
-        g = open_guard(self._info(row, []))
+        g = open_guard(self._place(row))
         tag = self.tag()
         taken = g.claim(tag, offset, offset + length)
         if taken < 0:
