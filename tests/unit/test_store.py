@@ -289,11 +289,12 @@ def test_force_drops_the_overlapped_extent_of_the_other_key(store):
     for key, offset in (("a", 0), ("a", 50), ("b", 20)):
         stored(store, n, offset, b"y" * 10, key)
     info = store.prepare_write(n, 5, 20, key="c", force=True)  # hits a@0 and b@20
-    assert info.pending_keys == ["c"]
+    assert info.pending_keys == ["c"] and info.keys == {}  # a write reports its own key
+    info = store.block_info(n)
     assert "b" not in info.keys
     assert info.keys["a"] == [(50, 10)]  # only the overlapped extent of a is dropped
-    info = store.commit_write(n, 5, 20, key="c")
-    assert info.keys == {"a": [(50, 10)], "c": [(5, 20)]}
+    assert store.commit_write(n, 5, 20, key="c").keys == {"c": [(5, 20)]}
+    assert store.block_info(n).keys == {"a": [(50, 10)], "c": [(5, 20)]}
     assert store.list_keys() == {"a": f"block_{n}_{NODE}", "c": f"block_{n}_{NODE}"}
     assert store.find_key("b") is None
 

@@ -144,7 +144,7 @@ class StoreActor(LocalNode):
     def write_chunk(self, number: int, offset: int, data: np.ndarray) -> int:
         """Copy a chunk that travelled as an ObjectRef into the block, inside a write this
         actor prepared; returns its size."""
-        block = self.block_info(number)
+        block = self.bare_info(number)
         view = memoryview(data).cast("B")
         check_range(block.block_id, block.size, offset, view.nbytes, "write")
         self._write_of(number, offset, view.nbytes)
@@ -154,7 +154,7 @@ class StoreActor(LocalNode):
     def read_begin(self, number: int, offset: int, length: int) -> int:
         """Wait until no write holds ``offset..offset+length`` of the block; returns the guard's
         sequence, for :meth:`read_end` after the chunks were read."""
-        block = self.block_info(number)
+        block = self.bare_info(number)
         check_range(block.block_id, block.size, offset, length, "read")
         with guard_of(block) as guard:
             return self.wait_idle(block, guard, offset, offset + max(length, 1))
@@ -162,7 +162,7 @@ class StoreActor(LocalNode):
     def read_whole(self, number: int, offset: int, length: int) -> np.ndarray:
         """Bytes of the block copied while no write touched them (a read of one chunk): one
         round trip, and no write can move under the copy, which takes microseconds here."""
-        block = self.block_info(number)
+        block = self.bare_info(number)
         check_range(block.block_id, block.size, offset, length, "read")
         out = np.empty(length, dtype=np.uint8)
         self.drain(block, offset, length, sinks.BufferSink(memoryview(out)))
@@ -170,13 +170,13 @@ class StoreActor(LocalNode):
 
     def read_end(self, number: int, seq: int) -> bool:
         """Whether no write started or ended in the block since :meth:`read_begin`."""
-        with guard_of(self.block_info(number)) as guard:
+        with guard_of(self.bare_info(number)) as guard:
             return guard.end_read(seq)
 
     def read_chunk(self, number: int, offset: int, length: int) -> np.ndarray:
         """Bytes of the block as a uint8 array over the mapping; Ray copies it once, into the
         object store, when it returns."""
-        block = self.block_info(number)
+        block = self.bare_info(number)
         check_range(block.block_id, block.size, offset, length, "read")
         with self._maps.mapped(block) as segment:
             if segment is None:

@@ -139,18 +139,6 @@ class Catalog:
                              (number,))
         return rows[0] if rows else None
 
-    def block_and_extents(self, number: int) -> tuple[BlockRow | None, list[ExtentRow]]:
-        """A block's row and its extents by offset, read in one statement (one state)."""
-        rows = self._db.rows(
-            f"SELECT {BLOCK_COLUMNS_OF_B}, {EXTENT_COLUMNS_OF_E} FROM blocks b "
-            "LEFT JOIN extents e ON e.block = b.number WHERE b.number=? ORDER BY e.offset, e.id",
-            (number,))
-        if not rows:
-            return None, []
-        width = len(BlockRow._fields)
-        extents = [ExtentRow(*r[width:]) for r in rows if r[width] is not None]
-        return BlockRow(*rows[0][:width]), extents
-
     def blocks(self, states: tuple[str, ...] = ("ok", "missing")) -> list[BlockRow]:
         marks = ",".join("?" * len(states))
         return [BlockRow(*r) for r in self._db.rows(
@@ -228,16 +216,37 @@ class Catalog:
             f"SELECT {EXTENT_COLUMNS} FROM extents ORDER BY block, offset, id")]
 
     def overlapping(self, number: int, offset: int, end: int) -> list[ExtentRow]:
-        """The extents of a block that share a byte with ``offset..end``."""
+        """The extents of a block that share a byte with ``offset..end``.
+
+        Two index ranges, whatever the number of extents in the block: extents never overlap
+        one another, except a key's complete extent and its rewrite pending at the same offset
+        (``memory/node/writes.py``), so the only ones starting before ``offset`` that can reach
+        past it start at the last such start."""
         return [ExtentRow(*r) for r in self._db.rows(
-            f"SELECT {EXTENT_COLUMNS} FROM extents WHERE block=? AND offset<? AND offset+length>?"
-            " ORDER BY offset, id", (number, end, offset))]
+            f"SELECT {EXTENT_COLUMNS} FROM extents WHERE block=?1 AND ("
+            "(offset>=?2 AND offset<?3) OR (offset=(SELECT max(offset) FROM extents "
+            "WHERE block=?1 AND offset<?2) AND offset+length>?2)) ORDER BY offset, id",
+            (number, offset, end))]
 
     def block_of_key(self, key: str, complete_only: bool = False) -> int | None:
         """The number of the block holding ``key`` (any extent, or complete ones only)."""
         extra = " AND complete=1" if complete_only else ""
         value = self._db.scalar(f"SELECT block FROM extents WHERE key=?{extra} LIMIT 1", (key,))
         return None if value is None else int(value)  # type: ignore[call-overload]
+
+    def key_place(self, key: str) -> tuple[BlockRow, list[ExtentRow], str | None] | None:
+        """The block holding ``key``'s complete bytes, the key's complete extents there by
+        offset, and its metadata (JSON): one statement, one committed state, on the key's rows
+        only (None when no block holds the key's complete bytes)."""
+        rows = self._db.rows(
+            f"SELECT {BLOCK_COLUMNS_OF_B}, {EXTENT_COLUMNS_OF_E}, m.meta FROM extents e "
+            "JOIN blocks b ON b.number = e.block LEFT JOIN key_meta m ON m.key = e.key "
+            "WHERE e.key=? AND e.complete=1 ORDER BY e.offset, e.id", (key,))
+        if not rows:
+            return None
+        width = len(BlockRow._fields)
+        return (BlockRow(*rows[0][:width]), [ExtentRow(*r[width:-1]) for r in rows],
+                rows[0][-1])
 
     def key_extents(self, key: str, number: int) -> list[ExtentRow]:
         """The extents of ``key`` in block ``number``, by offset."""

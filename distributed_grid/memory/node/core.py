@@ -165,6 +165,18 @@ class StoreCore:
             pending=pending,
         )
 
+    def _key_info(self, row: BlockRow, key: str | None) -> BlockInfo:
+        """The block's facts as a write of ``key`` reports them: that key's extents alone."""
+        return self._info(row, [] if key is None else self.catalog.key_extents(key, row.number))
+
+    def bare_info(self, number: int) -> BlockInfo:
+        """A usable block's facts without its keys (one row read): what a copy needs.
+
+        Raises:
+            BlockNotFound: no such block, or its segment is gone.
+        """
+        return self._info(self._row(number), [])
+
     # -- writers' lives -------------------------------------------------------------------------
 
     def writer_alive(self, writer: str | None) -> bool | None:

@@ -17,6 +17,7 @@ reach somebody else's data.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -43,8 +44,10 @@ class BlockStore(StoreWrites, StoreRecovery):
         Raises:
             BlockNotFound: no such block, or its segment is gone.
         """
-        row, extents = self.catalog.block_and_extents(number)
-        return self._info(self._usable(number, row), extents)
+        with self.catalog.snapshot():
+            row = self._row(number)
+            extents = self.catalog.extents(number)
+        return self._info(row, extents)
 
     def list_blocks(self) -> list[BlockInfo]:
         """Every block of the node (missing ones too), by number."""
@@ -57,20 +60,18 @@ class BlockStore(StoreWrites, StoreRecovery):
         return [self._info(r, by_block.get(r.number, [])) for r in rows]
 
     def find_key(self, key: str) -> KeyPlace | None:
-        """The block holding ``key``'s complete bytes, with the key's extents; None if none."""
-        validate_key(key)
-        with self.catalog.snapshot():
-            number = self.catalog.block_of_key(key, complete_only=True)
-            if number is None:
-                return None
-            row, extents = self.catalog.block_and_extents(number)
-            if row is None or row.state != "ok":
-                return None
-            meta = self.catalog.key_meta(key)
-        own = [e for e in extents if e.key == key and e.complete]
-        return KeyPlace(key=key, block=self._info(row, extents),
-                        extents=[(e.offset, e.length) for e in own], meta=meta,
-                        generation=max((e.id for e in own), default=0))
+        """The block holding ``key``'s complete bytes, with the key's extents; None if none.
+
+        One statement on the key's own rows, whatever the number of keys in its block: the
+        block's facts in the place list this key only (``block_info`` lists them all)."""
+        found = self.catalog.key_place(validate_key(key))
+        if found is None or found[0].state != "ok":
+            return None
+        row, own, meta = found
+        return KeyPlace(key=key, block=self._info(row, own),
+                        extents=[(e.offset, e.length) for e in own],
+                        meta=None if meta is None else json.loads(meta),
+                        generation=max(e.id for e in own))
 
     def holds_key(self, key: str, number: int) -> bool:
         """Whether block ``number`` has any extent of ``key``, complete or being written."""

@@ -45,7 +45,9 @@ class StoreWrites(StoreCore):
             slot, guard: the write-guard slot the writer holds for the range, and its owner tag.
 
         Returns:
-            The block's facts (segment name and token let a local client write directly).
+            The block's facts, with the written key alone in its keys and pending writes (a
+            write's cost does not grow with the keys of its block); segment name and token
+            let a local client write directly.
 
         Raises:
             OutOfBounds, InvalidArgument, KeyConflict, KeyBusy, BlockNotFound.
@@ -100,7 +102,7 @@ class StoreWrites(StoreCore):
                 if key is not None:
                     self.catalog.add_extent(number, key, offset, length, writer or self.me,
                                             slot, guard)
-                info = self._info(row)
+                info = self._key_info(row, key)
         finally:
             self._release_guards(released)
         return info
@@ -114,6 +116,9 @@ class StoreWrites(StoreCore):
 
         Args:
             meta: what the key's bytes are (an array's dtype and shape); None for plain bytes.
+
+        Returns:
+            The block's facts, with the written key alone in its keys (as prepare_write's).
 
         Raises:
             KeyNotFound: no pending write of ``key`` at ``offset`` (it was overwritten with
@@ -135,7 +140,7 @@ class StoreWrites(StoreCore):
             self.catalog.raise_high_water(number, offset + length)
             if row.holder is not None:
                 self.catalog.let_go(number)
-            return self._info(self.catalog.block(number))  # type: ignore[arg-type]
+            return self._key_info(self._row(number), key)
 
     def abort_write(self, number: int, offset: int, key: str | None = None,
                     torn: bool = True) -> None:
