@@ -172,3 +172,27 @@ def test_a_block_bigger_than_memory_can_back_is_refused_before_reserving_any(
     assert store.catalog.meta("next_number") == 0  # no number spent
     used = (before.f_bavail - after.f_bavail) * before.f_frsize
     assert used < size // 1000, used  # nothing of the block was reserved
+
+
+def test_host_room_reads_memory_on_a_clock_and_moves_it_by_the_nodes_own_blocks():
+    room = capacity.HostRoom(refresh=3600)  # one reading serves the whole test
+    first = room.limits(block_bytes=0)
+    later = room.limits(block_bytes=10 * 2**20)  # the node made 10 MiB of blocks since
+    if first.mem_available is not None:
+        assert later.mem_available == first.mem_available - 10 * 2**20
+    if first.cgroup_free is not None:
+        assert later.cgroup_free == first.cgroup_free - 10 * 2**20
+    assert later.shm_total == seg.shm_capacity()[0]  # /dev/shm is read every time
+    fresh = room.limits(block_bytes=10 * 2**20, fresh=True)  # a refusal reads the host again
+    again = room.limits(block_bytes=10 * 2**20)  # ... and that reading is the new baseline
+    assert again.mem_available == fresh.mem_available
+    assert again.cgroup_free == fresh.cgroup_free
+
+
+def test_host_room_reads_again_when_the_reserve_setting_changes(monkeypatch):
+    room = capacity.HostRoom(refresh=3600)
+    monkeypatch.setenv(capacity.RESERVE_ENV, "0")
+    assert room.limits(0).mem_reserve == 0
+    monkeypatch.setenv(capacity.RESERVE_ENV, "64MiB")
+    limits = room.limits(0)
+    assert limits.mem_available is None or limits.mem_reserve == 64 * 2**20

@@ -22,6 +22,7 @@ from distributed_grid.errors import BlockNotFound
 from distributed_grid.memory.node.catalog import Catalog
 from distributed_grid.memory.node.schema import BlockRow, ExtentRow
 from distributed_grid.memory.shm import segment as seg
+from distributed_grid.memory.shm.capacity import HostRoom
 from distributed_grid.memory.shm.layout import segment_pattern, segment_prefix
 from distributed_grid.memory.shm.seqguard import Guard, tag_alive
 from distributed_grid.names import format_block_id
@@ -119,6 +120,7 @@ class StoreCore:
         self.prefix = segment_prefix(cluster_id, node)
         self._segment_re = segment_pattern(cluster_id, node)
         self.me = this_process()
+        self.room = HostRoom()  # the host's bounds on new blocks, read on a clock
 
     def block_id(self, number: int) -> str:
         """The id of block ``number`` of this node."""

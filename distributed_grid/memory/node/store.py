@@ -27,7 +27,7 @@ from distributed_grid.memory.node.schema import ExtentRow
 from distributed_grid.memory.node.writes import StoreWrites
 from distributed_grid.memory.shm import layout
 from distributed_grid.memory.shm import segment as seg
-from distributed_grid.memory.shm.capacity import describe_limit, node_stats, read_limits
+from distributed_grid.memory.shm.capacity import describe_limit, node_stats
 from distributed_grid.names import positive_size, validate_key
 from distributed_grid.records import BlockInfo, KeyPlace, NodeStats
 
@@ -90,13 +90,14 @@ class BlockStore(StoreWrites, StoreRecovery):
         """
         return self.stats(capacity).free_for_blocks
 
-    def stats(self, capacity: int | None = None) -> NodeStats:
+    def stats(self, capacity: int | None = None, fresh: bool = False) -> NodeStats:
         """The node's shared memory and blocks (no scan: the catalog keeps the counts), and the
-        room for new blocks: bounded by the host's memory too (see :mod:`.capacity`)."""
-        limits = read_limits()
+        room for new blocks: bounded by the host's memory too (see :mod:`.capacity`), read on a
+        clock (:class:`~distributed_grid.memory.shm.capacity.HostRoom`), or now if ``fresh``."""
         blocks, block_bytes = self.catalog.counts()
         cap = self.capacity if capacity is None else capacity
-        return node_stats(self.node, limits, cap, blocks, block_bytes)
+        return node_stats(self.node, self.room.limits(block_bytes, fresh), cap, blocks,
+                          block_bytes)
 
     # -- allocation -----------------------------------------------------------------------------
 
@@ -123,6 +124,8 @@ class BlockStore(StoreWrites, StoreRecovery):
         token = os.urandom(layout.TOKEN_SIZE)
         with self.catalog.transaction():
             stats = self.stats(capacity)  # counts read under the write lock: no overshoot
+            if size > stats.free_for_blocks:  # never refused on a stale reading
+                stats = self.stats(capacity, fresh=True)
             free = stats.free_for_blocks
             if size > free:
                 raise StoreFull(
