@@ -49,9 +49,9 @@ class BlockInfo:
     ``pending_keys`` are keys being written, and ``pending`` those writes one by one (their
     ranges and writers). A call about one key (``write``, ``find_key``'s ``block``, a
     ``StoreResult``'s ``block``) lists that key alone, so its cost does not grow with the keys
-    of the block; ``block_info`` and ``list_blocks`` list them all. ``used`` is the high-water mark: the end of the block's furthest
-    completed write. ``status`` is ``ok``, ``missing`` (its shared memory vanished from the
-    host) or ``lost`` (its node left the cluster).
+    of the block; ``block_info`` and ``list_blocks`` list them all. ``used`` is the high-water
+    mark: the end of the block's furthest completed write. ``status`` is ``ok``, ``missing``
+    (its shared memory vanished from the host) or ``lost`` (its node left the cluster).
     """
 
     block_id: str

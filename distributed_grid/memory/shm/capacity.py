@@ -27,8 +27,8 @@ from __future__ import annotations
 import functools
 import os
 import re
-import time
 import threading
+import time
 from dataclasses import dataclass, replace
 
 from distributed_grid.errors import InvalidArgument
