@@ -733,9 +733,13 @@ def end_leftovers(tmp: str) -> None:
     cluster interrupted while it started)."""
     in_cmdline = os.fsencode(tmp + os.sep)
     in_environ = b"\0TMPDIR=" + os.fsencode(tmp) + b"\0"
+    keep = {os.getpid()}
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    if tracker is not None and tracker._resource_tracker._pid:  # ours: ends when we do
+        keep.add(tracker._resource_tracker._pid)
     mine = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+        if not entry.isdigit() or int(entry) in keep:
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:

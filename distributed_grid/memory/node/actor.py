@@ -193,6 +193,7 @@ class StoreActor(LocalNode):
     def destroy(self) -> int:
         """Free every block, remove the catalog (and on the head the key directory)."""
         self._maps.close()
+        self._views.close()
         count = super().destroy()
         if self.directory is not None:
             self.directory.remove()

@@ -17,25 +17,44 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from distributed_grid.memory.shm import segment as seg
-from distributed_grid.records import BlockInfo
 
 KEPT = 8
 WATCH_SECONDS = 2.0  # how often kept mappings of freed blocks are looked for while any is kept
 
 
-class Mappings:
-    """The segments this process keeps mapped."""
+class Mapped(Protocol):
+    """A block as mapping it needs it: its segment's name, the token its header must hold, and
+    its size (a :class:`~distributed_grid.records.BlockInfo` is one)."""
 
-    def __init__(self, kept: int = KEPT) -> None:
+    @property
+    def segment(self) -> str: ...
+    @property
+    def token(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+
+
+class Mappings:
+    """The segments this process keeps mapped.
+
+    Args:
+        kept: how many mappings stay open when no copy uses them.
+        check_each_call: look for kept mappings of freed blocks at each call (a ``stat`` per
+            kept mapping); without it only the watcher thread and :meth:`drop_stale` do.
+    """
+
+    def __init__(self, kept: int = KEPT, check_each_call: bool = True) -> None:
         self.kept = kept
+        self.check_each_call = check_each_call
         self._lock = threading.Lock()
         self._open: OrderedDict[str, seg.Segment] = OrderedDict()
         self._users: dict[str, int] = {}  # segment name -> copies using its mapping now
         self._watcher: threading.Thread | None = None
 
-    def attach(self, block: BlockInfo) -> seg.Segment | None:
+    def attach(self, block: Mapped) -> seg.Segment | None:
         """A new mapping of the block when it is provably on this host, else None."""
         try:
             return seg.attach_block(block.segment, bytes.fromhex(block.token), block.size)
@@ -43,11 +62,12 @@ class Mappings:
             return None
 
     @contextmanager
-    def mapped(self, block: BlockInfo, attach: bool = True) -> Iterator[seg.Segment | None]:
+    def mapped(self, block: Mapped, attach: bool = True) -> Iterator[seg.Segment | None]:
         """A kept mapping of the block (None when its segment is not here, or not the block's,
         or, without ``attach``, when none is kept). While the caller uses it, no other thread
         closes it: a mapping in use is not evicted, even beyond ``kept``."""
-        self.drop_stale()
+        if self.check_each_call:
+            self.drop_stale()
         with self._lock:
             segment = self._open.get(block.segment)
             if segment is not None and segment.token.hex() != block.token:
@@ -119,6 +139,11 @@ class Mappings:
             for name in [n for n in self._open
                          if not self._users.get(n) and not seg.segment_exists(n)]:
                 close_quietly(self._open.pop(name))
+
+    def names(self) -> list[str]:
+        """The segments kept mapped, least recently used first."""
+        with self._lock:
+            return list(self._open)
 
     def close(self) -> None:
         """Close every kept mapping (live views over them stay valid)."""

@@ -1,0 +1,66 @@
+"""Zero-copy views reuse the mappings a process keeps: a block viewed again is not mapped again,
+the kept mappings are bounded, and those of freed blocks are closed (a view over one stays
+valid). Real catalogs and segments, no Ray."""
+
+from __future__ import annotations
+
+import pytest
+
+from distributed_grid.memory.node.local_node import VIEW_MAPPINGS, LocalNode
+
+
+@pytest.fixture
+def nodes(cluster_id, request):
+    made: list[LocalNode] = []
+
+    def new() -> LocalNode:
+        node = LocalNode("n1", cluster_id)
+        made.append(node)
+        return node
+
+    request.addfinalizer(lambda: [n.close() for n in made])
+    return new
+
+
+def test_a_block_viewed_again_reuses_the_kept_mapping(nodes):
+    node = nodes()
+    block = node.allocate(3 * 4096)
+    _, first = node.open_block(block.number)
+    first[:5] = b"hello"
+    _, second = node.open_block(block.number)
+    assert second.obj is first.obj  # one mapping: pages faulted once stay mapped
+    assert bytes(second[:5]) == b"hello"
+    assert node.kept_views() == [block.segment]
+    _, own = node.open_block(block.number, populate=True)  # populate maps a fresh one
+    assert own.obj is not first.obj and bytes(own[:5]) == b"hello"
+
+
+def test_kept_view_mappings_are_bounded(nodes):
+    node = nodes()
+    blocks = [node.allocate(4096) for _ in range(VIEW_MAPPINGS + 4)]
+    views = [node.open_block(b.number)[1] for b in blocks]
+    assert len(node.kept_views()) == VIEW_MAPPINGS
+    assert node.kept_views() == [b.segment for b in blocks[-VIEW_MAPPINGS:]]
+    for i, view in enumerate(views):  # evicted ones stay valid while their view lives
+        view[0] = i
+    assert [v[0] for v in views] == list(range(len(views)))
+
+
+def test_freeing_a_block_closes_its_kept_mapping_and_a_live_view_stays_valid(nodes):
+    node = nodes()
+    block = node.allocate(4096)
+    _, view = node.open_block(block.number)
+    view[:3] = b"abc"
+    node.deallocate(block.number)
+    assert node.kept_views() == []  # this process freed it: its mapping goes at once
+    assert bytes(view[:3]) == b"abc"  # the memory lives while the view does
+
+
+def test_a_block_freed_by_another_process_loses_its_kept_mapping(nodes):
+    node, other = nodes(), nodes()  # two processes' stores of one node
+    block = node.allocate(4096)
+    node.open_block(block.number)
+    other.deallocate(block.number)
+    assert node.kept_views() == [block.segment]
+    node._views.drop_stale()  # what the watcher thread runs every WATCH_SECONDS
+    assert node.kept_views() == []
