@@ -52,6 +52,7 @@ class BlockInfo:
     of the block; ``block_info`` and ``list_blocks`` list them all. ``used`` is the high-water
     mark: the end of the block's furthest completed write. ``status`` is ``ok``, ``missing``
     (its shared memory vanished from the host) or ``lost`` (its node left the cluster).
+    ``slab``: the store made the block for small values, which it places itself.
     """
 
     block_id: str
@@ -67,6 +68,7 @@ class BlockInfo:
     pending_keys: list[str]
     persistent: bool
     pending: list[PendingWrite] = field(default_factory=list)
+    slab: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The block as plain data (what ``list-objects --json`` prints for it); ``pending``

@@ -10,7 +10,7 @@ from distributed_grid.memory.client.nodes import Node
 from distributed_grid.memory.client.router import Router
 from distributed_grid.memory.shm.capacity import describe_limit
 from distributed_grid.names import positive_size
-from distributed_grid.records import BlockInfo
+from distributed_grid.records import BlockInfo, NodeStats
 
 
 class Allocator:
@@ -60,11 +60,10 @@ class Allocator:
         self.router.report(node)
         return info
 
-    def _anywhere(self, size: int, holder: str | None,
-                  for_key: str | None) -> tuple[Node, BlockInfo]:
-        """Allocate on the worker (the head only when there is none) that :mod:`.placement`
-        ranks best by the sizes the nodes last reported. A node whose report was stale and
-        turns out full is asked for its real size and the next one tried."""
+    def _ranking(self) -> tuple[dict[str, NodeStats], dict[str, int], dict[str, str],
+                                dict[str, int | None]]:
+        """What :mod:`.placement` ranks the nodes by: their last reported sizes, the room of
+        each host, the host of each node, and each node's cap."""
         alive = self.router.nodes()
         candidates = [n.name for n in alive if not n.is_head] or [n.name for n in alive]
         sizes = {s.node: s for s in self.router.directory.node_sizes() if s.node in candidates}
@@ -73,7 +72,19 @@ class Allocator:
                 sizes[name] = self.router.node(name).stats()
         host_of = {n.name: n.hostname or n.name for n in alive}
         caps = {name: memory_cap(name) for name in sizes}
-        shared = placement.host_rooms(sizes, host_of)
+        return sizes, placement.host_rooms(sizes, host_of), host_of, caps
+
+    def best_node(self) -> str:
+        """The node a new value goes to when the caller names none (as :meth:`allocate`)."""
+        sizes, shared, host_of, caps = self._ranking()
+        return placement.best(sizes, shared, host_of, caps)
+
+    def _anywhere(self, size: int, holder: str | None,
+                  for_key: str | None) -> tuple[Node, BlockInfo]:
+        """Allocate on the worker (the head only when there is none) that :mod:`.placement`
+        ranks best by the sizes the nodes last reported. A node whose report was stale and
+        turns out full is asked for its real size and the next one tried."""
+        sizes, shared, host_of, caps = self._ranking()
         for _ in range(2 * len(sizes)):
             best = placement.best(sizes, shared, host_of, caps)
             if size > placement.room(best, sizes, shared, host_of, caps):

@@ -250,6 +250,11 @@ class BlockPool:
         return self._writer.store_stream(key_from(key), source, block_id, offset, force,
                                          progress, on_size)
 
+    @_doc_of(Writer.put_small)
+    def put_small(self, key: str, data: Any, length: int, node: str | None = None,
+                  meta: dict[str, Any] | None = None) -> StoreResult | None:
+        return self._writer.put_small(key_from(key), data, length, node, meta)
+
     @_doc_of(Writer.place_for)
     def place_for(self, key: str, length: int,
                   node: str | None = None) -> tuple[str, int, str | None]:

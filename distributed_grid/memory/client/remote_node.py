@@ -27,6 +27,7 @@ import numpy as np
 from distributed_grid.memory.io import copies, sinks, sources
 from distributed_grid.memory.node.actor import StoreActor
 from distributed_grid.memory.node.directory import Holder
+from distributed_grid.memory.node.slabs import buffers_of
 from distributed_grid.memory.shm.seqguard import read_untorn
 from distributed_grid.names import Key
 from distributed_grid.records import BlockInfo, KeyPlace, KeyRemoval, NodeStats
@@ -143,6 +144,11 @@ class RemoteNode:
     def abort_write(self, number: int, offset: int, key: str | None = None,
                     torn: bool = True) -> None:
         self._call(StoreActor.abort_write, number, offset, key, torn)
+
+    def put_small(self, key: str, data: Any, meta: dict[str, Any] | None = None,
+                  capacity: int | None = None) -> BlockInfo:
+        return self._call(StoreActor.put_small, key,
+                          b"".join(bytes(p) for p in buffers_of(data)), meta, capacity)
 
     def release_lease(self, lease: str) -> list[str]:
         return self._call(StoreActor.release_lease, lease)

@@ -13,11 +13,20 @@ from __future__ import annotations
 
 from typing import Any, BinaryIO
 
-from distributed_grid.errors import FileError, GridError, InvalidArgument, KeyConflict, OutOfBounds
+from distributed_grid.cluster.config import memory_cap
+from distributed_grid.errors import (
+    FileError,
+    GridError,
+    InvalidArgument,
+    KeyConflict,
+    OutOfBounds,
+    StoreFull,
+)
 from distributed_grid.memory.client.allocation import Allocator
 from distributed_grid.memory.client.keys import KeyIndex
 from distributed_grid.memory.client.router import Router
 from distributed_grid.memory.io import copies, inputs, sources, spool
+from distributed_grid.memory.node.slabs import SMALL_MAX
 from distributed_grid.names import Key, check_start
 from distributed_grid.records import BlockInfo, StoreResult
 from distributed_grid.runtime import this_process
@@ -142,6 +151,14 @@ class Writer:
         """Write ``length`` bytes of ``source`` under ``key``: at ``offset`` of ``block_id``,
         or (without it) in the key's place or a block allocated for them (freed again if the
         write fails)."""
+        if block_id is None and length <= SMALL_MAX:
+            small = bytearray(length)
+            source.read_into(0, memoryview(small))
+            result = self.put_small(key, small, length, None, None)
+            if result is not None:
+                if progress is not None:
+                    progress(length)
+                return result
         allocated = None
         if block_id is None:
             block_id, offset, allocated = self.place_for(key, length)
@@ -153,6 +170,42 @@ class Writer:
             raise
         return StoreResult(block=info, key=key, offset=offset, length=length,
                            allocated=allocated is not None)
+
+    def put_small(self, key: Key, data: Any, length: int, node: str | None,
+                  meta: dict[str, Any] | None) -> StoreResult | None:
+        """Store a small value (a bytes-like object, or a list of them one after another)
+        under ``key`` in a slab of its node (``memory/node/slabs.py``): one catalog transaction
+        there and one claim in the key directory. None when it does not go to a slab: too big,
+        a pool whose blocks live by its lease, a key that lives in a block of its own (the
+        caller then writes it the general way), or no room for a new slab (the general way
+        then says how much room there is).
+
+        Raises:
+            KeyConflict: another node's block holds the key (nothing is left stored).
+            KeyBusy: a live writer is writing the key.
+        """
+        if length > SMALL_MAX or self.allocator.lease is not None:
+            return None
+        found, _ = self.keys.find(key)
+        if found is not None and not found.block.slab:
+            return None
+        name = found.block.node if found is not None else node or self.allocator.best_node()
+        target = self.router.node(name)
+        try:
+            info = target.put_small(key, data, meta, memory_cap(name))
+        except StoreFull:
+            return None
+        if found is None or found.block_id != info.block_id:
+            try:
+                self.keys.claim(key, info.block_id)
+            except BaseException:
+                try:
+                    target.delete_key(key)  # another block holds it: ours goes
+                except GridError:
+                    pass
+                raise
+        return StoreResult(block=info, key=key, offset=info.keys[key][0][0], length=length,
+                           allocated=False)
 
     def place_for(self, key: Key, length: int,
                   node: str | None = None) -> tuple[str, int, str | None]:

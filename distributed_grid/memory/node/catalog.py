@@ -15,6 +15,7 @@ This module is the queries; the tables and what their states mean are
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -84,6 +85,12 @@ class Catalog:
         with self._db.snapshot():
             yield
 
+    @property
+    def sql(self) -> sqlite3.Connection:
+        """The connection, for the queries of another module of the node (its slabs' free
+        runs) inside a :meth:`transaction`."""
+        return self._db.db
+
     def change_mark(self) -> tuple[int, int]:
         """Changes whenever a change to this catalog is committed, by this process too."""
         return self._db.change_mark()
@@ -152,19 +159,20 @@ class Catalog:
 
     def insert_block(self, number: int, size: int, segment: str, token: str, created: float,
                      lease: str | None, creator: str, holder: str | None = None,
-                     for_key: str | None = None) -> None:
+                     for_key: str | None = None, slab: bool = False) -> None:
         """Record a block being created (inside a transaction).
 
         Args:
             holder: the writer the block is allocated for (until its write commits).
             for_key: the key the block is allocated for.
+            slab: the block holds small values the store places (``memory/node/slabs.py``).
         """
         db = self._db.db
         if lease is not None:
             db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?)", (lease, created))
         db.execute(
-            f"INSERT INTO blocks ({BLOCK_COLUMNS}) VALUES (?,?,?,?,?,0,'creating',?,?,?,?)",
-            (number, size, segment, token, created, lease, creator, holder, for_key))
+            f"INSERT INTO blocks ({BLOCK_COLUMNS}) VALUES (?,?,?,?,?,0,'creating',?,?,?,?,?)",
+            (number, size, segment, token, created, lease, creator, holder, for_key, int(slab)))
         self._add_meta("block_count", 1)
         self._add_meta("block_bytes", size)
 

@@ -164,7 +164,7 @@ class StoreCore:
             size=row.size, used=row.high_water, created=row.created, status=row.state,
             segment=row.segment, token=row.token, keys=keys,
             pending_keys=sorted({p.key for p in pending}), persistent=row.lease is None,
-            pending=pending,
+            pending=pending, slab=bool(row.slab),
         )
 
     def _key_info(self, row: BlockRow, key: str | None) -> BlockInfo:

@@ -288,6 +288,7 @@ class LocalNode(BlockStore):
     def _drop_freed_mappings(self) -> None:
         self._maps.drop_stale()
         self._views.drop_stale()
+        super()._drop_freed_mappings()
 
     def kept_views(self) -> list[str]:
         """The segments this process keeps mapped for views (``VIEW_MAPPINGS``)."""

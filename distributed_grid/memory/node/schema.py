@@ -8,6 +8,10 @@ store`` without a block id) has a ``holder``, the writer, until that write commi
 holder dies first, the block is freed. It also remembers the key it was made ``for_key``, so
 removing that key frees the block when no other key lives in it.
 
+A ``slab`` block holds small values the store places itself (``memory/node/slabs.py``): its
+free runs are rows of ``slab_free`` (never two touching: a freed run merges with its
+neighbours), and its keys' extents are the rest.
+
 An extent is complete, or pending (being written) with its ``writer`` and the write-guard slot
 (``slot``, ``guard``: the slot's index and owner tag in the segment's header) the write holds.
 A key rewritten at the same offset keeps its complete extent beside the pending one until the
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -38,7 +42,8 @@ CREATE TABLE blocks (
     lease TEXT REFERENCES leases(name),
     creator TEXT,
     holder TEXT,
-    for_key TEXT
+    for_key TEXT,
+    slab INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX blocks_by_lease ON blocks(lease) WHERE lease IS NOT NULL;
 CREATE INDEX blocks_not_ok ON blocks(state) WHERE state != 'ok';
@@ -57,6 +62,13 @@ CREATE TABLE extents (
 CREATE INDEX extents_by_block ON extents(block, offset);
 CREATE INDEX extents_pending ON extents(block) WHERE complete = 0;
 CREATE INDEX extents_by_key ON extents(key, block);
+CREATE TABLE slab_free (
+    block INTEGER NOT NULL REFERENCES blocks(number) ON DELETE CASCADE,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL CHECK (length > 0),
+    PRIMARY KEY (block, offset)
+) WITHOUT ROWID;
+CREATE INDEX slab_free_by_length ON slab_free(length, block, offset);
 CREATE TABLE key_meta (
     key TEXT PRIMARY KEY,
     block INTEGER NOT NULL REFERENCES blocks(number) ON DELETE CASCADE,
@@ -81,6 +93,7 @@ class BlockRow(NamedTuple):
     creator: str | None
     holder: str | None
     for_key: str | None
+    slab: int = 0
 
 
 class ExtentRow(NamedTuple):
@@ -102,7 +115,7 @@ class ExtentRow(NamedTuple):
 
 
 BLOCK_COLUMNS = ("number, size, segment, token, created, high_water, state, lease, creator, "
-                  "holder, for_key")
+                  "holder, for_key, slab")
 EXTENT_COLUMNS = "id, block, key, offset, length, complete, writer, slot, guard"
 BLOCK_COLUMNS_OF_B = ", ".join(f"b.{c}" for c in BLOCK_COLUMNS.split(", "))
 EXTENT_COLUMNS_OF_E = ", ".join(f"e.{c}" for c in EXTENT_COLUMNS.split(", "))

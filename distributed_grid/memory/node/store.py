@@ -7,7 +7,8 @@ they may all work at once; the catalog's write lock serializes them.
 
 The store is split along its seams, each a class of its own over :class:`~distributed_grid.
 memory.node.core.StoreCore`: allocation and reads (here), writes and removals of keys
-(:mod:`~distributed_grid.memory.node.writes`), and recovery from dead processes
+(:mod:`~distributed_grid.memory.node.writes`), small values in slabs
+(:mod:`~distributed_grid.memory.node.slabs`), and recovery from dead processes
 (:mod:`~distributed_grid.memory.node.recovery`).
 
 Numbers only grow and are spent in the transaction that records the block as ``creating``,
@@ -24,6 +25,7 @@ import time
 from distributed_grid.errors import BlockNotFound, GridError, StoreFull
 from distributed_grid.memory.node.recovery import StoreRecovery
 from distributed_grid.memory.node.schema import ExtentRow
+from distributed_grid.memory.node.slabs import StoreSlabs
 from distributed_grid.memory.node.writes import StoreWrites
 from distributed_grid.memory.shm import layout
 from distributed_grid.memory.shm import segment as seg
@@ -32,7 +34,7 @@ from distributed_grid.names import positive_size, validate_key
 from distributed_grid.records import BlockInfo, KeyPlace, NodeStats
 
 
-class BlockStore(StoreWrites, StoreRecovery):
+class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
     """The blocks of one node, as seen from a process on the node's host (made with the
     arguments of :class:`~distributed_grid.memory.node.core.StoreCore`)."""
 
@@ -102,7 +104,8 @@ class BlockStore(StoreWrites, StoreRecovery):
     # -- allocation -----------------------------------------------------------------------------
 
     def allocate(self, size: int, lease: str | None = None, capacity: int | None = None,
-                 holder: str | None = None, for_key: str | None = None) -> BlockInfo:
+                 holder: str | None = None, for_key: str | None = None,
+                 slab: bool = False) -> BlockInfo:
         """Create a block of ``size`` bytes and return its facts.
 
         Args:
@@ -113,6 +116,8 @@ class BlockStore(StoreWrites, StoreRecovery):
                 dies before its first write commits.
             for_key: the key the block is allocated for: removing that key
                 (:meth:`delete_key`) frees the block when no other key lives in it.
+            slab: the block is a slab for small values, all of it free
+                (:mod:`~distributed_grid.memory.node.slabs`).
 
         Raises:
             InvalidArgument: ``size`` is not a positive integer.
@@ -136,7 +141,7 @@ class BlockStore(StoreWrites, StoreRecovery):
             number = self.catalog.spend_number()
             name = layout.segment_name(self.cluster_id, self.node, number)
             self.catalog.insert_block(number, size, name, token.hex(), time.time(), lease,
-                                      self.me, holder, for_key)
+                                      self.me, holder, for_key, slab)
         try:
             try:
                 seg.create_segment(name, size, token)
@@ -148,6 +153,9 @@ class BlockStore(StoreWrites, StoreRecovery):
                 if row is None:  # reaped: impossible while this process lives, but never leak
                     raise BlockNotFound(f"block {self.block_id(number)} vanished while created")
                 self.catalog.set_state(row, "ok")
+                if slab:
+                    self.catalog.sql.execute("INSERT INTO slab_free VALUES (?, 0, ?)",
+                                             (number, size))
         except BaseException:
             self._forget_creation(number, name)
             raise
@@ -193,6 +201,8 @@ class BlockStore(StoreWrites, StoreRecovery):
             info = self._info(row)
             self.catalog.delete_block(row)
         seg.unlink_segment(row.segment)
+        if row.slab:
+            self._drop_freed_mappings()  # a slab's kept mapping goes with it
         return info
 
     def leases(self) -> list[str]:

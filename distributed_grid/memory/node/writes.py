@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from distributed_grid.errors import KeyBusy, KeyConflict, KeyNotFound, StoreFull
+from distributed_grid.errors import InvalidArgument, KeyBusy, KeyConflict, KeyNotFound, StoreFull
 from distributed_grid.memory.node.core import StoreCore
 from distributed_grid.memory.node.schema import ExtentRow
 from distributed_grid.memory.shm import segment as seg
@@ -59,6 +59,11 @@ class StoreWrites(StoreCore):
             with self.catalog.transaction():
                 row = self._row(number)
                 block_id = self.block_id(number)
+                if row.slab:
+                    raise InvalidArgument(
+                        f"{block_id} is a slab: it holds small values the store places itself "
+                        "(put, or store without --block-id); write into a block you allocate",
+                        block_id=block_id)
                 check_range(block_id, row.size, offset, length, "write")
                 end = offset + length
                 if key is not None:
@@ -207,9 +212,12 @@ class StoreWrites(StoreCore):
             if number is not None and row is not None:
                 extents = self.catalog.key_extents(key, number)
                 self._drop(number, extents)
-                freed = row.for_key == key and not self.catalog.block_has_extents(number)
-                if freed:
-                    self.catalog.delete_block(row)
+                if row.slab:
+                    freed = self.release_runs(row, extents)  # type: ignore[attr-defined]
+                else:
+                    freed = row.for_key == key and not self.catalog.block_has_extents(number)
+                    if freed:
+                        self.catalog.delete_block(row)
         self._release_guards(released)  # undone writes of dead writers: their slots go now
         if number is None or row is None:
             raise KeyNotFound(f"no key named {key!r} on node {self.node}", key=key,

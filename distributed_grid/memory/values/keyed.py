@@ -19,6 +19,8 @@ class Blocks(Protocol):
                    populate: bool = False) -> tuple[int, memoryview | None]: ...
     def read(self, target: str, size: int | None = None, offset: int = 0) -> bytes: ...
     def find_key(self, key: str) -> KeyPlace | None: ...
+    def put_small(self, key: str, data: Any, length: int, node: str | None = None,
+                  meta: dict[str, Any] | None = None) -> StoreResult | None: ...
     def place_for(self, key: str, length: int,
                   node: str | None = None) -> tuple[str, int, str | None]: ...
     def allocate(self, size: int, node: str | None = None) -> BlockInfo: ...
@@ -47,13 +49,18 @@ def write_key(pool: Blocks, key: str, data: Any, length: int, node: str | None,
     """Write ``length`` bytes of ``data`` (a buffer, or a list of them one after another)
     under ``key`` with ``meta``.
 
-    A new key gets a block of its own (on ``node`` when given); a key that exists is replaced
-    in place when the new bytes fit there.
+    A small value (``memory/node/slabs.py``: up to 64 KiB) goes to a slab of its node (on
+    ``node`` when given), and a key put again moves to a new run there in one change. A bigger
+    new key gets a block of its own; a key that exists is replaced in place when the new bytes
+    fit there.
 
     Raises:
         KeyConflict: the key exists and the bytes do not fit in its place.
     """
     key = key_from(key)
+    small = pool.put_small(key, data, length, node, meta)
+    if small is not None:
+        return small
     block_id, offset, allocated = pool.place_for(key, length, node)
     try:
         info = pool.write(block_id, data, offset=offset, key=key, meta=meta)

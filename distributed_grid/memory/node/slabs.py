@@ -1,0 +1,228 @@
+"""Small values in slabs: many keys in one segment, each put or delete one catalog transaction.
+
+A value of at most ``SMALL_MAX`` bytes that the store places itself (``put``, ``put_object``,
+``grid memory store`` without ``--block-id``) does not get a block of its own: it takes a run of
+a **slab**, a block the store made for small values (``blocks.slab``), whose free runs are rows
+of the catalog (``slab_free``). A run is the value's length rounded up to ``ALIGN`` bytes (any
+dtype's alignment holds), taken from the smallest free run that holds it; freeing one merges it
+with the free runs it touches, so a slab never holds two free runs side by side.
+
+A put is one write transaction of the node's catalog: take a run, copy the bytes into it through
+a mapping this process keeps, record the key's extent as complete, give the key's old run back
+(a key put again moves to a new run: its old bytes stay whole until the change commits). A
+process killed at any point leaves the catalog as it was before the put, so no run leaks and
+nothing needs reaping; bytes it copied into a run it never recorded are free space.
+
+A slab appears as a block of its node (``block_<n>_<node>``, ``slab`` in its facts) with its keys,
+in ``list-objects`` like any block; ``find_key`` names it as the key's block and the key's
+extent in it. Writes into a slab by block id are refused (its free runs are the store's); it
+can be deallocated (all its keys go). A slab left empty by a delete is freed unless it is the
+node's first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distributed_grid.errors import BlockNotFound, InvalidArgument, KeyBusy, KeyConflict
+from distributed_grid.memory.node.core import Place, StoreCore
+from distributed_grid.memory.node.schema import BlockRow, ExtentRow
+from distributed_grid.memory.shm.mappings import Mappings
+from distributed_grid.names import validate_key
+from distributed_grid.records import BlockInfo, PendingWrite
+
+SMALL_MAX = 64 * 2**10  # values up to this size go to slabs (see benchmarks/bench_small.py)
+ALIGN = 64  # runs start and end on this many bytes: every numpy dtype's alignment holds
+FIRST_SLAB = 2**20  # a node's first slab; each next one twice the last, up to LARGEST_SLAB
+LARGEST_SLAB = 16 * 2**20
+SLABS_KEPT = 8  # slab mappings a process keeps for its puts
+
+
+def run_length(length: int) -> int:
+    """The bytes a value of ``length`` bytes takes in a slab."""
+    return max(ALIGN, -(-length // ALIGN) * ALIGN)
+
+
+def slab_size(slabs: int) -> int:
+    """The size of a node's next slab when it has ``slabs`` already."""
+    return min(LARGEST_SLAB, FIRST_SLAB << min(slabs, 8))
+
+
+def buffers_of(data: Any) -> list[memoryview]:
+    """A bytes-like object, or a list (or tuple) of them one after another, as byte views."""
+    parts = data if isinstance(data, (list, tuple)) else [data]
+    return [memoryview(p).cast("B") for p in parts]
+
+
+class StoreSlabs(StoreCore):
+    """Small values of a node in its slabs."""
+
+    _slab_maps: Mappings | None = None
+
+    def put_small(self, key: str, data: Any, meta: dict[str, Any] | None = None,
+                  capacity: int | None = None) -> BlockInfo:
+        """Store ``data`` (a bytes-like object, or a list of them one after another) under
+        ``key`` in a slab of the node, replacing the key's value if it has one in a slab; one
+        catalog transaction (a new slab is made first when none has room).
+
+        Args:
+            meta: what the bytes are (an array's dtype and shape); None for plain bytes.
+            capacity: the cap on the node's block bytes, for a new slab.
+
+        Returns:
+            The slab's facts, with the key alone in its keys.
+
+        Raises:
+            InvalidArgument: more than ``SMALL_MAX`` bytes.
+            KeyConflict: the key lives in a block of its own, or one a caller allocated.
+            KeyBusy: a live writer is writing the key.
+            StoreFull: no slab has room and the node cannot hold a new one.
+        """
+        validate_key(key)
+        parts = buffers_of(data)
+        length = sum(p.nbytes for p in parts)
+        if length > SMALL_MAX:
+            raise InvalidArgument(f"a value in a slab holds at most {SMALL_MAX} bytes, "
+                                  f"not {length}")
+        need = run_length(length)
+        released: list[ExtentRow] = []
+        try:
+            while True:
+                with self.catalog.transaction():
+                    old = self._slab_extents_of(key, released)
+                    taken = self._take_run(need)
+                    if taken is not None:
+                        number, offset = taken
+                        self._copy_into(number, offset, parts)
+                        for e in old:
+                            self._give_back(e)
+                        self.catalog.sql.execute(
+                            "INSERT INTO extents (block, key, offset, length, complete) "
+                            "VALUES (?,?,?,?,1)", (number, key, offset, length))
+                        self.catalog.set_key_meta(key, number, meta)
+                        self.catalog.raise_high_water(number, offset + need)
+                        return self._key_info(self._row(number), key)
+                self.add_slab(capacity)
+        finally:
+            self._release_guards(released)
+
+    def _slab_extents_of(self, key: str, released: list[ExtentRow]) -> list[ExtentRow]:
+        """The key's extents, in its slab (inside a transaction): [] for a new key. Pending
+        writes of writers that are gone are undone first (their slots go in ``released``)."""
+        for p in self.catalog.pending_extents(key):
+            if self.write_gone(p):
+                released += self._forget_write(p)
+                continue
+            raise KeyBusy(
+                f"key {key!r} is being written (bytes {p.offset}..{p.end} of "
+                f"{self.block_id(p.block)}, by {PendingWrite(key, 0, 0, p.writer).owner}); "
+                "try again when that write has finished", key=key,
+                block_id=self.block_id(p.block), writer=p.writer)
+        number = self.catalog.block_of_key(key)
+        if number is None:
+            return []
+        row = self.catalog.block(number)
+        if row is None or not row.slab:
+            raise KeyConflict(
+                f"key {key!r} lives in {self.block_id(number)}, a block of its own: it is "
+                "replaced there (or deallocate that block first)", key=key,
+                block_id=self.block_id(number))
+        return self.catalog.key_extents(key, number)
+
+    def _take_run(self, length: int) -> tuple[int, int] | None:
+        """Take ``length`` bytes from the smallest free run of a ready slab that holds them;
+        returns ``(block, offset)``, or None when no run is long enough."""
+        sql = self.catalog.sql
+        row = sql.execute("SELECT f.block, f.offset, f.length FROM slab_free f JOIN blocks b "
+                          "ON b.number = f.block WHERE f.length>=? AND b.state='ok' "
+                          "ORDER BY f.length, f.block, f.offset LIMIT 1", (length,)).fetchone()
+        if row is None:
+            return None
+        block, offset, found = row
+        if found == length:
+            sql.execute("DELETE FROM slab_free WHERE block=? AND offset=?", (block, offset))
+        else:
+            sql.execute("UPDATE slab_free SET offset=?, length=? WHERE block=? AND offset=?",
+                        (offset + length, found - length, block, offset))
+        return block, offset
+
+    def _give_run(self, block: int, offset: int, length: int) -> tuple[int, int]:
+        """Free ``length`` bytes of a slab from ``offset``, merged with the free runs it
+        touches; returns the merged run ``(offset, length)``."""
+        sql = self.catalog.sql
+        before = sql.execute("SELECT offset, length FROM slab_free WHERE block=? AND offset<? "
+                             "ORDER BY offset DESC LIMIT 1", (block, offset)).fetchone()
+        if before is not None and before[0] + before[1] == offset:
+            sql.execute("DELETE FROM slab_free WHERE block=? AND offset=?", (block, before[0]))
+            offset, length = before[0], before[1] + length
+        after = sql.execute("SELECT length FROM slab_free WHERE block=? AND offset=?",
+                            (block, offset + length)).fetchone()
+        if after is not None:
+            sql.execute("DELETE FROM slab_free WHERE block=? AND offset=?",
+                        (block, offset + length))
+            length += after[0]
+        sql.execute("INSERT INTO slab_free VALUES (?,?,?)", (block, offset, length))
+        return offset, length
+
+    def _give_back(self, extent: ExtentRow) -> tuple[int, int]:
+        """Forget a slab key's extent and free its run (inside a transaction)."""
+        self.catalog.drop_extents([extent.id])
+        return self._give_run(extent.block, extent.offset, run_length(extent.length))
+
+    def free_runs(self, number: int) -> list[tuple[int, int]]:
+        """A slab's free runs ``(offset, length)``, by offset."""
+        return self.catalog.sql.execute(
+            "SELECT offset, length FROM slab_free WHERE block=? ORDER BY offset",
+            (number,)).fetchall()
+
+    def release_runs(self, row: BlockRow, extents: list[ExtentRow]) -> bool:
+        """Free the runs of a slab key's removed extents (inside the transaction that removed
+        them); returns whether the slab is then empty and goes too (not the node's first)."""
+        merged = (0, 0)
+        for e in extents:
+            merged = self._give_run(row.number, e.offset, run_length(e.length))
+        if merged != (0, row.size):
+            return False
+        first = self.catalog.sql.execute("SELECT min(number) FROM blocks WHERE slab=1").fetchone()
+        if first[0] == row.number:
+            return False
+        self.catalog.delete_block(row)
+        return True
+
+    def _copy_into(self, number: int, offset: int, parts: list[memoryview]) -> None:
+        """Copy ``parts`` one after another into slab ``number`` from ``offset``."""
+        if self._slab_maps is None:
+            self._slab_maps = Mappings(SLABS_KEPT, check_each_call=False)
+        row = self._row(number)
+        with self._slab_maps.mapped(Place(self.block_id(number), self.node, row.segment,
+                                          row.token, row.size)) as mapped:
+            if mapped is None:
+                raise BlockNotFound(f"the shared memory of slab {self.block_id(number)} is gone",
+                                    block_id=self.block_id(number), node=self.node)
+            with mapped.data() as dest:
+                at = offset
+                for part in parts:
+                    dest[at : at + part.nbytes] = part
+                    at += part.nbytes
+
+    def add_slab(self, capacity: int | None = None) -> BlockInfo:
+        """Make a new slab (the next size: ``slab_size``) with all of it free.
+
+        Raises:
+            StoreFull: the node cannot hold it.
+        """
+        with self.catalog.snapshot():
+            slabs = int(self.catalog.sql.execute(
+                "SELECT count(*) FROM blocks WHERE slab=1").fetchone()[0])
+        return self.allocate(slab_size(slabs), capacity=capacity,  # type: ignore[attr-defined]
+                             slab=True)
+
+    def _drop_freed_mappings(self) -> None:
+        if self._slab_maps is not None:
+            self._slab_maps.drop_stale()
+        super()._drop_freed_mappings()
+
+    def close(self) -> None:
+        if self._slab_maps is not None:
+            self._slab_maps.close()
+        super().close()
