@@ -617,6 +617,12 @@ class Bench:
                  f"machine: {m['cpus']} cores ({m['cpu_model']}), {m['machine']}, "
                  f"{m['platform']}, {m['mem_total'] / 2**30:.2f} GiB RAM, Python {m['python']}, "
                  f"numpy {m['numpy']}, ray {m['ray']}"]
+        src = r.get("source")
+        if src:
+            where = ("not a git work tree" if src["commit"] is None else
+                     f"git {src['commit']}, {src['changed_files']} changed file(s) in "
+                     "distributed_grid/")
+            lines.append(f"source: {src['path']} ({where})")
         if "plasma" in r:
             p = r["plasma"]
             lines.append(f"plasma: pyarrow {p['pyarrow']} (numpy {p['numpy']}, Python "
@@ -725,6 +731,27 @@ def machine_info() -> dict[str, Any]:
             "platform": platform.platform(), "mem_total": mem,
             "python": platform.python_version(), "numpy": metadata.version("numpy"),
             "ray": metadata.version("ray")}
+
+
+def source_info() -> dict[str, Any]:
+    """Which distributed_grid this run measures: its folder and, in a git work tree, the
+    commit and how many files of the package differ from it."""
+    import distributed_grid
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(distributed_grid.__file__)))
+    info: dict[str, Any] = {"path": root, "commit": None, "changed_files": None}
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=30)
+        if head.returncode == 0:
+            info["commit"] = head.stdout.strip()
+            changed = subprocess.run(["git", "-C", root, "status", "--porcelain", "--",
+                                      "distributed_grid"], capture_output=True, text=True,
+                                     timeout=30)
+            info["changed_files"] = len(changed.stdout.splitlines())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
 
 
 def end_leftovers(tmp: str) -> None:
@@ -874,6 +901,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(str(exc))
         bench.results["machine"] = machine_info()
+        bench.results["source"] = source_info()
         log(f"temp dir {tmp}")
         if set(sections) & {"ops", "two", "many"}:
             bench.start_plasma()

@@ -223,7 +223,7 @@ class BlockPool:
         Raises:
             NodeUnavailable: the key's block is on a node that is gone.
         """
-        return self._keys.find(key_from(key))[0]
+        return self._keys.find(key_from(key), versioned=False)[0]
 
     def keys(self) -> dict[str, str]:
         """Every key of the cluster, mapped to the id of its block."""

@@ -38,18 +38,23 @@ class KeyIndex:
     def __init__(self, router: Router) -> None:
         self.router = router
 
-    def find(self, key: Key) -> tuple[KeyPlace | None, Version]:
+    def find(self, key: Key, versioned: bool = True) -> tuple[KeyPlace | None, Version]:
         """The block holding ``key``'s bytes with the key's extents (or None), and the version
-        of the key's node catalog taken before the place was read.
+        of the key's node catalog taken before the place was read (None unless
+        ``versioned``: a caller that only views the key needs none).
+
+        With the key directory's file on this host, the directory names the key's node (one
+        query); else the host's own catalogs are asked first, and the directory (through the
+        head's store) only for a key none of them holds.
 
         Raises:
             NodeUnavailable: the key's block is on a node that is gone.
         """
         router = self.router
-        if not router.host.complete:
+        if router.host.directory is None and not router.host.complete:
             for name in router.host.alive:
                 node = router.node(name)
-                version = node.change_mark()
+                version = node.change_mark() if versioned else None
                 place = node.find_key(key)
                 if place is not None:
                     return place, version
@@ -61,7 +66,7 @@ class KeyIndex:
             node = router.node(name)
         except NodeNotFound:
             return None, None
-        version = node.change_mark()
+        version = node.change_mark() if versioned else None
         return node.find_key(key), version
 
     def holds(self, block_id: str, key: Key) -> bool:

@@ -186,7 +186,7 @@ class Writer:
         """
         if length > SMALL_MAX or self.allocator.lease is not None:
             return None
-        found, _ = self.keys.find(key)
+        found, _ = self.keys.find(key, versioned=False)
         if found is not None and not found.block.slab:
             return None
         name = found.block.node if found is not None else node or self.allocator.best_node()
@@ -222,7 +222,7 @@ class Writer:
         Raises:
             KeyConflict: the key exists elsewhere and the bytes do not fit in its place.
         """
-        found, _ = self.keys.find(key)
+        found, _ = self.keys.find(key, versioned=False)
         if found is not None:
             start = found.extents[0][0]
             if len(found.extents) == 1 and start + length <= found.block.size:

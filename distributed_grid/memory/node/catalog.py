@@ -256,6 +256,12 @@ class Catalog:
         return (BlockRow(*rows[0][:width]), [ExtentRow(*r[width:-1]) for r in rows],
                 rows[0][-1])
 
+    def key_rows(self, key: str) -> list[ExtentRow]:
+        """Every extent of ``key``, complete or pending, in any block (one index range)."""
+        return [ExtentRow(*r) for r in self._db.rows(
+            f"SELECT {EXTENT_COLUMNS} FROM extents WHERE key=? ORDER BY block, offset, id",
+            (key,))]
+
     def key_extents(self, key: str, number: int) -> list[ExtentRow]:
         """The extents of ``key`` in block ``number``, by offset."""
         return [ExtentRow(*r) for r in self._db.rows(

@@ -58,6 +58,7 @@ class StoreSlabs(StoreCore):
     """Small values of a node in its slabs."""
 
     _slab_maps: Mappings | None = None
+    _slab_rows: dict[int, BlockRow] | None = None
 
     def put_small(self, key: str, data: Any, meta: dict[str, Any] | None = None,
                   capacity: int | None = None) -> BlockInfo:
@@ -93,23 +94,27 @@ class StoreSlabs(StoreCore):
                     taken = self._take_run(need)
                     if taken is not None:
                         number, offset = taken
-                        self._copy_into(number, offset, parts)
+                        row = self._slab_row(number)
+                        self._copy_into(row, offset, parts)
                         for e in old:
                             self._give_back(e)
                         self.catalog.sql.execute(
                             "INSERT INTO extents (block, key, offset, length, complete) "
                             "VALUES (?,?,?,?,1)", (number, key, offset, length))
                         self.catalog.set_key_meta(key, number, meta)
-                        self.catalog.raise_high_water(number, offset + need)
-                        return self._key_info(self._row(number), key)
+                        break
                 self.add_slab(capacity)
         finally:
             self._release_guards(released)
+        info = self._info(row, [])
+        info.keys[key] = [(offset, length)]
+        return info
 
     def _slab_extents_of(self, key: str, released: list[ExtentRow]) -> list[ExtentRow]:
         """The key's extents, in its slab (inside a transaction): [] for a new key. Pending
         writes of writers that are gone are undone first (their slots go in ``released``)."""
-        for p in self.catalog.pending_extents(key):
+        extents = self.catalog.key_rows(key)
+        for p in [e for e in extents if not e.complete]:
             if self.write_gone(p):
                 released += self._forget_write(p)
                 continue
@@ -118,16 +123,28 @@ class StoreSlabs(StoreCore):
                 f"{self.block_id(p.block)}, by {PendingWrite(key, 0, 0, p.writer).owner}); "
                 "try again when that write has finished", key=key,
                 block_id=self.block_id(p.block), writer=p.writer)
-        number = self.catalog.block_of_key(key)
-        if number is None:
+        if released:
+            extents = self.catalog.key_rows(key)
+        if not extents:
             return []
+        number = extents[0].block
         row = self.catalog.block(number)
         if row is None or not row.slab:
             raise KeyConflict(
                 f"key {key!r} lives in {self.block_id(number)}, a block of its own: it is "
                 "replaced there (or deallocate that block first)", key=key,
                 block_id=self.block_id(number))
-        return self.catalog.key_extents(key, number)
+        return [e for e in extents if e.block == number]
+
+    def _slab_row(self, number: int) -> BlockRow:
+        """A ready slab's row, read once per process: what a slab's row says never changes
+        while it has free runs (its number is never another block's)."""
+        if self._slab_rows is None:
+            self._slab_rows = {}
+        row = self._slab_rows.get(number)
+        if row is None:
+            row = self._slab_rows[number] = self._row(number)
+        return row
 
     def _take_run(self, length: int) -> tuple[int, int] | None:
         """Take ``length`` bytes from the smallest free run of a ready slab that holds them;
@@ -189,16 +206,16 @@ class StoreSlabs(StoreCore):
         self.catalog.delete_block(row)
         return True
 
-    def _copy_into(self, number: int, offset: int, parts: list[memoryview]) -> None:
-        """Copy ``parts`` one after another into slab ``number`` from ``offset``."""
+    def _copy_into(self, row: BlockRow, offset: int, parts: list[memoryview]) -> None:
+        """Copy ``parts`` one after another into the slab of ``row`` from ``offset``."""
         if self._slab_maps is None:
             self._slab_maps = Mappings(SLABS_KEPT, check_each_call=False)
-        row = self._row(number)
-        with self._slab_maps.mapped(Place(self.block_id(number), self.node, row.segment,
-                                          row.token, row.size)) as mapped:
+        block_id = self.block_id(row.number)
+        with self._slab_maps.mapped(Place(block_id, self.node, row.segment, row.token,
+                                          row.size)) as mapped:
             if mapped is None:
-                raise BlockNotFound(f"the shared memory of slab {self.block_id(number)} is gone",
-                                    block_id=self.block_id(number), node=self.node)
+                raise BlockNotFound(f"the shared memory of slab {block_id} is gone",
+                                    block_id=block_id, node=self.node)
             with mapped.data() as dest:
                 at = offset
                 for part in parts:

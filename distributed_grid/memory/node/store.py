@@ -153,9 +153,10 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
                 if row is None:  # reaped: impossible while this process lives, but never leak
                     raise BlockNotFound(f"block {self.block_id(number)} vanished while created")
                 self.catalog.set_state(row, "ok")
-                if slab:
+                if slab:  # all free; its bytes are its keys' (read as a block: all of it)
                     self.catalog.sql.execute("INSERT INTO slab_free VALUES (?, 0, ?)",
                                              (number, size))
+                    self.catalog.raise_high_water(number, size)
         except BaseException:
             self._forget_creation(number, name)
             raise

@@ -196,8 +196,10 @@ class StoreWrites(StoreCore):
 
     def _delete_key(self, key: str) -> KeyRemoval:
         released: list[ExtentRow] = []
+        freed = False
         with self.catalog.transaction():
-            for p in self.catalog.pending_extents(key):
+            extents = self.catalog.key_rows(key)
+            for p in [e for e in extents if not e.complete]:
                 if self.write_gone(p):
                     released += self._forget_write(p)
                     continue
@@ -207,11 +209,14 @@ class StoreWrites(StoreCore):
                     f"{p.end} of {self.block_id(p.block)}, by {owner}); try again when that "
                     "write has finished", key=key, block_id=self.block_id(p.block),
                     writer=p.writer)
-            number = self.catalog.block_of_key(key)
+            if released:
+                extents = self.catalog.key_rows(key)
+            number = extents[0].block if extents else None
+            extents = [e for e in extents if e.block == number]  # a key lives in one block
             row = None if number is None else self.catalog.block(number)
             if number is not None and row is not None:
-                extents = self.catalog.key_extents(key, number)
-                self._drop(number, extents)
+                self.catalog.drop_extents([e.id for e in extents])  # all of the key's
+                self.catalog.set_key_meta(key, number, None)
                 if row.slab:
                     freed = self.release_runs(row, extents)  # type: ignore[attr-defined]
                 else:
