@@ -151,14 +151,6 @@ class Writer:
         """Write ``length`` bytes of ``source`` under ``key``: at ``offset`` of ``block_id``,
         or (without it) in the key's place or a block allocated for them (freed again if the
         write fails)."""
-        if block_id is None and length <= SMALL_MAX:
-            small = bytearray(length)
-            source.read_into(0, memoryview(small))
-            result = self.put_small(key, small, length, None, None)
-            if result is not None:
-                if progress is not None:
-                    progress(length)
-                return result
         allocated = None
         if block_id is None:
             block_id, offset, allocated = self.place_for(key, length)

@@ -1,7 +1,7 @@
 """Small values in slabs: many keys in one segment, each put or delete one catalog transaction.
 
 A value of at most ``SMALL_MAX`` bytes that the store places itself (``put``, ``put_object``,
-``grid memory store`` without ``--block-id``) does not get a block of its own: it takes a run of
+``put_tensors``) does not get a block of its own: it takes a run of
 a **slab**, a block the store made for small values (``blocks.slab``), whose free runs are rows
 of the catalog (``slab_free``). A run is the value's length rounded up to ``ALIGN`` bytes (any
 dtype's alignment holds), taken from the smallest free run that holds it; freeing one merges it
@@ -15,7 +15,9 @@ nothing needs reaping; bytes it copied into a run it never recorded are free spa
 
 A slab appears as a block of its node (``block_<n>_<node>``, ``slab`` in its facts) with its keys,
 in ``list-objects`` like any block; ``find_key`` names it as the key's block and the key's
-extent in it. Writes into a slab by block id are refused (its free runs are the store's); it
+extent in it. Files (``grid memory store KEY FILE``, ``store_file``, ``store_stream``) keep a
+block of their own whatever their size: the guide hands the block id ``store`` prints to
+``grid memory retrieve BLOCK``, which must give back the file's bytes alone. Writes into a slab by block id are refused (its free runs are the store's); it
 can be deallocated (all its keys go). A slab left empty by a delete is freed unless it is the
 node's first.
 """
