@@ -13,13 +13,13 @@ a mapping this process keeps, record the key's extent as complete, give the key'
 process killed at any point leaves the catalog as it was before the put, so no run leaks and
 nothing needs reaping; bytes it copied into a run it never recorded are free space.
 
-A slab appears as a block of its node (``block_<n>_<node>``, ``slab`` in its facts) with its keys,
-in ``list-objects`` like any block; ``find_key`` names it as the key's block and the key's
+A slab appears as a block of its node (``block_<n>_<node>``, ``slab`` in its facts) with its
+keys, in ``list-objects`` like any block; ``find_key`` names it as the key's block and the key's
 extent in it. Files (``grid memory store KEY FILE``, ``store_file``, ``store_stream``) keep a
 block of their own whatever their size: the guide hands the block id ``store`` prints to
-``grid memory retrieve BLOCK``, which must give back the file's bytes alone. Writes into a slab by block id are refused (its free runs are the store's); it
-can be deallocated (all its keys go). A slab left empty by a delete is freed unless it is the
-node's first.
+``grid memory retrieve BLOCK``, which must give back the file's bytes alone. Writes into a slab
+by block id are refused (its free runs are the store's); it can be deallocated (all its keys
+go). A slab left empty by a delete is freed unless it is the node's first.
 """
 
 from __future__ import annotations
