@@ -680,10 +680,11 @@ class Bench:
                 f"MiB in {ours['shm_files_held']} with the {n} keys (+{grew / 2**20:.2f} MiB), "
                 f"{ours['shm_bytes_after_delete'] / 2**20:.2f} MiB in "
                 f"{ours['shm_files_after_delete']} after deleting them")
+            added = ours["shm_files_held"] - ours["shm_files_before"]
             lines.append(f"shared memory per object: {ours['shm_bytes_per_object']:.0f} B for "
                          f"{mm['size']} B of data "
-                         f"({ours['shm_bytes_per_object'] / mm['size']:.1f}x); files per "
-                         f"object: {ours['files_per_object']:.3f}")
+                         f"({ours['shm_bytes_per_object'] / mm['size']:.1f}x); files added: "
+                         f"{added} ({ours['files_per_object']:.4g} per object)")
             if "plasma" in mm:
                 p = mm["plasma"]
                 lines.append(f"plasma store's RssShmem grew {p['store_rss_shmem_per_object']:.0f}"

@@ -250,28 +250,36 @@ def other(cluster_address):
 
 
 @pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
-@pytest.mark.parametrize("where", ["shared", "own"])
+@pytest.mark.parametrize("where", ["shared", "own", "slab"])
 def test_a_read_planned_before_a_delete_finds_the_key_gone(pool, remote_pool, other, blocks,
-                                                           unique, where, remote):
+                                                           tmp_path, unique, where, remote):
     import numpy as np
 
     mine, theirs = b"\x11" * 4096, b"\x22" * 4096
     if where == "shared":
         block_id = blocks.new(4096, node="gpu1")
         pool.write(block_id, mine, key=unique)
-    else:
-        block_id = blocks.track(pool.put(unique, np.frombuffer(mine, np.uint8), "gpu1").block_id)
+    elif where == "own":  # a file: a block allocated for the key
+        (tmp_path / "mine").write_bytes(mine)
+        block_id = blocks.track(pool.store_file(unique, str(tmp_path / "mine")).block_id)
+    else:  # a small value: a run of a slab, which the next small value takes
+        assert pool.put(unique, np.frombuffer(mine, np.uint8), "gpu1").block.slab
     reader = remote_pool if remote else pool
     pieces = reader.plan_read(unique)  # as `grid memory retrieve` does before it reads
     assert other.delete(unique).block_freed is (where == "own")
     if where == "shared":  # another key where it was
         other.write(block_id, theirs, key=f"{unique}-other")
     else:
-        blocks.track(other.put(f"{unique}-other", np.frombuffer(theirs, np.uint8),
-                               "gpu1").block_id)
+        placed = other.put(f"{unique}-other", np.frombuffer(theirs, np.uint8), "gpu1")
+        if where == "slab":
+            assert placed.block_id == pieces[0].block.block_id  # the freed run, taken again
     out = bytearray(4096)
-    with pytest.raises(KeyNotFound):
-        reader.read_to(unique, sinks.BufferSink(memoryview(out)), pieces=pieces)
+    try:
+        with pytest.raises(KeyNotFound):
+            reader.read_to(unique, sinks.BufferSink(memoryview(out)), pieces=pieces)
+    finally:
+        if where != "shared":
+            other.delete(f"{unique}-other")
 
 
 @pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
