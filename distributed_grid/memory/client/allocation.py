@@ -3,6 +3,8 @@ best."""
 
 from __future__ import annotations
 
+import time
+
 from distributed_grid.cluster.config import memory_cap
 from distributed_grid.errors import StoreFull
 from distributed_grid.memory.client import placement
@@ -11,6 +13,8 @@ from distributed_grid.memory.client.router import Router
 from distributed_grid.memory.shm.capacity import describe_limit
 from distributed_grid.names import positive_size
 from distributed_grid.records import BlockInfo, NodeStats
+
+BEST_NODE_SECONDS = 1.0
 
 
 class Allocator:
@@ -24,6 +28,7 @@ class Allocator:
     def __init__(self, router: Router, lease: str | None) -> None:
         self.router = router
         self.lease = lease
+        self._best: tuple[str, float] | None = None
 
     def allocate(self, size: int, node: str | None = None, holder: str | None = None,
                  for_key: str | None = None) -> BlockInfo:
@@ -75,9 +80,18 @@ class Allocator:
         return sizes, placement.host_rooms(sizes, host_of), host_of, caps
 
     def best_node(self) -> str:
-        """The node a new value goes to when the caller names none (as :meth:`allocate`)."""
-        sizes, shared, host_of, caps = self._ranking()
-        return placement.best(sizes, shared, host_of, caps)
+        """The node a new small value goes to when the caller names none, ranked as
+        :meth:`allocate` ranks them, again at most every ``BEST_NODE_SECONDS`` (a small value
+        barely moves the ranking; ranking costs more than the value's whole put)."""
+        now = time.monotonic()
+        if self._best is None or now - self._best[1] > BEST_NODE_SECONDS:
+            sizes, shared, host_of, caps = self._ranking()
+            self._best = (placement.best(sizes, shared, host_of, caps), now)
+        return self._best[0]
+
+    def forget_best(self) -> None:
+        """Rank the nodes again for the next small value (the one chosen is gone)."""
+        self._best = None
 
     def _anywhere(self, size: int, holder: str | None,
                   for_key: str | None) -> tuple[Node, BlockInfo]:

@@ -206,6 +206,16 @@ class BlockPool:
         number, node = self._router.block_node(block_id)
         return node.open_block(number, populate)
 
+    def view_of(self, place: KeyPlace) -> memoryview | None:
+        """On the key's host, a writable view of its block's bytes as ``find_key`` just found
+        them (no second query); None elsewhere.
+
+        Raises:
+            BlockNotFound: the block's memory is gone.
+        """
+        _, node = self._router.block_node(place.block_id)
+        return node.view_of(place.block)
+
     def destroy_all(self) -> int:
         """Free every block on every node (before the cluster is stopped); returns the count."""
         count = sum(self._router.each_node(NodeStore.destroy).values())

@@ -76,6 +76,11 @@ class Node(NodeStore, Protocol):
         """The block's size and, on this host, a writable view of its memory (None elsewhere)."""
         ...
 
+    def view_of(self, block: BlockInfo) -> memoryview | None:
+        """On this host, a writable view of a block whose facts were just read (a key's place):
+        no catalog query (None elsewhere)."""
+        ...
+
     def change_mark(self) -> tuple[int, int] | None:
         """The version of the node's catalog as this process sees it (None when the node is
         reached through its store: then its changes are not seen here)."""

@@ -161,6 +161,10 @@ class RemoteNode:
         """The block's size, and no view: its memory is on another host."""
         return self.block_info(number).size, None
 
+    def view_of(self, block: BlockInfo) -> memoryview | None:
+        """None: the block's memory is on another host."""
+        return None
+
     def change_mark(self) -> tuple[int, int] | None:
         """None: this process does not see the node's catalog change."""
         return None

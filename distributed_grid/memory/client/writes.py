@@ -19,6 +19,8 @@ from distributed_grid.errors import (
     GridError,
     InvalidArgument,
     KeyConflict,
+    NodeNotFound,
+    NodeUnavailable,
     OutOfBounds,
     StoreFull,
 )
@@ -182,10 +184,15 @@ class Writer:
         if found is not None and not found.block.slab:
             return None
         name = found.block.node if found is not None else node or self.allocator.best_node()
-        target = self.router.node(name)
         try:
+            target = self.router.node(name)
             info = target.put_small(key, data, meta, memory_cap(name))
         except StoreFull:
+            return None  # the general way ranks the nodes again, and says what room is left
+        except (NodeNotFound, NodeUnavailable):
+            if found is not None or node is not None:
+                raise
+            self.allocator.forget_best()  # the node it chose a moment ago is gone
             return None
         if found is None or found.block_id != info.block_id:
             try:

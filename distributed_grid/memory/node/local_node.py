@@ -325,6 +325,19 @@ class LocalNode(BlockStore):
             raise BlockNotFound(f"the shared memory of {self.block_id(number)} is gone",
                                 block_id=self.block_id(number), node=self.node) from exc
 
+    def view_of(self, block: BlockInfo) -> memoryview | None:
+        """A writable view of a block whose facts were just read (a key's place), through the
+        kept mappings, with no catalog query: as :meth:`open_block` without ``populate``.
+
+        Raises:
+            BlockNotFound: its memory is gone from this host.
+        """
+        with self._views.mapped(block) as mapped:
+            if mapped is None:
+                raise BlockNotFound(f"the shared memory of {block.block_id} is gone",
+                                    block_id=block.block_id, node=self.node)
+            return mapped.data()
+
     # -- what the pool asks of every node --------------------------------------------------------
 
     def change_mark(self) -> tuple[int, int] | None:

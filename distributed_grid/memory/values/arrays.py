@@ -157,7 +157,7 @@ def get(pool: Blocks, key: str, consistent: bool = False) -> np.ndarray:
     dims = tuple(meta["shape"])
     if len(found.extents) == 1 and not consistent:
         start, length = found.extents[0]
-        _, data = pool.open_block(found.block_id)
+        data = pool.view_of(found)
         return _array(pool, found.block_id, data, dt, dims, start, length)
     joined = pool.read(key)  # a copy: several extents one after another, or consistent
     result = np.frombuffer(joined, dtype=dt).reshape(dims)

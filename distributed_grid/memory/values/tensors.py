@@ -195,7 +195,7 @@ def get_tensors(pool: Blocks, key: str, framework: str = "numpy") -> dict[str, A
     buf = None
     if len(found.extents) == 1:
         start, length = found.extents[0]
-        _, block = pool.open_block(found.block_id)
+        block = pool.view_of(found)
         if block is not None:
             buf = block[start : start + length]  # the block's memory itself
     if buf is None:  # another host's block (or a key in pieces): one copy of its bytes
