@@ -231,10 +231,11 @@ class Catalog:
         (``memory/node/writes.py``), so the only ones starting before ``offset`` that can reach
         past it start at the last such start."""
         return [ExtentRow(*r) for r in self._db.rows(
-            f"SELECT {EXTENT_COLUMNS} FROM extents WHERE block=?1 AND ("
-            "(offset>=?2 AND offset<?3) OR (offset=(SELECT max(offset) FROM extents "
-            "WHERE block=?1 AND offset<?2) AND offset+length>?2)) ORDER BY offset, id",
-            (number, offset, end))]
+            f"SELECT {EXTENT_COLUMNS} FROM extents WHERE block=?1 AND offset=(SELECT offset "
+            "FROM extents WHERE block=?1 AND offset<?2 ORDER BY offset DESC LIMIT 1) "
+            "AND offset+length>?2 UNION ALL "
+            f"SELECT {EXTENT_COLUMNS} FROM extents WHERE block=?1 AND offset>=?2 AND offset<?3 "
+            "ORDER BY offset, id", (number, offset, end))]
 
     def block_of_key(self, key: str, complete_only: bool = False) -> int | None:
         """The number of the block holding ``key`` (any extent, or complete ones only)."""

@@ -61,7 +61,7 @@ CREATE TABLE extents (
 );
 CREATE INDEX extents_by_block ON extents(block, offset);
 CREATE INDEX extents_pending ON extents(block) WHERE complete = 0;
-CREATE INDEX extents_by_key ON extents(key, block);
+CREATE INDEX extents_by_key ON extents(key, block, offset);
 CREATE TABLE slab_free (
     block INTEGER NOT NULL REFERENCES blocks(number) ON DELETE CASCADE,
     offset INTEGER NOT NULL,
