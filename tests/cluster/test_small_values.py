@@ -82,3 +82,14 @@ def test_files_and_leased_values_keep_blocks_of_their_own(grid, pool, blocks, ke
     with MemoryPool(pool.address, persistent=False) as leased:  # lives by the pool's lease
         keys.append(f"{unique}-leased")
         assert not leased.put(f"{unique}-leased", np.zeros(4)).block.slab
+
+
+def test_a_file_stored_under_a_key_of_a_slab_is_refused_and_changes_nothing(grid, pool, keys,
+                                                                           tmp_path, unique):
+    keys.append(unique)
+    pool.put(unique, np.arange(4, dtype=np.int32))
+    (tmp_path / "f").write_bytes(b"file bytes")
+    line = grid.fails("memory", "store", unique, tmp_path / "f")
+    assert line.startswith(f"error: key '{unique}' is a small value in block_")
+    assert "grid memory delete" in line
+    assert pool.get(unique).tolist() == [0, 1, 2, 3]

@@ -222,6 +222,12 @@ class Writer:
             KeyConflict: the key exists elsewhere and the bytes do not fit in its place.
         """
         found, _ = self.keys.find(key, versioned=False)
+        if found is not None and found.block.slab:
+            raise KeyConflict(
+                f"key {key!r} is a small value in {found.block_id}, a slab of the store (from "
+                f"put); it is replaced by a put of up to {SMALL_MAX} bytes, or deleted first "
+                f"(grid memory delete {key}) to store other bytes under it", key=key,
+                block_id=found.block_id)
         if found is not None:
             start = found.extents[0][0]
             if len(found.extents) == 1 and start + length <= found.block.size:
