@@ -97,8 +97,9 @@ def test_put_get_round_trip_zero_copy(pool, remote_pool, unique):
         far = remote_pool.get(unique)
         assert not far.flags.writeable and far[0, 0] == 42
         assert pool.read(unique) == pool.get(unique).tobytes()
+        assert info.block.slab  # 48 bytes: a run of a slab of gpu2
     finally:
-        pool.deallocate(info.block_id)
+        pool.delete(unique)
 
 
 def test_put_refuses_object_arrays_and_replaces_in_place(pool, unique):
@@ -108,10 +109,10 @@ def test_put_refuses_object_arrays_and_replaces_in_place(pool, unique):
     first = pool.put(unique, np.zeros(100, dtype="i8"))
     try:
         again = pool.put(unique, np.ones((5, 5), dtype="i4")[:, ::2])  # not contiguous
-        assert again.block_id == first.block_id
+        assert pool.find_key(unique).block_id == again.block_id and first.block.slab
         np.testing.assert_array_equal(pool.get(unique), np.ones((5, 3), dtype="i4"))
     finally:
-        pool.deallocate(first.block_id)
+        pool.delete(unique)
 
 
 def test_keys_from_the_cli_are_arrays_of_bytes(pool, grid, tmp_path, unique, blocks):

@@ -44,7 +44,7 @@ def test_small_values_share_a_slab_and_read_back_everywhere(grid, pool, remote_p
         assert view.flags.writeable and np.array_equal(view, arr)
         assert np.array_equal(remote_pool.get(key), arr)  # through gpu1's store
     listed = {b["block_id"]: b for b in json.loads(grid("memory", "list-objects", "--json")
-                                                   .stdout)["blocks"]}
+                                                   .stdout)}
     assert listed[slab]["slab"] is True and set(arrays) <= set(listed[slab]["keys"])
     assert "slab of" in grid("memory", "list-objects").stdout.decode()
     out = grid("memory", "retrieve", f"{unique}-7", "--json")  # the CLI reads a key of a slab

@@ -62,7 +62,7 @@ def test_every_dtype_round_trips_zero_copy_and_safetensors_loads_our_bytes(pool,
     tensors = mixed()
     result = pool.put_tensors(unique, tensors, node="gpu2", metadata={"model": "mlp"})
     keys.append(unique)
-    assert result.allocated and result.block_id.endswith("_gpu2")
+    assert result.block.slab and result.block_id.endswith("_gpu2")  # small: in a slab
     got = pool.get_tensors(unique)
     assert set(got) == set(tensors)
     for name, arr in tensors.items():
@@ -256,8 +256,8 @@ def test_torch_tensors_on_the_host_are_the_blocks_memory(torch, pool, unique):
     result = pool.put_tensors(unique, {"w": np.zeros(8, dtype="float32")})
     got = pool.get_tensors(unique, framework="torch")["w"]
     got[3] = 5.0  # through the block's memory: numpy sees it
-    assert pool.get_tensors(unique)["w"][3] == 5.0
-    pool.deallocate(result.block_id)
+    assert pool.get_tensors(unique)["w"][3] == 5.0 and result.block.slab
+    pool.delete(unique)  # its run is free; nothing takes it meanwhile
     gc.collect()
     assert got.tolist() == [0, 0, 0, 5, 0, 0, 0, 0]  # the tensor keeps its mapping alive
 

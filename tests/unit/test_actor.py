@@ -109,6 +109,15 @@ def test_chunks_go_only_into_a_write_the_actor_holds(actors):
     assert bytes(actor.read_whole(block.number, 0, 4096)) == bytes(4096)
 
 
+def test_a_small_value_sent_to_the_actor_lands_in_a_slab(actors):
+    actor = actors.new()
+    first = actor.put_small("k", b"abc" * 10, {"format": "x"})  # the bytes Ray carried
+    assert first.slab and first.keys == {"k": [(0, 30)]}
+    assert bytes(actor.read_whole(first.number, 0, 30)) == b"abc" * 10
+    assert actor.find_key("k").meta == {"format": "x"}
+    assert actor.delete_key("k").block_freed is False  # a node's first slab stays
+
+
 def test_a_remote_read_is_told_when_a_write_ran_meanwhile(actors):
     actor = actors.new()
     block = actor.allocate(65536)

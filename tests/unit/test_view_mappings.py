@@ -64,3 +64,25 @@ def test_a_block_freed_by_another_process_loses_its_kept_mapping(nodes):
     assert node.kept_views() == [block.segment]
     node._views.drop_stale()  # what the watcher thread runs every WATCH_SECONDS
     assert node.kept_views() == []
+
+
+def test_a_kept_mapping_is_handed_out_only_while_its_header_holds_the_blocks_token(nodes):
+    import os
+
+    from distributed_grid.errors import BlockNotFound
+    from distributed_grid.memory.shm import layout
+
+    node = nodes()
+    block = node.allocate(4096)
+    node.open_block(block.number)  # kept
+    path = os.path.join(layout.SHM_DIR, block.segment.lstrip("/"))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        token = os.pread(fd, layout.TOKEN_SIZE, 24)
+        os.pwrite(fd, bytes(b ^ 0xFF for b in token), 24)  # another block's memory, say
+        with pytest.raises(BlockNotFound, match="shared memory"):
+            node.open_block(block.number)
+        os.pwrite(fd, token, 24)
+    finally:
+        os.close(fd)
+    assert node.open_block(block.number)[0] == 4096

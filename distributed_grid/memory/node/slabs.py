@@ -233,8 +233,12 @@ class StoreSlabs(StoreCore):
         with self.catalog.snapshot():
             slabs = int(self.catalog.sql.execute(
                 "SELECT count(*) FROM blocks WHERE slab=1").fetchone()[0])
-        return self.allocate(slab_size(slabs), capacity=capacity,  # type: ignore[attr-defined]
-                             slab=True)
+        return self._make_block(slab_size(slabs), capacity=capacity, slab=True)
+
+    def _make_block(self, size: int, lease: str | None = None, capacity: int | None = None,
+                    holder: str | None = None, for_key: str | None = None,
+                    slab: bool = False) -> BlockInfo:
+        raise NotImplementedError  # the block store's (memory/node/store.py)
 
     def _drop_freed_mappings(self) -> None:
         if self._slab_maps is not None:

@@ -104,8 +104,7 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
     # -- allocation -----------------------------------------------------------------------------
 
     def allocate(self, size: int, lease: str | None = None, capacity: int | None = None,
-                 holder: str | None = None, for_key: str | None = None,
-                 slab: bool = False) -> BlockInfo:
+                 holder: str | None = None, for_key: str | None = None) -> BlockInfo:
         """Create a block of ``size`` bytes and return its facts.
 
         Args:
@@ -116,8 +115,6 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
                 dies before its first write commits.
             for_key: the key the block is allocated for: removing that key
                 (:meth:`delete_key`) frees the block when no other key lives in it.
-            slab: the block is a slab for small values, all of it free
-                (:mod:`~distributed_grid.memory.node.slabs`).
 
         Raises:
             InvalidArgument: ``size`` is not a positive integer.
@@ -126,6 +123,13 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
         positive_size(size, "block size")
         if for_key is not None:
             validate_key(for_key)
+        return self._make_block(size, lease, capacity, holder, for_key)
+
+    def _make_block(self, size: int, lease: str | None = None, capacity: int | None = None,
+                    holder: str | None = None, for_key: str | None = None,
+                    slab: bool = False) -> BlockInfo:
+        """:meth:`allocate` of checked arguments; ``slab``: a slab for small values, all of it
+        free (:mod:`~distributed_grid.memory.node.slabs`)."""
         token = os.urandom(layout.TOKEN_SIZE)
         with self.catalog.transaction():
             stats = self.stats(capacity)  # counts read under the write lock: no overshoot

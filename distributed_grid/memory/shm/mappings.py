@@ -4,7 +4,8 @@ The store actor answers a chunk read for another host with a numpy array over it
 block (Ray copies it once, straight into the object store); a process copying a big buffer in or
 out of a block of its host copies through its mapping (``memory/node/local_node.py``). A new
 mapping takes a page fault per page on first touch, so the last ``kept`` mappings stay open
-between calls. A mapping a copy is using is never closed under it. Kept mappings whose segment
+between calls (each use checks, in the mapping, that the header still holds the block's token).
+A mapping a copy is using is never closed under it. Kept mappings whose segment
 is gone from the host (their block was freed) are closed at each call, and by a daemon thread
 every ``WATCH_SECONDS`` while any is kept, so a freed block's memory is not held for long. A
 segment is mapped only if its header holds the token the block's catalog recorded.
@@ -70,7 +71,8 @@ class Mappings:
             self.drop_stale()
         with self._lock:
             segment = self._open.get(block.segment)
-            if segment is not None and segment.token.hex() != block.token:
+            if segment is not None and (segment.token.hex() != block.token
+                                        or not segment.holds_token()):
                 if not self._users.get(block.segment):  # another block's, and unused
                     close_quietly(self._open.pop(block.segment))
                 segment = None

@@ -65,6 +65,13 @@ class Segment:
         self.token = token
         self._paged: list[tuple[int, int]] = []  # data ranges whose pages this mapping has in
 
+    def holds_token(self) -> bool:
+        """Whether the segment's header still holds the token it had when it was mapped (read
+        through this mapping: no system call)."""
+        if self._mmap is None:
+            return False
+        return HEADER.unpack_from(self._mmap, 0)[4] == self.token
+
     def has_pages(self, start: int, end: int) -> bool:
         """Whether this mapping has every page of data bytes ``start..end`` in its page table
         already (as :meth:`note_pages` recorded), so a copy takes no page fault there."""
