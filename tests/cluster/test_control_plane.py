@@ -144,7 +144,8 @@ def test_two_clients_allocate_and_write_at_once(pool, cluster_address, unique):
             tag, i = key.rsplit("-", 1)
             assert pool.read(key) == tag.encode() + i.encode()
             assert pool.find_key(key).block_id == block_id
-        assert {v.rsplit("_", 1)[1] for v in keys.values()} == {"gpu1", "gpu2"}  # spread
+        # where they go is placement's (test_placement_uses_reported_sizes_and_spreads): 80
+        # blocks of 64 bytes move the nodes' block bytes less than a slab of small values does
     finally:
         for block_id in set(keys.values()):
             pool.deallocate(block_id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from distributed_grid.cluster.config import memory_cap
-from distributed_grid.errors import StoreFull
+from distributed_grid.errors import NodeNotFound, NodeUnavailable, StoreFull
 from distributed_grid.memory.client import placement
 from distributed_grid.memory.client.nodes import Node
 from distributed_grid.memory.client.router import Router
@@ -74,7 +74,13 @@ class Allocator:
         sizes = {s.node: s for s in self.router.directory.node_sizes() if s.node in candidates}
         for name in candidates:
             if name not in sizes:  # its store has not reported yet
-                sizes[name] = self.router.node(name).stats()
+                try:
+                    sizes[name] = self.router.node(name).stats()
+                except (NodeNotFound, NodeUnavailable):
+                    continue  # Ray lists it, but its store is gone (or not there yet)
+        if not sizes:
+            raise NodeUnavailable(f"no store of the nodes {', '.join(candidates)} answers; "
+                                  "check `grid cluster status`")
         host_of = {n.name: n.hostname or n.name for n in alive}
         caps = {name: memory_cap(name) for name in sizes}
         return sizes, placement.host_rooms(sizes, host_of), host_of, caps
