@@ -35,8 +35,11 @@ from distributed_grid.errors import ClusterError, StoreFull, VersionMismatch
 BUSY_WAIT_SECONDS = 60.0  # a writer waits this long for another's transaction to end
 # SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms between tries: two clients whose changes
 # take 30 us each then spend most of their time asleep (two clients did 0.85x one). A writer
-# here tries again after BUSY_FIRST_SLEEP, doubling up to BUSY_LONGEST_SLEEP, itself.
-BUSY_FIRST_SLEEP = 20e-6
+# here first tries again at once, giving up its CPU between tries, for BUSY_SPIN_SECONDS (a
+# change holds the lock for tens of microseconds; a sleep of any length took 60 us or more),
+# then sleeps BUSY_FIRST_SLEEP, doubling up to BUSY_LONGEST_SLEEP.
+BUSY_SPIN_SECONDS = 300e-6
+BUSY_FIRST_SLEEP = 50e-6
 BUSY_LONGEST_SLEEP = 2e-3
 # Checkpoint the WAL into the database every 256 pages (1 MiB; SQLite's default is 4 MiB), so
 # a WAL, which lives in /dev/shm beside the segments, stays within the room that allocations
@@ -205,21 +208,27 @@ class Database:
 
 
 def _when_free(run: Callable[[], T]) -> T:
-    """``run`` (one statement), tried again while the database is locked (SQLITE_BUSY): after
-    ``BUSY_FIRST_SLEEP``, doubling to ``BUSY_LONGEST_SLEEP``, for up to ``BUSY_WAIT_SECONDS``.
+    """``run`` (one statement), tried again while the database is locked (SQLITE_BUSY): at once
+    for ``BUSY_SPIN_SECONDS`` (yielding the CPU between tries), then after ``BUSY_FIRST_SLEEP``,
+    doubling to ``BUSY_LONGEST_SLEEP``, for up to ``BUSY_WAIT_SECONDS`` in all.
     Readers of a WAL database meet a lock only in rare moments (a WAL being reset); a writer
     meets another's write transaction, which ends within microseconds."""
-    deadline = None
+    first = None
     delay = BUSY_FIRST_SLEEP
     while True:
         try:
             return run()
         except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", None) not in _BUSY or (
-                    deadline is not None and time.monotonic() > deadline):
+            if getattr(exc, "sqlite_errorcode", None) not in _BUSY:
                 raise
-        if deadline is None:
-            deadline = time.monotonic() + BUSY_WAIT_SECONDS
+            now = time.monotonic()
+            if first is None:
+                first = now
+            elif now - first > BUSY_WAIT_SECONDS:
+                raise
+        if now - first < BUSY_SPIN_SECONDS:
+            os.sched_yield()
+            continue
         time.sleep(delay)
         delay = min(delay * 2, BUSY_LONGEST_SLEEP)
 
