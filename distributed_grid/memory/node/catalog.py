@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 from distributed_grid.errors import InvalidArgument
@@ -73,17 +72,13 @@ class Catalog:
 
     # -- transactions --------------------------------------------------------------------------
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """Every catalog call inside the block is one change: all of it, or none of it."""
-        with self._db.transaction():
-            yield
+        return self._db.transaction()
 
-    @contextmanager
-    def snapshot(self) -> Iterator[None]:
+    def snapshot(self) -> AbstractContextManager[sqlite3.Connection]:
         """Every catalog read inside the block sees one committed state."""
-        with self._db.snapshot():
-            yield
+        return self._db.snapshot()
 
     @property
     def sql(self) -> sqlite3.Connection:

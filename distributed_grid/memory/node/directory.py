@@ -84,10 +84,10 @@ class KeyDirectory:
             to pass to :meth:`take_over` if that block turns out not to hold it.
         """
         with self._db.transaction() as db:
+            if db.execute("INSERT INTO keys VALUES (?, ?, 1) ON CONFLICT(key) DO NOTHING",
+                          (key, block_id)).rowcount:
+                return None  # a new key: one statement
             row = db.execute("SELECT block_id, version FROM keys WHERE key=?", (key,)).fetchone()
-            if row is None:
-                db.execute("INSERT INTO keys VALUES (?, ?, 1)", (key, block_id))
-                return None
             if row[0] == block_id:
                 db.execute("UPDATE keys SET version=version+1 WHERE key=?", (key,))
                 return None
