@@ -110,12 +110,10 @@ class KeyIndex:
             KeyBusy: a write of the key is running; nothing changed.
             NodeUnavailable: the key's block is on a node that is gone.
         """
-        unknown = KeyNotFound(f"no key named {key!r}: `grid memory list-objects` shows the "
-                              "blocks and their keys", key=key)
         directory = self.router.directory
         entry = directory.lookup(key)  # before the catalog's change: see forget_key
         if entry is None:
-            raise unknown
+            raise _unknown(key)
         try:
             _, node = self.router.block_node(entry[0])
             removal = node.delete_key(key)
@@ -123,7 +121,7 @@ class KeyIndex:
             raise NodeUnavailable(f"cannot delete key {key!r}: {exc}", key=key,
                                   **exc.facts) from exc
         except (BlockNotFound, KeyNotFound) as exc:  # a stale entry: the key is gone
-            raise unknown from exc
+            raise _unknown(key) from exc
         if removal.block_freed:
             directory.forget_blocks([removal.block_id])
             self.router.report(node)
@@ -137,3 +135,8 @@ class KeyIndex:
         for per_node in self.router.each_node(NodeStore.list_keys).values():
             merged.update(per_node)
         return merged
+
+
+def _unknown(key: str) -> KeyNotFound:
+    return KeyNotFound(f"no key named {key!r}: `grid memory list-objects` shows the blocks and "
+                       "their keys", key=key)

@@ -252,11 +252,16 @@ class Catalog:
         return (BlockRow(*rows[0][:width]), [ExtentRow(*r[width:-1]) for r in rows],
                 rows[0][-1])
 
-    def key_rows(self, key: str) -> list[ExtentRow]:
-        """Every extent of ``key``, complete or pending, in any block (one index range)."""
-        return [ExtentRow(*r) for r in self._db.rows(
-            f"SELECT {EXTENT_COLUMNS} FROM extents WHERE key=? ORDER BY block, offset, id",
-            (key,))]
+    def key_rows_and_block(self, key: str) -> tuple[list[ExtentRow], BlockRow | None]:
+        """Every extent of ``key`` (complete or pending) and the row of the block holding the
+        first: one statement (a key lives in one block of its node)."""
+        rows = self._db.rows(
+            f"SELECT {EXTENT_COLUMNS_OF_E}, {BLOCK_COLUMNS_OF_B} FROM extents e JOIN blocks b "
+            "ON b.number = e.block WHERE e.key=? ORDER BY e.block, e.offset, e.id", (key,))
+        if not rows:
+            return [], None
+        width = len(ExtentRow._fields)
+        return [ExtentRow(*r[:width]) for r in rows], BlockRow(*rows[0][width:])
 
     def key_extents(self, key: str, number: int) -> list[ExtentRow]:
         """The extents of ``key`` in block ``number``, by offset."""

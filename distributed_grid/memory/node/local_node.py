@@ -316,9 +316,9 @@ class LocalNode(BlockStore):
         size, name, token, _ = place
         block = Place(self.block_id(number), self.node, name, token, size)
         if not populate:
-            with self._views.mapped(block) as mapped:
-                if mapped is not None:
-                    return size, mapped.data()
+            view = self._views.view(block)
+            if view is not None:
+                return size, view
         try:
             return size, seg.map_data(name, bytes.fromhex(token), size, populate)
         except seg.SegmentNotFound as exc:
@@ -332,11 +332,11 @@ class LocalNode(BlockStore):
         Raises:
             BlockNotFound: its memory is gone from this host.
         """
-        with self._views.mapped(block) as mapped:
-            if mapped is None:
-                raise BlockNotFound(f"the shared memory of {block.block_id} is gone",
-                                    block_id=block.block_id, node=self.node)
-            return mapped.data()
+        view = self._views.view(block)
+        if view is None:
+            raise BlockNotFound(f"the shared memory of {block.block_id} is gone",
+                                block_id=block.block_id, node=self.node)
+        return view
 
     # -- what the pool asks of every node --------------------------------------------------------
 

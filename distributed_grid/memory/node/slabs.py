@@ -115,7 +115,7 @@ class StoreSlabs(StoreCore):
     def _slab_extents_of(self, key: str, released: list[ExtentRow]) -> list[ExtentRow]:
         """The key's extents, in its slab (inside a transaction): [] for a new key. Pending
         writes of writers that are gone are undone first (their slots go in ``released``)."""
-        extents = self.catalog.key_rows(key)
+        extents, row = self.catalog.key_rows_and_block(key)
         for p in [e for e in extents if not e.complete]:
             if self.write_gone(p):
                 released += self._forget_write(p)
@@ -126,11 +126,10 @@ class StoreSlabs(StoreCore):
                 "try again when that write has finished", key=key,
                 block_id=self.block_id(p.block), writer=p.writer)
         if released:
-            extents = self.catalog.key_rows(key)
+            extents, row = self.catalog.key_rows_and_block(key)
         if not extents:
             return []
         number = extents[0].block
-        row = self.catalog.block(number)
         if row is None or not row.slab:
             raise KeyConflict(
                 f"key {key!r} lives in {self.block_id(number)}, a block of its own: it is "
@@ -213,16 +212,15 @@ class StoreSlabs(StoreCore):
         if self._slab_maps is None:
             self._slab_maps = Mappings(SLABS_KEPT, check_each_call=False)
         block_id = self.block_id(row.number)
-        with self._slab_maps.mapped(Place(block_id, self.node, row.segment, row.token,
-                                          row.size)) as mapped:
-            if mapped is None:
-                raise BlockNotFound(f"the shared memory of slab {block_id} is gone",
-                                    block_id=block_id, node=self.node)
-            with mapped.data() as dest:
-                at = offset
-                for part in parts:
-                    dest[at : at + part.nbytes] = part
-                    at += part.nbytes
+        dest = self._slab_maps.view(Place(block_id, self.node, row.segment, row.token, row.size))
+        if dest is None:
+            raise BlockNotFound(f"the shared memory of slab {block_id} is gone",
+                                block_id=block_id, node=self.node)
+        with dest:
+            at = offset
+            for part in parts:
+                dest[at : at + part.nbytes] = part
+                at += part.nbytes
 
     def add_slab(self, capacity: int | None = None) -> BlockInfo:
         """Make a new slab (the next size: ``slab_size``) with all of it free.

@@ -198,7 +198,7 @@ class StoreWrites(StoreCore):
         released: list[ExtentRow] = []
         freed = False
         with self.catalog.transaction():
-            extents = self.catalog.key_rows(key)
+            extents, row = self.catalog.key_rows_and_block(key)
             for p in [e for e in extents if not e.complete]:
                 if self.write_gone(p):
                     released += self._forget_write(p)
@@ -210,10 +210,9 @@ class StoreWrites(StoreCore):
                     "write has finished", key=key, block_id=self.block_id(p.block),
                     writer=p.writer)
             if released:
-                extents = self.catalog.key_rows(key)
+                extents, row = self.catalog.key_rows_and_block(key)
             number = extents[0].block if extents else None
             extents = [e for e in extents if e.block == number]  # a key lives in one block
-            row = None if number is None else self.catalog.block(number)
             if number is not None and row is not None:
                 self.catalog.drop_extents([e.id for e in extents])  # all of the key's
                 self.catalog.set_key_meta(key, number, None)

@@ -107,6 +107,20 @@ class Mappings:
                     self._users.pop(block.segment, None)
                 self._evict()
 
+    def view(self, block: Mapped) -> memoryview | None:
+        """A writable view of the block's data bytes through its kept mapping, attached now if
+        none is kept (None when its segment is not here, or not the block's). The view keeps
+        the mapping's memory valid while it lives, evicted or not: no use count is needed, so
+        this is the short way for views and small copies."""
+        with self._lock:
+            segment = self._open.get(block.segment)
+            if segment is not None and segment.token.hex() == block.token \
+                    and segment.holds_token():
+                self._open.move_to_end(block.segment)
+                return segment.data()
+        with self.mapped(block) as segment:
+            return None if segment is None else segment.data()
+
     def _watch(self) -> None:
         """While any mapping is kept, a daemon thread closes those whose block was freed every
         ``WATCH_SECONDS`` (with the lock held): a process that read a big block once and then
