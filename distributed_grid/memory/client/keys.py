@@ -26,6 +26,7 @@ from distributed_grid.names import Key, parse_block_id
 from distributed_grid.records import KeyPlace, KeyRemoval
 
 Version = tuple[int, int] | None  # a node catalog's version (None: another host's node)
+SEEN_KEYS = 4096  # keys of this host whose node a pool remembers (all forgotten when full)
 
 
 class KeyIndex:
@@ -37,6 +38,14 @@ class KeyIndex:
 
     def __init__(self, router: Router) -> None:
         self.router = router
+        self._seen: dict[str, str] = {}  # key -> the node of this host it was last found on
+
+    def saw(self, key: str, node: str) -> None:
+        """Remember that ``key`` lives on ``node`` (a node of this host): the next find asks
+        that node's catalog first (a hint, never trusted alone: the catalog says)."""
+        if len(self._seen) >= SEEN_KEYS:
+            self._seen.clear()
+        self._seen[key] = node
 
     def find(self, key: Key, versioned: bool = True) -> tuple[KeyPlace | None, Version]:
         """The block holding ``key``'s bytes with the key's extents (or None), and the version
@@ -51,6 +60,17 @@ class KeyIndex:
             NodeUnavailable: the key's block is on a node that is gone.
         """
         router = self.router
+        hint = self._seen.get(key)
+        if hint is not None:  # a key of this host seen before: its catalog alone says
+            try:
+                node = router.node(hint)
+                version = node.change_mark() if versioned else None
+                place = node.find_key(key)
+            except (NotFound, NodeUnavailable):
+                place = None
+            if place is not None:
+                return place, version
+            self._seen.pop(key, None)
         if router.host.directory is None and not router.host.complete:
             for name in router.host.alive:
                 node = router.node(name)
@@ -67,7 +87,10 @@ class KeyIndex:
         except NodeNotFound:
             return None, None
         version = node.change_mark() if versioned else None
-        return node.find_key(key), version
+        place = node.find_key(key)
+        if place is not None and node.is_local:
+            self.saw(key, name)
+        return place, version
 
     def holds(self, block_id: str, key: Key) -> bool:
         """Whether ``block_id`` has ``key`` (a block on a node that is gone holds nothing)."""
@@ -110,6 +133,7 @@ class KeyIndex:
             KeyBusy: a write of the key is running; nothing changed.
             NodeUnavailable: the key's block is on a node that is gone.
         """
+        self._seen.pop(key, None)
         directory = self.router.directory
         entry = directory.lookup(key)  # before the catalog's change: see forget_key
         if entry is None:

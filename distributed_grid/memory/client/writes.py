@@ -203,6 +203,8 @@ class Writer:
                 except GridError:
                     pass
                 raise
+        if target.is_local:
+            self.keys.saw(key, name)
         return StoreResult(block=info, key=key, offset=info.keys[key][0][0], length=length,
                            allocated=False)
 
