@@ -243,7 +243,8 @@ class Catalog:
         offset, and its metadata (JSON): one statement, one committed state, on the key's rows
         only (None when no block holds the key's complete bytes)."""
         rows = self._db.rows(
-            f"SELECT {BLOCK_COLUMNS_OF_B}, {EXTENT_COLUMNS_OF_E}, m.meta FROM extents e "
+            f"SELECT {BLOCK_COLUMNS_OF_B}, {EXTENT_COLUMNS_OF_E}, coalesce(e.meta, m.meta) "
+            "FROM extents e "
             "JOIN blocks b ON b.number = e.block LEFT JOIN key_meta m ON m.key = e.key "
             "WHERE e.key=? AND e.complete=1 ORDER BY e.offset, e.id", (key,))
         if not rows:
@@ -322,6 +323,10 @@ class Catalog:
                        "WHERE id=?", (row[0],))
         return True
 
+    def drop_key_extents(self, key: str, number: int) -> None:
+        """Forget every extent of ``key`` in block ``number`` (inside a transaction)."""
+        self._db.db.execute("DELETE FROM extents WHERE key=? AND block=?", (key, number))
+
     def drop_extents(self, ids: list[int]) -> None:
         db = self._db.db
         db.executemany("DELETE FROM extents WHERE id=?", [(i,) for i in ids])
@@ -334,10 +339,6 @@ class Catalog:
     def key_has_extents(self, key: str, number: int) -> bool:
         return self._db.scalar("SELECT 1 FROM extents WHERE key=? AND block=? LIMIT 1",
                                (key, number)) is not None
-
-    def key_meta(self, key: str) -> dict[str, Any] | None:
-        value = self._db.scalar("SELECT meta FROM key_meta WHERE key=?", (key,))
-        return None if value is None else json.loads(value)  # type: ignore[arg-type]
 
     def set_key_meta(self, key: str, number: int, meta: dict[str, Any] | None) -> None:
         db = self._db.db

@@ -10,7 +10,8 @@ removing that key frees the block when no other key lives in it.
 
 A ``slab`` block holds small values the store places itself (``memory/node/slabs.py``): its
 free runs are rows of ``slab_free`` (never two touching: a freed run merges with its
-neighbours), and its keys' extents are the rest.
+neighbours), and its keys' extents are the rest; a key in a slab has one extent, which carries
+the key's metadata itself (``extents.meta``: no ``key_meta`` row to write and delete).
 
 An extent is complete, or pending (being written) with its ``writer`` and the write-guard slot
 (``slot``, ``guard``: the slot's index and owner tag in the segment's header) the write holds.
@@ -57,7 +58,8 @@ CREATE TABLE extents (
     complete INTEGER NOT NULL DEFAULT 0,
     writer TEXT,
     slot INTEGER,
-    guard INTEGER
+    guard INTEGER,
+    meta TEXT
 );
 CREATE INDEX extents_by_block ON extents(block, offset);
 CREATE INDEX extents_pending ON extents(block) WHERE complete = 0;

@@ -24,6 +24,7 @@ go). A slab left empty by a delete is freed unless it is the node's first.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from distributed_grid.errors import BlockNotFound, InvalidArgument, KeyBusy, KeyConflict
@@ -88,6 +89,7 @@ class StoreSlabs(StoreCore):
             raise InvalidArgument(f"a value in a slab holds at most {SMALL_MAX} bytes, "
                                   f"not {length}")
         need = run_length(length)
+        described = None if meta is None else json.dumps(meta)  # outside the transaction
         released: list[ExtentRow] = []
         try:
             while True:
@@ -101,9 +103,8 @@ class StoreSlabs(StoreCore):
                         for e in old:
                             self._give_back(e)
                         self.catalog.sql.execute(
-                            "INSERT INTO extents (block, key, offset, length, complete) "
-                            "VALUES (?,?,?,?,1)", (number, key, offset, length))
-                        self.catalog.set_key_meta(key, number, meta)
+                            "INSERT INTO extents (block, key, offset, length, complete, meta) "
+                            "VALUES (?,?,?,?,1,?)", (number, key, offset, length, described))
                         break
                 self.add_slab(capacity)
         finally:

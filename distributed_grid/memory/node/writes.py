@@ -214,8 +214,9 @@ class StoreWrites(StoreCore):
             number = extents[0].block if extents else None
             extents = [e for e in extents if e.block == number]  # a key lives in one block
             if number is not None and row is not None:
-                self.catalog.drop_extents([e.id for e in extents])  # all of the key's
-                self.catalog.set_key_meta(key, number, None)
+                self.catalog.drop_key_extents(key, number)  # all of the key's
+                if not row.slab:  # a slab key's metadata is its extent's
+                    self.catalog.set_key_meta(key, number, None)
                 if row.slab:
                     freed = self.release_runs(row, extents)  # type: ignore[attr-defined]
                 else:
