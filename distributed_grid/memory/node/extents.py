@@ -27,6 +27,18 @@ class ExtentQueries:
 
     _db: Database
 
+    def block_and_extents(self, number: int) -> tuple[BlockRow | None, list[ExtentRow]]:
+        """A block's row and all its extents by offset, in one statement (one state)."""
+        rows = self._db.rows(
+            f"SELECT {BLOCK_COLUMNS_OF_B}, {EXTENT_COLUMNS_OF_E} FROM blocks b "
+            "LEFT JOIN extents e ON e.block = b.number WHERE b.number=? ORDER BY e.offset, e.id",
+            (number,))
+        if not rows:
+            return None, []
+        width = len(BlockRow._fields)
+        return (BlockRow(*rows[0][:width]),
+                [ExtentRow(*r[width:]) for r in rows if r[width] is not None])
+
     def extents(self, number: int) -> list[ExtentRow]:
         """A block's extents, by offset."""
         return [ExtentRow(*r) for r in self._db.rows(

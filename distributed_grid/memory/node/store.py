@@ -46,10 +46,8 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
         Raises:
             BlockNotFound: no such block, or its segment is gone.
         """
-        with self.catalog.snapshot():
-            row = self._row(number)
-            extents = self.catalog.extents(number)
-        return self._info(row, extents)
+        row, extents = self.catalog.block_and_extents(number)
+        return self._info(self._usable(number, row), extents)
 
     def list_blocks(self) -> list[BlockInfo]:
         """Every block of the node (missing ones too), by number."""

@@ -169,9 +169,8 @@ class Database:
         """A read transaction: every query inside it sees the same committed state."""
         with self._lock:
             db = self.db
-            self._run(lambda: db.execute("BEGIN"))
+            self._run(lambda: db.execute("BEGIN"))  # its first query takes the snapshot
             try:
-                self._run(lambda: db.execute("SELECT 1 FROM sqlite_master LIMIT 1"))
                 yield db
             except sqlite3.Error as exc:
                 raise self._ours(exc) from exc
