@@ -44,8 +44,8 @@ is stopped by its pid at the end.
 
 With ``--keys 10000`` the block section takes about 3 s on the current store (a keyed write costs
 the same whatever the keys in its block); stores before the slab work took minutes there (each
-write rebuilt the block's key list), so measure those with ``--keys 1000``. Progress goes to stderr, the table (or JSON
-with ``--json``) to stdout.
+write rebuilt the block's key list), so measure those with ``--keys 1000``. Progress goes to
+stderr, the table (or JSON with ``--json``) to stdout.
 """
 
 from __future__ import annotations
