@@ -82,6 +82,20 @@ def blocks(pool):
 
 
 @pytest.fixture
+def keys(pool):
+    """Keys a test made (append them), deleted after it, even when it failed."""
+    from distributed_grid.errors import KeyNotFound
+
+    made: list[str] = []
+    yield made
+    for key in made:
+        try:
+            pool.delete(key)
+        except KeyNotFound:
+            pass
+
+
+@pytest.fixture
 def unique():
     """A fresh name for keys and files of one test."""
     return f"t{uuid.uuid4().hex[:10]}"

@@ -14,18 +14,6 @@ from distributed_grid.memory.shm import layout
 from distributed_grid.memory.shm import segment as seg
 
 
-@pytest.fixture
-def keys(pool):
-    """Keys put by a test, deleted after it (even when it failed)."""
-    made: list[str] = []
-    yield made
-    for key in made:
-        try:
-            pool.delete(key)
-        except KeyNotFound:
-            pass
-
-
 def test_small_values_share_a_slab_and_read_back_everywhere(grid, pool, remote_pool, keys,
                                                             unique):
     arrays = {f"{unique}-{i}": np.full(25, i, dtype=np.float32) for i in range(40)}

@@ -41,18 +41,6 @@ def mixed() -> dict[str, np.ndarray]:
     return tensors
 
 
-@pytest.fixture
-def keys(pool):
-    """Keys made by a test, deleted after it."""
-    made: list[str] = []
-    yield made
-    for key in made:
-        try:
-            pool.delete(key)
-        except KeyNotFound:
-            pass
-
-
 def header_of(raw: bytes) -> tuple[dict, int]:
     (size,) = struct.unpack_from("<Q", raw)
     return json.loads(raw[8 : 8 + size]), 8 + size

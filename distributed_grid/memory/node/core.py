@@ -24,26 +24,21 @@ from distributed_grid.memory.node.schema import BlockRow, ExtentRow
 from distributed_grid.memory.shm import segment as seg
 from distributed_grid.memory.shm.capacity import HostRoom
 from distributed_grid.memory.shm.layout import segment_pattern, segment_prefix
+from distributed_grid.memory.shm.mappings import Mapped
 from distributed_grid.memory.shm.seqguard import Guard, tag_alive
 from distributed_grid.names import format_block_id
 from distributed_grid.records import BlockInfo, PendingWrite
 from distributed_grid.runtime import identity_alive, this_process
 
 
-class Placed(Protocol):
-    """Where a block's memory is: what opening its segment needs (a
-    :class:`~distributed_grid.records.BlockInfo` is one, a :class:`Place` another)."""
+class Placed(Mapped, Protocol):
+    """Where a block's memory is: what opening its segment needs, and the block's name for a
+    message (a :class:`~distributed_grid.records.BlockInfo` is one, a :class:`Place` another)."""
 
     @property
     def block_id(self) -> str: ...
     @property
     def node(self) -> str: ...
-    @property
-    def segment(self) -> str: ...
-    @property
-    def token(self) -> str: ...
-    @property
-    def size(self) -> int: ...
 
 
 class Place(NamedTuple):
