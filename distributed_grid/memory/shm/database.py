@@ -229,7 +229,8 @@ class _Change:
         db = owner.db
         try:
             if exc is not None:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # a statement that failed may have rolled it back
+                    db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
                     raise owner._ours(exc) from exc
                 return
