@@ -190,9 +190,9 @@ class StoreSlabs(StoreCore):
 
     def free_runs(self, number: int) -> list[tuple[int, int]]:
         """A slab's free runs ``(offset, length)``, by offset."""
-        return self.catalog.sql.execute(
-            "SELECT offset, length FROM slab_free WHERE block=? ORDER BY offset",
-            (number,)).fetchall()
+        with self.catalog.snapshot() as sql:  # the connection's lock, as every query takes
+            return sql.execute("SELECT offset, length FROM slab_free WHERE block=? "
+                               "ORDER BY offset", (number,)).fetchall()
 
     def release_runs(self, row: BlockRow, extents: list[ExtentRow]) -> bool:
         """Free the runs of a slab key's removed extents (inside the transaction that removed
