@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple, Protocol
 
-from distributed_grid.errors import BlockNotFound
+from distributed_grid.errors import BlockNotFound, KeyBusy
 from distributed_grid.memory.node.catalog import Catalog
 from distributed_grid.memory.node.schema import BlockRow, ExtentRow
 from distributed_grid.memory.shm import segment as seg
@@ -210,6 +210,35 @@ class StoreCore:
                 if e.complete]
         self._drop(pending.block, [pending, *torn])
         return [pending]
+
+    def _key_rows_settled(self, key: str, released: list[ExtentRow],
+                          doing: str) -> tuple[list[ExtentRow], BlockRow | None]:
+        """The key's extents (complete only, once this returns) and its block's row, read inside
+        a transaction of a change that replaces or removes the whole key: pending writes whose
+        writer is gone are undone first (their guard slots go in ``released``, for after the
+        transaction).
+
+        Args:
+            doing: what the change is, for the message (``delete key 'k'``).
+
+        Raises:
+            KeyBusy: a live writer is writing the key; nothing changed.
+        """
+        extents, row = self.catalog.key_rows_and_block(key)
+        undone = False
+        for p in [e for e in extents if not e.complete]:
+            if self.write_gone(p):
+                released += self._forget_write(p)
+                undone = True
+                continue
+            owner = PendingWrite(p.key, p.offset, p.length, p.writer).owner
+            raise KeyBusy(
+                f"cannot {doing}: it is being written (bytes {p.offset}..{p.end} of "
+                f"{self.block_id(p.block)}, by {owner}); try again when that write has "
+                "finished", key=key, block_id=self.block_id(p.block), writer=p.writer)
+        if undone:
+            extents, row = self.catalog.key_rows_and_block(key)
+        return extents, row
 
     def _release_guards(self, writes: list[ExtentRow]) -> None:
         """Release the write-guard slots undone writes held (by their owner tag: a slot taken

@@ -27,12 +27,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from distributed_grid.errors import BlockNotFound, InvalidArgument, KeyBusy, KeyConflict
+from distributed_grid.errors import BlockNotFound, InvalidArgument, KeyConflict
 from distributed_grid.memory.node.core import Place, StoreCore
 from distributed_grid.memory.node.schema import BlockRow, ExtentRow
 from distributed_grid.memory.shm.mappings import Mappings
 from distributed_grid.names import validate_key
-from distributed_grid.records import BlockInfo, PendingWrite
+from distributed_grid.records import BlockInfo
 
 SMALL_MAX = 64 * 2**10  # values up to this size go to slabs (see benchmarks/bench_small.py)
 ALIGN = 64  # runs start and end on this many bytes: every numpy dtype's alignment holds
@@ -116,18 +116,7 @@ class StoreSlabs(StoreCore):
     def _slab_extents_of(self, key: str, released: list[ExtentRow]) -> list[ExtentRow]:
         """The key's extents, in its slab (inside a transaction): [] for a new key. Pending
         writes of writers that are gone are undone first (their slots go in ``released``)."""
-        extents, row = self.catalog.key_rows_and_block(key)
-        for p in [e for e in extents if not e.complete]:
-            if self.write_gone(p):
-                released += self._forget_write(p)
-                continue
-            raise KeyBusy(
-                f"key {key!r} is being written (bytes {p.offset}..{p.end} of "
-                f"{self.block_id(p.block)}, by {PendingWrite(key, 0, 0, p.writer).owner}); "
-                "try again when that write has finished", key=key,
-                block_id=self.block_id(p.block), writer=p.writer)
-        if released:
-            extents, row = self.catalog.key_rows_and_block(key)
+        extents, row = self._key_rows_settled(key, released, f"put key {key!r}")
         if not extents:
             return []
         number = extents[0].block

@@ -21,7 +21,7 @@ from distributed_grid.memory.node.core import StoreCore
 from distributed_grid.memory.node.schema import ExtentRow
 from distributed_grid.memory.shm import segment as seg
 from distributed_grid.names import check_range, validate_key
-from distributed_grid.records import BlockInfo, KeyRemoval, PendingWrite
+from distributed_grid.records import BlockInfo, KeyRemoval
 
 
 class StoreWrites(StoreCore):
@@ -198,19 +198,7 @@ class StoreWrites(StoreCore):
         released: list[ExtentRow] = []
         freed = False
         with self.catalog.transaction():
-            extents, row = self.catalog.key_rows_and_block(key)
-            for p in [e for e in extents if not e.complete]:
-                if self.write_gone(p):
-                    released += self._forget_write(p)
-                    continue
-                owner = PendingWrite(p.key, p.offset, p.length, p.writer).owner
-                raise KeyBusy(
-                    f"cannot delete key {key!r}: it is being written (bytes {p.offset}.."
-                    f"{p.end} of {self.block_id(p.block)}, by {owner}); try again when that "
-                    "write has finished", key=key, block_id=self.block_id(p.block),
-                    writer=p.writer)
-            if released:
-                extents, row = self.catalog.key_rows_and_block(key)
+            extents, row = self._key_rows_settled(key, released, f"delete key {key!r}")
             number = extents[0].block if extents else None
             extents = [e for e in extents if e.block == number]  # a key lives in one block
             if number is not None and row is not None:
