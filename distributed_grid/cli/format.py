@@ -49,9 +49,9 @@ def _keys_cell(block: BlockInfo) -> str:
         else:
             parts.append(f"{printable(key)}[{len(extents)} extents]")
     parts += [f"{printable(k)} (writing)" for k in block.pending_keys if k not in block.keys]
+    text = ", ".join(parts) or "-"
     if block.slab:  # the store's block of small values: how many, then the first few
-        parts.insert(0, f"slab of {len(block.keys)} small value(s):")
-    text = ", ".join(parts).replace(":,", ":") or "-"
+        text = f"slab of {len(block.keys)} small value(s): {text}"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -147,8 +147,8 @@ class RemoteNode:
 
     def put_small(self, key: str, data: Any, meta: dict[str, Any] | None = None,
                   capacity: int | None = None) -> BlockInfo:
-        return self._call(StoreActor.put_small, key,
-                          b"".join(bytes(p) for p in buffers_of(data)), meta, capacity)
+        return self._call(StoreActor.put_small, key, b"".join(buffers_of(data)), meta,
+                          capacity)  # one copy, into the bytes Ray sends
 
     def release_lease(self, lease: str) -> list[str]:
         return self._call(StoreActor.release_lease, lease)
