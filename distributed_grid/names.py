@@ -138,3 +138,19 @@ def check_range(block_id: str, block_size: int, offset: object, length: object,
             f"(size {block_size}): at most {max(0, block_size - start)} bytes fit from that "
             "offset", block_id=block_id, offset=start, length=count, block_size=block_size,
         )
+
+
+MAX_REPLICAS = 8
+
+
+def replica_count(replicas: object) -> int:
+    """``replicas`` checked: a whole number from 1 to ``MAX_REPLICAS``.
+
+    Raises:
+        InvalidArgument: anything else.
+    """
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or \
+            not 1 <= replicas <= MAX_REPLICAS:
+        raise InvalidArgument(f"replicas must be a whole number from 1 to {MAX_REPLICAS}, got "
+                              f"{replicas!r}", replicas=replicas)
+    return replicas

@@ -53,6 +53,12 @@ class BlockInfo:
     mark: the end of the block's furthest completed write. ``status`` is ``ok``, ``missing``
     (its shared memory vanished from the host) or ``lost`` (its node left the cluster).
     ``slab``: the store made the block for small values, which it places itself.
+
+    ``replicas`` are the nodes holding a copy of the block, the one reads prefer first (one
+    node for a block of one copy). A replicated block's facts are those of one of its copies
+    (``node`` and ``number`` name that copy; ``replica_of`` is the replicated block's id, which
+    is ``block_id``), and its ``status`` is ``ok`` (every copy it should have), ``degraded``
+    (fewer: a node holding one is gone) or ``repairing`` (a new copy is being made).
     """
 
     block_id: str
@@ -69,6 +75,8 @@ class BlockInfo:
     persistent: bool
     pending: list[PendingWrite] = field(default_factory=list)
     slab: bool = False
+    replica_of: str | None = None
+    replicas: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The block as plain data (what ``list-objects --json`` prints for it); ``pending``

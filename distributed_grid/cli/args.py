@@ -28,6 +28,28 @@ def optional_size(value: Any, what: str) -> int | None:
     return None if value is None else size(value, what)
 
 
+def replicas(value: Any) -> int | None:
+    """A count of copies as typed (``2``), or None when the option was not given.
+
+    Raises:
+        InvalidArgument: not a whole number from 1 to 8.
+    """
+    from distributed_grid.names import MAX_REPLICAS, replica_count
+
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text.isdigit():
+        raise InvalidArgument(f"--replicas must be a whole number from 1 to {MAX_REPLICAS}, "
+                              f"got {value!r}")
+    try:
+        return replica_count(int(text))
+    except InvalidArgument:
+        raise InvalidArgument(f"--replicas must be a whole number from 1 to {MAX_REPLICAS} "
+                              f"(copies of the block, each on a node of its own), got {text}"
+                              ) from None
+
+
 def optional_text(value: Any) -> str | None:
     """The text typed, or None when the option was not given."""
     return None if value is None else str(value)

@@ -62,11 +62,12 @@ def block_table(blocks: list[BlockInfo]) -> str:
         return "no blocks allocated"
     now = time.time()
     rows = [
-        [b.block_id, b.node, format_size(b.size), format_size(b.used), _keys_cell(b),
-         format_age(now - b.created), b.status]
+        [b.block_id, ",".join(b.replicas or [b.node]), str(len(b.replicas or [b.node])),
+         format_size(b.size), format_size(b.used), _keys_cell(b), format_age(now - b.created),
+         b.status]
         for b in blocks
     ]
-    text = table(["BLOCK ID", "NODE", "SIZE", "USED", "KEYS", "AGE", "STATUS"], rows)
+    text = table(["BLOCK ID", "NODE", "COPIES", "SIZE", "USED", "KEYS", "AGE", "STATUS"], rows)
     writes = [[b.block_id, printable(p.key), str(p.offset), str(p.length),
                printable(p.owner)] for b in blocks for p in b.pending]
     if writes:

@@ -23,26 +23,32 @@ class MemoryCommands:
     """Blocks of shared memory on the cluster's nodes."""
 
     @changing
-    def allocate(self, size_in_bytes: Any, node: str | None = None, json: bool = False,
-                 config: str | None = None, address: str | None = None) -> None:
+    def allocate(self, size_in_bytes: Any, node: str | None = None, replicas: Any = None,
+                 json: bool = False, config: str | None = None,
+                 address: str | None = None) -> None:
         """Allocate a block; prints its id (block_<n>_<node>).
 
         Args:
             size_in_bytes: bytes (10485760) or with a unit (10MB, 1.5GiB).
-            node: the node to allocate on; default: the worker with the most free memory.
+            node: the node to allocate on (the first copy's, with --replicas); default: the
+                worker with the most free memory.
+            replicas: copies of the block, each on a node of its own (1 to 8; default: the
+                config's replicas, else 1); every write reaches all of them.
             json: print the block's info as JSON.
             config: a cluster config YAML file.
             address: the cluster's address (HOST:PORT); default: the config's, the running one,
                 or the embedded local cluster.
         """
         size = args.size(size_in_bytes, "size")
-        info = args.pool(config, address).allocate(size, node=args.optional_text(node))
+        copies = args.replicas(replicas)
+        info = args.pool(config, address).allocate(size, node=args.optional_text(node),
+                                                   replicas=copies)
         out.result(info, text=info.block_id)
 
     @changing
     def store(self, key: Any, file_path: Any, block_id: str | None = None, offset: Any = 0,
-              force: bool = False, json: bool = False, config: str | None = None,
-              address: str | None = None) -> None:
+              force: bool = False, replicas: Any = None, json: bool = False,
+              config: str | None = None, address: str | None = None) -> None:
         """Store a file's bytes under KEY; without --block-id a block is allocated for it.
 
         Args:
@@ -54,12 +60,15 @@ class MemoryCommands:
             block_id: an existing block to write into.
             offset: where in the block the bytes go (with --block-id).
             force: overwrite bytes that belong to another key.
+            replicas: copies of a block allocated for the bytes, each on a node of its own (1
+                to 8; default: the config's replicas, else 1); a key that exists keeps its own.
             json: print the result as JSON.
             config: a cluster config YAML file.
             address: the cluster's address (HOST:PORT).
         """
         offset = args.size(offset, "offset")
         path = args.path(file_path, "FILE_PATH")
+        copies = args.replicas(replicas)
         pool = args.pool(config, address)
         block = args.optional_text(block_id)
         with Progress("store", None) as bar:
@@ -68,10 +77,11 @@ class MemoryCommands:
                     out.note("reading standard input to its end (Ctrl-D ends it)")
                 result = pool.store_stream(str(key), 0, block_id=block, offset=offset,
                                            force=force, progress=bar.update,
-                                           on_size=bar.expect)
+                                           on_size=bar.expect, replicas=copies)
             else:
                 result = pool.store_file(str(key), path, block_id=block, offset=offset,
-                                         force=force, progress=bar.update, on_size=bar.expect)
+                                         force=force, progress=bar.update, on_size=bar.expect,
+                                         replicas=copies)
         verb = "allocated and stored" if result.allocated else "stored"
         source = "standard input" if path == "-" else path
         out.result(result, text=result.block_id,
@@ -149,7 +159,8 @@ class MemoryCommands:
             address: the cluster's address (HOST:PORT).
         """
         info = args.pool(config, address).deallocate(str(block_id))
-        out.result(info, done=f"deallocated {info.block_id} ({info.size} bytes on {info.node})")
+        where = ", ".join(info.replicas or [info.node])
+        out.result(info, done=f"deallocated {info.block_id} ({info.size} bytes on {where})")
 
     @changing
     def delete(self, key: Any, json: bool = False, config: str | None = None,

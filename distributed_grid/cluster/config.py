@@ -10,6 +10,7 @@ A YAML file such as::
         host: gpu2.example.internal
         role: worker
         memory: 64GiB        # optional cap on the bytes this node's store may hold
+    replicas: 2              # optional: copies of each new block, each on a node of its own
 
 Node names come from the Ray label ``grid.node`` (:data:`NODE_LABEL`) first; this file names the
 nodes that carry no label, by host name or address; else a node is named after its host
@@ -48,6 +49,7 @@ class ClusterConfig:
     nodes: tuple[NodeConfig, ...] = field(default_factory=tuple)
     address: str | None = None
     source: str | None = None
+    replicas: int = 1
 
     def node(self, name: str) -> NodeConfig | None:
         return next((n for n in self.nodes if n.name == name), None)
@@ -70,7 +72,7 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
     import yaml
 
     from distributed_grid.memory.io.inputs import read_whole
-    from distributed_grid.names import validate_node_name
+    from distributed_grid.names import replica_count, validate_node_name
     from distributed_grid.sizes import parse_size
 
 
@@ -131,7 +133,12 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
     address = data.get("address")
     if address is not None and not isinstance(address, str):
         raise InvalidArgument(f"cluster config {source}: address must be HOST:PORT text")
-    return ClusterConfig(nodes=tuple(nodes), address=address, source=source)
+    try:
+        replicas = replica_count(data.get("replicas", 1))
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"cluster config {source}: {exc}") from exc
+    return ClusterConfig(nodes=tuple(nodes), address=address, source=source,
+                         replicas=replicas)
 
 
 def use_config(config: ClusterConfig | str | os.PathLike[str] | None) -> ClusterConfig | None:

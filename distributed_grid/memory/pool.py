@@ -37,14 +37,15 @@ class MemoryPool(BlockPool):
 
         return arrays.view(self, block_id, dtype, shape, offset, consistent, populate)
 
-    def put(self, key: str, array: Any, node: str | None = None) -> StoreResult:
+    def put(self, key: str, array: Any, node: str | None = None,
+            replicas: int | None = None) -> StoreResult:
         """Store a numpy array under ``key`` with its dtype and shape.
 
         See :func:`distributed_grid.memory.values.arrays.put`.
         """
         from distributed_grid.memory.values import arrays
 
-        return arrays.put(self, key, array, node)
+        return arrays.put(self, key, array, node, replicas)
 
     def get(self, key: str, consistent: bool = False) -> np.ndarray:
         """The array stored under ``key``; zero-copy on this host.
@@ -55,14 +56,15 @@ class MemoryPool(BlockPool):
 
         return arrays.get(self, key, consistent)
 
-    def put_object(self, key: str, obj: Any, node: str | None = None) -> StoreResult:
+    def put_object(self, key: str, obj: Any, node: str | None = None,
+                   replicas: int | None = None) -> StoreResult:
         """Store a Python object under ``key``, pickled with cloudpickle.
 
         See :func:`distributed_grid.memory.values.objects.put_object`.
         """
         from distributed_grid.memory.values import objects
 
-        return objects.put_object(self, key, obj, node)
+        return objects.put_object(self, key, obj, node, replicas)
 
     def get_object(self, key: str) -> Any:
         """The object stored under ``key`` by :meth:`put_object`. Unpickling runs code of
@@ -75,7 +77,8 @@ class MemoryPool(BlockPool):
         return objects.get_object(self, key)
 
     def put_tensors(self, key: str, tensors: Any, node: str | None = None,
-                    metadata: dict[str, str] | None = None) -> StoreResult:
+                    metadata: dict[str, str] | None = None,
+                    replicas: int | None = None) -> StoreResult:
         """Store named tensors (numpy arrays or torch tensors) under ``key`` as a safetensors
         file.
 
@@ -83,7 +86,7 @@ class MemoryPool(BlockPool):
         """
         from distributed_grid.memory.values import tensors as safetensors
 
-        return safetensors.put_tensors(self, key, tensors, node, metadata)
+        return safetensors.put_tensors(self, key, tensors, node, metadata, replicas)
 
     def get_tensors(self, key: str, framework: str = "numpy") -> dict[str, Any]:
         """The named tensors of a safetensors key (or a stored ``.safetensors`` file) as numpy

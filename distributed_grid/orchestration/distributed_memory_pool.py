@@ -61,9 +61,11 @@ class DistributedMemoryPool:
         """Shut the pool down, however the block ended."""
         await self.shutdown()
 
-    async def allocate(self, size: int, preferred_node: str | None = None) -> str:
-        """Allocate a block of ``size`` bytes; returns its id (``block_<n>_<node>``)."""
-        info = await asyncio.to_thread(self.pool.allocate, size, preferred_node)
+    async def allocate(self, size: int, preferred_node: str | None = None,
+                       replicas: int | None = None) -> str:
+        """Allocate a block of ``size`` bytes (with ``replicas`` copies, None for the cluster
+        config's default); returns its id (``block_<n>_<node>``)."""
+        info = await asyncio.to_thread(self.pool.allocate, size, preferred_node, replicas)
         return info.block_id
 
     async def write(self, block_id: str, data: Any, offset: int = 0) -> int:

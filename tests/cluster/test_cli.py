@@ -145,7 +145,7 @@ def test_list_objects_is_a_table(grid, blocks, unique, tmp_path):
                             .strip())
     out = grid("memory", "list-objects").stdout.decode()
     header = out.splitlines()[0].split()
-    assert header[:4] == ["BLOCK", "ID", "NODE", "SIZE"]
+    assert header[:5] == ["BLOCK", "ID", "NODE", "COPIES", "SIZE"]
     row = next(line for line in out.splitlines() if line.startswith(block_id + " "))
     assert f"{unique}@0+10" in row and row.rstrip().endswith("ok")
 

@@ -4,14 +4,20 @@ best."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from distributed_grid.cluster.config import memory_cap
-from distributed_grid.errors import NodeNotFound, NodeUnavailable, StoreFull
+from distributed_grid.errors import (
+    GridError,
+    NodeNotFound,
+    NodeUnavailable,
+    StoreFull,
+)
 from distributed_grid.memory.client import placement
 from distributed_grid.memory.client.nodes import Node
 from distributed_grid.memory.client.router import Router
 from distributed_grid.memory.shm.capacity import describe_limit
-from distributed_grid.names import positive_size
+from distributed_grid.names import positive_size, replica_count
 from distributed_grid.records import BlockInfo, NodeStats
 
 BEST_NODE_SECONDS = 1.0
@@ -31,19 +37,26 @@ class Allocator:
         self._best: tuple[str, float] | None = None
 
     def allocate(self, size: int, node: str | None = None, holder: str | None = None,
-                 for_key: str | None = None) -> BlockInfo:
+                 for_key: str | None = None, replicas: int = 1) -> BlockInfo:
         """A new block of ``size`` bytes on ``node``, or (None) where there is most room.
 
         Args:
             holder: the writer the block is made for (freed if it dies before its write).
             for_key: the key the block is made for (freed with the key).
+            replicas: how many copies the block has, each on a node of its own (``node``
+                holds the first).
 
         Raises:
-            InvalidArgument: ``size`` is not a positive whole number of bytes.
+            InvalidArgument: ``size`` is not a positive whole number of bytes, or
+                ``replicas`` not a whole number from 1 to 8.
             NodeNotFound: no node is called ``node``.
-            StoreFull: no node (or not ``node``) can hold ``size`` bytes.
+            StoreFull: no node (or not ``node``) can hold ``size`` bytes, or fewer than
+                ``replicas`` nodes can; nothing is allocated.
         """
         positive_size(size)
+        replicas = replica_count(replicas)
+        if replicas > 1:
+            return self._replicated(size, node, holder, for_key, replicas)
         if node is not None:
             chosen = self.router.node(node)
             info = chosen.allocate(size, self.lease, memory_cap(node), holder, for_key)
@@ -51,6 +64,53 @@ class Allocator:
             chosen, info = self._anywhere(size, holder, for_key)
         self.router.report(chosen)
         return info
+
+    def _replicated(self, size: int, node: str | None, holder: str | None,
+                    for_key: str | None, replicas: int) -> BlockInfo:
+        """A replicated block: ``replicas`` copies on distinct nodes (distinct hosts while
+        there are some), the first on ``node`` when given, recorded in the key directory; all
+        or nothing."""
+        if node is not None:
+            self.router.node(node)  # NodeNotFound, NodeUnavailable: said first
+        sizes, shared, host_of, caps = self._ranking(with_head=True)
+        heads = {n.name for n in self.router.nodes() if n.is_head}
+        order = placement.spread(sizes, shared, host_of, caps, size, node)
+        order = [n for n in order if n not in heads or n == node] + \
+            [n for n in order if n in heads and n != node]  # the head last, as for one copy
+        made: list[tuple[Node, BlockInfo]] = []
+        try:
+            for name in order:
+                if len(made) == replicas:
+                    break
+                try:
+                    target = self.router.node(name)
+                    first = made[0][1].block_id if made else ""
+                    made.append((target, target.allocate(size, self.lease, caps[name], holder,
+                                                         for_key, first)))
+                except (StoreFull, NodeUnavailable, NodeNotFound):
+                    if name == node:
+                        raise
+            if len(made) < replicas:
+                nodes = [n.name for n in self.router.nodes()]
+                raise StoreFull(
+                    f"cannot allocate {replicas} copies of {size} bytes: they need {replicas} "
+                    f"distinct nodes that can each hold {size} bytes, and "
+                    f"{'only ' if made else ''}{len(made) or 'none'} of the {len(nodes)} live "
+                    f"nodes ({', '.join(sorted(nodes))}) can; nothing was allocated",
+                    size=size, replicas=replicas, nodes=len(made))
+            block_id = made[0][1].block_id
+            self.router.directory.add_replicated(
+                block_id, replicas, size, [(n.node, info.number) for n, info in made])
+        except BaseException:
+            for target, info in made:
+                try:
+                    target.deallocate(info.number, made[0][1].block_id)
+                except GridError:
+                    pass
+            raise
+        for target, _ in made:
+            self.router.report(target)
+        return replace(made[0][1], replica_of=block_id, replicas=[n.node for n, _ in made])
 
     def deallocate(self, block_id: str) -> BlockInfo:
         """Free a block and its keys; returns the facts it had.
@@ -65,12 +125,15 @@ class Allocator:
         self.router.report(node)
         return info
 
-    def _ranking(self) -> tuple[dict[str, NodeStats], dict[str, int], dict[str, str],
-                                dict[str, int | None]]:
+    def _ranking(self, with_head: bool = False
+                 ) -> tuple[dict[str, NodeStats], dict[str, int], dict[str, str],
+                            dict[str, int | None]]:
         """What :mod:`.placement` ranks the nodes by: their last reported sizes, the room of
-        each host, the host of each node, and each node's cap."""
+        each host, the host of each node, and each node's cap. The head is a candidate only
+        when there is no worker, or ``with_head`` (copies of a replicated block may need it)."""
         alive = self.router.nodes()
-        candidates = [n.name for n in alive if not n.is_head] or [n.name for n in alive]
+        candidates = [n.name for n in alive if with_head or not n.is_head] or \
+            [n.name for n in alive]
         sizes = {s.node: s for s in self.router.directory.node_sizes() if s.node in candidates}
         for name in candidates:
             if name not in sizes:  # its store has not reported yet

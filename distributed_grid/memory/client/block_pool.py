@@ -21,10 +21,11 @@ from distributed_grid.memory.client.host import HostNodes
 from distributed_grid.memory.client.keys import KeyIndex
 from distributed_grid.memory.client.nodes import Directory, NodeStore
 from distributed_grid.memory.client.reads import Reader
+from distributed_grid.memory.client.replicas import merge_copies
 from distributed_grid.memory.client.router import Router, force_remote_default
-from distributed_grid.memory.client.writes import Writer, source_of
+from distributed_grid.memory.client.writes import Replication, Writer, source_of
 from distributed_grid.memory.io import copies, inputs, sinks
-from distributed_grid.names import key_from
+from distributed_grid.names import key_from, replica_count
 from distributed_grid.records import (
     BlockInfo,
     ClusterStatus,
@@ -142,18 +143,35 @@ class BlockPool:
 
     # -- blocks ---------------------------------------------------------------------------------
 
-    def allocate(self, size: int, node: str | None = None) -> BlockInfo:
+    def allocate(self, size: int, node: str | None = None,
+                 replicas: int | None = None) -> BlockInfo:
         """Allocate a block of ``size`` bytes; returns its facts (``block_id`` among them).
 
         Without ``node``, the worker with the most free shared memory is chosen (the head only
-        when there is no worker).
+        when there is no worker). With ``replicas`` (default: the cluster config's
+        ``replicas``, else 1) the block has that many copies, each on a node of its own (on
+        distinct hosts while there are some; the first on ``node`` when given): every write
+        reaches all of them before it returns, and the block lives while any of them does.
 
         Raises:
-            InvalidArgument: ``size`` is not a positive whole number of bytes.
+            InvalidArgument: ``size`` is not a positive whole number of bytes, or ``replicas``
+                not a whole number from 1 to 8.
             NodeNotFound: no node is called ``node``.
-            StoreFull: the node cannot hold ``size`` bytes.
+            StoreFull: the node cannot hold ``size`` bytes, or fewer than ``replicas`` nodes
+                can; nothing is allocated.
         """
-        return self._blocks.allocate(size, node)
+        return self._blocks.allocate(size, node, replicas=self.replicas_for(replicas))
+
+    def replicas_for(self, replicas: int | None) -> int:
+        """The copies a new block gets: ``replicas``, else the cluster config's default (1
+        without one).
+
+        Raises:
+            InvalidArgument: not a whole number from 1 to 8.
+        """
+        if replicas is None:
+            return self._config.replicas if self._config is not None else 1
+        return replica_count(replicas)
 
     def block_info(self, block_id: str) -> BlockInfo:
         """The facts of one block: node, size, used bytes, keys, status.
@@ -173,13 +191,21 @@ class BlockPool:
     def list_blocks(self) -> list[BlockInfo]:
         """Every block of the cluster, by node then number (each node asked once, at once).
 
-        Blocks of a node that is gone are listed as they were last known, with status "lost".
+        A replicated block is listed once, as its first copy describes it, with its copies
+        (``replicas``) and its state (``ok``, ``degraded``, ``repairing``). Blocks of a node
+        that is gone are listed as they were last known, with status "lost" (a copy of a
+        replicated block that lives on elsewhere is not).
         """
         blocks = [b for per_node in self._router.each_node(NodeStore.list_blocks).values()
                   for b in per_node]
         for node in self.nodes(include_dead=True):
             if not node.alive:
                 blocks += [b.with_status("lost") for b in self._router.lost_blocks(node.name)]
+        if any(b.replica_of is not None for b in blocks):
+            listed = self.directory.all_replicated()
+            live = {r.block_id for r in listed if r.copies}
+            blocks = merge_copies([b for b in blocks if b.status != "lost" or
+                                   b.replica_of not in live], listed)
         return sorted(blocks, key=lambda b: (b.node, b.number))
 
     def is_local(self, block_id: str) -> bool:
@@ -248,27 +274,35 @@ class BlockPool:
     @_doc_of(Writer.store_file)
     def store_file(self, key: str, path: str, block_id: str | None = None, offset: int = 0,
                    force: bool = False, progress: Progress | None = None,
-                   on_size: Progress | None = None) -> StoreResult:
+                   on_size: Progress | None = None, replicas: int | None = None) -> StoreResult:
         return self._writer.store_file(key_from(key), path, block_id, offset, force, progress,
-                                       on_size)
+                                       on_size, self._replicas_of_new(replicas))
 
     @_doc_of(Writer.store_stream)
     def store_stream(self, key: str, source: inputs.Input | int | BinaryIO,
                      block_id: str | None = None, offset: int = 0, force: bool = False,
                      progress: Progress | None = None,
-                     on_size: Progress | None = None) -> StoreResult:
+                     on_size: Progress | None = None,
+                     replicas: int | None = None) -> StoreResult:
         return self._writer.store_stream(key_from(key), source, block_id, offset, force,
-                                         progress, on_size)
+                                         progress, on_size, self._replicas_of_new(replicas))
 
     @_doc_of(Writer.put_small)
     def put_small(self, key: str, data: Any, length: int, node: str | None = None,
-                  meta: dict[str, Any] | None = None) -> StoreResult | None:
-        return self._writer.put_small(key_from(key), data, length, node, meta)
+                  meta: dict[str, Any] | None = None,
+                  replicas: int | None = None) -> StoreResult | None:
+        return self._writer.put_small(key_from(key), data, length, node, meta,
+                                      self._replicas_of_new(replicas))
 
     @_doc_of(Writer.place_for)
-    def place_for(self, key: str, length: int,
-                  node: str | None = None) -> tuple[str, int, str | None]:
-        return self._writer.place_for(key_from(key), length, node)
+    def place_for(self, key: str, length: int, node: str | None = None,
+                  replicas: int | None = None) -> tuple[str, int, str | None]:
+        return self._writer.place_for(key_from(key), length, node,
+                                      self._replicas_of_new(replicas))
+
+    def _replicas_of_new(self, replicas: int | None) -> Replication:
+        """The copies a new block for a key gets, and whether the caller asked for them."""
+        return Replication(self.replicas_for(replicas), replicas is not None)
 
     def write(self, block_id: str, data: Any, offset: int = 0, key: str | None = None,
               force: bool = False, progress: Progress | None = None,

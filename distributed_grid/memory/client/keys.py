@@ -16,13 +16,12 @@ from distributed_grid.errors import (
     BlockNotFound,
     KeyConflict,
     KeyNotFound,
-    NodeNotFound,
     NodeUnavailable,
     NotFound,
 )
 from distributed_grid.memory.client.nodes import NodeStore
 from distributed_grid.memory.client.router import Router
-from distributed_grid.names import Key, parse_block_id
+from distributed_grid.names import Key
 from distributed_grid.records import KeyPlace, KeyRemoval
 
 Version = tuple[int, int] | None  # a node catalog's version (None: another host's node)
@@ -69,7 +68,7 @@ class KeyIndex:
             except (NotFound, NodeUnavailable):
                 place = None
             if place is not None:
-                return place, version
+                return self._replicated(key, place, version)
             self._seen.pop(key, None)
         if router.host.directory is None and not router.host.complete:
             for name in router.host.alive:
@@ -77,26 +76,35 @@ class KeyIndex:
                 version = node.change_mark() if versioned else None
                 place = node.find_key(key)
                 if place is not None:
-                    return place, version
+                    return self._replicated(key, place, version)
         holder = router.directory.lookup(key)
         if holder is None:
             return None, None
-        _, name = parse_block_id(holder[0])
         try:
-            node = router.node(name)
-        except NodeNotFound:
+            _, node = router.block_node(holder[0])
+        except BlockNotFound:
             return None, None
         version = node.change_mark() if versioned else None
         place = node.find_key(key)
-        if place is not None and node.is_local:
-            self.saw(key, name)
+        if place is not None and node.is_local and place.block.replica_of is None:
+            self.saw(key, place.block.node)
         return place, version
+
+    def _replicated(self, key: Key, place: KeyPlace,
+                    version: Version) -> tuple[KeyPlace | None, Version]:
+        """A place found in a node's own catalog, as the pool reads it: a copy of a
+        replicated block is read (and written) through that block, all of whose copies live
+        on."""
+        if place.block.replica_of is None:
+            return place, version
+        _, node = self.router.block_node(place.block.replica_of)
+        return node.find_key(key), None
 
     def holds(self, block_id: str, key: Key) -> bool:
         """Whether ``block_id`` has ``key`` (a block on a node that is gone holds nothing)."""
-        number, name = parse_block_id(block_id)
         try:
-            return self.router.node(name).holds_key(key, number)
+            number, node = self.router.block_node(block_id)
+            return node.holds_key(key, number)
         except (NotFound, NodeUnavailable):
             return False
 

@@ -45,3 +45,24 @@ def best(sizes: Mapping[str, NodeStats], shared: Mapping[str, int],
     block bytes, then the first name."""
     return min(sizes, key=lambda n: (-(room(n, sizes, shared, host_of, caps) >> STEP_BITS),
                                      sizes[n].block_bytes, n))
+
+
+def spread(sizes: Mapping[str, NodeStats], shared: Mapping[str, int],
+           host_of: Mapping[str, str], caps: Mapping[str, int | None], size: int,
+           first: str | None = None) -> list[str]:
+    """The nodes that may take a copy of a replicated block of ``size`` bytes, in the order to
+    try them: ``first`` (the node named for the first copy) when given, then by :func:`best`'s
+    ranking, each next node on a host no node before it is on while such nodes remain (copies
+    on distinct hosts outlive a host), then the rest. Nodes without room are left out."""
+    def rank(n: str) -> tuple[int, int, str]:
+        return (-(room(n, sizes, shared, host_of, caps) >> STEP_BITS), sizes[n].block_bytes, n)
+
+    fits = sorted((n for n in sizes if room(n, sizes, shared, host_of, caps) >= size),
+                  key=rank)
+    order = [first] if first is not None else []
+    hosts = {host_of[first]} if first is not None else set()
+    for n in fits:
+        if n not in order and host_of[n] not in hosts:
+            order.append(n)
+            hosts.add(host_of[n])
+    return order + [n for n in fits if n not in order]

@@ -26,7 +26,7 @@ import numpy as np
 
 from distributed_grid.memory.io import copies, sinks, sources
 from distributed_grid.memory.node.actor import StoreActor
-from distributed_grid.memory.node.directory import Holder
+from distributed_grid.memory.node.directory import Copy, Holder, Replicas
 from distributed_grid.memory.node.slabs import buffers_of
 from distributed_grid.memory.shm.seqguard import read_untorn
 from distributed_grid.names import Key
@@ -104,12 +104,13 @@ class RemoteNode:
     # -- metadata: one round trip each -----------------------------------------------------------
 
     def allocate(self, size: int, lease: str | None = None, capacity: int | None = None,
-                 holder: str | None = None, for_key: str | None = None) -> BlockInfo:
+                 holder: str | None = None, for_key: str | None = None,
+                 replica_of: str | None = None) -> BlockInfo:
         return self._call(StoreActor.allocate, size, lease, capacity, self.writer(holder),
-                          for_key, timeout=METADATA_TIMEOUT + size / ALLOCATE_RATE)
+                          for_key, replica_of, timeout=METADATA_TIMEOUT + size / ALLOCATE_RATE)
 
-    def deallocate(self, number: int) -> BlockInfo:
-        return self._call(StoreActor.deallocate, number)
+    def deallocate(self, number: int, replica_of: str | None = None) -> BlockInfo:
+        return self._call(StoreActor.deallocate, number, replica_of)
 
     def delete_key(self, key: str) -> KeyRemoval:
         return self._call(StoreActor.delete_key, key)
@@ -123,6 +124,9 @@ class RemoteNode:
     def find_key(self, key: str) -> KeyPlace | None:
         return self._call(StoreActor.find_key, key)
 
+    def copy_of(self, number: int) -> str | None:
+        return self._call(StoreActor.copy_of, number)
+
     def holds_key(self, key: str, number: int) -> bool:
         return self._call(StoreActor.holds_key, key, number)
 
@@ -133,9 +137,10 @@ class RemoteNode:
         return self._call(StoreActor.stats, capacity)
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
-                      force: bool = False, writer: str | None = None) -> BlockInfo:
+                      force: bool = False, writer: str | None = None,
+                      replica_of: str | None = None) -> BlockInfo:
         return self._call(StoreActor.prepare_write, number, offset, length, key, force,
-                          self.writer(writer))
+                          self.writer(writer), replica_of)
 
     def commit_write(self, number: int, offset: int, length: int, key: str | None = None,
                      meta: dict[str, Any] | None = None) -> BlockInfo:
@@ -332,6 +337,22 @@ class RemoteDirectory:
 
     def forget_blocks(self, block_ids: list[str]) -> int:
         return self._call(StoreActor.dir_forget_blocks, block_ids)
+
+    def add_replicated(self, block_id: str, wanted: int, size: int,
+                       copies: list[Copy]) -> None:
+        self._call(StoreActor.dir_add_replicated, block_id, wanted, size, copies)
+
+    def replicas(self, block_id: str) -> Replicas | None:
+        return self._call(StoreActor.dir_replicas, block_id)
+
+    def all_replicated(self) -> list[Replicas]:
+        return self._call(StoreActor.dir_all_replicated)
+
+    def drop_copy(self, block_id: str, node: str) -> bool:
+        return self._call(StoreActor.dir_drop_copy, block_id, node)
+
+    def forget_replicated(self, block_id: str) -> bool:
+        return self._call(StoreActor.dir_forget_replicated, block_id)
 
     def report(self, stats: NodeStats, is_head: bool) -> None:
         self._call(StoreActor.dir_report, stats, is_head)

@@ -30,7 +30,8 @@ from distributed_grid.errors import (
 )
 from distributed_grid.memory.client.host import HostNodes
 from distributed_grid.memory.client.nodes import Directory, Node
-from distributed_grid.memory.node.directory import KeyDirectory
+from distributed_grid.memory.client.replicas import ReplicaSet
+from distributed_grid.memory.node.directory import KeyDirectory, Replicas
 from distributed_grid.memory.node.local_node import LocalNode
 from distributed_grid.names import parse_block_id
 from distributed_grid.records import BlockInfo, NodeInfo
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from distributed_grid.cluster.connection import RayCluster
 
 FORCE_REMOTE_ENV = "DISTRIBUTED_GRID_FORCE_REMOTE"
+SEEN_BLOCKS = 4096  # ids of blocks of one copy a router remembers (all forgotten when full)
 
 
 def force_remote_default() -> bool:
@@ -64,6 +66,8 @@ class Router:
         self._nodes: dict[str, Node] = {}
         self._directory: Directory | None = None
         self._own_directory: KeyDirectory | None = None
+        self._replicated: dict[str, Replicas] = {}  # replicated blocks seen, as last listed
+        self._single: set[str] = set()  # ids of blocks of one copy seen (they stay so)
 
     @property
     def ray(self) -> RayCluster:
@@ -120,7 +124,9 @@ class Router:
         return RemoteNode(self.ray, name)
 
     def block_node(self, block_id: str) -> tuple[int, Node]:
-        """``(number, node)`` of a block whose node is alive.
+        """``(number, node)`` of a block whose node is alive; for a replicated block, its
+        copies as one node (:class:`~distributed_grid.memory.client.replicas.ReplicaSet`),
+        whichever of them live.
 
         Raises:
             InvalidArgument: not a block id.
@@ -128,6 +134,9 @@ class Router:
             NodeUnavailable: the node is gone (the block is lost).
         """
         number, name = parse_block_id(block_id)
+        replicas = self.replicas_of(block_id, number, name)
+        if replicas is not None:
+            return number, ReplicaSet(self, replicas)
         try:
             return number, self.node(name)
         except NodeUnavailable as exc:
@@ -137,6 +146,39 @@ class Router:
         except NotFound as exc:
             raise BlockNotFound(f"no block {block_id}: {exc}", block_id=block_id,
                                 node=name) from exc
+
+    def replicas_of(self, block_id: str, number: int, name: str) -> Replicas | None:
+        """The copies of ``block_id`` when it is a replicated block (None for a block of one
+        copy, which stays so: asked once a process). A block whose node is of this host says
+        so itself (its catalog names the block it is a copy of), so a block of one copy costs
+        no question to the head; any other is asked of the key directory."""
+        if block_id in self._single:
+            return None
+        known = self._replicated.get(block_id)
+        if known is not None:
+            return known
+        if self.host.directory is None and name in self.host.alive:
+            try:
+                if self.node(name).copy_of(number) is None:
+                    self._remember_single(block_id)
+                    return None
+            except NotFound:
+                pass  # not there (any more): a replicated block may have moved away
+        found = self.directory.replicas(block_id)
+        if found is None:
+            self._remember_single(block_id)
+            return None
+        self._replicated[block_id] = found
+        return found
+
+    def _remember_single(self, block_id: str) -> None:
+        if len(self._single) >= SEEN_BLOCKS:
+            self._single.clear()
+        self._single.add(block_id)
+
+    def forget_replicas(self, block_id: str) -> None:
+        """Ask the directory for the block's copies again next time (they changed)."""
+        self._replicated.pop(block_id, None)
 
     def each_node(self, method: Callable[..., Any],
                   args: Callable[[str], tuple] = lambda _: ()) -> dict[str, Any]:

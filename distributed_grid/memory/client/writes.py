@@ -11,7 +11,7 @@ stream too long for its place changes nothing.
 
 from __future__ import annotations
 
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from distributed_grid.cluster.config import memory_cap
 from distributed_grid.errors import (
@@ -36,6 +36,17 @@ from distributed_grid.runtime import this_process
 Progress = copies.Progress
 
 
+class Replication(NamedTuple):
+    """How many copies a new block for a key gets, and whether the caller asked for them: a
+    key that exists keeps the copies it has, and a request for another number is refused."""
+
+    count: int = 1
+    asked: bool = False
+
+
+ONE_COPY = Replication()
+
+
 class Writer:
     """Writes of one pool.
 
@@ -51,7 +62,8 @@ class Writer:
         self.allocator = allocator
 
     def store_file(self, key: Key, path: str, block_id: str | None, offset: int, force: bool,
-                   progress: Progress | None, on_size: Progress | None) -> StoreResult:
+                   progress: Progress | None, on_size: Progress | None,
+                   replicas: Replication = ONE_COPY) -> StoreResult:
         """Store a file's bytes under ``key``; returns where they went.
 
         Without ``block_id`` the key's existing place is reused when the file fits there, else
@@ -62,6 +74,7 @@ class Writer:
 
         Args:
             on_size: called with the file's size before its bytes are copied.
+            replicas: the copies of a block allocated for the bytes (see :class:`Replication`).
 
         Raises:
             FileError: the file cannot be read (no such file, a directory, a device, a /proc
@@ -75,11 +88,12 @@ class Writer:
         if block_id is not None:
             self.room(block_id, offset)  # a wrong block is told before a FIFO is waited on
         with inputs.open_path(path) as source:
-            return self.store_stream(key, source, block_id, offset, force, progress, on_size)
+            return self.store_stream(key, source, block_id, offset, force, progress, on_size,
+                                     replicas)
 
     def store_stream(self, key: Key, source: inputs.Input | int | BinaryIO,
                      block_id: str | None, offset: int, force: bool, progress: Progress | None,
-                     on_size: Progress | None) -> StoreResult:
+                     on_size: Progress | None, replicas: Replication = ONE_COPY) -> StoreResult:
         """Store what ``source`` brings, to its end, under ``key``; returns where it went.
 
         ``source`` is a descriptor (0: standard input), a binary file object, or an
@@ -113,7 +127,7 @@ class Writer:
             result = self.store_source(
                 key, given.size, sources.FileSource(given.fd, given.name, given.size,
                                                     given.start),
-                block_id, offset, force, progress)
+                block_id, offset, force, progress, replicas)
             given.consumed()
             return result
         try:
@@ -128,7 +142,7 @@ class Writer:
             if held.pos == 0:
                 raise FileError(f"nothing arrived on {given.name}; nothing was stored")
             return self.store_source(key, held.pos, spool.spooled_source(held, given.name),
-                                     block_id, offset, force, None)
+                                     block_id, offset, force, None, replicas)
         finally:
             held.close()
 
@@ -149,13 +163,14 @@ class Writer:
 
     def store_source(self, key: Key, length: int, source: sources.Source,
                      block_id: str | None, offset: int, force: bool,
-                     progress: Progress | None) -> StoreResult:
+                     progress: Progress | None,
+                     replicas: Replication = ONE_COPY) -> StoreResult:
         """Write ``length`` bytes of ``source`` under ``key``: at ``offset`` of ``block_id``,
         or (without it) in the key's place or a block allocated for them (freed again if the
         write fails)."""
         allocated = None
         if block_id is None:
-            block_id, offset, allocated = self.place_for(key, length)
+            block_id, offset, allocated = self.place_for(key, length, None, replicas)
         try:
             info = self.write(block_id, offset, length, key, force, source, progress)
         except BaseException:
@@ -166,19 +181,20 @@ class Writer:
                            allocated=allocated is not None)
 
     def put_small(self, key: Key, data: Any, length: int, node: str | None,
-                  meta: dict[str, Any] | None) -> StoreResult | None:
+                  meta: dict[str, Any] | None,
+                  replicas: Replication = ONE_COPY) -> StoreResult | None:
         """Store a small value (a bytes-like object, or a list of them one after another)
         under ``key`` in a slab of its node (``memory/node/slabs.py``): one catalog transaction
         there and one claim in the key directory. None when it does not go to a slab: too big,
-        a pool whose blocks live by its lease, a key that lives in a block of its own (the
-        caller then writes it the general way), or no room for a new slab (the general way
-        then says how much room there is).
+        replicated (slabs hold one copy), a pool whose blocks live by its lease, a key that
+        lives in a block of its own (the caller then writes it the general way), or no room
+        for a new slab (the general way then says how much room there is).
 
         Raises:
             KeyConflict: another node's block holds the key (nothing is left stored).
             KeyBusy: a live writer is writing the key.
         """
-        if length > SMALL_MAX or self.allocator.lease is not None:
+        if length > SMALL_MAX or self.allocator.lease is not None or replicas.count > 1:
             return None
         found, _ = self.keys.find(key, versioned=False)
         if found is not None and not found.block.slab:
@@ -208,8 +224,8 @@ class Writer:
         return StoreResult(block=info, key=key, offset=info.keys[key][0][0], length=length,
                            allocated=False)
 
-    def place_for(self, key: Key, length: int,
-                  node: str | None = None) -> tuple[str, int, str | None]:
+    def place_for(self, key: Key, length: int, node: str | None = None,
+                  replicas: Replication = ONE_COPY) -> tuple[str, int, str | None]:
         """Where bytes stored under ``key`` without a block id go.
 
         The key's place when it has one extent and the bytes fit there, else a new block (on
@@ -217,13 +233,25 @@ class Writer:
         write commits, the block is freed. The new block is allocated for ``key``: deleting
         the key frees it when no other key lives in it.
 
+        A new block has ``replicas.count`` copies; a key that exists keeps the copies it has,
+        and asking for another number (one copy against several) is refused.
+
         Returns:
             ``(block_id, offset, allocated_block_id_or_None)``.
 
         Raises:
-            KeyConflict: the key exists elsewhere and the bytes do not fit in its place.
+            KeyConflict: the key exists elsewhere and the bytes do not fit in its place, or it
+                has other copies than asked for.
         """
         found, _ = self.keys.find(key, versioned=False)
+        if found is not None and replicas.asked and \
+                (found.block.replica_of is not None) != (replicas.count > 1):
+            have = "one copy" if found.block.replica_of is None else \
+                f"the copies {', '.join(found.block.replicas)}"
+            raise KeyConflict(
+                f"key {key!r} lives in {found.block_id} with {have}, and {replicas.count} "
+                f"copies were asked for; delete it first (grid memory delete {key}) to store it "
+                "with others", key=key, block_id=found.block_id)
         if found is not None and found.block.slab:
             raise KeyConflict(
                 f"key {key!r} is a small value in {found.block_id}, a slab of the store (from "
@@ -239,7 +267,8 @@ class Writer:
                 f"extent(s), block size {found.block.size}) and the new {length} bytes do not "
                 f"replace it in place; store it with --block-id {found.block_id} --offset N, "
                 f"or deallocate {found.block_id} first", key=key, block_id=found.block_id)
-        info = self.allocator.allocate(max(length, 1), node, holder=this_process(), for_key=key)
+        info = self.allocator.allocate(max(length, 1), node, holder=this_process(), for_key=key,
+                                       replicas=replicas.count)
         return info.block_id, 0, info.block_id
 
     def write(self, block_id: str, offset: int, length: int, key: Key | None, force: bool,

@@ -35,7 +35,7 @@ import numpy as np
 from distributed_grid.errors import BlockNotFound, KeyNotFound
 from distributed_grid.memory.io import sinks, sources
 from distributed_grid.memory.node.core import guard_of
-from distributed_grid.memory.node.directory import KeyDirectory
+from distributed_grid.memory.node.directory import Copy, KeyDirectory, Replicas
 from distributed_grid.memory.node.local_node import HeldSlot, LocalNode
 from distributed_grid.memory.node.upkeep import (
     TICK_SECONDS,
@@ -110,15 +110,18 @@ class StoreActor(LocalNode):
     # -- writers on other hosts -----------------------------------------------------------------
 
     def allocate(self, size: int, lease: str | None = None, capacity: int | None = None,
-                 holder: str | None = None, for_key: str | None = None) -> BlockInfo:
+                 holder: str | None = None, for_key: str | None = None,
+                 replica_of: str | None = None) -> BlockInfo:
         self.writers.saw(holder)
-        return super().allocate(size, lease, capacity, holder, for_key)
+        return super().allocate(size, lease, capacity, holder, for_key, replica_of)
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
-                      force: bool = False, writer: str | None = None, slot: int | None = None,
+                      force: bool = False, writer: str | None = None,
+                      replica_of: str | None = None, slot: int | None = None,
                       guard: int | None = None) -> BlockInfo:
         self.writers.saw(writer)
-        return super().prepare_write(number, offset, length, key, force, writer, slot, guard)
+        return super().prepare_write(number, offset, length, key, force, writer, replica_of,
+                                     slot, guard)
 
     def writer_alive(self, writer: str | None) -> bool | None:
         """A remote writer is alive while its Ray job runs and it called within
@@ -220,6 +223,22 @@ class StoreActor(LocalNode):
 
     def dir_forget_blocks(self, block_ids: list[str]) -> int:
         return self._dir().forget_blocks(block_ids)
+
+    def dir_add_replicated(self, block_id: str, wanted: int, size: int,
+                           copies: list[Copy]) -> None:
+        self._dir().add_replicated(block_id, wanted, size, copies)
+
+    def dir_replicas(self, block_id: str) -> Replicas | None:
+        return self._dir().replicas(block_id)
+
+    def dir_all_replicated(self) -> list[Replicas]:
+        return self._dir().all_replicated()
+
+    def dir_drop_copy(self, block_id: str, node: str) -> bool:
+        return self._dir().drop_copy(block_id, node)
+
+    def dir_forget_replicated(self, block_id: str) -> bool:
+        return self._dir().forget_replicated(block_id)
 
     def dir_report(self, stats: NodeStats, is_head: bool) -> None:
         self._dir().report(stats, is_head)

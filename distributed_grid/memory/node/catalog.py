@@ -150,20 +150,23 @@ class Catalog(ExtentQueries):
 
     def insert_block(self, number: int, size: int, segment: str, token: str, created: float,
                      lease: str | None, creator: str, holder: str | None = None,
-                     for_key: str | None = None, slab: bool = False) -> None:
+                     for_key: str | None = None, slab: bool = False,
+                     replica_of: str | None = None) -> None:
         """Record a block being created (inside a transaction).
 
         Args:
             holder: the writer the block is allocated for (until its write commits).
             for_key: the key the block is allocated for.
             slab: the block holds small values the store places (``memory/node/slabs.py``).
+            replica_of: the replicated block this block is a copy of.
         """
         db = self._db.db
         if lease is not None:
             db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?)", (lease, created))
         db.execute(
-            f"INSERT INTO blocks ({BLOCK_COLUMNS}) VALUES (?,?,?,?,?,0,'creating',?,?,?,?,?)",
-            (number, size, segment, token, created, lease, creator, holder, for_key, int(slab)))
+            f"INSERT INTO blocks ({BLOCK_COLUMNS}) VALUES (?,?,?,?,?,0,'creating',?,?,?,?,?,?)",
+            (number, size, segment, token, created, lease, creator, holder, for_key, int(slab),
+             replica_of))
         self._add_meta("block_count", 1)
         self._add_meta("block_bytes", size)
 

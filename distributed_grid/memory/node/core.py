@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple, Protocol
 
-from distributed_grid.errors import BlockNotFound, KeyBusy
+from distributed_grid.errors import BlockNotFound, InvalidArgument, KeyBusy
 from distributed_grid.memory.node.catalog import Catalog
 from distributed_grid.memory.node.schema import BlockRow, ExtentRow
 from distributed_grid.memory.shm import segment as seg
@@ -159,8 +159,22 @@ class StoreCore:
             size=row.size, used=row.high_water, created=row.created, status=row.state,
             segment=row.segment, token=row.token, keys=keys,
             pending_keys=sorted({p.key for p in pending}), persistent=row.lease is None,
-            pending=pending, slab=bool(row.slab),
+            pending=pending, slab=bool(row.slab), replica_of=row.replica_of,
+            replicas=[self.node],
         )
+
+    def check_copy(self, row: BlockRow, replica_of: str | None, doing: str) -> None:
+        """Refuse a change of a copy of a replicated block that does not come through that
+        block (its copies would drift apart).
+
+        Raises:
+            InvalidArgument: the block is a copy and ``replica_of`` does not name its block.
+        """
+        if row.replica_of is not None and replica_of != row.replica_of:
+            raise InvalidArgument(
+                f"{self.block_id(row.number)} is a copy of the replicated block "
+                f"{row.replica_of}; {doing} {row.replica_of} instead (every copy of it changes "
+                "together)", block_id=self.block_id(row.number), replica_of=row.replica_of)
 
     def _key_info(self, row: BlockRow, key: str | None) -> BlockInfo:
         """The block's facts as a write of ``key`` reports them: that key's extents alone."""

@@ -28,13 +28,14 @@ and the next claim replaces them.
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 from distributed_grid.memory.shm.database import Database, remove_database
 from distributed_grid.memory.shm.layout import HEADER_SIZE, directory_path
 from distributed_grid.names import validate_cluster_id
 from distributed_grid.records import NodeStats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE keys (
@@ -50,11 +51,47 @@ CREATE TABLE nodes (
     shm_free INTEGER NOT NULL,
     blocks INTEGER NOT NULL,
     block_bytes INTEGER NOT NULL,
-    updated REAL NOT NULL
-) WITHOUT ROWID
+    updated REAL NOT NULL,
+    node_id TEXT
+) WITHOUT ROWID;
+CREATE TABLE replicated (
+    block_id TEXT PRIMARY KEY,
+    wanted INTEGER NOT NULL,
+    size INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE copies (
+    block_id TEXT NOT NULL REFERENCES replicated(block_id) ON DELETE CASCADE,
+    node TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('live', 'making')),
+    PRIMARY KEY (block_id, node)
+) WITHOUT ROWID;
+CREATE INDEX copies_on_node ON copies(node)
 """
 
 Holder = tuple[str, int]  # (block id, version)
+Copy = tuple[str, int]  # (node, block number there)
+
+
+class Replicas(NamedTuple):
+    """A replicated block as the directory knows it: its id, how many copies it should have,
+    its size, its live copies in the order reads prefer them, and a copy being made (by a
+    repair: it takes the block's writes but serves no read until it is complete)."""
+
+    block_id: str
+    wanted: int
+    size: int
+    copies: list[Copy]
+    making: Copy | None = None
+
+    @property
+    def state(self) -> str:
+        """``ok``, ``degraded`` (fewer copies than wanted) or ``repairing`` (a copy is being
+        made)."""
+        if self.making is not None:
+            return "repairing"
+        return "ok" if len(self.copies) >= self.wanted else "degraded"
 
 
 class KeyDirectory:
@@ -120,6 +157,53 @@ class KeyDirectory:
             return sum(db.execute("DELETE FROM keys WHERE block_id=?", (b,)).rowcount
                        for b in block_ids)
 
+    # -- replicated blocks ---------------------------------------------------------------------
+
+    def add_replicated(self, block_id: str, wanted: int, size: int,
+                       copies: list[Copy]) -> None:
+        """Record a replicated block and its copies (the first is the one reads prefer)."""
+        with self._db.transaction() as db:
+            db.execute("INSERT INTO replicated VALUES (?, ?, ?)", (block_id, wanted, size))
+            db.executemany("INSERT INTO copies VALUES (?, ?, ?, ?, 'live')",
+                           [(block_id, node, number, rank)
+                            for rank, (node, number) in enumerate(copies)])
+
+    def replicas(self, block_id: str) -> Replicas | None:
+        """The replicated block ``block_id``, or None (a block of one copy, or none)."""
+        with self._db.snapshot() as db:
+            head = db.execute("SELECT wanted, size FROM replicated WHERE block_id=?",
+                              (block_id,)).fetchone()
+            if head is None:
+                return None
+            rows = db.execute("SELECT node, number, state FROM copies WHERE block_id=? "
+                              "ORDER BY rank", (block_id,)).fetchall()
+        return _replicas(block_id, head[0], head[1], rows)
+
+    def all_replicated(self) -> list[Replicas]:
+        """Every replicated block (for listings and repairs)."""
+        with self._db.snapshot() as db:
+            heads = db.execute("SELECT block_id, wanted, size FROM replicated").fetchall()
+            rows = db.execute("SELECT block_id, node, number, state FROM copies "
+                              "ORDER BY block_id, rank").fetchall()
+        by_block: dict[str, list[tuple]] = {}
+        for block_id, *copy in rows:
+            by_block.setdefault(block_id, []).append(copy)
+        return [_replicas(b, wanted, size, by_block.get(b, [])) for b, wanted, size in heads]
+
+    def drop_copy(self, block_id: str, node: str) -> bool:
+        """Take ``node``'s copy out of the block (it missed a write, or its node is gone);
+        returns whether it was there."""
+        with self._db.transaction() as db:
+            return db.execute("DELETE FROM copies WHERE block_id=? AND node=?",
+                              (block_id, node)).rowcount == 1
+
+    def forget_replicated(self, block_id: str) -> bool:
+        """Forget a replicated block (every copy was freed); returns whether it was known."""
+        with self._db.transaction() as db:
+            db.execute("DELETE FROM copies WHERE block_id=?", (block_id,))
+            return db.execute("DELETE FROM replicated WHERE block_id=?",
+                              (block_id,)).rowcount == 1
+
     # -- nodes ---------------------------------------------------------------------------------
 
     def report(self, stats: NodeStats, is_head: bool) -> None:
@@ -127,7 +211,10 @@ class KeyDirectory:
         # the room the host can back (its memory bounds it too), unless a cap already cut it
         free = stats.shm_free if stats.capacity is not None else stats.free_for_blocks + HEADER_SIZE
         with self._db.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?)",
+            db.execute("INSERT INTO nodes VALUES (?,?,?,?,?,?,?,NULL) ON CONFLICT(name) DO "
+                       "UPDATE SET is_head=excluded.is_head, shm_total=excluded.shm_total, "
+                       "shm_free=excluded.shm_free, blocks=excluded.blocks, "
+                       "block_bytes=excluded.block_bytes, updated=excluded.updated",
                        (stats.node, int(is_head), stats.shm_total, free, stats.blocks,
                         stats.block_bytes, time.time()))
 
@@ -136,8 +223,9 @@ class KeyDirectory:
         return [NodeStats(node=name, shm_total=total, shm_free=free, capacity=None,
                           free_for_blocks=max(0, free - HEADER_SIZE), blocks=blocks,
                           block_bytes=block_bytes, is_head=bool(is_head))
-                for name, is_head, total, free, blocks, block_bytes, _ in self._db.rows(
-                    "SELECT * FROM nodes ORDER BY name")]
+                for name, is_head, total, free, blocks, block_bytes in self._db.rows(
+                    "SELECT name, is_head, shm_total, shm_free, blocks, block_bytes FROM nodes "
+                    "ORDER BY name")]
 
     # -- lifetime ------------------------------------------------------------------------------
 
@@ -148,3 +236,10 @@ class KeyDirectory:
         """Delete the directory's files (the cluster is going away)."""
         self._db.close()
         remove_database(self.path)
+
+
+def _replicas(block_id: str, wanted: int, size: int, rows: list[tuple]) -> Replicas:
+    """A :class:`Replicas` from its row and its copies' ``(node, number, state)`` rows."""
+    making = next(((n, int(k)) for n, k, state in rows if state == "making"), None)
+    return Replicas(block_id, int(wanted), int(size),
+                    [(n, int(k)) for n, k, state in rows if state == "live"], making)

@@ -94,12 +94,14 @@ class LocalNode(BlockStore):
     # -- writes: hold a guard slot from prepare to commit ----------------------------------------
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
-                      force: bool = False, writer: str | None = None, slot: int | None = None,
+                      force: bool = False, writer: str | None = None,
+                      replica_of: str | None = None, slot: int | None = None,
                       guard: int | None = None) -> BlockInfo:
         """:meth:`BlockStore.prepare_write`, holding the range's guard slot until the write
         commits or aborts (a write of no bytes holds none)."""
         if length <= 0 or slot is not None:
-            return super().prepare_write(number, offset, length, key, force, writer, slot, guard)
+            return super().prepare_write(number, offset, length, key, force, writer, replica_of,
+                                         slot, guard)
         row = self._row(number)
         check_range(self.block_id(number), row.size, offset, length, "write")  # before a slot
         g = open_guard(self._place(row))
@@ -111,7 +113,8 @@ class LocalNode(BlockStore):
                 f"{self.block_id(number)} has as many writes running as its header can track; "
                 "try again when one has finished", block_id=self.block_id(number))
         try:
-            info = super().prepare_write(number, offset, length, key, force, writer, taken, tag)
+            info = super().prepare_write(number, offset, length, key, force, writer, replica_of,
+                                         taken, tag)
         except BaseException:
             g.release(taken, tag)
             g.close()
@@ -279,9 +282,9 @@ class LocalNode(BlockStore):
                 cleared += guard.release(slot, owner)
         return cleared
 
-    def deallocate(self, number: int) -> BlockInfo:
+    def deallocate(self, number: int, replica_of: str | None = None) -> BlockInfo:
         try:
-            return super().deallocate(number)
+            return super().deallocate(number, replica_of)
         finally:
             self._drop_freed_mappings()  # this process holds the freed memory no longer
 

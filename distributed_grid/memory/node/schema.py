@@ -13,6 +13,10 @@ free runs are rows of ``slab_free`` (never two touching: a freed run merges with
 neighbours), and its keys' extents are the rest; a key in a slab has one extent, which carries
 the key's metadata itself (``extents.meta``: no ``key_meta`` row to write and delete).
 
+A block that is one copy of a replicated block (``memory/client/replicas.py``) names that block
+in ``replica_of`` (the id its users hold: the id of its first copy, which names itself). Such
+a copy is written only through its replicated block, whose every copy gets the same writes.
+
 An extent is complete, or pending (being written) with its ``writer`` and the write-guard slot
 (``slot``, ``guard``: the slot's index and owner tag in the segment's header) the write holds.
 A key rewritten at the same offset keeps its complete extent beside the pending one until the
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -44,7 +48,8 @@ CREATE TABLE blocks (
     creator TEXT,
     holder TEXT,
     for_key TEXT,
-    slab INTEGER NOT NULL DEFAULT 0
+    slab INTEGER NOT NULL DEFAULT 0,
+    replica_of TEXT
 );
 CREATE INDEX blocks_by_lease ON blocks(lease) WHERE lease IS NOT NULL;
 CREATE INDEX blocks_not_ok ON blocks(state) WHERE state != 'ok';
@@ -96,6 +101,7 @@ class BlockRow(NamedTuple):
     holder: str | None
     for_key: str | None
     slab: int = 0
+    replica_of: str | None = None
 
 
 class ExtentRow(NamedTuple):
@@ -117,7 +123,7 @@ class ExtentRow(NamedTuple):
 
 
 BLOCK_COLUMNS = ("number, size, segment, token, created, high_water, state, lease, creator, "
-                  "holder, for_key, slab")
+                  "holder, for_key, slab, replica_of")
 EXTENT_COLUMNS = "id, block, key, offset, length, complete, writer, slot, guard"
 BLOCK_COLUMNS_OF_B = ", ".join(f"b.{c}" for c in BLOCK_COLUMNS.split(", "))
 EXTENT_COLUMNS_OF_E = ", ".join(f"e.{c}" for c in EXTENT_COLUMNS.split(", "))

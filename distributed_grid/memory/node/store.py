@@ -73,6 +73,14 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
                         meta=None if meta is None else json.loads(meta),
                         generation=max(e.id for e in own))
 
+    def copy_of(self, number: int) -> str | None:
+        """The replicated block that block ``number`` is a copy of (None: a block of one copy).
+
+        Raises:
+            BlockNotFound: no such block.
+        """
+        return self._row(number, settled=False).replica_of
+
     def holds_key(self, key: str, number: int) -> bool:
         """Whether block ``number`` has any extent of ``key``, complete or being written."""
         return self.catalog.key_has_extents(key, number)
@@ -102,7 +110,8 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
     # -- allocation -----------------------------------------------------------------------------
 
     def allocate(self, size: int, lease: str | None = None, capacity: int | None = None,
-                 holder: str | None = None, for_key: str | None = None) -> BlockInfo:
+                 holder: str | None = None, for_key: str | None = None,
+                 replica_of: str | None = None) -> BlockInfo:
         """Create a block of ``size`` bytes and return its facts.
 
         Args:
@@ -113,6 +122,9 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
                 dies before its first write commits.
             for_key: the key the block is allocated for: removing that key
                 (:meth:`delete_key`) frees the block when no other key lives in it.
+            replica_of: the replicated block this one is a copy of (``""``: the first copy,
+                whose own id the replicated block takes). A copy is written, freed and its
+                keys removed only by its replicated block's writes (``replica_of`` given).
 
         Raises:
             InvalidArgument: ``size`` is not a positive integer.
@@ -121,11 +133,11 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
         positive_size(size, "block size")
         if for_key is not None:
             validate_key(for_key)
-        return self._make_block(size, lease, capacity, holder, for_key)
+        return self._make_block(size, lease, capacity, holder, for_key, replica_of=replica_of)
 
     def _make_block(self, size: int, lease: str | None = None, capacity: int | None = None,
                     holder: str | None = None, for_key: str | None = None,
-                    slab: bool = False) -> BlockInfo:
+                    slab: bool = False, replica_of: str | None = None) -> BlockInfo:
         """:meth:`allocate` of checked arguments; ``slab``: a slab for small values, all of it
         free (:mod:`~distributed_grid.memory.node.slabs`)."""
         token = os.urandom(layout.TOKEN_SIZE)
@@ -142,8 +154,10 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
                 )
             number = self.catalog.spend_number()
             name = layout.segment_name(self.cluster_id, self.node, number)
+            if replica_of == "":
+                replica_of = self.block_id(number)
             self.catalog.insert_block(number, size, name, token.hex(), time.time(), lease,
-                                      self.me, holder, for_key, slab)
+                                      self.me, holder, for_key, slab, replica_of)
         try:
             try:
                 seg.create_segment(name, size, token)
@@ -177,8 +191,9 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
         except GridError:
             pass
 
-    def deallocate(self, number: int) -> BlockInfo:
-        """Free a block and forget its keys; returns the facts it had.
+    def deallocate(self, number: int, replica_of: str | None = None) -> BlockInfo:
+        """Free a block and forget its keys; returns the facts it had. A copy of a replicated
+        block goes only with it (``replica_of`` names it).
 
         Live mappings in other processes stay valid until they close; the memory goes then.
 
@@ -189,18 +204,20 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
 
         Raises:
             BlockNotFound: no such block.
+            InvalidArgument: the block is a copy of a replicated block, not named.
             StoreFull: the catalog cannot record the change, even with the block's memory freed.
         """
         try:
-            return self._deallocate(number)
+            return self._deallocate(number, replica_of)
         except StoreFull:
             seg.unlink_segment(self._row(number, settled=False).segment)
             self._drop_freed_mappings()
-            return self._deallocate(number)
+            return self._deallocate(number, replica_of)
 
-    def _deallocate(self, number: int) -> BlockInfo:
+    def _deallocate(self, number: int, replica_of: str | None) -> BlockInfo:
         with self.catalog.transaction():
             row = self._row(number, settled=False)
+            self.check_copy(row, replica_of, "deallocate")
             info = self._info(row)
             self.catalog.delete_block(row)
         seg.unlink_segment(row.segment)
@@ -217,7 +234,8 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
         freed = []
         for number in self.catalog.blocks_of_lease(lease):
             try:
-                freed.append(self.deallocate(number).block_id)
+                row = self.catalog.block(number)
+                freed.append(self.deallocate(number, row and row.replica_of).block_id)
             except BlockNotFound:
                 continue  # freed meanwhile by somebody else
         return freed

@@ -28,7 +28,8 @@ class StoreWrites(StoreCore):
     """Writes and removals of a node's keys, each one catalog transaction."""
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
-                      force: bool = False, writer: str | None = None, slot: int | None = None,
+                      force: bool = False, writer: str | None = None,
+                      replica_of: str | None = None, slot: int | None = None,
                       guard: int | None = None) -> BlockInfo:
         """Check a write of ``length`` bytes at ``offset`` and claim the range for ``key``.
 
@@ -42,6 +43,8 @@ class StoreWrites(StoreCore):
 
         Args:
             writer: who writes (``host/pid/start``); None for this process.
+            replica_of: the replicated block the write comes through, when the block is one of
+                its copies (a copy takes no other write).
             slot, guard: the write-guard slot the writer holds for the range, and its owner tag.
 
         Returns:
@@ -59,6 +62,7 @@ class StoreWrites(StoreCore):
             with self.catalog.transaction():
                 row = self._row(number)
                 block_id = self.block_id(number)
+                self.check_copy(row, replica_of, "write to")
                 if row.slab:
                     raise InvalidArgument(
                         f"{block_id} is a slab: it holds small values the store places itself "

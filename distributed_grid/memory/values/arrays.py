@@ -115,11 +115,13 @@ def _array(pool: Blocks, block_id: str, data: memoryview | None, dt: np.dtype,
     return result
 
 
-def put(pool: Blocks, key: str, array: Any, node: str | None = None) -> StoreResult:
+def put(pool: Blocks, key: str, array: Any, node: str | None = None,
+        replicas: int | None = None) -> StoreResult:
     """Store ``array`` under ``key`` with its dtype and shape.
 
-    A new key gets a block of its own (on ``node`` when given); a key that exists is replaced
-    in place when the new bytes fit there. Arrays that are not C-contiguous are stored as their
+    A new key gets a block of its own (on ``node`` when given; with ``replicas`` copies, None
+    for the cluster config's default); a key that exists is replaced in place when the new
+    bytes fit there. Arrays that are not C-contiguous are stored as their
     C-contiguous copy.
 
     Raises:
@@ -129,7 +131,8 @@ def put(pool: Blocks, key: str, array: Any, node: str | None = None) -> StoreRes
     arr = np.ascontiguousarray(np.asarray(array))
     dt = _dtype(arr.dtype)
     meta = {"dtype": dt.str if dt.fields is None else dt.descr, "shape": list(arr.shape)}
-    return write_key(pool, key, arr.reshape(-1).view(np.uint8), arr.nbytes, node, meta)
+    return write_key(pool, key, arr.reshape(-1).view(np.uint8), arr.nbytes, node, meta,
+                     replicas)
 
 
 def get(pool: Blocks, key: str, consistent: bool = False) -> np.ndarray:

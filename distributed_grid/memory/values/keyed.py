@@ -21,10 +21,12 @@ class Blocks(Protocol):
     def read(self, target: str, size: int | None = None, offset: int = 0) -> bytes: ...
     def find_key(self, key: str) -> KeyPlace | None: ...
     def put_small(self, key: str, data: Any, length: int, node: str | None = None,
-                  meta: dict[str, Any] | None = None) -> StoreResult | None: ...
-    def place_for(self, key: str, length: int,
-                  node: str | None = None) -> tuple[str, int, str | None]: ...
-    def allocate(self, size: int, node: str | None = None) -> BlockInfo: ...
+                  meta: dict[str, Any] | None = None,
+                  replicas: int | None = None) -> StoreResult | None: ...
+    def place_for(self, key: str, length: int, node: str | None = None,
+                  replicas: int | None = None) -> tuple[str, int, str | None]: ...
+    def allocate(self, size: int, node: str | None = None,
+                 replicas: int | None = None) -> BlockInfo: ...
     def deallocate(self, block_id: str) -> BlockInfo: ...
     def write(self, block_id: str, data: Any, offset: int = 0, key: str | None = None,
               force: bool = False, progress: Any = None,
@@ -46,9 +48,10 @@ def find_key(pool: Blocks, key: str) -> KeyPlace:
 
 
 def write_key(pool: Blocks, key: str, data: Any, length: int, node: str | None,
-              meta: dict[str, Any]) -> StoreResult:
+              meta: dict[str, Any], replicas: int | None = None) -> StoreResult:
     """Write ``length`` bytes of ``data`` (a buffer, or a list of them one after another)
-    under ``key`` with ``meta``.
+    under ``key`` with ``meta``; a new key's block gets ``replicas`` copies (None: the
+    cluster config's default), and a key that exists keeps the copies it has.
 
     A small value (``memory/node/slabs.py``: up to 64 KiB) goes to a slab of its node (on
     ``node`` when given), and a key put again moves to a new run there in one change. A bigger
@@ -59,10 +62,10 @@ def write_key(pool: Blocks, key: str, data: Any, length: int, node: str | None,
         KeyConflict: the key exists and the bytes do not fit in its place.
     """
     key = key_from(key)
-    small = pool.put_small(key, data, length, node, meta)
+    small = pool.put_small(key, data, length, node, meta, replicas)
     if small is not None:
         return small
-    block_id, offset, allocated = pool.place_for(key, length, node)
+    block_id, offset, allocated = pool.place_for(key, length, node, replicas)
     try:
         info = pool.write(block_id, data, offset=offset, key=key, meta=meta)
     except BaseException:

@@ -20,9 +20,11 @@ from distributed_grid.records import StoreResult
 FORMAT = "cloudpickle"
 
 
-def put_object(pool: Blocks, key: str, obj: Any, node: str | None = None) -> StoreResult:
+def put_object(pool: Blocks, key: str, obj: Any, node: str | None = None,
+               replicas: int | None = None) -> StoreResult:
     """Store ``obj`` under ``key``, pickled (a new key gets a block of its own, on ``node``
-    when given; a key that exists is replaced in place when the pickle fits there).
+    when given, with ``replicas`` copies; a key that exists is replaced in place when the
+    pickle fits there).
 
     Raises:
         InvalidArgument: ``obj`` cannot be pickled.
@@ -32,7 +34,7 @@ def put_object(pool: Blocks, key: str, obj: Any, node: str | None = None) -> Sto
         data = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # pickling raises whatever the object's reducers raise
         raise InvalidArgument(f"cannot pickle {type(obj).__name__}: {exc}") from exc
-    return write_key(pool, key, data, len(data), node, {"format": FORMAT})
+    return write_key(pool, key, data, len(data), node, {"format": FORMAT}, replicas)
 
 
 def get_object(pool: Blocks, key: str) -> Any:

@@ -61,7 +61,8 @@ _FROM_NUMPY_NAME = {"bfloat16": "BF16", "float8_e4m3fn": "F8_E4M3",
 
 
 def put_tensors(pool: Blocks, key: str, tensors: Mapping[str, Any], node: str | None = None,
-                metadata: Mapping[str, str] | None = None) -> StoreResult:
+                metadata: Mapping[str, str] | None = None,
+                replicas: int | None = None) -> StoreResult:
     """Store named tensors under ``key`` as one safetensors file (marked so in the key's meta).
 
     Args:
@@ -73,6 +74,7 @@ def put_tensors(pool: Blocks, key: str, tensors: Mapping[str, Any], node: str | 
             ones as little-endian.
         node: the node for a new key's block.
         metadata: text to keep in the header's ``__metadata__`` (str to str).
+        replicas: the copies of a new key's block (None: the cluster config's default).
 
     Raises:
         InvalidArgument: a name that is not a string (or is ``__metadata__``), metadata that is
@@ -87,7 +89,8 @@ def put_tensors(pool: Blocks, key: str, tensors: Mapping[str, Any], node: str | 
     flat = {_name(name): _flat(name, t) for name, t in tensors.items()}
     header, length = _header(flat, _metadata(metadata))
     parts = [header] + [raw for _, _, _, raw in sorted(flat.values(), key=lambda f: f[2])]
-    return write_key(pool, key, parts, length, node, {"format": FORMAT})  # written in place
+    return write_key(pool, key, parts, length, node, {"format": FORMAT},  # written in place
+                     replicas)
 
 
 def _name(name: Any) -> str:

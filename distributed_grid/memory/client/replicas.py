@@ -1,0 +1,381 @@
+"""A replicated block: one block id whose bytes live in copies on distinct nodes, kept alike.
+
+Each copy is a block of its own node (its catalog names the replicated block in
+``replica_of``); the key directory lists the copies (:class:`~distributed_grid.memory.node.
+directory.Replicas`), and the id users hold is the first copy's, valid while any copy lives.
+:class:`ReplicaSet` keeps the :class:`~distributed_grid.memory.client.nodes.Node` protocol over
+the copies, so the pool's writer and reader work on a replicated block as on any other:
+
+- **writes** go to every copy at once: each copy's catalog claims the range (``prepare``), the
+  bytes are copied into all of them on threads of their own, then every catalog commits. A
+  refusal (a key conflict, a range out of bounds) is the same on every copy: the others are
+  undone and it is raised. A copy whose node is gone, or which lost the block, is dropped from
+  the block's set in the directory (the block is then ``degraded`` until repaired), and the
+  write succeeds while one copy holds it; with none left it fails.
+- **reads** take a copy on this host first (zero-copy), then the others in the directory's
+  order, and fail over inside the same call: a read whose serving node dies mid-transfer starts
+  again on the next copy (a sink that can go back is rewound; one that cannot gets the bytes
+  only once whole). A view of a replicated block is read-only: bytes written through it would
+  reach one copy only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from distributed_grid.errors import BlockNotFound, GridError, NodeUnavailable, NotFound
+from distributed_grid.memory.client.nodes import Node, NodeStore
+from distributed_grid.memory.io import copies, sinks, sources
+from distributed_grid.memory.node.directory import Copy, Replicas
+from distributed_grid.records import BlockInfo, KeyPlace, KeyRemoval, NodeStats
+
+if TYPE_CHECKING:
+    from distributed_grid.memory.client.router import Router
+
+# What a copy (not the write, not the caller) failed by: its node is gone, or it lost the block.
+COPY_FAILED = (NodeUnavailable, BlockNotFound)
+
+
+class ReplicaSet:
+    """A replicated block's copies, reached as one node.
+
+    Args:
+        router: the pool's nodes and key directory.
+        replicas: the block as the directory lists it.
+    """
+
+    def __init__(self, router: Router, replicas: Replicas) -> None:
+        self.router = router
+        self.replicas = replicas
+        self.block_id = replicas.block_id
+        self._listed = [n for n, _ in replicas.copies]
+        here = [c for c in replicas.copies if c[0] in router.host.alive]
+        self.copies: list[Copy] = here + [c for c in replicas.copies if c not in here]
+        self.is_local = bool(here)
+        self.node = self.copies[0][0] if self.copies else replicas.block_id.rsplit("_", 1)[1]
+        self._prepared: list[tuple[Copy, Node, BlockInfo]] = []
+        self._key: str | None = None  # the key of the write prepared
+
+    # -- the copies ---------------------------------------------------------------------------
+
+    def _live(self, first: Copy | None = None) -> Iterator[tuple[Copy, Node]]:
+        """The copies whose node this process reaches (``first`` first)."""
+        order = self.copies if first not in self.copies else \
+            [first] + [c for c in self.copies if c != first]
+        for copy in order:
+            try:
+                yield copy, self.router.node(copy[0])
+            except (NodeUnavailable, NotFound):
+                continue
+
+    def _each(self, method: Callable[..., Any], args: Callable[[int], tuple],
+              among: list[tuple[Copy, Node]] | None = None
+              ) -> list[tuple[Copy, Node, Any]]:
+        """``method(*args(number))`` of every copy's store at once; each result or the error
+        it raised, in the copies' order (calls to other hosts leave first)."""
+        targets = list(self._live()) if among is None else among
+        waits: dict[int, Callable[[], Any]] = {}
+        results: dict[int, Any] = {}
+        for i in sorted(range(len(targets)), key=lambda i: targets[i][1].is_local):
+            copy, node = targets[i]
+            try:
+                waits[i] = node.start(method, *args(copy[1]))
+            except Exception as exc:  # a node of this host runs the call at once
+                results[i] = exc
+        for i, wait in waits.items():
+            try:
+                results[i] = wait()
+            except Exception as exc:
+                results[i] = exc
+        return [(targets[i][0], targets[i][1], results[i]) for i in range(len(targets))]
+
+    def drop(self, copy: Copy) -> None:
+        """Take a copy that failed out of the block's set (it is repaired elsewhere)."""
+        try:
+            self.router.directory.drop_copy(self.block_id, copy[0])
+        except GridError:
+            pass  # the directory's own node is gone: nothing more can be recorded
+        self.router.forget_replicas(self.block_id)
+        if copy in self.copies:
+            self.copies.remove(copy)
+        self.replicas = self.replicas._replace(
+            copies=[c for c in self.replicas.copies if c != copy])
+
+    def _lost(self, cause: BaseException | None = None) -> GridError:
+        """The error of a block no copy of which answers."""
+        names = ", ".join(self._listed) or "none left"
+        if self.router.directory.replicas(self.block_id) is None:
+            return BlockNotFound(f"no block {self.block_id}", block_id=self.block_id)
+        return NodeUnavailable(
+            f"block {self.block_id} is lost: no node holding a copy of it answers ({names})"
+            + (f": {cause}" if cause is not None else ""), block_id=self.block_id)
+
+    def as_replicated(self, info: BlockInfo) -> BlockInfo:
+        """A copy's facts as the replicated block's (its id, its copies, its state)."""
+        status = self.replicas.state if info.status == "ok" else info.status
+        return replace(info, block_id=self.block_id, replica_of=self.block_id,
+                       replicas=[n for n, _ in self.replicas.copies], status=status)
+
+    @staticmethod
+    def _sorted(results: list[tuple[Copy, Node, Any]]
+                ) -> tuple[list[tuple[Copy, Node, Any]], list[Copy], list[Exception]]:
+        """Results as ``(successes, copies that failed as copies, other errors)``."""
+        done = [r for r in results if not isinstance(r[2], Exception)]
+        failed = [r[0] for r in results if isinstance(r[2], COPY_FAILED)]
+        errors = [r[2] for r in results
+                  if isinstance(r[2], Exception) and not isinstance(r[2], COPY_FAILED)]
+        return done, failed, errors
+
+    # -- metadata ------------------------------------------------------------------------------
+
+    def block_info(self, number: int) -> BlockInfo:
+        last: BaseException | None = None
+        for (_, n), node in self._live():
+            try:
+                return self.as_replicated(node.block_info(n))
+            except COPY_FAILED as exc:
+                last = exc
+        raise self._lost(last)
+
+    def deallocate(self, number: int, replica_of: str | None = None) -> BlockInfo:
+        """Free every copy, then forget the block in the directory."""
+        done, _, errors = self._sorted(self._each(NodeStore.deallocate,
+                                                  lambda n: (n, self.block_id)))
+        if errors and not done:
+            raise errors[0]
+        self.router.directory.forget_replicated(self.block_id)
+        self.router.forget_replicas(self.block_id)
+        if not done:
+            raise self._lost()
+        return self.as_replicated(done[0][2])
+
+    def find_key(self, key: str) -> KeyPlace | None:
+        last: BaseException | None = None
+        for _, node in self._live():
+            try:
+                place = node.find_key(key)
+            except COPY_FAILED as exc:
+                last = exc
+                continue
+            return None if place is None else replace(place,
+                                                      block=self.as_replicated(place.block))
+        raise self._lost(last)
+
+    def holds_key(self, key: str, number: int) -> bool:
+        return any(r is True for _, _, r in self._each(NodeStore.holds_key,
+                                                       lambda n: (key, n)))
+
+    def delete_key(self, key: str) -> KeyRemoval:
+        """Remove the key from every copy; a copy that cannot (its node is gone, or a writer
+        of the key holds it there alone) is dropped from the block's set."""
+        done, failed, errors = self._sorted(self._each(NodeStore.delete_key, lambda n: (key,)))
+        if not done:
+            raise errors[0] if errors else self._lost()
+        self._drop_all_but(done)
+        removal = done[0][2]
+        if removal.block_freed:
+            self.router.directory.forget_replicated(self.block_id)
+            self.router.forget_replicas(self.block_id)
+        return replace(removal, block_id=self.block_id)
+
+    def _drop_all_but(self, done: list[tuple[Copy, Node, Any]]) -> None:
+        """Drop the copies that did not do what those of ``done`` did (they differ now)."""
+        ok = {c for c, _, _ in done}
+        for copy in [c for c in self.copies if c not in ok]:
+            self.drop(copy)
+
+    def stats(self, capacity: int | None = None) -> NodeStats:
+        for _, node in self._live():
+            return node.stats(capacity)
+        raise self._lost()
+
+    def change_mark(self) -> tuple[int, int] | None:
+        """None: a replicated block's key is found again after each read (its copies' catalogs
+        change apart)."""
+        return None
+
+    def start(self, method: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+        result = getattr(self, method.__name__)(*args)
+        return lambda: result
+
+    def close(self) -> None:
+        """Nothing to release: the copies' nodes are the router's."""
+
+    # -- writes: every copy ------------------------------------------------------------------
+
+    def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
+                      force: bool = False, writer: str | None = None,
+                      replica_of: str | None = None) -> BlockInfo:
+        """Claim the range in every copy's catalog (see the module's docstring)."""
+        done, failed, errors = self._sorted(self._each(
+            NodeStore.prepare_write,
+            lambda n: (n, offset, length, key, force, writer, self.block_id)))
+        if errors or not done:
+            for (_, n), node, _ in done:
+                try:
+                    node.abort_write(n, offset, key, torn=False)
+                except GridError:
+                    pass
+            raise errors[0] if errors else self._lost()
+        for copy in failed:
+            self.drop(copy)
+        self._prepared, self._key = done, key
+        return self.as_replicated(done[0][2])
+
+    def fill(self, block: BlockInfo, offset: int, length: int, source: sources.Source,
+             progress: copies.Progress = copies.no_progress) -> None:
+        """Copy the bytes into every prepared copy at once (each on a thread of its own)."""
+        prepared = self._prepared
+        outcome: list[BaseException | None] = [None] * len(prepared)
+
+        def fill_one(i: int) -> None:
+            _, node, info = prepared[i]
+            try:
+                node.fill(info, offset, length, source, progress if i == 0 else
+                          copies.no_progress)
+            except BaseException as exc:  # raised again below, in the caller's thread
+                outcome[i] = exc
+
+        threads = [threading.Thread(target=fill_one, args=(i,), name=f"fill-{i}", daemon=True)
+                   for i in range(1, len(prepared))]
+        for t in threads:
+            t.start()
+        if prepared:
+            fill_one(0)
+        for t in threads:
+            t.join()
+        kept = []
+        for entry, exc in zip(prepared, outcome, strict=True):
+            if exc is None:
+                kept.append(entry)
+            elif isinstance(exc, COPY_FAILED):
+                self._abandon(entry, offset)
+            else:
+                raise exc
+        if not kept:
+            raise self._lost(next((e for e in outcome if e is not None), None))
+        self._prepared = kept
+
+    def _abandon(self, entry: tuple[Copy, Node, BlockInfo], offset: int) -> None:
+        """Give up a copy that failed inside a write: undo its part, drop it from the set."""
+        copy, node, _ = entry
+        try:
+            node.abort_write(copy[1], offset, self._key, torn=True)
+        except GridError:
+            pass
+        self.drop(copy)
+
+    def commit_write(self, number: int, offset: int, length: int, key: str | None = None,
+                     meta: dict[str, Any] | None = None) -> BlockInfo:
+        """Commit in every prepared copy's catalog; a copy that cannot is dropped."""
+        done, failed, errors = self._sorted(self._each(
+            NodeStore.commit_write, lambda n: (n, offset, length, key, meta),
+            [(c, node) for c, node, _ in self._prepared]))
+        self._prepared = []
+        if not done:
+            raise errors[0] if errors else self._lost()
+        self._drop_all_but(done)
+        return self.as_replicated(done[0][2])
+
+    def abort_write(self, number: int, offset: int, key: str | None = None,
+                    torn: bool = True) -> None:
+        for (_, n), node, _ in self._prepared:
+            try:
+                node.abort_write(n, offset, key, torn)
+            except GridError:
+                pass
+        self._prepared = []
+
+    # -- reads: one copy, failing over ---------------------------------------------------------
+
+    def drain(self, block: BlockInfo, offset: int, length: int, sink: sinks.Sink,
+              progress: copies.Progress = copies.no_progress) -> None:
+        """Hand the bytes to ``sink`` from the copy ``block`` came from, else the next copy
+        that answers; a copy that fails mid-transfer is read again from the next one."""
+        if length <= 0:
+            return
+        if not sink.rewindable:
+            spool = sinks.SpoolSink()  # the sink gets the bytes only once whole
+            try:
+                self.drain(block, offset, length, spool)
+                spool.hand_to(sink, progress)
+            finally:
+                spool.close()
+            return
+        start = sink.mark()
+        shown = _Shown(progress)
+        last: BaseException | None = None
+        for (name, n), node in self._live(first=(block.node, block.number)):
+            try:
+                info = block if (name, n) == (block.node, block.number) else \
+                    node.block_info(n)
+                shown.attempt()
+                node.drain(info, offset, length, sink, shown)
+                return
+            except COPY_FAILED as exc:
+                last = exc
+                sink.rewind(start)
+        raise self._lost(last)
+
+    def open_block(self, number: int,
+                   populate: bool = False) -> tuple[int, memoryview | None]:
+        """The block's size and, when a copy is on this host, a read-only view of it."""
+        for (_, n), node in self._live():
+            if node.is_local:
+                try:
+                    size, view = node.open_block(n, populate)
+                except COPY_FAILED:
+                    continue
+                return size, None if view is None else view.toreadonly()
+        return self.block_info(number).size, None
+
+    def view_of(self, block: BlockInfo) -> memoryview | None:
+        """A read-only view of the copy ``block`` came from, when it is on this host."""
+        node = self.router.node(block.node)
+        view = node.view_of(block)
+        return None if view is None else view.toreadonly()
+
+
+class _Shown:
+    """Progress of a read that may start again on another copy: only bytes past the most
+    already shown are shown."""
+
+    def __init__(self, progress: copies.Progress) -> None:
+        self.progress = progress
+        self.shown = 0
+        self.done = 0
+
+    def attempt(self) -> None:
+        self.done = 0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.done > self.shown:
+            self.progress(self.done - self.shown)
+            self.shown = self.done
+
+
+def merge_copies(blocks: list[BlockInfo], listed: list[Replicas]) -> list[BlockInfo]:
+    """A listing of the nodes' blocks with each replicated block once: as its first live copy
+    describes it, under its own id, with its copies and its state. A copy the directory does
+    not list (of a block whose allocation failed half-way, or of a node that left) is listed
+    as it is, under its own id."""
+    by_id = {r.block_id: r for r in listed}
+    merged: list[BlockInfo] = []
+    copies: dict[str, dict[Copy, BlockInfo]] = {}
+    for b in blocks:
+        r = by_id.get(b.replica_of or "")
+        if r is None or (b.node, b.number) not in r.copies:
+            merged.append(b)
+        else:
+            copies.setdefault(r.block_id, {})[(b.node, b.number)] = b
+    for block_id, found in copies.items():
+        r = by_id[block_id]
+        first = next(found[c] for c in r.copies if c in found)
+        status = r.state if first.status == "ok" else first.status
+        merged.append(replace(first, block_id=block_id, replicas=[n for n, _ in r.copies],
+                              status=status))
+    return merged
