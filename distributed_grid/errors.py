@@ -38,6 +38,7 @@ __all__ = [
     "KeyNotFound",
     "NodeNotFound",
     "NodeUnavailable",
+    "CopiesChanged",
     "NotFound",
     "OutOfBounds",
     "StoreFull",
@@ -105,6 +106,11 @@ class KeyConflict(GridError):
 class KeyBusy(KeyConflict):
     """A write of the key's bytes is in progress: each part of a key has one writer at a
     time."""
+
+
+class CopiesChanged(KeyConflict):
+    """A write of a replicated block knew an older set of its copies (one is being added): the
+    pool asks for the set again and writes once more."""
 
 
 class WriteInProgress(GridError, TimeoutError):

@@ -25,6 +25,9 @@ import ray
 from ray.exceptions import (
     ActorUnschedulableError,
     GetTimeoutError,
+    NodeDiedError,
+    ObjectFetchTimedOutError,
+    ObjectLostError,
     RayActorError,
     RayError,
     RayTaskError,
@@ -83,6 +86,11 @@ RAY_ERRORS: tuple[tuple[str, tuple[type[BaseException], ...],
     ("store", (RayActorError, ActorUnschedulableError), lambda asked, exc: NodeUnavailable(
         f"the store of node {asked.node} is unavailable ({type(exc).__name__}); check "
         "`grid cluster status`", node=asked.node)),
+    # a chunk the store made, lost with its node before it arrived
+    ("store", (ObjectLostError, ObjectFetchTimedOutError, NodeDiedError),
+     lambda asked, exc: NodeUnavailable(
+         f"a chunk from the store of node {asked.node} was lost on its way "
+         f"({type(exc).__name__}): its node is gone", node=asked.node)),
     ("stores", (GetTimeoutError, RayActorError, ActorUnschedulableError),
      lambda asked, exc: ClusterError(
          f"the nodes' stores did not start within {asked.timeout:.0f} s "

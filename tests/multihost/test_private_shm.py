@@ -24,15 +24,20 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from helpers.dev_shm import sweep
 from helpers.grid import GRID, FreshGrid
+from helpers.private_cluster import (
+    Cluster,
+    records_of,
+    started,
+    wait_until_empty,
+)
 from helpers.temp_dirs import remove_temp_dir
 
-from distributed_grid.cluster.namespaces import private_shm_refusal, processes_in
+from distributed_grid.cluster.namespaces import private_shm_refusal
 from distributed_grid.cluster.ray_env import LOOPBACK_ENV
 
 ROOT = Path(__file__).parents[2]
@@ -42,54 +47,6 @@ pytestmark = [
     pytest.mark.skipif(_REFUSAL is not None or os.geteuid() != 0,
                        reason=f"needs root and a private /dev/shm: {_REFUSAL}"),
 ]
-
-
-@dataclass
-class Cluster:
-    """The module's cluster: ``grid`` in its TMPDIR, its address, and its private nodes."""
-
-    grid: FreshGrid
-    address: str
-    cluster_id: str
-    private: dict  # node name -> {"pid", "raylet_pid", "mount_namespace"}
-
-    def shm_of(self, node: str) -> list[str]:
-        """The files in the /dev/shm of ``node``'s namespace, seen through its raylet."""
-        return sorted(os.listdir(f"/proc/{self.private[node]['raylet_pid']}/root/dev/shm"))
-
-    def python(self, code: str, *args: str, timeout: float = 300) -> dict:
-        """Run ``code`` in a new Python process against this cluster; returns the JSON it
-        printed last."""
-        return run_python(self.grid.env, code, *args, timeout=timeout)
-
-
-def run_python(env: dict, code: str, *args: str, timeout: float = 300) -> dict:
-    done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
-    assert done.returncode == 0, f"exit {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def started(grid: FreshGrid) -> list[dict]:
-    path = os.path.join(grid.tmp, f"distributed_grid-{os.getuid()}", "started.json")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def wait_until_empty(namespace: str, timeout: float = 60) -> list[int]:
-    """Wait until no process is left in a mount namespace; returns those left at the end."""
-    deadline = time.monotonic() + timeout
-    while (left := processes_in(namespace)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return left
-
-
-def records_of(grid: FreshGrid, cluster_id: str) -> list[str]:
-    root = os.path.join(grid.tmp, f"distributed_grid-{os.getuid()}")
-    return [f"{folder}/{name}" for folder in ("nodes", "clusters")
-            for name in (os.listdir(os.path.join(root, folder))
-                         if os.path.isdir(os.path.join(root, folder)) else [])
-            if name.startswith(cluster_id + ".")]
 
 
 # -- refusing, and joining a head from another "machine" (no module cluster yet) --------------

@@ -22,6 +22,7 @@ BUILTIN_BASE = {
     "NodeNotFound": LookupError,
     "KeyConflict": Exception,
     "KeyBusy": Exception,
+    "CopiesChanged": Exception,
     "WriteInProgress": TimeoutError,
     "StoreFull": MemoryError,
     "NodeUnavailable": ConnectionError,

@@ -55,10 +55,22 @@ def test_the_directory_lists_copies_in_order_and_drops_them(cluster_id):
     directory = KeyDirectory(cluster_id)
     try:
         assert directory.replicas("block_3_a") is None
-        directory.add_replicated("block_3_a", 2, 4096, [("a", 3), ("b", 7)])
+        directory.add_replicated("block_3_a", 2, 4096, [("a", 3), ("b", 7)], ["A1", "B1"])
         got = directory.replicas("block_3_a")
         assert got == Replicas("block_3_a", 2, 4096, [("a", 3), ("b", 7)])
         assert got.state == "ok"
+        assert directory.copies_on("b") == [("block_3_a", 7)]
+        assert directory.drop_copies_of_lives({"A1", "B1"}) == []
+        assert directory.drop_copies_of_lives({"A1", "B2"}) == [("block_3_a", "b")]  # b's new life
+        assert directory.replicas("block_3_a").copies == [("a", 3)]
+        assert directory.replicas("block_3_a").state == "degraded"
+        epoch = directory.begin_copy("block_3_a", "c", 9, "C1")
+        assert epoch == 1 and directory.begin_copy("block_3_a", "d", 2, "D1") is None
+        making = directory.replicas("block_3_a")
+        assert making.state == "repairing" and making.written == [("a", 3), ("c", 9)]
+        assert making.copies == [("a", 3)] and making.epoch == 1
+        assert directory.end_copy("block_3_a", "c")
+        assert directory.replicas("block_3_a").copies == [("a", 3), ("c", 9)]
         assert directory.drop_copy("block_3_a", "a") and not directory.drop_copy("block_3_a", "a")
         assert directory.replicas("block_3_a").state == "degraded"
         assert [r.block_id for r in directory.all_replicated()] == ["block_3_a"]

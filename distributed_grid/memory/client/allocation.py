@@ -99,8 +99,10 @@ class Allocator:
                     f"nodes ({', '.join(sorted(nodes))}) can; nothing was allocated",
                     size=size, replicas=replicas, nodes=len(made))
             block_id = made[0][1].block_id
+            lives = {n.name: n.node_id or None for n in self.router.nodes()}
             self.router.directory.add_replicated(
-                block_id, replicas, size, [(n.node, info.number) for n, info in made])
+                block_id, replicas, size, [(n.node, info.number) for n, info in made],
+                [lives.get(n.node) for n, _ in made])
         except BaseException:
             for target, info in made:
                 try:

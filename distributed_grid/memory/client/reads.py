@@ -122,7 +122,7 @@ class Reader:
                     if None not in planned and planned == self._versions(pieces):
                         break
                 again = self.plan(target, size, offset)  # KeyNotFound: it was deleted
-                if _places(again) == _places(pieces):
+                if _same_places(again, pieces):
                     if gone is not None:
                         raise gone
                     break
@@ -247,8 +247,13 @@ class PlanChanged(Exception):
         self.pieces = pieces
 
 
-def _places(pieces: list[Piece]) -> list[tuple[str, str, int, int, int]]:
-    """What a read plan reads: each piece's block (id and token), offset and length, and the
-    generation of the key they hold."""
-    return [(p.block.block_id, p.block.token, p.offset, p.length, p.generation)
-            for p in pieces]
+def _same_places(now: list[Piece], read: list[Piece]) -> bool:
+    """Whether a read plan made again reads what the plan read did: each piece's block,
+    offset and length; and, in the same copy of a block, the same memory (its token) and the
+    same generation of the key. (A replicated block's copies number their keys' extents
+    each their own way: a read that failed over to another copy is judged by its place.)"""
+    return len(now) == len(read) and all(
+        (a.block.block_id, a.offset, a.length) == (b.block.block_id, b.offset, b.length) and
+        ((a.block.node, a.block.number) != (b.block.node, b.block.number) or
+         (a.block.token, a.generation) == (b.block.token, b.generation))
+        for a, b in zip(now, read, strict=True))

@@ -130,6 +130,9 @@ class RemoteNode:
     def holds_key(self, key: str, number: int) -> bool:
         return self._call(StoreActor.holds_key, key, number)
 
+    def set_epoch(self, number: int, replica_of: str, epoch: int) -> None:
+        self._call(StoreActor.set_epoch, number, replica_of, epoch)
+
     def list_keys(self) -> dict[str, str]:
         return self._call(StoreActor.list_keys)
 
@@ -138,9 +141,9 @@ class RemoteNode:
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
                       force: bool = False, writer: str | None = None,
-                      replica_of: str | None = None) -> BlockInfo:
+                      replica_of: str | None = None, epoch: int = 0) -> BlockInfo:
         return self._call(StoreActor.prepare_write, number, offset, length, key, force,
-                          self.writer(writer), replica_of)
+                          self.writer(writer), replica_of, epoch)
 
     def commit_write(self, number: int, offset: int, length: int, key: str | None = None,
                      meta: dict[str, Any] | None = None) -> BlockInfo:
@@ -338,9 +341,9 @@ class RemoteDirectory:
     def forget_blocks(self, block_ids: list[str]) -> int:
         return self._call(StoreActor.dir_forget_blocks, block_ids)
 
-    def add_replicated(self, block_id: str, wanted: int, size: int,
-                       copies: list[Copy]) -> None:
-        self._call(StoreActor.dir_add_replicated, block_id, wanted, size, copies)
+    def add_replicated(self, block_id: str, wanted: int, size: int, copies: list[Copy],
+                       node_ids: list[str | None]) -> None:
+        self._call(StoreActor.dir_add_replicated, block_id, wanted, size, copies, node_ids)
 
     def replicas(self, block_id: str) -> Replicas | None:
         return self._call(StoreActor.dir_replicas, block_id)

@@ -22,52 +22,70 @@ the copies, so the pool's writer and reader work on a replicated block as on any
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from distributed_grid.errors import BlockNotFound, GridError, NodeUnavailable, NotFound
-from distributed_grid.memory.client.nodes import Node, NodeStore
+from distributed_grid.errors import (
+    BlockNotFound,
+    CopiesChanged,
+    GridError,
+    NodeUnavailable,
+    NotFound,
+)
+from distributed_grid.memory.client.nodes import Directory, Node, NodeStore
 from distributed_grid.memory.io import copies, sinks, sources
 from distributed_grid.memory.node.directory import Copy, Replicas
 from distributed_grid.records import BlockInfo, KeyPlace, KeyRemoval, NodeStats
 
-if TYPE_CHECKING:
-    from distributed_grid.memory.client.router import Router
-
 # What a copy (not the write, not the caller) failed by: its node is gone, or it lost the block.
 COPY_FAILED = (NodeUnavailable, BlockNotFound)
+CHANGES_FOLLOWED = 8  # times a write asks for the copies again when a repair adds one
 
 
 class ReplicaSet:
     """A replicated block's copies, reached as one node.
 
     Args:
-        router: the pool's nodes and key directory.
+        node_of: the node of a name, as the pool reaches it (raises ``NodeUnavailable`` or
+            ``NotFound`` for a node that is gone).
+        directory: the key directory.
+        here: the names of the nodes of this host.
         replicas: the block as the directory lists it.
     """
 
-    def __init__(self, router: Router, replicas: Replicas) -> None:
-        self.router = router
-        self.replicas = replicas
+    def __init__(self, node_of: Callable[[str], Node], directory: Directory,
+                 here: Container[str], replicas: Replicas) -> None:
+        self.node_of = node_of
+        self.directory = directory
+        self.here = here
         self.block_id = replicas.block_id
         self._listed = [n for n, _ in replicas.copies]
-        here = [c for c in replicas.copies if c[0] in router.host.alive]
-        self.copies: list[Copy] = here + [c for c in replicas.copies if c not in here]
-        self.is_local = bool(here)
-        self.node = self.copies[0][0] if self.copies else replicas.block_id.rsplit("_", 1)[1]
+        self._learn(replicas)
         self._prepared: list[tuple[Copy, Node, BlockInfo]] = []
         self._key: str | None = None  # the key of the write prepared
 
+    def _learn(self, replicas: Replicas) -> None:
+        """Take the block's copies as the directory lists them: reads take the live ones,
+        those of this host first; writes go to those and to a copy being made."""
+        self.replicas = replicas
+        here = [c for c in replicas.copies if c[0] in self.here]
+        self.copies: list[Copy] = here + [c for c in replicas.copies if c not in here]
+        self.is_local = bool(here)
+        self.node = self.copies[0][0] if self.copies else replicas.block_id.rsplit("_", 1)[1]
+
     # -- the copies ---------------------------------------------------------------------------
 
-    def _live(self, first: Copy | None = None) -> Iterator[tuple[Copy, Node]]:
-        """The copies whose node this process reaches (``first`` first)."""
-        order = self.copies if first not in self.copies else \
-            [first] + [c for c in self.copies if c != first]
+    def _live(self, first: Copy | None = None,
+              writing: bool = False) -> Iterator[tuple[Copy, Node]]:
+        """The copies whose node this process reaches (``first`` first): the live ones, and
+        when ``writing`` a copy being made too."""
+        listed = self.copies + ([self.replicas.making] if writing and self.replicas.making
+                                else [])
+        order = listed if first not in listed else [first] + [c for c in listed if c != first]
         for copy in order:
             try:
-                yield copy, self.router.node(copy[0])
+                yield copy, self.node_of(copy[0])
             except (NodeUnavailable, NotFound):
                 continue
 
@@ -76,7 +94,7 @@ class ReplicaSet:
               ) -> list[tuple[Copy, Node, Any]]:
         """``method(*args(number))`` of every copy's store at once; each result or the error
         it raised, in the copies' order (calls to other hosts leave first)."""
-        targets = list(self._live()) if among is None else among
+        targets = list(self._live(writing=True)) if among is None else among
         waits: dict[int, Callable[[], Any]] = {}
         results: dict[int, Any] = {}
         for i in sorted(range(len(targets)), key=lambda i: targets[i][1].is_local):
@@ -95,23 +113,35 @@ class ReplicaSet:
     def drop(self, copy: Copy) -> None:
         """Take a copy that failed out of the block's set (it is repaired elsewhere)."""
         try:
-            self.router.directory.drop_copy(self.block_id, copy[0])
+            self.directory.drop_copy(self.block_id, copy[0])
         except GridError:
             pass  # the directory's own node is gone: nothing more can be recorded
-        self.router.forget_replicas(self.block_id)
         if copy in self.copies:
             self.copies.remove(copy)
         self.replicas = self.replicas._replace(
-            copies=[c for c in self.replicas.copies if c != copy])
+            copies=[c for c in self.replicas.copies if c != copy],
+            making=None if self.replicas.making == copy else self.replicas.making)
 
     def _lost(self, cause: BaseException | None = None) -> GridError:
         """The error of a block no copy of which answers."""
         names = ", ".join(self._listed) or "none left"
-        if self.router.directory.replicas(self.block_id) is None:
+        if self.directory.replicas(self.block_id) is None:
             return BlockNotFound(f"no block {self.block_id}", block_id=self.block_id)
         return NodeUnavailable(
             f"block {self.block_id} is lost: no node holding a copy of it answers ({names})"
             + (f": {cause}" if cause is not None else ""), block_id=self.block_id)
+
+    def _ours(self, info: BlockInfo) -> BlockInfo:
+        """``info`` if it is of a copy of this block (a node that came back may have given the
+        copy's number to another block before the copy left the directory).
+
+        Raises:
+            BlockNotFound: it is not.
+        """
+        if info.replica_of != self.block_id:
+            raise BlockNotFound(f"{info.block_id} is not a copy of {self.block_id}",
+                                block_id=info.block_id, node=info.node)
+        return info
 
     def as_replicated(self, info: BlockInfo) -> BlockInfo:
         """A copy's facts as the replicated block's (its id, its copies, its state)."""
@@ -135,7 +165,7 @@ class ReplicaSet:
         last: BaseException | None = None
         for (_, n), node in self._live():
             try:
-                return self.as_replicated(node.block_info(n))
+                return self.as_replicated(self._ours(node.block_info(n)))
             except COPY_FAILED as exc:
                 last = exc
         raise self._lost(last)
@@ -146,17 +176,23 @@ class ReplicaSet:
                                                   lambda n: (n, self.block_id)))
         if errors and not done:
             raise errors[0]
-        self.router.directory.forget_replicated(self.block_id)
-        self.router.forget_replicas(self.block_id)
+        self.directory.forget_replicated(self.block_id)
         if not done:
             raise self._lost()
         return self.as_replicated(done[0][2])
 
     def find_key(self, key: str) -> KeyPlace | None:
+        """The key's place in the first copy that answers (a copy that does not hold the key
+        says so only while it still is a copy of this block)."""
         last: BaseException | None = None
-        for _, node in self._live():
+        for (_, n), node in self._live():
             try:
                 place = node.find_key(key)
+                if place is not None:
+                    self._ours(place.block)
+                elif node.copy_of(n) != self.block_id:
+                    raise BlockNotFound(f"no copy of {self.block_id} is block {n} any more",
+                                        block_id=self.block_id)
             except COPY_FAILED as exc:
                 last = exc
                 continue
@@ -177,14 +213,13 @@ class ReplicaSet:
         self._drop_all_but(done)
         removal = done[0][2]
         if removal.block_freed:
-            self.router.directory.forget_replicated(self.block_id)
-            self.router.forget_replicas(self.block_id)
-        return replace(removal, block_id=self.block_id)
+            self.directory.forget_replicated(self.block_id)
+            return replace(removal, block_id=self.block_id)
 
     def _drop_all_but(self, done: list[tuple[Copy, Node, Any]]) -> None:
         """Drop the copies that did not do what those of ``done`` did (they differ now)."""
         ok = {c for c, _, _ in done}
-        for copy in [c for c in self.copies if c not in ok]:
+        for copy in [c for c in self.replicas.written if c not in ok]:
             self.drop(copy)
 
     def stats(self, capacity: int | None = None) -> NodeStats:
@@ -208,17 +243,30 @@ class ReplicaSet:
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
                       force: bool = False, writer: str | None = None,
-                      replica_of: str | None = None) -> BlockInfo:
-        """Claim the range in every copy's catalog (see the module's docstring)."""
-        done, failed, errors = self._sorted(self._each(
-            NodeStore.prepare_write,
-            lambda n: (n, offset, length, key, force, writer, self.block_id)))
+                      replica_of: str | None = None, epoch: int = 0) -> BlockInfo:
+        """Claim the range in every copy's catalog (see the module's docstring). Copies that
+        know a newer set of copies than this process (a repair is adding one) refuse: the set
+        is asked for again and the write prepared again, with the new copy."""
+        for _ in range(CHANGES_FOLLOWED):
+            done, failed, errors = self._sorted(self._each(
+                NodeStore.prepare_write,
+                lambda n: (n, offset, length, key, force, writer, self.block_id,
+                           self.replicas.epoch)))
+            if errors or not done:
+                for (_, n), node, _ in done:
+                    try:
+                        node.abort_write(n, offset, key, torn=False)
+                    except GridError:
+                        pass
+            changed = [e for e in errors if isinstance(e, CopiesChanged)]
+            if changed and len(changed) == len(errors):
+                newer = self.directory.replicas(self.block_id)
+                if newer is None:
+                    raise self._lost()
+                self._learn(newer)
+                continue
+            break
         if errors or not done:
-            for (_, n), node, _ in done:
-                try:
-                    node.abort_write(n, offset, key, torn=False)
-                except GridError:
-                    pass
             raise errors[0] if errors else self._lost()
         for copy in failed:
             self.drop(copy)
@@ -311,7 +359,7 @@ class ReplicaSet:
         for (name, n), node in self._live(first=(block.node, block.number)):
             try:
                 info = block if (name, n) == (block.node, block.number) else \
-                    node.block_info(n)
+                    self._ours(node.block_info(n))
                 shown.attempt()
                 node.drain(info, offset, length, sink, shown)
                 return
@@ -334,7 +382,7 @@ class ReplicaSet:
 
     def view_of(self, block: BlockInfo) -> memoryview | None:
         """A read-only view of the copy ``block`` came from, when it is on this host."""
-        node = self.router.node(block.node)
+        node = self.node_of(block.node)
         view = node.view_of(block)
         return None if view is None else view.toreadonly()
 

@@ -66,7 +66,6 @@ class Router:
         self._nodes: dict[str, Node] = {}
         self._directory: Directory | None = None
         self._own_directory: KeyDirectory | None = None
-        self._replicated: dict[str, Replicas] = {}  # replicated blocks seen, as last listed
         self._single: set[str] = set()  # ids of blocks of one copy seen (they stay so)
 
     @property
@@ -136,7 +135,7 @@ class Router:
         number, name = parse_block_id(block_id)
         replicas = self.replicas_of(block_id, number, name)
         if replicas is not None:
-            return number, ReplicaSet(self, replicas)
+            return number, ReplicaSet(self.node, self.directory, self.host.alive, replicas)
         try:
             return number, self.node(name)
         except NodeUnavailable as exc:
@@ -151,12 +150,10 @@ class Router:
         """The copies of ``block_id`` when it is a replicated block (None for a block of one
         copy, which stays so: asked once a process). A block whose node is of this host says
         so itself (its catalog names the block it is a copy of), so a block of one copy costs
-        no question to the head; any other is asked of the key directory."""
+        no question to the head; any other is asked of the key directory. A replicated block's
+        copies are asked for every time: they change when a node goes and a repair adds one."""
         if block_id in self._single:
             return None
-        known = self._replicated.get(block_id)
-        if known is not None:
-            return known
         if self.host.directory is None and name in self.host.alive:
             try:
                 if self.node(name).copy_of(number) is None:
@@ -167,18 +164,12 @@ class Router:
         found = self.directory.replicas(block_id)
         if found is None:
             self._remember_single(block_id)
-            return None
-        self._replicated[block_id] = found
         return found
 
     def _remember_single(self, block_id: str) -> None:
         if len(self._single) >= SEEN_BLOCKS:
             self._single.clear()
         self._single.add(block_id)
-
-    def forget_replicas(self, block_id: str) -> None:
-        """Ask the directory for the block's copies again next time (they changed)."""
-        self._replicated.pop(block_id, None)
 
     def each_node(self, method: Callable[..., Any],
                   args: Callable[[str], tuple] = lambda _: ()) -> dict[str, Any]:

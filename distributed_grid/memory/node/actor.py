@@ -37,6 +37,7 @@ from distributed_grid.memory.io import sinks, sources
 from distributed_grid.memory.node.core import guard_of
 from distributed_grid.memory.node.directory import Copy, KeyDirectory, Replicas
 from distributed_grid.memory.node.local_node import HeldSlot, LocalNode
+from distributed_grid.memory.node.repairs import Repairs, mend
 from distributed_grid.memory.node.upkeep import (
     TICK_SECONDS,
     ClusterLinks,
@@ -97,9 +98,13 @@ class StoreActor(LocalNode):
             shm=shm_identity(),
         ))
         self._upkeep = Upkeep(self, links, self.writers, head, self.directory)
+        self.repairs = Repairs(self.directory, links) if self.directory is not None else None
         if tick_seconds is not None:
             threading.Thread(target=self._upkeep_forever, args=(tick_seconds,), name="upkeep",
                              daemon=True).start()
+            if self.repairs is not None:
+                threading.Thread(target=self.repairs.forever, args=(tick_seconds,),
+                                 name="repairs", daemon=True).start()
 
     def ping(self) -> dict[str, Any]:
         """Who serves this store: its process, Ray node, protocol and installation."""
@@ -117,11 +122,11 @@ class StoreActor(LocalNode):
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
                       force: bool = False, writer: str | None = None,
-                      replica_of: str | None = None, slot: int | None = None,
-                      guard: int | None = None) -> BlockInfo:
+                      replica_of: str | None = None, epoch: int = 0,
+                      slot: int | None = None, guard: int | None = None) -> BlockInfo:
         self.writers.saw(writer)
         return super().prepare_write(number, offset, length, key, force, writer, replica_of,
-                                     slot, guard)
+                                     epoch, slot, guard)
 
     def writer_alive(self, writer: str | None) -> bool | None:
         """A remote writer is alive while its Ray job runs and it called within
@@ -187,6 +192,12 @@ class StoreActor(LocalNode):
                                     "host", block_id=block.block_id, node=self.node)
             return np.frombuffer(segment.data()[offset : offset + length], dtype=np.uint8)
 
+    def mend(self, number: int, replica_of: str, source: str, source_number: int,
+             rate: float) -> int:
+        """Make a new copy of a replicated block hold what a live copy holds (a repair asks;
+        see :func:`~distributed_grid.memory.node.repairs.mend`); returns the bytes copied."""
+        return mend(self, self.links, number, replica_of, source, source_number, rate)
+
     def close(self) -> None:
         """Close the kept mappings, the catalog and (on the head) the key directory."""
         if self.directory is not None:
@@ -224,9 +235,9 @@ class StoreActor(LocalNode):
     def dir_forget_blocks(self, block_ids: list[str]) -> int:
         return self._dir().forget_blocks(block_ids)
 
-    def dir_add_replicated(self, block_id: str, wanted: int, size: int,
-                           copies: list[Copy]) -> None:
-        self._dir().add_replicated(block_id, wanted, size, copies)
+    def dir_add_replicated(self, block_id: str, wanted: int, size: int, copies: list[Copy],
+                           node_ids: list[str | None]) -> None:
+        self._dir().add_replicated(block_id, wanted, size, copies, node_ids)
 
     def dir_replicas(self, block_id: str) -> Replicas | None:
         return self._dir().replicas(block_id)
@@ -239,6 +250,9 @@ class StoreActor(LocalNode):
 
     def dir_forget_replicated(self, block_id: str) -> bool:
         return self._dir().forget_replicated(block_id)
+
+    def dir_copies_on(self, node: str) -> list[tuple[str, int]]:
+        return self._dir().copies_on(node)
 
     def dir_report(self, stats: NodeStats, is_head: bool) -> None:
         self._dir().report(stats, is_head)

@@ -164,7 +164,7 @@ class Catalog(ExtentQueries):
         if lease is not None:
             db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?)", (lease, created))
         db.execute(
-            f"INSERT INTO blocks ({BLOCK_COLUMNS}) VALUES (?,?,?,?,?,0,'creating',?,?,?,?,?,?)",
+            f"INSERT INTO blocks ({BLOCK_COLUMNS}) VALUES (?,?,?,?,?,0,'creating',?,?,?,?,?,?,0)",
             (number, size, segment, token, created, lease, creator, holder, for_key, int(slab),
              replica_of))
         self._add_meta("block_count", 1)
@@ -190,10 +190,21 @@ class Catalog(ExtentQueries):
                 "SELECT 1 FROM blocks WHERE lease=? LIMIT 1", (row.lease,)).fetchone() is None:
             db.execute("DELETE FROM leases WHERE name=?", (row.lease,))
 
+    def copies(self) -> list[BlockRow]:
+        """The blocks that are copies of a replicated block."""
+        return [BlockRow(*r) for r in self._db.rows(
+            f"SELECT {BLOCK_COLUMNS} FROM blocks WHERE replica_of IS NOT NULL")]
+
     def held_blocks(self) -> list[BlockRow]:
         """Blocks allocated for a write that has not committed yet (an index keeps it cheap)."""
         return [BlockRow(*r) for r in self._db.rows(
             f"SELECT {BLOCK_COLUMNS} FROM blocks WHERE holder IS NOT NULL")]
+
+    def set_epoch(self, number: int, epoch: int) -> None:
+        """Raise a copy's epoch (inside a transaction): writers that know an older set of its
+        block's copies are refused from now on."""
+        self._db.db.execute("UPDATE blocks SET epoch=max(epoch, ?) WHERE number=?",
+                            (epoch, number))
 
     def let_go(self, number: int) -> None:
         """The block's write committed: it no longer depends on its holder's life."""

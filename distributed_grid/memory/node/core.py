@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple, Protocol
 
-from distributed_grid.errors import BlockNotFound, InvalidArgument, KeyBusy
+from distributed_grid.errors import BlockNotFound, CopiesChanged, InvalidArgument, KeyBusy
 from distributed_grid.memory.node.catalog import Catalog
 from distributed_grid.memory.node.schema import BlockRow, ExtentRow
 from distributed_grid.memory.shm import segment as seg
@@ -163,18 +163,32 @@ class StoreCore:
             replicas=[self.node],
         )
 
-    def check_copy(self, row: BlockRow, replica_of: str | None, doing: str) -> None:
+    def check_copy(self, row: BlockRow, replica_of: str | None, doing: str,
+                   epoch: int | None = None) -> None:
         """Refuse a change of a copy of a replicated block that does not come through that
-        block (its copies would drift apart).
+        block (its copies would drift apart), or (``epoch``) whose writer knows an older set of
+        the block's copies than the copy does.
 
         Raises:
+            BlockNotFound: ``replica_of`` names a replicated block this block is not a copy of
+                (its copy here is gone: a block of that number is another block).
             InvalidArgument: the block is a copy and ``replica_of`` does not name its block.
+            CopiesChanged: ``epoch`` is older than the copy's.
         """
+        if replica_of is not None and replica_of != row.replica_of:
+            block_id = self.block_id(row.number)
+            raise BlockNotFound(f"{block_id} is not a copy of {replica_of} (that copy is gone "
+                                "from this node)", block_id=block_id, node=self.node)
         if row.replica_of is not None and replica_of != row.replica_of:
             raise InvalidArgument(
                 f"{self.block_id(row.number)} is a copy of the replicated block "
                 f"{row.replica_of}; {doing} {row.replica_of} instead (every copy of it changes "
                 "together)", block_id=self.block_id(row.number), replica_of=row.replica_of)
+        if row.replica_of is not None and epoch is not None and epoch < row.epoch:
+            raise CopiesChanged(
+                f"the copies of {row.replica_of} changed (a copy is being added, epoch "
+                f"{row.epoch}); write again with the new set", block_id=row.replica_of,
+                epoch=row.epoch)
 
     def _key_info(self, row: BlockRow, key: str | None) -> BlockInfo:
         """The block's facts as a write of ``key`` reports them: that key's extents alone."""

@@ -57,7 +57,8 @@ CREATE TABLE nodes (
 CREATE TABLE replicated (
     block_id TEXT PRIMARY KEY,
     wanted INTEGER NOT NULL,
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE copies (
     block_id TEXT NOT NULL REFERENCES replicated(block_id) ON DELETE CASCADE,
@@ -65,6 +66,7 @@ CREATE TABLE copies (
     number INTEGER NOT NULL,
     rank INTEGER NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('live', 'making')),
+    node_id TEXT,
     PRIMARY KEY (block_id, node)
 ) WITHOUT ROWID;
 CREATE INDEX copies_on_node ON copies(node)
@@ -76,14 +78,22 @@ Copy = tuple[str, int]  # (node, block number there)
 
 class Replicas(NamedTuple):
     """A replicated block as the directory knows it: its id, how many copies it should have,
-    its size, its live copies in the order reads prefer them, and a copy being made (by a
-    repair: it takes the block's writes but serves no read until it is complete)."""
+    its size, its live copies in the order reads prefer them, a copy being made (by a
+    repair: it takes the block's writes but serves no read until it is complete), and its
+    epoch (how many copies were added since it was made: a writer that knows an older set is
+    refused by the copies, which know the newest)."""
 
     block_id: str
     wanted: int
     size: int
     copies: list[Copy]
     making: Copy | None = None
+    epoch: int = 0
+
+    @property
+    def written(self) -> list[Copy]:
+        """The copies a write goes to: the live ones, and one being made."""
+        return self.copies + ([self.making] if self.making is not None else [])
 
     @property
     def state(self) -> str:
@@ -159,36 +169,81 @@ class KeyDirectory:
 
     # -- replicated blocks ---------------------------------------------------------------------
 
-    def add_replicated(self, block_id: str, wanted: int, size: int,
-                       copies: list[Copy]) -> None:
-        """Record a replicated block and its copies (the first is the one reads prefer)."""
+    def add_replicated(self, block_id: str, wanted: int, size: int, copies: list[Copy],
+                       node_ids: list[str | None]) -> None:
+        """Record a replicated block and its copies (the first is the one reads prefer), each
+        with the Ray node id of its node's life (a copy is valid only in that life)."""
         with self._db.transaction() as db:
-            db.execute("INSERT INTO replicated VALUES (?, ?, ?)", (block_id, wanted, size))
-            db.executemany("INSERT INTO copies VALUES (?, ?, ?, ?, 'live')",
-                           [(block_id, node, number, rank)
-                            for rank, (node, number) in enumerate(copies)])
+            db.execute("INSERT INTO replicated VALUES (?, ?, ?, 0)", (block_id, wanted, size))
+            db.executemany("INSERT INTO copies VALUES (?, ?, ?, ?, 'live', ?)",
+                           [(block_id, node, number, rank, node_id) for rank, ((node, number),
+                            node_id) in enumerate(zip(copies, node_ids, strict=True))])
 
     def replicas(self, block_id: str) -> Replicas | None:
         """The replicated block ``block_id``, or None (a block of one copy, or none)."""
         with self._db.snapshot() as db:
-            head = db.execute("SELECT wanted, size FROM replicated WHERE block_id=?",
+            head = db.execute("SELECT wanted, size, epoch FROM replicated WHERE block_id=?",
                               (block_id,)).fetchone()
             if head is None:
                 return None
             rows = db.execute("SELECT node, number, state FROM copies WHERE block_id=? "
                               "ORDER BY rank", (block_id,)).fetchall()
-        return _replicas(block_id, head[0], head[1], rows)
+        return _replicas(block_id, *head, rows)
 
     def all_replicated(self) -> list[Replicas]:
         """Every replicated block (for listings and repairs)."""
         with self._db.snapshot() as db:
-            heads = db.execute("SELECT block_id, wanted, size FROM replicated").fetchall()
+            heads = db.execute("SELECT block_id, wanted, size, epoch FROM replicated"
+                               ).fetchall()
             rows = db.execute("SELECT block_id, node, number, state FROM copies "
                               "ORDER BY block_id, rank").fetchall()
         by_block: dict[str, list[tuple]] = {}
         for block_id, *copy in rows:
             by_block.setdefault(block_id, []).append(copy)
-        return [_replicas(b, wanted, size, by_block.get(b, [])) for b, wanted, size in heads]
+        return [_replicas(b, wanted, size, epoch, by_block.get(b, []))
+                for b, wanted, size, epoch in heads]
+
+    def copies_on(self, node: str) -> list[tuple[str, int]]:
+        """``(block id, number)`` of every copy the directory lists on ``node``."""
+        return [(b, int(n)) for b, n in self._db.rows(
+            "SELECT block_id, number FROM copies WHERE node=?", (node,))]
+
+    def drop_copies_of_lives(self, alive: set[str]) -> list[tuple[str, str]]:
+        """Drop every copy whose node's life (its Ray node id) is not in ``alive``: its node
+        died, or came back as another life whose memory is not the copy's. Returns the
+        ``(block id, node)`` of each copy dropped."""
+        with self._db.transaction() as db:
+            gone = [(b, n, i) for b, n, i in db.execute(
+                "SELECT block_id, node, node_id FROM copies WHERE node_id IS NOT NULL")
+                if i not in alive]
+            db.executemany("DELETE FROM copies WHERE block_id=? AND node=? AND node_id=?", gone)
+        return [(b, n) for b, n, _ in gone]
+
+    def begin_copy(self, block_id: str, node: str, number: int,
+                   node_id: str | None) -> int | None:
+        """Add a copy being made (block ``number`` of ``node``) and raise the block's epoch;
+        returns the new epoch (None when the block is gone, or has a copy being made, or one
+        on that node)."""
+        with self._db.transaction() as db:
+            if db.execute("SELECT 1 FROM copies WHERE block_id=? AND (state='making' OR node=?)",
+                          (block_id, node)).fetchone() is not None:
+                return None
+            if db.execute("UPDATE replicated SET epoch=epoch+1 WHERE block_id=?",
+                          (block_id,)).rowcount != 1:
+                return None
+            rank = db.execute("SELECT coalesce(max(rank), -1) + 1 FROM copies WHERE block_id=?",
+                              (block_id,)).fetchone()[0]
+            db.execute("INSERT INTO copies VALUES (?, ?, ?, ?, 'making', ?)",
+                       (block_id, node, number, rank, node_id))
+            return int(db.execute("SELECT epoch FROM replicated WHERE block_id=?",
+                                  (block_id,)).fetchone()[0])
+
+    def end_copy(self, block_id: str, node: str) -> bool:
+        """A copy being made is complete: reads may take it; returns whether it still was
+        the block's (a write that failed on it dropped it meanwhile)."""
+        with self._db.transaction() as db:
+            return db.execute("UPDATE copies SET state='live' WHERE block_id=? AND node=? AND "
+                              "state='making'", (block_id, node)).rowcount == 1
 
     def drop_copy(self, block_id: str, node: str) -> bool:
         """Take ``node``'s copy out of the block (it missed a write, or its node is gone);
@@ -211,21 +266,22 @@ class KeyDirectory:
         # the room the host can back (its memory bounds it too), unless a cap already cut it
         free = stats.shm_free if stats.capacity is not None else stats.free_for_blocks + HEADER_SIZE
         with self._db.transaction() as db:
-            db.execute("INSERT INTO nodes VALUES (?,?,?,?,?,?,?,NULL) ON CONFLICT(name) DO "
+            db.execute("INSERT INTO nodes VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(name) DO "
                        "UPDATE SET is_head=excluded.is_head, shm_total=excluded.shm_total, "
                        "shm_free=excluded.shm_free, blocks=excluded.blocks, "
-                       "block_bytes=excluded.block_bytes, updated=excluded.updated",
+                       "block_bytes=excluded.block_bytes, updated=excluded.updated, "
+                       "node_id=coalesce(excluded.node_id, node_id)",
                        (stats.node, int(is_head), stats.shm_total, free, stats.blocks,
-                        stats.block_bytes, time.time()))
+                        stats.block_bytes, time.time(), stats.node_id or None))
 
     def node_sizes(self) -> list[NodeStats]:
         """Every node's last reported size (``free_for_blocks`` before any cap)."""
         return [NodeStats(node=name, shm_total=total, shm_free=free, capacity=None,
                           free_for_blocks=max(0, free - HEADER_SIZE), blocks=blocks,
-                          block_bytes=block_bytes, is_head=bool(is_head))
-                for name, is_head, total, free, blocks, block_bytes in self._db.rows(
-                    "SELECT name, is_head, shm_total, shm_free, blocks, block_bytes FROM nodes "
-                    "ORDER BY name")]
+                          block_bytes=block_bytes, is_head=bool(is_head), node_id=node_id or "")
+                for name, is_head, total, free, blocks, block_bytes, node_id in self._db.rows(
+                    "SELECT name, is_head, shm_total, shm_free, blocks, block_bytes, node_id "
+                    "FROM nodes ORDER BY name")]
 
     # -- lifetime ------------------------------------------------------------------------------
 
@@ -238,8 +294,10 @@ class KeyDirectory:
         remove_database(self.path)
 
 
-def _replicas(block_id: str, wanted: int, size: int, rows: list[tuple]) -> Replicas:
+def _replicas(block_id: str, wanted: int, size: int, epoch: int,
+              rows: list[tuple]) -> Replicas:
     """A :class:`Replicas` from its row and its copies' ``(node, number, state)`` rows."""
     making = next(((n, int(k)) for n, k, state in rows if state == "making"), None)
     return Replicas(block_id, int(wanted), int(size),
-                    [(n, int(k)) for n, k, state in rows if state == "live"], making)
+                    [(n, int(k)) for n, k, state in rows if state == "live"], making,
+                    int(epoch))

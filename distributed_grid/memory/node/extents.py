@@ -179,3 +179,21 @@ class ExtentQueries:
         else:
             db.execute("INSERT OR REPLACE INTO key_meta VALUES (?,?,?)",
                        (key, number, json.dumps(meta)))
+
+    def key_metas(self, number: int) -> dict[str, str]:
+        """The metadata of the keys of block ``number`` (as stored: JSON text), by key."""
+        return dict(self._db.rows("SELECT key, meta FROM key_meta WHERE block=?", (number,)))
+
+    def replace_complete(self, number: int, extents: list[tuple[str, int, int]],
+                         metas: dict[str, str], high_water: int) -> None:
+        """Make block ``number``'s complete keys exactly ``extents`` (``(key, offset,
+        length)``) with ``metas``, and its high-water mark ``high_water`` (inside a
+        transaction; pending writes stay)."""
+        db = self._db.db
+        db.execute("DELETE FROM extents WHERE block=? AND complete=1", (number,))
+        db.execute("DELETE FROM key_meta WHERE block=?", (number,))
+        db.executemany("INSERT INTO extents (block, key, offset, length, complete) "
+                       "VALUES (?,?,?,?,1)", [(number, k, o, n) for k, o, n in extents])
+        db.executemany("INSERT OR REPLACE INTO key_meta VALUES (?,?,?)",
+                       [(k, number, m) for k, m in metas.items()])
+        db.execute("UPDATE blocks SET high_water=? WHERE number=?", (high_water, number))

@@ -95,13 +95,13 @@ class LocalNode(BlockStore):
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
                       force: bool = False, writer: str | None = None,
-                      replica_of: str | None = None, slot: int | None = None,
-                      guard: int | None = None) -> BlockInfo:
+                      replica_of: str | None = None, epoch: int = 0,
+                      slot: int | None = None, guard: int | None = None) -> BlockInfo:
         """:meth:`BlockStore.prepare_write`, holding the range's guard slot until the write
         commits or aborts (a write of no bytes holds none)."""
         if length <= 0 or slot is not None:
             return super().prepare_write(number, offset, length, key, force, writer, replica_of,
-                                         slot, guard)
+                                         epoch, slot, guard)
         row = self._row(number)
         check_range(self.block_id(number), row.size, offset, length, "write")  # before a slot
         g = open_guard(self._place(row))
@@ -114,7 +114,7 @@ class LocalNode(BlockStore):
                 "try again when one has finished", block_id=self.block_id(number))
         try:
             info = super().prepare_write(number, offset, length, key, force, writer, replica_of,
-                                         taken, tag)
+                                         epoch, taken, tag)
         except BaseException:
             g.release(taken, tag)
             g.close()

@@ -13,12 +13,22 @@ store starts, :meth:`StoreRecovery.reconcile` makes the catalog and the host's s
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 from distributed_grid.memory.node.core import StoreCore
 from distributed_grid.memory.node.schema import ExtentRow
 from distributed_grid.memory.shm import layout
 from distributed_grid.memory.shm import segment as seg
 from distributed_grid.runtime import identity_alive
+
+
+class CopyRows(NamedTuple):
+    """A copy's keys as another copy takes them: ``(key, offset, length)`` of each complete
+    extent, each key's metadata (JSON text), and the high-water mark."""
+
+    extents: list[tuple[str, int, int]]
+    metas: dict[str, str]
+    high_water: int
 
 
 class StoreRecovery(StoreCore):
@@ -50,6 +60,32 @@ class StoreRecovery(StoreCore):
             seg.unlink_segment(row.segment)
             undone.append(f"block {self.block_id(row.number)} allocated for it")
         return undone
+
+    # -- mending a copy of a replicated block -------------------------------------------------
+
+    def copy_rows(self, number: int) -> CopyRows:
+        """What a new copy of block ``number`` (a copy of a replicated block) needs besides
+        its bytes: its complete keys with their extents and metadata, and its high-water mark.
+
+        Raises:
+            BlockNotFound: no such block.
+        """
+        with self.catalog.snapshot():
+            row = self._row(number)
+            extents = [(e.key, e.offset, e.length)
+                       for e in self.catalog.extents(number) if e.complete]
+            return CopyRows(extents, self.catalog.key_metas(number), row.high_water)
+
+    def adopt_rows(self, number: int, replica_of: str, rows: CopyRows) -> None:
+        """Make the keys of copy ``number`` of ``replica_of`` those of ``rows`` (another
+        copy's, read while its bytes were copied here); pending writes stay.
+
+        Raises:
+            BlockNotFound: no such block, or not a copy of ``replica_of``.
+        """
+        with self.catalog.transaction():
+            self.check_copy(self._row(number), replica_of, "mend")
+            self.catalog.replace_complete(number, rows.extents, rows.metas, rows.high_water)
 
     def reap(self) -> list[str]:
         """Remove blocks whose creator died before finishing; returns their ids.

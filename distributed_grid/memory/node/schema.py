@@ -15,7 +15,9 @@ the key's metadata itself (``extents.meta``: no ``key_meta`` row to write and de
 
 A block that is one copy of a replicated block (``memory/client/replicas.py``) names that block
 in ``replica_of`` (the id its users hold: the id of its first copy, which names itself). Such
-a copy is written only through its replicated block, whose every copy gets the same writes.
+a copy is written only through its replicated block, whose every copy gets the same writes, and
+only by a writer that knows the block's copies as of ``epoch`` (the count of changes of its set
+of copies that added one: a writer that knows an older set would miss the new copy).
 
 An extent is complete, or pending (being written) with its ``writer`` and the write-guard slot
 (``slot``, ``guard``: the slot's index and owner tag in the segment's header) the write holds.
@@ -49,7 +51,8 @@ CREATE TABLE blocks (
     holder TEXT,
     for_key TEXT,
     slab INTEGER NOT NULL DEFAULT 0,
-    replica_of TEXT
+    replica_of TEXT,
+    epoch INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX blocks_by_lease ON blocks(lease) WHERE lease IS NOT NULL;
 CREATE INDEX blocks_not_ok ON blocks(state) WHERE state != 'ok';
@@ -102,6 +105,7 @@ class BlockRow(NamedTuple):
     for_key: str | None
     slab: int = 0
     replica_of: str | None = None
+    epoch: int = 0
 
 
 class ExtentRow(NamedTuple):
@@ -123,7 +127,7 @@ class ExtentRow(NamedTuple):
 
 
 BLOCK_COLUMNS = ("number, size, segment, token, created, high_water, state, lease, creator, "
-                  "holder, for_key, slab, replica_of")
+                  "holder, for_key, slab, replica_of, epoch")
 EXTENT_COLUMNS = "id, block, key, offset, length, complete, writer, slot, guard"
 BLOCK_COLUMNS_OF_B = ", ".join(f"b.{c}" for c in BLOCK_COLUMNS.split(", "))
 EXTENT_COLUMNS_OF_E = ", ".join(f"e.{c}" for c in EXTENT_COLUMNS.split(", "))

@@ -21,10 +21,12 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distributed_grid import _ray
+from distributed_grid.errors import GridError, NodeUnavailable
 from distributed_grid.memory.node.actor import StoreActor
 from distributed_grid.memory.node.upkeep import read_snapshot
 from distributed_grid.records import BlockInfo, NodeStats
 from distributed_grid.wire import (
+    BULK_TIMEOUT,
     LEASE_PREFIX,
     METADATA_TIMEOUT,
     NAMESPACE,
@@ -38,6 +40,9 @@ CONCURRENCY = 4  # calls served at once: chunk copies overlap; the catalog seria
 
 class RayLinks:
     """The cluster as a store actor reaches it, through Ray (in the actor's process)."""
+
+    def __init__(self) -> None:
+        self._stores: dict[str, Any] = {}
 
     def whereabouts(self) -> tuple[str, str, str]:
         context = ray.get_runtime_context()
@@ -65,6 +70,37 @@ class RayLinks:
 
     def published(self, node: str) -> bytes | None:
         return _ray.kv_get(snapshot_key(node), NAMESPACE)
+
+    def _store(self, node: str) -> Any:
+        handle = self._stores.get(node) or find_store(node)
+        if handle is None:
+            raise NodeUnavailable(f"no store of node {node} runs", node=node)
+        self._stores[node] = handle
+        return handle
+
+    def call(self, node: str, method: str, *args: Any, timeout: float | None = None) -> Any:
+        return self.fetch(self.submit(node, method, *args), timeout or METADATA_TIMEOUT, node)
+
+    def submit(self, node: str, method: str, *args: Any) -> Any:
+        return node, getattr(self._store(node), method).remote(*args)
+
+    def fetch(self, call: Any, timeout: float = BULK_TIMEOUT, node: str | None = None) -> Any:
+        node, ref = call
+        try:
+            return ray.get(ref, timeout=timeout)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError,
+                ray.exceptions.ObjectLostError, ray.exceptions.ObjectFetchTimedOutError,
+                ray.exceptions.NodeDiedError) as exc:
+            self._stores.pop(node, None)  # found again on the next call
+            raise NodeUnavailable(f"the store of node {node} did not answer: {exc}",
+                                  node=node) from exc
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(getattr(exc, "cause", None), GridError):
+                raise exc.cause from None  # the store's own error, as itself
+            raise
+
+    def alive_lives(self) -> set[str]:
+        return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
 
 
 def last_published(node: str) -> list[BlockInfo]:

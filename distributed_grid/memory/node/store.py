@@ -81,6 +81,18 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
         """
         return self._row(number, settled=False).replica_of
 
+    def set_epoch(self, number: int, replica_of: str, epoch: int) -> None:
+        """Make the copy ``number`` of ``replica_of`` refuse writers that know an older set of
+        its copies than ``epoch`` (a copy is being added: they would miss it).
+
+        Raises:
+            BlockNotFound: no such block.
+            InvalidArgument: it is not a copy of ``replica_of``.
+        """
+        with self.catalog.transaction():
+            self.check_copy(self._row(number, settled=False), replica_of, "change the epoch of")
+            self.catalog.set_epoch(number, epoch)
+
     def holds_key(self, key: str, number: int) -> bool:
         """Whether block ``number`` has any extent of ``key``, complete or being written."""
         return self.catalog.key_has_extents(key, number)

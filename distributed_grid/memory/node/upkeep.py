@@ -18,14 +18,18 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Protocol
 
+from distributed_grid.errors import GridError
 from distributed_grid.memory.node.directory import KeyDirectory
 from distributed_grid.memory.node.local_node import LocalNode
 from distributed_grid.records import BlockInfo, NodeStats
 from distributed_grid.wire import REMOTE_WRITER
 
 TICK_SECONDS = 2.0
+SWEEP_EVERY = 5  # rounds between two sweeps of copies the directory does not list
+SWEEP_AGE = 60.0  # seconds before a copy the directory does not list is freed
 ABANDON_SECONDS = 60.0  # a remote writer silent this long is gone (a chunk takes seconds)
 
 
@@ -55,6 +59,25 @@ class ClusterLinks(Protocol):
 
     def published(self, node: str) -> bytes | None:
         """The node's last published block list, if any."""
+        ...
+
+    def call(self, node: str, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """Call the store of ``node`` (its method ``method``) and wait for the result (a
+        metadata call's bound, or ``timeout`` seconds); raises what the call raised, or
+        ``NodeUnavailable`` when no store of that node runs."""
+        ...
+
+    def submit(self, node: str, method: str, *args: Any) -> Any:
+        """Start a call of the store of ``node``; returns what :meth:`fetch` waits for."""
+        ...
+
+    def fetch(self, call: Any) -> Any:
+        """The result of a call :meth:`submit` started (a chunk's bound)."""
+        ...
+
+    def alive_lives(self) -> set[str]:
+        """The Ray node ids of the cluster's nodes alive now (a node that comes back under its
+        name is another life, with another id)."""
         ...
 
 
@@ -126,6 +149,7 @@ class Upkeep:
         self._lock = threading.Lock()
         self._reported: tuple[int, int] | None = None
         self._published: tuple[int, int] | None = None
+        self._rounds = 0
 
     def run(self) -> dict[str, Any]:
         """One round (see the module's docstring); returns what it did."""
@@ -135,6 +159,9 @@ class Upkeep:
             done: dict[str, Any] = {"leases": self.release_dead_leases(), "reaped": store.reap(),
                                     "abandoned": self.abandon_silent_writes(),
                                     "writes": store.reap_writes()}
+            self._rounds += 1
+            if self._rounds % SWEEP_EVERY == 0:
+                done["copies"] = self.sweep_copies()
             counts = store.catalog.counts()
             if counts != self._reported and self.report():
                 self._reported = counts
@@ -146,13 +173,35 @@ class Upkeep:
             return done
 
     def report(self) -> bool:
-        """Give the node's size to the key directory (its own, on the head); returns whether
-        it was given."""
-        stats = self.store.stats()
+        """Give the node's size (and the Ray node id of its life) to the key directory (its
+        own, on the head); returns whether it was given."""
+        stats = replace(self.store.stats(), node_id=self.links.whereabouts()[0])
         if self.directory is not None:
             self.directory.report(stats, True)
             return True
         return self.links.report_to_head(self.head, stats)
+
+    def sweep_copies(self, age: float = SWEEP_AGE) -> list[str]:
+        """Free the copies of replicated blocks this node holds that the key directory does
+        not list (dropped after a write failed on them, or from a life of the node that
+        ended), once they are ``age`` seconds old; returns their ids."""
+        store = self.store
+        copies = [r for r in store.catalog.copies() if time.time() - r.created >= age]
+        if not copies:
+            return []
+        if self.directory is not None:
+            listed = set(self.directory.copies_on(store.node))
+        else:
+            listed = {(b, n) for b, n in self.links.call(self.head, "dir_copies_on",
+                                                         store.node)}
+        freed = []
+        for row in copies:
+            if (row.replica_of, row.number) not in listed:
+                try:
+                    freed.append(store.deallocate(row.number, row.replica_of).block_id)
+                except GridError:
+                    continue
+        return freed
 
     def release_dead_leases(self) -> list[str]:
         """Free the blocks whose lease actor no longer exists; returns their ids."""

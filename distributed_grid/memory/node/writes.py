@@ -14,12 +14,21 @@ upkeep (:mod:`distributed_grid.memory.node.recovery`).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from distributed_grid.errors import InvalidArgument, KeyBusy, KeyConflict, KeyNotFound, StoreFull
-from distributed_grid.memory.node.core import StoreCore
-from distributed_grid.memory.node.schema import ExtentRow
+from distributed_grid.errors import (
+    BlockNotFound,
+    InvalidArgument,
+    KeyBusy,
+    KeyConflict,
+    KeyNotFound,
+    StoreFull,
+)
+from distributed_grid.memory.node.core import StoreCore, guard_of
+from distributed_grid.memory.node.schema import BlockRow, ExtentRow
 from distributed_grid.memory.shm import segment as seg
+from distributed_grid.memory.shm.seqguard import process_tag
 from distributed_grid.names import check_range, validate_key
 from distributed_grid.records import BlockInfo, KeyRemoval
 
@@ -29,8 +38,8 @@ class StoreWrites(StoreCore):
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
                       force: bool = False, writer: str | None = None,
-                      replica_of: str | None = None, slot: int | None = None,
-                      guard: int | None = None) -> BlockInfo:
+                      replica_of: str | None = None, epoch: int = 0,
+                      slot: int | None = None, guard: int | None = None) -> BlockInfo:
         """Check a write of ``length`` bytes at ``offset`` and claim the range for ``key``.
 
         Rules: the range must lie inside the block; it may not touch bytes of another key (nor
@@ -45,6 +54,8 @@ class StoreWrites(StoreCore):
             writer: who writes (``host/pid/start``); None for this process.
             replica_of: the replicated block the write comes through, when the block is one of
                 its copies (a copy takes no other write).
+            epoch: the epoch of the set of copies the writer knows (an older one than the
+                copy's is refused: the writer would miss a copy being added).
             slot, guard: the write-guard slot the writer holds for the range, and its owner tag.
 
         Returns:
@@ -62,7 +73,7 @@ class StoreWrites(StoreCore):
             with self.catalog.transaction():
                 row = self._row(number)
                 block_id = self.block_id(number)
-                self.check_copy(row, replica_of, "write to")
+                self.check_copy(row, replica_of, "write to", epoch)
                 if row.slab:
                     raise InvalidArgument(
                         f"{block_id} is a slab: it holds small values the store places itself "
@@ -222,9 +233,24 @@ class StoreWrites(StoreCore):
         if freed:
             seg.unlink_segment(row.segment)
             self._drop_freed_mappings()
+        elif row.replica_of is not None:
+            self._mark_changed(row)  # a copy being made from this one takes the keys again
         return KeyRemoval(key=key, block_id=self.block_id(number), node=self.node,
                           bytes=sum(e.length for e in extents),
                           extents=[(e.offset, e.length) for e in extents], block_freed=freed)
+
+    def _mark_changed(self, row: BlockRow) -> None:
+        """Move the write guard's sequence of a block whose keys changed without a write (a
+        key removed): a reader that copies the block's keys with its bytes sees it, as it sees
+        a write."""
+        tag = process_tag(os.getpid()) or os.getpid() << 32
+        try:
+            with guard_of(self._place(row)) as guard:
+                slot = guard.claim(tag, 0, 1)
+                if slot >= 0:
+                    guard.release(slot, tag)
+        except BlockNotFound:
+            pass
 
     def _segment_freed_by(self, key: str) -> str | None:
         """The segment of the block removing ``key`` would free, if it would free one."""
