@@ -52,7 +52,9 @@ class BlockInfo:
     of the block; ``block_info`` and ``list_blocks`` list them all. ``used`` is the high-water
     mark: the end of the block's furthest completed write. ``status`` is ``ok``, ``missing``
     (its shared memory vanished from the host) or ``lost`` (its node left the cluster).
-    ``slab``: the store made the block for small values, which it places itself.
+    ``slab``: the store made the block for small values, which it places itself;
+    ``for_key``: the key the block was allocated for (freed with it; rewritten into a new
+    block, copy-on-write).
 
     ``replicas`` are the nodes holding a copy of the block, the one reads prefer first (one
     node for a block of one copy). A replicated block's facts are those of one of its copies
@@ -77,6 +79,7 @@ class BlockInfo:
     slab: bool = False
     replica_of: str | None = None
     replicas: list[str] = field(default_factory=list)
+    for_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The block as plain data (what ``list-objects --json`` prints for it); ``pending``

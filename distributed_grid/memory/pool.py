@@ -10,6 +10,7 @@ only then).
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from distributed_grid.memory.client.block_pool import BlockPool
@@ -36,6 +37,17 @@ class MemoryPool(BlockPool):
         from distributed_grid.memory.values import arrays  # numpy comes when arrays are used
 
         return arrays.view(self, block_id, dtype, shape, offset, consistent, populate)
+
+    def writing(self, block_id: str, dtype: Any = "uint8", shape: Any = None,
+                offset: int = 0) -> AbstractContextManager[np.ndarray]:
+        """``with pool.writing(block_id) as arr:`` a writable array over a block, written as
+        one write when the ``with`` ends (to every copy of a replicated block).
+
+        See :func:`distributed_grid.memory.values.arrays.writing`.
+        """
+        from distributed_grid.memory.values import arrays
+
+        return arrays.writing(self, block_id, dtype, shape, offset)
 
     def put(self, key: str, array: Any, node: str | None = None,
             replicas: int | None = None) -> StoreResult:

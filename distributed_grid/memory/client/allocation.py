@@ -37,7 +37,8 @@ class Allocator:
         self._best: tuple[str, float] | None = None
 
     def allocate(self, size: int, node: str | None = None, holder: str | None = None,
-                 for_key: str | None = None, replicas: int = 1) -> BlockInfo:
+                 for_key: str | None = None, replicas: int = 1,
+                 prefer: list[str] | tuple[str, ...] = ()) -> BlockInfo:
         """A new block of ``size`` bytes on ``node``, or (None) where there is most room.
 
         Args:
@@ -45,6 +46,8 @@ class Allocator:
             for_key: the key the block is made for (freed with the key).
             replicas: how many copies the block has, each on a node of its own (``node``
                 holds the first).
+            prefer: nodes to place copies on before any other (a key's new version goes
+                where its old one is).
 
         Raises:
             InvalidArgument: ``size`` is not a positive whole number of bytes, or
@@ -56,7 +59,7 @@ class Allocator:
         positive_size(size)
         replicas = replica_count(replicas)
         if replicas > 1:
-            return self._replicated(size, node, holder, for_key, replicas)
+            return self._replicated(size, node, holder, for_key, replicas, prefer)
         if node is not None:
             chosen = self.router.node(node)
             info = chosen.allocate(size, self.lease, memory_cap(node), holder, for_key)
@@ -66,7 +69,8 @@ class Allocator:
         return info
 
     def _replicated(self, size: int, node: str | None, holder: str | None,
-                    for_key: str | None, replicas: int) -> BlockInfo:
+                    for_key: str | None, replicas: int,
+                    prefer: list[str] | tuple[str, ...] = ()) -> BlockInfo:
         """A replicated block: ``replicas`` copies on distinct nodes (distinct hosts while
         there are some), the first on ``node`` when given, recorded in the key directory; all
         or nothing."""
@@ -77,6 +81,7 @@ class Allocator:
         order = placement.spread(sizes, shared, host_of, caps, size, node)
         order = [n for n in order if n not in heads or n == node] + \
             [n for n in order if n in heads and n != node]  # the head last, as for one copy
+        order = [n for n in prefer if n in order] + [n for n in order if n not in prefer]
         made: list[tuple[Node, BlockInfo]] = []
         try:
             for name in order:

@@ -11,6 +11,7 @@ node holds a block, and how to reach it), :mod:`.allocation` and :mod:`.placemen
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -18,14 +19,14 @@ from distributed_grid.cluster.config import ClusterConfig, memory_cap, use_confi
 from distributed_grid.cluster.target import find_cluster
 from distributed_grid.memory.client.allocation import Allocator
 from distributed_grid.memory.client.host import HostNodes
+from distributed_grid.memory.client.key_places import replication
 from distributed_grid.memory.client.keys import KeyIndex
 from distributed_grid.memory.client.nodes import Directory, NodeStore
 from distributed_grid.memory.client.reads import Reader
-from distributed_grid.memory.client.replicas import merge_copies
 from distributed_grid.memory.client.router import Router, force_remote_default
-from distributed_grid.memory.client.writes import Replication, Writer, source_of
+from distributed_grid.memory.client.writes import Writer, source_of, writing
 from distributed_grid.memory.io import copies, inputs, sinks
-from distributed_grid.names import key_from, replica_count
+from distributed_grid.names import key_from
 from distributed_grid.records import (
     BlockInfo,
     ClusterStatus,
@@ -86,6 +87,8 @@ class BlockPool:
         self._blocks = Allocator(self._router, self._lease[0] if self._lease else None)
         self._writer = Writer(self._router, self._keys, self._blocks)
         self._reader = Reader(self._router, self._keys)
+        # the copies a new block gets when the caller names no count (the config's default)
+        self._copies = replication(config.replicas if config is not None else 1)
 
     def __reduce__(self) -> tuple[Any, tuple]:
         """A pool pickles as its address and options (for Ray tasks and actors), and connects
@@ -160,18 +163,7 @@ class BlockPool:
             StoreFull: the node cannot hold ``size`` bytes, or fewer than ``replicas`` nodes
                 can; nothing is allocated.
         """
-        return self._blocks.allocate(size, node, replicas=self.replicas_for(replicas))
-
-    def replicas_for(self, replicas: int | None) -> int:
-        """The copies a new block gets: ``replicas``, else the cluster config's default (1
-        without one).
-
-        Raises:
-            InvalidArgument: not a whole number from 1 to 8.
-        """
-        if replicas is None:
-            return self._config.replicas if self._config is not None else 1
-        return replica_count(replicas)
+        return self._blocks.allocate(size, node, replicas=self._copies(replicas).count)
 
     def block_info(self, block_id: str) -> BlockInfo:
         """The facts of one block: node, size, used bytes, keys, status.
@@ -188,25 +180,9 @@ class BlockPool:
     def deallocate(self, block_id: str) -> BlockInfo:
         return self._blocks.deallocate(block_id)
 
+    @_doc_of(Router.every_block)
     def list_blocks(self) -> list[BlockInfo]:
-        """Every block of the cluster, by node then number (each node asked once, at once).
-
-        A replicated block is listed once, as its first copy describes it, with its copies
-        (``replicas``) and its state (``ok``, ``degraded``, ``repairing``). Blocks of a node
-        that is gone are listed as they were last known, with status "lost" (a copy of a
-        replicated block that lives on elsewhere is not).
-        """
-        blocks = [b for per_node in self._router.each_node(NodeStore.list_blocks).values()
-                  for b in per_node]
-        for node in self.nodes(include_dead=True):
-            if not node.alive:
-                blocks += [b.with_status("lost") for b in self._router.lost_blocks(node.name)]
-        if any(b.replica_of is not None for b in blocks):
-            listed = self.directory.all_replicated()
-            live = {r.block_id for r in listed if r.copies}
-            blocks = merge_copies([b for b in blocks if b.status != "lost" or
-                                   b.replica_of not in live], listed)
-        return sorted(blocks, key=lambda b: (b.node, b.number))
+        return self._router.every_block()
 
     def is_local(self, block_id: str) -> bool:
         """Whether this process reaches ``block_id`` zero-copy (same host, proven by token)."""
@@ -276,7 +252,7 @@ class BlockPool:
                    force: bool = False, progress: Progress | None = None,
                    on_size: Progress | None = None, replicas: int | None = None) -> StoreResult:
         return self._writer.store_file(key_from(key), path, block_id, offset, force, progress,
-                                       on_size, self._replicas_of_new(replicas))
+                                       on_size, self._copies(replicas))
 
     @_doc_of(Writer.store_stream)
     def store_stream(self, key: str, source: inputs.Input | int | BinaryIO,
@@ -285,24 +261,15 @@ class BlockPool:
                      on_size: Progress | None = None,
                      replicas: int | None = None) -> StoreResult:
         return self._writer.store_stream(key_from(key), source, block_id, offset, force,
-                                         progress, on_size, self._replicas_of_new(replicas))
+                                         progress, on_size, self._copies(replicas))
 
-    @_doc_of(Writer.put_small)
-    def put_small(self, key: str, data: Any, length: int, node: str | None = None,
-                  meta: dict[str, Any] | None = None,
-                  replicas: int | None = None) -> StoreResult | None:
-        return self._writer.put_small(key_from(key), data, length, node, meta,
-                                      self._replicas_of_new(replicas))
+    @_doc_of(Writer.write_value)
+    def write_value(self, key: str, data: Any, length: int, node: str | None = None,
+                    meta: dict[str, Any] | None = None,
+                    replicas: int | None = None) -> StoreResult:
+        return self._writer.write_value(key_from(key), data, length, node, meta,
+                                        self._copies(replicas))
 
-    @_doc_of(Writer.place_for)
-    def place_for(self, key: str, length: int, node: str | None = None,
-                  replicas: int | None = None) -> tuple[str, int, str | None]:
-        return self._writer.place_for(key_from(key), length, node,
-                                      self._replicas_of_new(replicas))
-
-    def _replicas_of_new(self, replicas: int | None) -> Replication:
-        """The copies a new block for a key gets, and whether the caller asked for them."""
-        return Replication(self.replicas_for(replicas), replicas is not None)
 
     def write(self, block_id: str, data: Any, offset: int = 0, key: str | None = None,
               force: bool = False, progress: Progress | None = None,
@@ -319,6 +286,20 @@ class BlockPool:
         return self._writer.write(block_id, offset, source.length,
                                   None if key is None else key_from(key), force, source,
                                   progress, meta)
+
+    def writing_view(self, block_id: str, offset: int = 0,
+                     size: int | None = None) -> AbstractContextManager[memoryview]:
+        """``with pool.writing_view(block_id) as view:`` a writable view of ``size`` bytes of
+        the block from ``offset`` (default: to its end), written as one write when the
+        ``with`` ends without an error (undone when it raises). On the block's host it is the
+        block's memory itself (zero-copy; readers wait for the write's end, as for any write);
+        a replicated block's other copies get the range at the end, before it returns.
+        Elsewhere it is a buffer of the range's bytes, sent at the end.
+
+        Raises:
+            OutOfBounds, KeyConflict (the range holds bytes of a key), BlockNotFound.
+        """
+        return writing(self._router, block_id, offset, size)
 
     # -- reads ----------------------------------------------------------------------------------
 

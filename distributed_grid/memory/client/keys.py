@@ -86,6 +86,8 @@ class KeyIndex:
             return None, None
         version = node.change_mark() if versioned else None
         place = node.find_key(key)
+        if place is not None and place.block.replica_of not in (None, holder[0]):
+            return self._replicated(key, place, version)  # it moved (copy-on-write)
         if place is not None and node.is_local and place.block.replica_of is None:
             self.saw(key, place.block.node)
         return place, version
@@ -108,9 +110,13 @@ class KeyIndex:
         except (NotFound, NodeUnavailable):
             return False
 
-    def claim(self, key: Key, block_id: str) -> None:
+    def claim(self, key: Key, block_id: str, replaces: str | None = None) -> None:
         """Make ``block_id`` the key's one block in the cluster (after the block's catalog
         recorded the key).
+
+        Args:
+            replaces: the key's block whose version this write replaces (copy-on-write: its
+                node's catalog took the new version beside it).
 
         Raises:
             KeyConflict: another block holds the key.
@@ -120,7 +126,7 @@ class KeyIndex:
             holder = directory.claim(key, block_id)
             if holder is None:
                 return
-            if self.holds(holder[0], key):
+            if holder[0] != replaces and self.holds(holder[0], key):
                 raise KeyConflict(
                     f"key {key!r} already lives in {holder[0]}; a key lives in one block: "
                     f"store it there, or deallocate {holder[0]} first",

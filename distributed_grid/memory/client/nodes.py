@@ -85,6 +85,12 @@ class Node(NodeStore, Protocol):
         no catalog query (None elsewhere)."""
         ...
 
+    def writable(self, block: BlockInfo, offset: int, length: int) -> memoryview | None:
+        """Inside a write this process prepared, a writable view of the range in this host's
+        memory of the block (None when none is here): bytes written there are the write's
+        (a replicated block's :meth:`fill` then copies them to its other copies)."""
+        ...
+
     def change_mark(self) -> tuple[int, int] | None:
         """The version of the node's catalog as this process sees it (None when the node is
         reached through its store: then its changes are not seen here)."""

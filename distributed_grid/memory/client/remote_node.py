@@ -173,6 +173,10 @@ class RemoteNode:
         """None: the block's memory is on another host."""
         return None
 
+    def writable(self, block: BlockInfo, offset: int, length: int) -> memoryview | None:
+        """None: the block's memory is on another host."""
+        return None
+
     def change_mark(self) -> tuple[int, int] | None:
         """None: this process does not see the node's catalog change."""
         return None

@@ -21,26 +21,21 @@ the copies, so the pool's writer and reader work on a replicated block as on any
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Container, Iterator
 from dataclasses import replace
 from typing import Any
 
 from distributed_grid.errors import (
     BlockNotFound,
-    CopiesChanged,
     GridError,
     NodeUnavailable,
     NotFound,
 )
 from distributed_grid.memory.client.nodes import Directory, Node, NodeStore
+from distributed_grid.memory.client.replica_writes import COPY_FAILED, ReplicaWrite, prepare
 from distributed_grid.memory.io import copies, sinks, sources
 from distributed_grid.memory.node.directory import Copy, Replicas
 from distributed_grid.records import BlockInfo, KeyPlace, KeyRemoval, NodeStats
-
-# What a copy (not the write, not the caller) failed by: its node is gone, or it lost the block.
-COPY_FAILED = (NodeUnavailable, BlockNotFound)
-CHANGES_FOLLOWED = 8  # times a write asks for the copies again when a repair adds one
 
 
 class ReplicaSet:
@@ -61,11 +56,10 @@ class ReplicaSet:
         self.here = here
         self.block_id = replicas.block_id
         self._listed = [n for n, _ in replicas.copies]
-        self._learn(replicas)
-        self._prepared: list[tuple[Copy, Node, BlockInfo]] = []
-        self._key: str | None = None  # the key of the write prepared
+        self.learn(replicas)
+        self._write: ReplicaWrite | None = None  # the write this process prepared
 
-    def _learn(self, replicas: Replicas) -> None:
+    def learn(self, replicas: Replicas) -> None:
         """Take the block's copies as the directory lists them: reads take the live ones,
         those of this host first; writes go to those and to a copy being made."""
         self.replicas = replicas
@@ -89,7 +83,7 @@ class ReplicaSet:
             except (NodeUnavailable, NotFound):
                 continue
 
-    def _each(self, method: Callable[..., Any], args: Callable[[int], tuple],
+    def each(self, method: Callable[..., Any], args: Callable[[int], tuple],
               among: list[tuple[Copy, Node]] | None = None
               ) -> list[tuple[Copy, Node, Any]]:
         """``method(*args(number))`` of every copy's store at once; each result or the error
@@ -122,7 +116,7 @@ class ReplicaSet:
             copies=[c for c in self.replicas.copies if c != copy],
             making=None if self.replicas.making == copy else self.replicas.making)
 
-    def _lost(self, cause: BaseException | None = None) -> GridError:
+    def lost(self, cause: BaseException | None = None) -> GridError:
         """The error of a block no copy of which answers."""
         names = ", ".join(self._listed) or "none left"
         if self.directory.replicas(self.block_id) is None:
@@ -150,7 +144,7 @@ class ReplicaSet:
                        replicas=[n for n, _ in self.replicas.copies], status=status)
 
     @staticmethod
-    def _sorted(results: list[tuple[Copy, Node, Any]]
+    def sorted_results(results: list[tuple[Copy, Node, Any]]
                 ) -> tuple[list[tuple[Copy, Node, Any]], list[Copy], list[Exception]]:
         """Results as ``(successes, copies that failed as copies, other errors)``."""
         done = [r for r in results if not isinstance(r[2], Exception)]
@@ -163,60 +157,70 @@ class ReplicaSet:
 
     def block_info(self, number: int) -> BlockInfo:
         last: BaseException | None = None
-        for (_, n), node in self._live():
+        for copy, node in self._live():
             try:
-                return self.as_replicated(self._ours(node.block_info(n)))
+                return self.as_replicated(self._ours(node.block_info(copy[1])))
             except COPY_FAILED as exc:
-                last = exc
-        raise self._lost(last)
+                last = self._failed(copy, exc)
+        raise self.lost(last)
+
+    def _failed(self, copy: Copy, exc: BaseException) -> BaseException:
+        """Note a copy that failed a read: one whose live node no longer has it (a dead
+        writer's new block was freed, or the node came back as a new life) leaves the set, so
+        the block is repaired; a node that does not answer is the repairs' to judge."""
+        if isinstance(exc, BlockNotFound):
+            self.drop(copy)
+        return exc
 
     def deallocate(self, number: int, replica_of: str | None = None) -> BlockInfo:
         """Free every copy, then forget the block in the directory."""
-        done, _, errors = self._sorted(self._each(NodeStore.deallocate,
+        done, _, errors = self.sorted_results(self.each(NodeStore.deallocate,
                                                   lambda n: (n, self.block_id)))
         if errors and not done:
             raise errors[0]
         self.directory.forget_replicated(self.block_id)
         if not done:
-            raise self._lost()
+            raise self.lost()
         return self.as_replicated(done[0][2])
 
     def find_key(self, key: str) -> KeyPlace | None:
         """The key's place in the first copy that answers (a copy that does not hold the key
-        says so only while it still is a copy of this block)."""
+        says so only while it still is a copy of this block). A place in another block of
+        the copy's node is returned as it is: the key moved there (a rewrite, copy-on-write)
+        and the caller follows it."""
         last: BaseException | None = None
-        for (_, n), node in self._live():
+        for copy, node in self._live():
             try:
                 place = node.find_key(key)
-                if place is not None:
-                    self._ours(place.block)
-                elif node.copy_of(n) != self.block_id:
-                    raise BlockNotFound(f"no copy of {self.block_id} is block {n} any more",
-                                        block_id=self.block_id)
+                if place is None and node.copy_of(copy[1]) != self.block_id:
+                    raise BlockNotFound(f"no copy of {self.block_id} is block {copy[1]} of "
+                                        f"{copy[0]} any more", block_id=self.block_id)
             except COPY_FAILED as exc:
-                last = exc
+                last = self._failed(copy, exc)
                 continue
-            return None if place is None else replace(place,
-                                                      block=self.as_replicated(place.block))
-        raise self._lost(last)
+            if place is None or place.block.replica_of != self.block_id:
+                return place
+            return replace(place, block=self.as_replicated(place.block))
+        raise self.lost(last)
 
     def holds_key(self, key: str, number: int) -> bool:
-        return any(r is True for _, _, r in self._each(NodeStore.holds_key,
+        return any(r is True for _, _, r in self.each(NodeStore.holds_key,
                                                        lambda n: (key, n)))
 
     def delete_key(self, key: str) -> KeyRemoval:
         """Remove the key from every copy; a copy that cannot (its node is gone, or a writer
         of the key holds it there alone) is dropped from the block's set."""
-        done, failed, errors = self._sorted(self._each(NodeStore.delete_key, lambda n: (key,)))
+        done, _, errors = self.sorted_results(self.each(NodeStore.delete_key,
+                                                        lambda n: (key,)))
         if not done:
-            raise errors[0] if errors else self._lost()
-        self._drop_all_but(done)
+            raise errors[0] if errors else self.lost()
+        self.drop_all_but(done)
         removal = done[0][2]
         if removal.block_freed:
             self.directory.forget_replicated(self.block_id)
-            return replace(removal, block_id=self.block_id)
+        return replace(removal, block_id=self.block_id)
 
-    def _drop_all_but(self, done: list[tuple[Copy, Node, Any]]) -> None:
+    def drop_all_but(self, done: list[tuple[Copy, Node, Any]]) -> None:
         """Drop the copies that did not do what those of ``done`` did (they differ now)."""
         ok = {c for c, _, _ in done}
         for copy in [c for c in self.replicas.written if c not in ok]:
@@ -225,7 +229,7 @@ class ReplicaSet:
     def stats(self, capacity: int | None = None) -> NodeStats:
         for _, node in self._live():
             return node.stats(capacity)
-        raise self._lost()
+        raise self.lost()
 
     def change_mark(self) -> tuple[int, int] | None:
         """None: a replicated block's key is found again after each read (its copies' catalogs
@@ -239,103 +243,40 @@ class ReplicaSet:
     def close(self) -> None:
         """Nothing to release: the copies' nodes are the router's."""
 
-    # -- writes: every copy ------------------------------------------------------------------
+    # -- writes: every copy (memory/client/replica_writes.py) -----------------------------------
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
                       force: bool = False, writer: str | None = None,
                       replica_of: str | None = None, epoch: int = 0) -> BlockInfo:
-        """Claim the range in every copy's catalog (see the module's docstring). Copies that
-        know a newer set of copies than this process (a repair is adding one) refuse: the set
-        is asked for again and the write prepared again, with the new copy."""
-        for _ in range(CHANGES_FOLLOWED):
-            done, failed, errors = self._sorted(self._each(
-                NodeStore.prepare_write,
-                lambda n: (n, offset, length, key, force, writer, self.block_id,
-                           self.replicas.epoch)))
-            if errors or not done:
-                for (_, n), node, _ in done:
-                    try:
-                        node.abort_write(n, offset, key, torn=False)
-                    except GridError:
-                        pass
-            changed = [e for e in errors if isinstance(e, CopiesChanged)]
-            if changed and len(changed) == len(errors):
-                newer = self.directory.replicas(self.block_id)
-                if newer is None:
-                    raise self._lost()
-                self._learn(newer)
-                continue
-            break
-        if errors or not done:
-            raise errors[0] if errors else self._lost()
-        for copy in failed:
-            self.drop(copy)
-        self._prepared, self._key = done, key
-        return self.as_replicated(done[0][2])
+        """Claim the range in every copy's catalog (see :func:`~distributed_grid.memory.
+        client.replica_writes.prepare`)."""
+        self._write = prepare(self, offset, length, key, force, writer)
+        return self._write.info
 
     def fill(self, block: BlockInfo, offset: int, length: int, source: sources.Source,
              progress: copies.Progress = copies.no_progress) -> None:
-        """Copy the bytes into every prepared copy at once (each on a thread of its own)."""
-        prepared = self._prepared
-        outcome: list[BaseException | None] = [None] * len(prepared)
+        self._prepared().fill(offset, length, source, progress)
 
-        def fill_one(i: int) -> None:
-            _, node, info = prepared[i]
-            try:
-                node.fill(info, offset, length, source, progress if i == 0 else
-                          copies.no_progress)
-            except BaseException as exc:  # raised again below, in the caller's thread
-                outcome[i] = exc
-
-        threads = [threading.Thread(target=fill_one, args=(i,), name=f"fill-{i}", daemon=True)
-                   for i in range(1, len(prepared))]
-        for t in threads:
-            t.start()
-        if prepared:
-            fill_one(0)
-        for t in threads:
-            t.join()
-        kept = []
-        for entry, exc in zip(prepared, outcome, strict=True):
-            if exc is None:
-                kept.append(entry)
-            elif isinstance(exc, COPY_FAILED):
-                self._abandon(entry, offset)
-            else:
-                raise exc
-        if not kept:
-            raise self._lost(next((e for e in outcome if e is not None), None))
-        self._prepared = kept
-
-    def _abandon(self, entry: tuple[Copy, Node, BlockInfo], offset: int) -> None:
-        """Give up a copy that failed inside a write: undo its part, drop it from the set."""
-        copy, node, _ = entry
-        try:
-            node.abort_write(copy[1], offset, self._key, torn=True)
-        except GridError:
-            pass
-        self.drop(copy)
+    def writable(self, block: BlockInfo, offset: int, length: int) -> memoryview | None:
+        """A writable view of the range in a prepared copy on this host (None when no copy is
+        here): the caller writes the bytes there, and :meth:`fill` copies them to the others."""
+        return self._prepared().writable(offset, length)
 
     def commit_write(self, number: int, offset: int, length: int, key: str | None = None,
                      meta: dict[str, Any] | None = None) -> BlockInfo:
-        """Commit in every prepared copy's catalog; a copy that cannot is dropped."""
-        done, failed, errors = self._sorted(self._each(
-            NodeStore.commit_write, lambda n: (n, offset, length, key, meta),
-            [(c, node) for c, node, _ in self._prepared]))
-        self._prepared = []
-        if not done:
-            raise errors[0] if errors else self._lost()
-        self._drop_all_but(done)
-        return self.as_replicated(done[0][2])
+        write, self._write = self._prepared(), None
+        return write.commit(offset, length, meta)
 
     def abort_write(self, number: int, offset: int, key: str | None = None,
                     torn: bool = True) -> None:
-        for (_, n), node, _ in self._prepared:
-            try:
-                node.abort_write(n, offset, key, torn)
-            except GridError:
-                pass
-        self._prepared = []
+        write, self._write = self._write, None
+        if write is not None:
+            write.abort(offset, torn)
+
+    def _prepared(self) -> ReplicaWrite:
+        if self._write is None:
+            raise RuntimeError(f"no write of {self.block_id} is prepared in this process")
+        return self._write
 
     # -- reads: one copy, failing over ---------------------------------------------------------
 
@@ -364,9 +305,9 @@ class ReplicaSet:
                 node.drain(info, offset, length, sink, shown)
                 return
             except COPY_FAILED as exc:
-                last = exc
+                last = self._failed((name, n), exc)
                 sink.rewind(start)
-        raise self._lost(last)
+        raise self.lost(last)
 
     def open_block(self, number: int,
                    populate: bool = False) -> tuple[int, memoryview | None]:

@@ -29,8 +29,8 @@ from distributed_grid.errors import (
     VersionMismatch,
 )
 from distributed_grid.memory.client.host import HostNodes
-from distributed_grid.memory.client.nodes import Directory, Node
-from distributed_grid.memory.client.replicas import ReplicaSet
+from distributed_grid.memory.client.nodes import Directory, Node, NodeStore
+from distributed_grid.memory.client.replicas import ReplicaSet, merge_copies
 from distributed_grid.memory.node.directory import KeyDirectory, Replicas
 from distributed_grid.memory.node.local_node import LocalNode
 from distributed_grid.names import parse_block_id
@@ -180,6 +180,26 @@ class Router:
         order = sorted(nodes, key=lambda name: nodes[name].is_local)
         waits = {name: nodes[name].start(method, *args(name)) for name in order}
         return {name: wait() for name, wait in waits.items()}
+
+    def every_block(self) -> list[BlockInfo]:
+        """Every block of the cluster, by node then number (each node asked once, at once).
+
+        A replicated block is listed once, as its first copy describes it, with its copies
+        (``replicas``) and its state (``ok``, ``degraded``, ``repairing``). Blocks of a node
+        that is gone are listed as they were last known, with status "lost" (a copy of a
+        replicated block that lives on elsewhere is not).
+        """
+        blocks = [b for per_node in self.each_node(NodeStore.list_blocks).values()
+                  for b in per_node]
+        for node in self.nodes(include_dead=True):
+            if not node.alive:
+                blocks += [b.with_status("lost") for b in self.lost_blocks(node.name)]
+        if any(b.replica_of is not None for b in blocks):
+            listed = self.directory.all_replicated()
+            live = {r.block_id for r in listed if r.copies}
+            blocks = merge_copies([b for b in blocks if b.status != "lost" or
+                                   b.replica_of not in live], listed)
+        return sorted(blocks, key=lambda b: (b.node, b.number))
 
     @property
     def directory(self) -> Directory:

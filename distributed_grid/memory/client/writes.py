@@ -11,40 +11,33 @@ stream too long for its place changes nothing.
 
 from __future__ import annotations
 
-from typing import Any, BinaryIO, NamedTuple
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, BinaryIO
 
 from distributed_grid.cluster.config import memory_cap
 from distributed_grid.errors import (
     FileError,
     GridError,
     InvalidArgument,
-    KeyConflict,
     NodeNotFound,
     NodeUnavailable,
     OutOfBounds,
     StoreFull,
 )
 from distributed_grid.memory.client.allocation import Allocator
+from distributed_grid.memory.client.key_places import ONE_COPY, KeyPlaces, Replication
 from distributed_grid.memory.client.keys import KeyIndex
 from distributed_grid.memory.client.router import Router
-from distributed_grid.memory.io import copies, inputs, sources, spool
+from distributed_grid.memory.io import copies, inputs, sinks, sources, spool
 from distributed_grid.memory.node.slabs import SMALL_MAX
-from distributed_grid.names import Key, check_start
+from distributed_grid.names import Key, check_range, check_start
 from distributed_grid.records import BlockInfo, StoreResult
 from distributed_grid.runtime import this_process
 
 Progress = copies.Progress
 
 
-class Replication(NamedTuple):
-    """How many copies a new block for a key gets, and whether the caller asked for them: a
-    key that exists keeps the copies it has, and a request for another number is refused."""
-
-    count: int = 1
-    asked: bool = False
-
-
-ONE_COPY = Replication()
 
 
 class Writer:
@@ -60,6 +53,7 @@ class Writer:
         self.router = router
         self.keys = keys
         self.allocator = allocator
+        self.places = KeyPlaces(keys, allocator)
 
     def store_file(self, key: Key, path: str, block_id: str | None, offset: int, force: bool,
                    progress: Progress | None, on_size: Progress | None,
@@ -163,22 +157,43 @@ class Writer:
 
     def store_source(self, key: Key, length: int, source: sources.Source,
                      block_id: str | None, offset: int, force: bool,
-                     progress: Progress | None,
-                     replicas: Replication = ONE_COPY) -> StoreResult:
+                     progress: Progress | None, replicas: Replication = ONE_COPY,
+                     node: str | None = None,
+                     meta: dict[str, Any] | None = None) -> StoreResult:
         """Write ``length`` bytes of ``source`` under ``key``: at ``offset`` of ``block_id``,
-        or (without it) in the key's place or a block allocated for them (freed again if the
-        write fails)."""
-        allocated = None
+        or (without it) where :mod:`.key_places` says: a new block (on ``node`` when given;
+        freed again if the write fails), or a new version beside the key's old one."""
+        allocated = replaces = None
         if block_id is None:
-            block_id, offset, allocated = self.place_for(key, length, None, replicas)
+            block_id, offset, allocated, replaces = self.places.place(key, length, node,
+                                                                      replicas)
         try:
-            info = self.write(block_id, offset, length, key, force, source, progress)
+            info = self.write(block_id, offset, length, key, force, source, progress, meta,
+                              replaces)
         except BaseException:
             if allocated is not None:
                 self.allocator.deallocate(allocated)
             raise
+        if replaces is not None and info.replica_of is not None:
+            self.router.directory.forget_replicated(replaces)  # its copies went at the commit
         return StoreResult(block=info, key=key, offset=offset, length=length,
                            allocated=allocated is not None)
+
+    def write_value(self, key: Key, data: Any, length: int, node: str | None,
+                    meta: dict[str, Any] | None,
+                    replicas: Replication = ONE_COPY) -> StoreResult:
+        """Store ``length`` bytes of ``data`` (a bytes-like object, or a list of them one after
+        another) under ``key`` with ``meta``: a small one in a slab (:meth:`put_small`), any
+        other where :mod:`.key_places` says (see :meth:`store_source`).
+
+        Raises:
+            KeyConflict: the key lives where these bytes cannot replace it.
+        """
+        small = self.put_small(key, data, length, node, meta, replicas)
+        if small is not None:
+            return small
+        return self.store_source(key, length, source_of(data), None, 0, False, None, replicas,
+                                 node, meta)
 
     def put_small(self, key: Key, data: Any, length: int, node: str | None,
                   meta: dict[str, Any] | None,
@@ -224,63 +239,19 @@ class Writer:
         return StoreResult(block=info, key=key, offset=info.keys[key][0][0], length=length,
                            allocated=False)
 
-    def place_for(self, key: Key, length: int, node: str | None = None,
-                  replicas: Replication = ONE_COPY) -> tuple[str, int, str | None]:
-        """Where bytes stored under ``key`` without a block id go.
-
-        The key's place when it has one extent and the bytes fit there, else a new block (on
-        ``node`` when given), held for this process's write: if the process dies before the
-        write commits, the block is freed. The new block is allocated for ``key``: deleting
-        the key frees it when no other key lives in it.
-
-        A new block has ``replicas.count`` copies; a key that exists keeps the copies it has,
-        and asking for another number (one copy against several) is refused.
-
-        Returns:
-            ``(block_id, offset, allocated_block_id_or_None)``.
-
-        Raises:
-            KeyConflict: the key exists elsewhere and the bytes do not fit in its place, or it
-                has other copies than asked for.
-        """
-        found, _ = self.keys.find(key, versioned=False)
-        if found is not None and replicas.asked and \
-                (found.block.replica_of is not None) != (replicas.count > 1):
-            have = "one copy" if found.block.replica_of is None else \
-                f"the copies {', '.join(found.block.replicas)}"
-            raise KeyConflict(
-                f"key {key!r} lives in {found.block_id} with {have}, and {replicas.count} "
-                f"copies were asked for; delete it first (grid memory delete {key}) to store it "
-                "with others", key=key, block_id=found.block_id)
-        if found is not None and found.block.slab:
-            raise KeyConflict(
-                f"key {key!r} is a small value in {found.block_id}, a slab of the store (from "
-                f"put); it is replaced by a put of up to {SMALL_MAX} bytes, or deleted first "
-                f"(grid memory delete {key}) to store other bytes under it", key=key,
-                block_id=found.block_id)
-        if found is not None:
-            start = found.extents[0][0]
-            if len(found.extents) == 1 and start + length <= found.block.size:
-                return found.block_id, start, None
-            raise KeyConflict(
-                f"key {key!r} already lives in {found.block_id} ({len(found.extents)} "
-                f"extent(s), block size {found.block.size}) and the new {length} bytes do not "
-                f"replace it in place; store it with --block-id {found.block_id} --offset N, "
-                f"or deallocate {found.block_id} first", key=key, block_id=found.block_id)
-        info = self.allocator.allocate(max(length, 1), node, holder=this_process(), for_key=key,
-                                       replicas=replicas.count)
-        return info.block_id, 0, info.block_id
-
     def write(self, block_id: str, offset: int, length: int, key: Key | None, force: bool,
               source: sources.Source, progress: Progress | None,
-              meta: dict[str, Any] | None = None) -> BlockInfo:
-        """prepare (claims the range) → claim the key in the directory → copy → commit."""
+              meta: dict[str, Any] | None = None, replaces: str | None = None) -> BlockInfo:
+        """prepare (claims the range) → claim the key in the directory → copy → commit.
+
+        Args:
+            replaces: the key's block whose version this write replaces (copy-on-write)."""
         number, node = self.router.block_node(block_id)
         block = node.prepare_write(number, offset, length, key, force, this_process())
         copying = False
         try:
             if key is not None:
-                self.keys.claim(key, block_id)
+                self.keys.claim(key, block_id, replaces)
             copying = True
             node.fill(block, offset, length, source, progress or copies.no_progress)
             return node.commit_write(number, offset, length, key, meta)
@@ -290,6 +261,40 @@ class Writer:
             except GridError:
                 pass
             raise
+
+
+@contextmanager
+def writing(router: Router, block_id: str, offset: int,
+            size: int | None) -> Iterator[memoryview]:
+    """A writable view of ``size`` bytes of a block from ``offset`` (default: to its end),
+    whose bytes are written to the block when the ``with`` ends without an error (see
+    :meth:`~distributed_grid.memory.client.block_pool.BlockPool.writing_view`)."""
+    number, node = router.block_node(block_id)
+    info = node.block_info(number)
+    check_start(offset)
+    length = max(0, info.size - offset) if size is None else size
+    check_range(block_id, info.size, offset, length, "write")
+    here = node.is_local
+    buffer = None
+    if not here:  # no copy on this host: the range's bytes as they are, written back at the end
+        buffer = bytearray(length)
+        node.drain(info, offset, length, sinks.BufferSink(memoryview(buffer)))
+    block = node.prepare_write(number, offset, length, None, False, this_process())
+    try:
+        view = node.writable(block, offset, length) if here else None
+        in_place = view is not None
+        if view is None:
+            view = memoryview(buffer if buffer is not None else bytearray(length))
+        yield view
+        if block.replica_of is not None or not in_place:  # to the other copies, or at all
+            node.fill(block, offset, length, sources.BufferSource(view))
+        node.commit_write(number, offset, length)
+    except BaseException:
+        try:
+            node.abort_write(number, offset, None)
+        except GridError:
+            pass
+        raise
 
 
 def source_of(data: Any) -> sources.Source:

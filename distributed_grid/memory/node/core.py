@@ -160,7 +160,7 @@ class StoreCore:
             segment=row.segment, token=row.token, keys=keys,
             pending_keys=sorted({p.key for p in pending}), persistent=row.lease is None,
             pending=pending, slab=bool(row.slab), replica_of=row.replica_of,
-            replicas=[self.node],
+            replicas=[self.node], for_key=row.for_key,
         )
 
     def check_copy(self, row: BlockRow, replica_of: str | None, doing: str,

@@ -341,6 +341,11 @@ class LocalNode(BlockStore):
                                 block_id=block.block_id, node=self.node)
         return view
 
+    def writable(self, block: BlockInfo, offset: int, length: int) -> memoryview:
+        """A writable view of the range (see :meth:`view_of`), for a write this process
+        prepared."""
+        return self.view_of(block)[offset:offset + length]
+
     # -- what the pool asks of every node --------------------------------------------------------
 
     def change_mark(self) -> tuple[int, int] | None:

@@ -3,10 +3,18 @@
 Write protocol: ``prepare_write`` checks the range and records the key's extent as pending (the
 bytes it claims are then owned, so no other write can take them); the bytes are copied (by a
 local client straight into the mapping, or by the store actor from chunks sent through Ray);
-``commit_write`` marks the extent complete. A refused write has changed nothing. A range of a key
-has one writer at a time: a second write of a key onto bytes a running write of it claims is
-refused (:class:`KeyBusy`); writes of disjoint parts of one key (pipeline stages writing their
-parts at known offsets) may run at once.
+``commit_write`` marks the extent complete. A refused write has changed nothing.
+
+A key the store places itself is rewritten into new space (copy-on-write): a block allocated
+for the key by its writer (``for_key``, ``holder``) takes the key's new version while the key
+lives on, whole, in its old block of the same node; the commit gives the key its new extent and
+drops the old one, and the old block with it when it was allocated for the key, in one catalog
+transaction. A reader gets the old version whole until the commit and the new one after; a
+writer killed before the commit leaves the old version (its new block is freed with it).
+
+A range of a key has one writer at a time: a second write of a key onto bytes a running write
+of it claims is refused (:class:`KeyBusy`); writes of disjoint parts of one key (pipeline stages
+writing their parts at known offsets) may run at once.
 
 A write whose writer is gone is undone when another write meets it (here), or by the node's
 upkeep (:mod:`distributed_grid.memory.node.recovery`).
@@ -94,7 +102,8 @@ class StoreWrites(StoreCore):
                             "one writer at a time: try again when that write has finished",
                             key=key, block_id=self.block_id(p.block), writer=p.writer)
                     elsewhere = self.catalog.block_of_key(key)
-                    if elsewhere is not None and elsewhere != number:
+                    if elsewhere is not None and elsewhere != number and \
+                            not _next_version(row, key, writer or self.me):
                         other = self.block_id(elsewhere)
                         raise KeyConflict(
                             f"key {key!r} already lives in {other}; a key lives in one block: "
@@ -149,6 +158,7 @@ class StoreWrites(StoreCore):
         with self.catalog.transaction():
             row = self._row(number)
             check_range(self.block_id(number), row.size, offset, length, "write")
+            replaced: list[BlockRow] = []
             if key is not None:
                 if not self.catalog.complete_extent(number, key, offset, length):
                     raise KeyNotFound(
@@ -156,11 +166,33 @@ class StoreWrites(StoreCore):
                         f"{self.block_id(number)}", key=key, block_id=self.block_id(number),
                         offset=offset,
                     )
+                if _next_version(row, key, row.holder):
+                    replaced = self._drop_old_version(key, number)
                 self.catalog.set_key_meta(key, number, meta)
             self.catalog.raise_high_water(number, offset + length)
             if row.holder is not None:
                 self.catalog.let_go(number)
-            return self._key_info(self._row(number), key)
+            info = self._key_info(self._row(number), key)
+        for old in replaced:  # after the commit: readers of it keep their mapping
+            seg.unlink_segment(old.segment)
+        if replaced:
+            self._drop_freed_mappings()
+        return info
+
+    def _drop_old_version(self, key: str, number: int) -> list[BlockRow]:
+        """Drop the key's extents in other blocks than ``number`` (its old version, inside the
+        commit of its new one), and those blocks when they were allocated for the key and hold
+        nothing more; returns the rows of the blocks dropped (their segments go after)."""
+        old = [e for e in self.catalog.key_rows_and_block(key)[0] if e.block != number]
+        dropped = []
+        for block in sorted({e.block for e in old}):
+            self._drop(block, [e for e in old if e.block == block])
+            row = self.catalog.block(block)
+            if row is not None and row.for_key == key and \
+                    not self.catalog.block_has_extents(block):
+                self.catalog.delete_block(row)
+                dropped.append(row)
+        return dropped
 
     def abort_write(self, number: int, offset: int, key: str | None = None,
                     torn: bool = True) -> None:
@@ -261,3 +293,10 @@ class StoreWrites(StoreCore):
         if any(e.key != key or not e.complete for e in self.catalog.extents(row.number)):
             return None
         return row.segment
+
+
+def _next_version(row: BlockRow, key: str, writer: str | None) -> bool:
+    """Whether block ``row`` takes ``key``'s next version while the key lives in another block
+    of the node: it was allocated for the key, for this writer's write, which has not
+    committed yet."""
+    return row.for_key == key and row.holder is not None and row.holder == writer

@@ -15,6 +15,8 @@ read-only copy that is all from before a concurrent write or all from after it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -113,6 +115,33 @@ def _array(pool: Blocks, block_id: str, data: memoryview | None, dt: np.dtype,
     result = np.frombuffer(copy, dtype=dt).reshape(dims)
     result.flags.writeable = False
     return result
+
+
+@contextmanager
+def writing(pool: Blocks, block_id: str, dtype: Any = "uint8", shape: Any = None,
+            offset: int = 0) -> Iterator[np.ndarray]:
+    """``with pool.writing(block_id, dtype, shape) as arr:`` a writable array over a block's
+    bytes from ``offset``, written as one write when the ``with`` ends without an error (and
+    undone when it raises): the way to write a replicated block in place, whose views are
+    read-only (a byte written through one would reach one copy only). On the block's host the
+    array is the block's own memory (zero-copy); a replicated block's other copies get the
+    range when the ``with`` ends, before it returns. Readers wait for that end, as for any
+    write. Elsewhere the array is a copy of the range, sent at the end.
+
+    Raises:
+        InvalidArgument: a bad dtype or shape, or an offset the dtype cannot be aligned at.
+        OutOfBounds: the array would not fit inside the block.
+        KeyConflict: the range holds bytes of a key.
+    """
+    dt = _dtype(dtype)
+    size = pool.block_info(block_id).size
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= size:
+        raise OutOfBounds(f"offset must be a whole number of bytes from 0 to {size}, got "
+                          f"{offset!r}", block_id=block_id, offset=offset)
+    dims = _shape(shape, dt, size - offset)
+    nbytes = math.prod(dims) * dt.itemsize
+    with pool.writing_view(block_id, offset, nbytes) as data:
+        yield np.frombuffer(data, dtype=dt, count=math.prod(dims)).reshape(dims)
 
 
 def put(pool: Blocks, key: str, array: Any, node: str | None = None,

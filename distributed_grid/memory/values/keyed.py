@@ -1,9 +1,10 @@
-"""Writing one value under a key: find its place, write it, and undo a block made for it if the
-write fails. What :func:`~distributed_grid.memory.values.arrays.put` and
+"""Writing one value under a key (the pool finds its place, writes it, and undoes a block made
+for it if the write fails). What :func:`~distributed_grid.memory.values.arrays.put` and
 :func:`~distributed_grid.memory.values.objects.put_object` share."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from distributed_grid.errors import KeyNotFound
@@ -18,13 +19,14 @@ class Blocks(Protocol):
     def open_block(self, block_id: str,
                    populate: bool = False) -> tuple[int, memoryview | None]: ...
     def view_of(self, place: KeyPlace) -> memoryview | None: ...
+    def block_info(self, block_id: str) -> BlockInfo: ...
+    def writing_view(self, block_id: str, offset: int = 0,
+                     size: int | None = None) -> AbstractContextManager[memoryview]: ...
     def read(self, target: str, size: int | None = None, offset: int = 0) -> bytes: ...
     def find_key(self, key: str) -> KeyPlace | None: ...
-    def put_small(self, key: str, data: Any, length: int, node: str | None = None,
-                  meta: dict[str, Any] | None = None,
-                  replicas: int | None = None) -> StoreResult | None: ...
-    def place_for(self, key: str, length: int, node: str | None = None,
-                  replicas: int | None = None) -> tuple[str, int, str | None]: ...
+    def write_value(self, key: str, data: Any, length: int, node: str | None = None,
+                    meta: dict[str, Any] | None = None,
+                    replicas: int | None = None) -> StoreResult: ...
     def allocate(self, size: int, node: str | None = None,
                  replicas: int | None = None) -> BlockInfo: ...
     def deallocate(self, block_id: str) -> BlockInfo: ...
@@ -55,22 +57,10 @@ def write_key(pool: Blocks, key: str, data: Any, length: int, node: str | None,
 
     A small value (``memory/node/slabs.py``: up to 64 KiB) goes to a slab of its node (on
     ``node`` when given), and a key put again moves to a new run there in one change. A bigger
-    new key gets a block of its own; a key that exists is replaced in place when the new bytes
-    fit there.
+    new key gets a block of its own; a key that exists in a block of its own is rewritten into
+    a new one beside it, which takes its place when whole (``memory/client/key_places.py``).
 
     Raises:
-        KeyConflict: the key exists and the bytes do not fit in its place.
+        KeyConflict: the key lives where these bytes cannot replace it.
     """
-    key = key_from(key)
-    small = pool.put_small(key, data, length, node, meta, replicas)
-    if small is not None:
-        return small
-    block_id, offset, allocated = pool.place_for(key, length, node, replicas)
-    try:
-        info = pool.write(block_id, data, offset=offset, key=key, meta=meta)
-    except BaseException:
-        if allocated is not None:
-            pool.deallocate(allocated)
-        raise
-    return StoreResult(block=info, key=key, offset=offset, length=length,
-                       allocated=allocated is not None)
+    return pool.write_value(key_from(key), data, length, node, meta, replicas)
