@@ -116,10 +116,13 @@ def test_store_same_key_again_replaces_it(grid, blocks, tmp_path, unique):
     (tmp_path / "v2").write_bytes(b"v2")
     block_id = blocks.track(grid("memory", "store", unique, tmp_path / "v1").stdout.decode()
                             .strip())
-    again = grid("memory", "store", unique, tmp_path / "v2").stdout.decode().strip()
-    assert again == block_id
+    again = blocks.track(grid("memory", "store", unique, tmp_path / "v2").stdout.decode()
+                         .strip())
+    assert again != block_id and again.endswith(block_id[block_id.rindex("_"):])  # its node
     assert grid("memory", "retrieve", unique).stdout == b"v2"
-    assert block_of(grid.listing(), block_id)["keys"] == {unique: [[0, 2]]}
+    listed = grid.listing()
+    assert block_of(listed, again)["keys"] == {unique: [[0, 2]]}
+    assert block_id not in [b["block_id"] for b in listed]  # the old version's block went
 
 
 def test_pipeline_extents_read_back_in_order(grid, blocks, tmp_path, unique):

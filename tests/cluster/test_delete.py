@@ -142,7 +142,7 @@ def test_a_block_allocated_for_a_key_stays_while_another_key_lives_in_it(grid, b
                             .stdout.decode().strip())
     (tmp_path / "short").write_bytes(b"a" * 1000)
     (tmp_path / "g").write_bytes(b"tail")
-    grid("memory", "store", f"{unique}-a", tmp_path / "short")  # rewritten in place, shorter
+    grid("memory", "store", f"{unique}-a", tmp_path / "short", "--block-id", block_id)  # shorter
     grid("memory", "store", f"{unique}-b", tmp_path / "g", "--block-id", block_id, "--offset",
          "2000")
     assert deleted(grid, f"{unique}-a")["block_freed"] is False  # b lives in it

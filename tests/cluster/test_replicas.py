@@ -208,3 +208,29 @@ def test_the_async_facade_and_the_config_default_take_copies(pool, tmp_path, gri
     config.write_text("nodes: []\nreplicas: 0\n")
     line = grid.fails("memory", "allocate", "1MiB", "--config", str(config))
     assert "replicas must be a whole number from 1 to 8" in line
+
+
+def test_writing_a_replicated_block_in_place_reaches_every_copy(pool, remote_pool,
+                                                                replicated):
+    block_id = replicated(1 << 20)
+    with pool.writing(block_id, dtype="uint32", shape=(1000,), offset=4096) as arr:
+        assert arr.flags.writeable
+        arr[:] = np.arange(1000, dtype=np.uint32)
+    want = np.arange(1000, dtype=np.uint32).tobytes()
+    for node, number in copies_of(pool, block_id):
+        assert copy_bytes(pool, node, number, 4096 + 4000)[4096:] == want
+    with pytest.raises(RuntimeError, match="stop"):  # what was written is in every copy
+        with pool.writing(block_id, shape=(8,)) as arr:
+            arr[:4] = 7
+            raise RuntimeError("stop")
+    for node, number in copies_of(pool, block_id):
+        assert copy_bytes(pool, node, number, 8) == bytes([7] * 4 + [0] * 4)
+    with remote_pool.writing(block_id, shape=(8,)) as arr:  # a buffer, sent at the end
+        assert not np.shares_memory(arr, pool.view(block_id))
+        arr[4:] = 9
+    for node, number in copies_of(pool, block_id):
+        assert copy_bytes(pool, node, number, 8) == bytes([7] * 4 + [9] * 4)
+    with pytest.raises(RuntimeError), remote_pool.writing(block_id, shape=(8,)) as arr:
+        arr[:] = 1
+        raise RuntimeError("not sent")
+    assert pool.read(block_id, size=8) == bytes([7] * 4 + [9] * 4)

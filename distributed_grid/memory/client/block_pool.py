@@ -290,11 +290,11 @@ class BlockPool:
     def writing_view(self, block_id: str, offset: int = 0,
                      size: int | None = None) -> AbstractContextManager[memoryview]:
         """``with pool.writing_view(block_id) as view:`` a writable view of ``size`` bytes of
-        the block from ``offset`` (default: to its end), written as one write when the
-        ``with`` ends without an error (undone when it raises). On the block's host it is the
-        block's memory itself (zero-copy; readers wait for the write's end, as for any write);
-        a replicated block's other copies get the range at the end, before it returns.
-        Elsewhere it is a buffer of the range's bytes, sent at the end.
+        the block from ``offset`` (default: to its end), written as one write. On the block's
+        host it is the block's memory itself (zero-copy; readers wait for the ``with``'s end,
+        as for any write), and a replicated block's other copies get the range when the
+        ``with`` ends, however it ends (what was written is in the block). Elsewhere it is a
+        buffer of the range's bytes, sent when the ``with`` ends without an error.
 
         Raises:
             OutOfBounds, KeyConflict (the range holds bytes of a key), BlockNotFound.

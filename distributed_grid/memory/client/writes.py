@@ -267,7 +267,7 @@ class Writer:
 def writing(router: Router, block_id: str, offset: int,
             size: int | None) -> Iterator[memoryview]:
     """A writable view of ``size`` bytes of a block from ``offset`` (default: to its end),
-    whose bytes are written to the block when the ``with`` ends without an error (see
+    whose bytes are the block's when the ``with`` ends (see
     :meth:`~distributed_grid.memory.client.block_pool.BlockPool.writing_view`)."""
     number, node = router.block_node(block_id)
     info = node.block_info(number)
@@ -280,18 +280,26 @@ def writing(router: Router, block_id: str, offset: int,
         buffer = bytearray(length)
         node.drain(info, offset, length, sinks.BufferSink(memoryview(buffer)))
     block = node.prepare_write(number, offset, length, None, False, this_process())
+    in_place = False
     try:
         view = node.writable(block, offset, length) if here else None
         in_place = view is not None
         if view is None:
             view = memoryview(buffer if buffer is not None else bytearray(length))
-        yield view
-        if block.replica_of is not None or not in_place:  # to the other copies, or at all
+        try:
+            yield view
+        finally:  # what was written into the block's memory is there: its copies get it too
+            if in_place and block.replica_of is not None:
+                node.fill(block, offset, length, sources.BufferSource(view))
+        if not in_place:
             node.fill(block, offset, length, sources.BufferSource(view))
         node.commit_write(number, offset, length)
     except BaseException:
         try:
-            node.abort_write(number, offset, None)
+            if in_place:
+                node.commit_write(number, offset, length)
+            else:
+                node.abort_write(number, offset, None)
         except GridError:
             pass
         raise

@@ -121,12 +121,12 @@ def _array(pool: Blocks, block_id: str, data: memoryview | None, dt: np.dtype,
 def writing(pool: Blocks, block_id: str, dtype: Any = "uint8", shape: Any = None,
             offset: int = 0) -> Iterator[np.ndarray]:
     """``with pool.writing(block_id, dtype, shape) as arr:`` a writable array over a block's
-    bytes from ``offset``, written as one write when the ``with`` ends without an error (and
-    undone when it raises): the way to write a replicated block in place, whose views are
-    read-only (a byte written through one would reach one copy only). On the block's host the
-    array is the block's own memory (zero-copy); a replicated block's other copies get the
-    range when the ``with`` ends, before it returns. Readers wait for that end, as for any
-    write. Elsewhere the array is a copy of the range, sent at the end.
+    bytes from ``offset``, written as one write: the way to write a replicated block in place,
+    whose views are read-only (a byte written through one would reach one copy only). On the
+    block's host the array is the block's own memory (zero-copy), and a replicated block's other
+    copies get the range when the ``with`` ends, before it returns, however it ends (what was
+    written is in the block). Readers wait for that end, as for any write. Elsewhere the array
+    is a copy of the range, sent when the ``with`` ends without an error.
 
     Raises:
         InvalidArgument: a bad dtype or shape, or an offset the dtype cannot be aligned at.
