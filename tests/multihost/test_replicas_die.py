@@ -80,6 +80,16 @@ def kill(cluster: Cluster, node: str) -> None:
     os.kill(cluster.private[node]["raylet_pid"], signal.SIGKILL)
 
 
+def wait_declared_dead(cluster: Cluster, node: str) -> None:
+    """Wait until the cluster no longer lists ``node`` among its live nodes (Ray declared it
+    dead)."""
+    began = time.monotonic()
+    while node in {n["node"] for n in json.loads(cluster.grid.out("cluster", "status",
+                                                                  "--json"))["nodes"]}:
+        assert time.monotonic() - began < 180, f"Ray never declared {node} dead"
+        time.sleep(0.5)
+
+
 def wait_repaired(cluster: Cluster, dead: set[str], copies: int = 2) -> float:
     """Wait until every replicated block has ``copies`` live copies, none on ``dead``;
     returns how long it took."""
@@ -249,6 +259,7 @@ def test_a_node_dies_under_a_writing_client_and_no_acknowledged_key_is_lost(node
         victim = next(n for n in ("gpu2", "gpu3", "gpu4", "gpu1")
                       if any(n in r["replicas"] for r in acknowledged(log).values()))
         kill(nodes, victim)
+        killed = time.monotonic()
         held = len(acknowledged(log))
         while len(acknowledged(log)) < held + 30:  # the client goes on writing
             assert writer.poll() is None, writer.communicate()
@@ -267,8 +278,11 @@ def test_a_node_dies_under_a_writing_client_and_no_acknowledged_key_is_lost(node
     at_once = run_python(nodes.grid.env, CHECK_KEYS, nodes.address, json.dumps(on_dead))
     assert at_once["wrong"] == {}, at_once  # read from the other copy, at once
 
-    took = wait_repaired(nodes, {victim})
-    print(f"{len(acked)} keys acknowledged; repaired within {took:.1f} s")
+    wait_declared_dead(nodes, victim)
+    declared = time.monotonic() - killed
+    wait_repaired(nodes, {victim})
+    print(f"{len(acked)} keys acknowledged; {victim} declared dead {declared:.1f} s after its "
+          f"kill, every block back to 2 copies {time.monotonic() - killed:.1f} s after it")
     everything = {k: r["sha"] for k, r in acked.items()}
     after = run_python(nodes.grid.env, CHECK_KEYS, nodes.address, json.dumps(everything))
     assert after == {"checked": len(acked), "wrong": {}}
@@ -276,7 +290,11 @@ def test_a_node_dies_under_a_writing_client_and_no_acknowledged_key_is_lost(node
     second = next(n for n in WORKERS if n != victim and
                   any(n in b["replicas"] for b in listing(nodes).values()))
     kill(nodes, second)
+    killed = time.monotonic()
     still = run_python(nodes.grid.env, CHECK_KEYS, nodes.address, json.dumps(everything))
     assert still == {"checked": len(acked), "wrong": {}}
-    took = wait_repaired(nodes, {victim, second})
-    print(f"second node repaired within {took:.1f} s")
+    wait_declared_dead(nodes, second)
+    declared = time.monotonic() - killed
+    wait_repaired(nodes, {victim, second})
+    print(f"{second} declared dead {declared:.1f} s after its kill, every block back to 2 "
+          f"copies {time.monotonic() - killed:.1f} s after it")

@@ -8,11 +8,12 @@ Every ``TICK_SECONDS`` the head's store (which keeps the key directory) runs a r
    is not the copy's. Reads and writes stop going there at once.
 2. Every replicated block with fewer live copies than it should have gets a new one, those with
    the fewest copies first: on an alive node holding none of its copies, with room (the node
-   with the most, the head last). The new copy is allocated there and listed as being made
-   (``making``): from then on every write of the block goes to it too, but no read. The
-   block's epoch goes up, and every live copy learns it, so a writer that knew the old set of
-   copies is refused and asks again (it would have missed the new one). Then the new copy's
-   node mends it (:func:`mend`) and the directory lists it as live.
+   with the most, the head last; a node a repair just failed on is left out for
+   ``SHUN_SECONDS``: it may be dying, before Ray says so). The new copy is allocated there and
+   listed as being made (``making``): from then on every write of the block goes to it too,
+   but no read. The block's epoch goes up, and every live copy learns it, so a writer that
+   knew the old set of copies is refused and asks again (it would have missed the new one).
+   Then the new copy's node mends it (:func:`mend`) and the directory lists it as live.
 
 :func:`mend` runs in the store of the node getting the new copy: it pulls the bytes of a live
 copy through that copy's store, in chunks, at most ``DISTRIBUTED_GRID_REPAIR_RATE`` bytes a
@@ -50,6 +51,7 @@ DEFAULT_RATE = 256 * 2**20  # bytes a second a repair copies at most
 MEND_CHUNK = 8 * 2**20  # bytes a chunk of a mend carries
 MEND_IN_FLIGHT = 2
 MEND_TRIES = 30  # passes of a mend before it gives up (a block written without pause)
+SHUN_SECONDS = 30.0  # a node a repair failed on takes no new copy for this long
 
 
 def repair_rate() -> float:
@@ -127,6 +129,7 @@ class Repairs:
         self.links = links
         self.rate = repair_rate() if rate is None else rate
         self._lock = threading.Lock()
+        self._shunned: dict[str, float] = {}  # node -> until when it takes no new copy
 
     def run(self) -> dict[str, list[str]]:
         """One round (see the module's docstring); returns the copies dropped, the blocks
@@ -134,7 +137,9 @@ class Repairs:
         with self._lock:
             alive = self.links.alive_lives()
             dropped = [f"{b} on {n}" for b, n in self.directory.drop_copies_of_lives(alive)]
-            nodes = {s.node: s for s in self.directory.node_sizes() if s.node_id in alive}
+            now = time.monotonic()
+            nodes = {s.node: s for s in self.directory.node_sizes()
+                     if s.node_id in alive and self._shunned.get(s.node, 0) <= now}
             short = sorted((r for r in self.directory.all_replicated()
                             if r.making is None and r.copies and len(r.copies) < r.wanted),
                            key=lambda r: (len(r.copies), r.block_id))
@@ -146,8 +151,10 @@ class Repairs:
                     continue
                 try:
                     self.repair(r, target, nodes[target].node_id or None)
-                except Exception as exc:  # tried again next round
+                except Exception as exc:  # tried again next round, elsewhere for a while
                     log.warning("repair of %s on %s failed: %s", r.block_id, target, exc)
+                    self._shunned[target] = time.monotonic() + SHUN_SECONDS
+                    del nodes[target]  # (a node Ray has not declared dead yet, say)
                     waiting.append(r.block_id)
                     continue
                 nodes[target] = _less(nodes[target], r.size)
