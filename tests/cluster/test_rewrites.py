@@ -69,6 +69,21 @@ while not os.path.exists(stop):
 """
 
 
+# Rewrites KEY in place, at offset 0 of BLOCK (a block the user chose), until told to stop.
+REWRITE_IN_PLACE = r"""
+import os, sys
+import numpy as np
+from distributed_grid.memory import MemoryPool
+address, key, block, stop = sys.argv[1:5]
+pool = MemoryPool(address)
+versions = [np.full(64 * 2**20, v, np.uint8) for v in (1, 2)]  # made once: writes back to back
+i = 0
+while not os.path.exists(stop):
+    i += 1
+    pool.write(block, versions[i % 2], key=key)
+"""
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -152,6 +167,35 @@ def test_forty_readers_of_a_key_rewritten_in_a_loop_each_get_a_whole_version(
         for _ in range(40):
             data = np.frombuffer(pool.read(unique), np.uint8)
             assert data.size == 64 * 2**20
+            assert (data == data[0]).all(), "a read mixed two versions"
+            versions.append(int(data[0]))
+        assert len(set(versions)) > 1, "the key was not rewritten while it was read"
+    finally:
+        stop.touch()
+        try:
+            writer.wait(timeout=120)
+        finally:
+            if writer.poll() is None:
+                writer.kill()
+                writer.wait()
+    assert writer.returncode == 0, writer.stderr.read()
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
+def test_readers_of_a_key_rewritten_in_place_in_a_loop_get_their_turn(
+        cluster_address, pool, remote_pool, blocks, unique, tmp_path, remote):
+    """The writer's next write starts microseconds after its last one ended; a reader that
+    waited asks it to wait its turn, and gets a whole version."""
+    block_id = blocks.new(64 * 2**20, node="gpu1")
+    pool.write(block_id, np.full(64 * 2**20, 0, np.uint8), key=unique)
+    stop = tmp_path / "stop"
+    writer = subprocess.Popen([sys.executable, "-c", REWRITE_IN_PLACE, cluster_address, unique,
+                               block_id, str(stop)], stderr=subprocess.PIPE, text=True)
+    reader = remote_pool if remote else pool
+    try:
+        versions = []
+        for _ in range(40 if not remote else 10):
+            data = np.frombuffer(reader.read(unique), np.uint8)
             assert (data == data[0]).all(), "a read mixed two versions"
             versions.append(int(data[0]))
         assert len(set(versions)) > 1, "the key was not rewritten while it was read"

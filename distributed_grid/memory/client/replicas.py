@@ -184,11 +184,13 @@ class ReplicaSet:
         return self.as_replicated(done[0][2])
 
     def find_key(self, key: str) -> KeyPlace | None:
-        """The key's place in the first copy that answers (a copy that does not hold the key
-        says so only while it still is a copy of this block). A place in another block of
-        the copy's node is returned as it is: the key moved there (a rewrite, copy-on-write)
-        and the caller follows it."""
+        """The key's place in the first copy that has it. A copy without the key says so only
+        while it still is a copy of this block; if another copy has the key, the one without
+        it missed a write (its writer died between the copies' commits) and leaves the set. A
+        place in another block of the copy's node is returned as it is: the key moved there (a
+        rewrite, copy-on-write) and the caller follows it."""
         last: BaseException | None = None
+        without: list[Copy] = []
         for copy, node in self._live():
             try:
                 place = node.find_key(key)
@@ -198,9 +200,17 @@ class ReplicaSet:
             except COPY_FAILED as exc:
                 last = self._failed(copy, exc)
                 continue
-            if place is None or place.block.replica_of != self.block_id:
+            if place is None:
+                if not node.holds_key(key, copy[1]):  # (a commit of it on its way is not)
+                    without.append(copy)
+                continue
+            if place.block.replica_of != self.block_id:
                 return place
+            for missed in without:
+                self.drop(missed)
             return replace(place, block=self.as_replicated(place.block))
+        if without:
+            return None
         raise self.lost(last)
 
     def holds_key(self, key: str, number: int) -> bool:

@@ -14,6 +14,7 @@ hold the block's token and size, and a segment that is gone is :class:`BlockNotF
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple, Protocol
@@ -23,12 +24,22 @@ from distributed_grid.memory.node.catalog import Catalog
 from distributed_grid.memory.node.schema import BlockRow, ExtentRow
 from distributed_grid.memory.shm import segment as seg
 from distributed_grid.memory.shm.capacity import HostRoom
-from distributed_grid.memory.shm.layout import segment_pattern, segment_prefix
+from distributed_grid.memory.shm.layout import (
+    READERS_TURN_OFFSET,
+    segment_pattern,
+    segment_prefix,
+)
 from distributed_grid.memory.shm.mappings import Mapped
 from distributed_grid.memory.shm.seqguard import Guard, tag_alive
 from distributed_grid.names import format_block_id
 from distributed_grid.records import BlockInfo, PendingWrite
 from distributed_grid.runtime import identity_alive, this_process
+
+# A reader that has waited this long for writes of its bytes asks new writes to wait
+# READERS_TURN_SECONDS before they start (a writer rewriting a key in a loop would otherwise
+# keep a reader out: its next write starts within microseconds of the last one's end).
+READERS_WAIT_BEFORE_TURN = 0.02
+READERS_TURN_SECONDS = 0.5
 
 
 class Placed(Mapped, Protocol):
@@ -69,6 +80,28 @@ def segment_fd(block: Placed) -> Iterator[int]:
     fd = _open_fd(block)
     try:
         yield fd
+    finally:
+        os.close(fd)
+
+
+def readers_turn(block: Placed, seconds: float) -> None:
+    """Ask new writes of the block to wait ``seconds`` before they start: a reader that has
+    waited for writes of its bytes gets a turn (the header's readers' turn word, a hint)."""
+    until = time.monotonic_ns() + int(seconds * 1e9)
+    with segment_fd(block) as fd:
+        os.pwrite(fd, until.to_bytes(8, "little"), READERS_TURN_OFFSET)
+
+
+def open_guard_in_turn(block: Placed) -> Guard:
+    """:func:`open_guard` for a new write: first waits while a reader has its turn (see
+    :func:`readers_turn`; at most ``READERS_TURN_SECONDS``)."""
+    fd = _open_fd(block)
+    try:
+        until = int.from_bytes(os.pread(fd, 8, READERS_TURN_OFFSET), "little")
+        wait = min((until - time.monotonic_ns()) / 1e9, READERS_TURN_SECONDS)
+        if wait > 0:
+            time.sleep(wait)
+        return Guard(fd)
     finally:
         os.close(fd)
 

@@ -26,7 +26,14 @@ from typing import Any
 
 from distributed_grid.errors import BlockNotFound, WriteInProgress
 from distributed_grid.memory.io import copies, sinks, sources
-from distributed_grid.memory.node.core import Place, open_guard, segment_fd
+from distributed_grid.memory.node.core import (
+    READERS_TURN_SECONDS,
+    READERS_WAIT_BEFORE_TURN,
+    Place,
+    open_guard_in_turn,
+    readers_turn,
+    segment_fd,
+)
 from distributed_grid.memory.node.store import BlockStore
 from distributed_grid.memory.shm import layout
 from distributed_grid.memory.shm import segment as seg
@@ -104,14 +111,13 @@ class LocalNode(BlockStore):
                                          epoch, slot, guard)
         row = self._row(number)
         check_range(self.block_id(number), row.size, offset, length, "write")  # before a slot
-        g = open_guard(self._place(row))
+        g = open_guard_in_turn(self._place(row))  # after a reader that waited, if one did
         tag = self.tag()
-        taken = g.claim(tag, offset, offset + length)
-        if taken < 0:
+        if (taken := g.claim(tag, offset, offset + length)) < 0:
             g.close()
-            raise WriteInProgress(
-                f"{self.block_id(number)} has as many writes running as its header can track; "
-                "try again when one has finished", block_id=self.block_id(number))
+            raise WriteInProgress(f"{self.block_id(number)} has as many writes running as its "
+                                  "header can track; try again when one has finished",
+                                  block_id=self.block_id(number))
         try:
             info = super().prepare_write(number, offset, length, key, force, writer, replica_of,
                                          epoch, taken, tag)
@@ -135,8 +141,7 @@ class LocalNode(BlockStore):
             slot.guard.close()
 
     def held_writes(self) -> list[tuple[tuple[int, int, str | None], HeldSlot]]:
-        """The guard slots this process's running writes hold, each with the write's
-        ``(block number, offset, key)``."""
+        """The guard slots of this process's running writes, by ``(number, offset, key)``."""
         with self._held_lock:
             return [(write, held) for write, slots in self._held.items() for held in slots]
 
@@ -242,22 +247,32 @@ class LocalNode(BlockStore):
         Raises:
             WriteInProgress: a live writer held the range for ``READ_WAIT_SECONDS``.
         """
-        return read_untorn(lambda: self.wait_idle(block, guard, offset, offset + length), copy,
-                           guard.end_read, mark, rewind, block.block_id, offset, length)
+        started = time.monotonic()  # a read torn again and again waits as long as it tried
+        return read_untorn(lambda: self.wait_idle(block, guard, offset, offset + length,
+                                                  started),
+                           copy, guard.end_read, mark, rewind, block.block_id, offset, length)
 
-    def wait_idle(self, block: BlockInfo, guard: Guard, offset: int, end: int) -> int:
+    def wait_idle(self, block: BlockInfo, guard: Guard, offset: int, end: int,
+                  started: float | None = None) -> int:
         """Wait until no write holds bytes ``offset..end`` of the block; returns the guard's
-        sequence then. A slot whose owner died is cleared (its writes undone) at once.
+        sequence then. A slot whose owner died is cleared (its writes undone) at once; a read
+        waiting since ``started`` (None: now) gets its turn (:func:`~distributed_grid.memory.
+        node.core.readers_turn`) after ``READERS_WAIT_BEFORE_TURN``.
 
         Raises:
             WriteInProgress: a live writer held the range for ``READ_WAIT_SECONDS``.
         """
         deadline = time.monotonic() + READ_WAIT_SECONDS
+        turn_at: float | None = (time.monotonic() - READERS_WAIT_BEFORE_TURN
+                                 if started is None else started) + READERS_WAIT_BEFORE_TURN
         delay = 50e-6
         while True:
             seq, busy = guard.begin_read(offset, end)
             if busy == 0:
                 return seq
+            if turn_at is not None and time.monotonic() >= turn_at:
+                readers_turn(block, READERS_TURN_SECONDS)
+                turn_at = None
             if not tag_alive(busy):
                 self.clear_dead_slots(block.number, guard)
                 continue
@@ -342,11 +357,8 @@ class LocalNode(BlockStore):
         return view
 
     def writable(self, block: BlockInfo, offset: int, length: int) -> memoryview:
-        """A writable view of the range (see :meth:`view_of`), for a write this process
-        prepared."""
+        """:meth:`view_of`'s view of the range, for a write this process prepared."""
         return self.view_of(block)[offset:offset + length]
-
-    # -- what the pool asks of every node --------------------------------------------------------
 
     def change_mark(self) -> tuple[int, int] | None:
         """The version of the node's catalog: it changes with every commit, this process's own

@@ -21,7 +21,9 @@ Segment layout (the only place it is written down)::
                   proves the zero-copy path is valid.
     40      24    reserved, 0
     64      8     write guard: sequence (u64), +1 when a write starts, +1 when it ends
-    72      56    reserved, 0
+    72      8     readers' turn: until when (CLOCK_MONOTONIC, ns; u64) a new write waits before
+                  it claims a slot, set by a reader that waited (a hint: plain stores and loads)
+    80      48    reserved, 0
     128     2048  write guard: 64 slots of 32 bytes, each owner u64 (0 = free), start u64,
                   end u64, spare u64 (0). A slot whose owner is set but whose end is 0 is
                   being published (or released): it overlaps every range.
@@ -48,6 +50,7 @@ LAYOUT_VERSION = 1
 TOKEN_SIZE = 16
 HEADER = struct.Struct("<8sIIQ16s")  # magic, version, reserved, data size, token
 GUARD_SEQUENCE_OFFSET = 64  # the write guard's fields, see the layout above
+READERS_TURN_OFFSET = 72
 GUARD_SLOTS_OFFSET = 128
 GUARD_SLOT_COUNT = 64
 GUARD_SLOT_SIZE = 32
