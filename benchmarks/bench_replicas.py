@@ -37,7 +37,7 @@ from collections import deque
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_transfer import _end_leftovers, human, log, machine_info, settle  # noqa: E402
+from bench_transfer import _cleanup, human, log, machine_info, settle  # noqa: E402
 
 WORKERS = ("gpu1", "gpu2", "gpu3")
 CHUNK = 64 * 2**20
@@ -158,20 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             print_table(doc)
         return 1 if mismatches else 0
     finally:
-        if pool is not None:
-            try:
-                pool.destroy_all()
-            except Exception as exc:
-                log(f"destroy_all failed: {exc!r}")
-            pool.close()
-        if "ray" in sys.modules:
-            sys.modules["ray"].shutdown()
-        if stopping is not None:
-            stopping.stop_started()
-        _end_leftovers(tmp)
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+        _cleanup(tmp, stopping, pool, None)
 
 
 def print_table(doc: dict[str, Any]) -> None:

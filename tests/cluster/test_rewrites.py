@@ -159,13 +159,20 @@ def test_forty_readers_of_a_key_rewritten_in_a_loop_each_get_a_whole_version(
         cluster_address, pool, keys, unique, tmp_path):
     keys.append(unique)
     pool.put(unique, np.full(64 * 2**20, 0, np.uint8))
-    stop = tmp_path / "stop"
-    writer = subprocess.Popen([sys.executable, "-c", REWRITE_IN_A_LOOP, cluster_address,
-                               unique, str(stop)], stderr=subprocess.PIPE, text=True)
+    reads_while_rewritten(pool, unique, 40, tmp_path / "stop",
+                          [REWRITE_IN_A_LOOP, cluster_address, unique])
+
+
+def reads_while_rewritten(reader, key: str, reads: int, stop, writer_args: list[str]) -> None:
+    """``reads`` reads of ``key`` while a process (``python -c *writer_args STOP``) rewrites
+    it in a loop until STOP exists: each a whole version (every byte the same), not all the
+    same version."""
+    writer = subprocess.Popen([sys.executable, "-c", *writer_args, str(stop)],
+                              stderr=subprocess.PIPE, text=True)
     try:
         versions = []
-        for _ in range(40):
-            data = np.frombuffer(pool.read(unique), np.uint8)
+        for _ in range(reads):
+            data = np.frombuffer(reader.read(key), np.uint8)
             assert data.size == 64 * 2**20
             assert (data == data[0]).all(), "a read mixed two versions"
             versions.append(int(data[0]))
@@ -188,26 +195,9 @@ def test_readers_of_a_key_rewritten_in_place_in_a_loop_get_their_turn(
     waited asks it to wait its turn, and gets a whole version."""
     block_id = blocks.new(64 * 2**20, node="gpu1")
     pool.write(block_id, np.full(64 * 2**20, 0, np.uint8), key=unique)
-    stop = tmp_path / "stop"
-    writer = subprocess.Popen([sys.executable, "-c", REWRITE_IN_PLACE, cluster_address, unique,
-                               block_id, str(stop)], stderr=subprocess.PIPE, text=True)
-    reader = remote_pool if remote else pool
-    try:
-        versions = []
-        for _ in range(40 if not remote else 10):
-            data = np.frombuffer(reader.read(unique), np.uint8)
-            assert (data == data[0]).all(), "a read mixed two versions"
-            versions.append(int(data[0]))
-        assert len(set(versions)) > 1, "the key was not rewritten while it was read"
-    finally:
-        stop.touch()
-        try:
-            writer.wait(timeout=120)
-        finally:
-            if writer.poll() is None:
-                writer.kill()
-                writer.wait()
-    assert writer.returncode == 0, writer.stderr.read()
+    reads_while_rewritten(remote_pool if remote else pool, unique, 10 if remote else 40,
+                          tmp_path / "stop", [REWRITE_IN_PLACE, cluster_address, unique,
+                                              block_id])
 
 
 def test_a_replicated_key_is_rewritten_beside_each_copy(pool, keys, unique):
