@@ -165,13 +165,13 @@ def test_forty_readers_of_a_key_rewritten_in_a_loop_each_get_a_whole_version(
 
 def reads_while_rewritten(reader, key: str, reads: int, stop, writer_args: list[str]) -> None:
     """``reads`` reads of ``key`` while a process (``python -c *writer_args STOP``) rewrites
-    it in a loop until STOP exists: each a whole version (every byte the same), not all the
-    same version."""
+    it in a loop until STOP exists: each a whole version (every byte the same); more reads (up
+    to ten times as many) until two versions were seen, so the reads raced the writer."""
     writer = subprocess.Popen([sys.executable, "-c", *writer_args, str(stop)],
                               stderr=subprocess.PIPE, text=True)
     try:
-        versions = []
-        for _ in range(reads):
+        versions: list[int] = []
+        while len(versions) < reads or (len(set(versions)) < 2 and len(versions) < 10 * reads):
             data = np.frombuffer(reader.read(key), np.uint8)
             assert data.size == 64 * 2**20
             assert (data == data[0]).all(), "a read mixed two versions"

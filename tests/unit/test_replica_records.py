@@ -71,7 +71,9 @@ def test_the_directory_lists_copies_in_order_and_drops_them(cluster_id):
         assert making.copies == [("a", 3)] and making.epoch == 1
         assert directory.end_copy("block_3_a", "c")
         assert directory.replicas("block_3_a").copies == [("a", 3), ("c", 9)]
-        assert directory.drop_copy("block_3_a", "a") and not directory.drop_copy("block_3_a", "a")
+        assert not directory.drop_copy("block_3_a", "a", 4)  # another copy of that node
+        assert directory.drop_copy("block_3_a", "a", 3)
+        assert not directory.drop_copy("block_3_a", "a", 3)
         assert directory.replicas("block_3_a").state == "degraded"
         assert [r.block_id for r in directory.all_replicated()] == ["block_3_a"]
         assert directory.forget_replicated("block_3_a")

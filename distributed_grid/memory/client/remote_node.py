@@ -355,8 +355,8 @@ class RemoteDirectory:
     def all_replicated(self) -> list[Replicas]:
         return self._call(StoreActor.dir_all_replicated)
 
-    def drop_copy(self, block_id: str, node: str) -> bool:
-        return self._call(StoreActor.dir_drop_copy, block_id, node)
+    def drop_copy(self, block_id: str, node: str, number: int) -> bool:
+        return self._call(StoreActor.dir_drop_copy, block_id, node, number)
 
     def forget_replicated(self, block_id: str) -> bool:
         return self._call(StoreActor.dir_forget_replicated, block_id)

@@ -107,7 +107,7 @@ class ReplicaSet:
     def drop(self, copy: Copy) -> None:
         """Take a copy that failed out of the block's set (it is repaired elsewhere)."""
         try:
-            self.directory.drop_copy(self.block_id, copy[0])
+            self.directory.drop_copy(self.block_id, copy[0], copy[1])
         except GridError:
             pass  # the directory's own node is gone: nothing more can be recorded
         if copy in self.copies:

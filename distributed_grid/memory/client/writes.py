@@ -175,9 +175,20 @@ class Writer:
                 self.allocator.deallocate(allocated)
             raise
         if replaces is not None and info.replica_of is not None:
-            self.router.directory.forget_replicated(replaces)  # its copies went at the commit
+            self._forget_old_version(replaces)
         return StoreResult(block=info, key=key, offset=offset, length=length,
                            allocated=allocated is not None)
+
+    def _forget_old_version(self, replaces: str) -> None:
+        """After a replicated key's new version committed: its old block's copies went with
+        it on the nodes of the new copies; any other (on a node the new block has no copy on)
+        goes now, and the old block leaves the directory."""
+        try:
+            number, old = self.router.block_node(replaces)
+            old.deallocate(number, replaces)
+        except GridError:
+            pass  # every copy went already
+        self.router.directory.forget_replicated(replaces)
 
     def write_value(self, key: Key, data: Any, length: int, node: str | None,
                     meta: dict[str, Any] | None,

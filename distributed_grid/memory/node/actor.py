@@ -245,8 +245,8 @@ class StoreActor(LocalNode):
     def dir_all_replicated(self) -> list[Replicas]:
         return self._dir().all_replicated()
 
-    def dir_drop_copy(self, block_id: str, node: str) -> bool:
-        return self._dir().drop_copy(block_id, node)
+    def dir_drop_copy(self, block_id: str, node: str, number: int) -> bool:
+        return self._dir().drop_copy(block_id, node, number)
 
     def dir_forget_replicated(self, block_id: str) -> bool:
         return self._dir().forget_replicated(block_id)

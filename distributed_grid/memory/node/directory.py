@@ -245,12 +245,12 @@ class KeyDirectory:
             return db.execute("UPDATE copies SET state='live' WHERE block_id=? AND node=? AND "
                               "state='making'", (block_id, node)).rowcount == 1
 
-    def drop_copy(self, block_id: str, node: str) -> bool:
-        """Take ``node``'s copy out of the block (it missed a write, or its node is gone);
-        returns whether it was there."""
+    def drop_copy(self, block_id: str, node: str, number: int) -> bool:
+        """Take the copy ``number`` of ``node`` out of the block (it missed a write, or its node
+        is gone); returns whether it was there (a copy made on that node since is another)."""
         with self._db.transaction() as db:
-            return db.execute("DELETE FROM copies WHERE block_id=? AND node=?",
-                              (block_id, node)).rowcount == 1
+            return db.execute("DELETE FROM copies WHERE block_id=? AND node=? AND number=?",
+                              (block_id, node, number)).rowcount == 1
 
     def forget_replicated(self, block_id: str) -> bool:
         """Forget a replicated block (every copy was freed); returns whether it was known."""

@@ -167,19 +167,21 @@ class Repairs:
         info = links.call(target, "allocate", r.size, None, None, None, None, block_id,
                           timeout=METADATA_TIMEOUT + r.size / 2**28)
         epoch = self.directory.begin_copy(block_id, target, info.number, node_id)
+        source, source_number = r.copies[0]
         try:
             if epoch is None:
                 raise RuntimeError(f"{block_id} changed while its new copy was made")
             for node, number in r.copies:
                 links.call(node, "set_epoch", number, block_id, epoch)
-            source, source_number = r.copies[0]
             links.call(target, "mend", info.number, block_id, source, source_number,
                        self.rate, timeout=BULK_TIMEOUT + 2 * r.size / self.rate)
             if not self.directory.end_copy(block_id, target):
                 raise RuntimeError(f"the new copy of {block_id} on {target} was dropped while "
                                    "it was made")
-        except BaseException:
-            self.directory.drop_copy(block_id, target)
+        except BaseException as exc:
+            self.directory.drop_copy(block_id, target, info.number)
+            if isinstance(exc, BlockNotFound) and getattr(exc, "node", None) == source:
+                self.directory.drop_copy(block_id, source, source_number)  # it lost the block
             try:
                 links.call(target, "deallocate", info.number, block_id)
             except Exception:
