@@ -38,10 +38,14 @@ class Cluster:
 
 
 def run_python(env: dict, code: str, *args: str, timeout: float = 300) -> dict:
+    """Run ``code`` in a new Python process; returns the last JSON object it printed (Ray may
+    print its raylets' warnings to a driver's stdout after it, asynchronously)."""
     done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT)
     assert done.returncode == 0, f"exit {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    printed = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert printed, f"no JSON printed:\n{done.stdout}\n{done.stderr}"
+    return json.loads(printed[-1])
 
 
 def started(grid: FreshGrid) -> list[dict]:
