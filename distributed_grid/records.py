@@ -51,7 +51,9 @@ class BlockInfo:
     ``StoreResult``'s ``block``) lists that key alone, so its cost does not grow with the keys
     of the block; ``block_info`` and ``list_blocks`` list them all. ``used`` is the high-water
     mark: the end of the block's furthest completed write. ``status`` is ``ok``, ``missing``
-    (its shared memory vanished from the host) or ``lost`` (its node left the cluster).
+    (its shared memory vanished from the host), ``lost`` (its node left the cluster) or
+    ``unreachable`` (in a listing: its node's store does not answer, as when the node is dying
+    and Ray has not declared it dead yet; the facts are the ones it last published).
     ``slab``: the store made the block for small values, which it places itself;
     ``for_key``: the key the block was allocated for (freed with it; rewritten into a new
     block, copy-on-write).

@@ -172,33 +172,60 @@ class Router:
         self._single.add(block_id)
 
     def each_node(self, method: Callable[..., Any],
-                  args: Callable[[str], tuple] = lambda _: ()) -> dict[str, Any]:
+                  args: Callable[[str], tuple] = lambda _: (),
+                  unreachable: list[str] | None = None) -> dict[str, Any]:
         """``method(*args(node))`` of every alive node's store (a method of
         :class:`~distributed_grid.memory.client.nodes.NodeStore`), by node name: the calls to
-        other hosts all leave first, the local ones run meanwhile."""
-        nodes = {n.name: self.node(n.name) for n in self.nodes()}
-        order = sorted(nodes, key=lambda name: nodes[name].is_local)
-        waits = {name: nodes[name].start(method, *args(name)) for name in order}
-        return {name: wait() for name, wait in waits.items()}
+        other hosts all leave first, the local ones run meanwhile.
+
+        Args:
+            unreachable: where to note the nodes whose store does not answer (a node dying
+                before Ray declares it dead), left out of the result; None: raise
+                ``NodeUnavailable`` for such a node.
+        """
+        def tolerated(name: str, call: Callable[[], Any]) -> Any:
+            try:
+                return call()
+            except NodeUnavailable:
+                if unreachable is None:
+                    raise
+                unreachable.append(name)
+                return None
+
+        nodes = {n.name: tolerated(n.name, lambda n=n: self.node(n.name))
+                 for n in self.nodes()}
+        order = sorted((n for n in nodes if nodes[n] is not None),
+                       key=lambda name: nodes[name].is_local)
+        waits = {name: tolerated(name, lambda name=name: nodes[name].start(method,
+                                                                          *args(name)))
+                 for name in order}
+        results = {name: tolerated(name, wait) for name, wait in waits.items()
+                   if wait is not None}
+        return {name: r for name, r in results.items() if name not in (unreachable or [])}
 
     def every_block(self) -> list[BlockInfo]:
         """Every block of the cluster, by node then number (each node asked once, at once).
 
         A replicated block is listed once, as its first copy describes it, with its copies
         (``replicas``) and its state (``ok``, ``degraded``, ``repairing``). Blocks of a node
-        that is gone are listed as they were last known, with status "lost" (a copy of a
-        replicated block that lives on elsewhere is not).
+        that is gone are listed as they were last known, with status "lost", and those of a
+        node whose store does not answer (dying before Ray declares it dead) with status
+        "unreachable" (a copy of a replicated block that lives on elsewhere is not listed).
         """
-        blocks = [b for per_node in self.each_node(NodeStore.list_blocks).values()
+        unreachable: list[str] = []
+        blocks = [b for per_node in self.each_node(NodeStore.list_blocks,
+                                                   unreachable=unreachable).values()
                   for b in per_node]
+        for name in unreachable:
+            blocks += [b.with_status("unreachable") for b in self.lost_blocks(name)]
         for node in self.nodes(include_dead=True):
             if not node.alive:
                 blocks += [b.with_status("lost") for b in self.lost_blocks(node.name)]
         if any(b.replica_of is not None for b in blocks):
             listed = self.directory.all_replicated()
             live = {r.block_id for r in listed if r.copies}
-            blocks = merge_copies([b for b in blocks if b.status != "lost" or
-                                   b.replica_of not in live], listed)
+            blocks = merge_copies([b for b in blocks if b.status not in ("lost", "unreachable")
+                                   or b.replica_of not in live], listed)
         return sorted(blocks, key=lambda b: (b.node, b.number))
 
     @property
