@@ -1,10 +1,13 @@
 """Every wait for a store is bounded: a store that is alive but does not answer fails the call
-with one clear line within ``METADATA_TIMEOUT`` instead of holding the caller."""
+with one clear line within ``METADATA_TIMEOUT`` instead of holding the caller (a listing goes
+on without it: that node's blocks are listed as it last published them, ``unreachable``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,8 +34,14 @@ def test_a_wedged_store_fails_each_call_within_the_bound(grid, remote_pool, bloc
     block_id = blocks.new(4096, node="gpu2")
     served = remote_pool.ray.call("gpu2", "ping")
     wedged = f"the store of node gpu2 did not answer within {METADATA_TIMEOUT:.0f} s"
+    deadline = time.monotonic() + 60  # gpu2's store publishes its block list every 2 s
+    while block_id not in {b.block_id for b in remote_pool.ray.last_published("gpu2")}:
+        assert time.monotonic() < deadline, "gpu2's store never published the block"
+        time.sleep(0.2)
     with stopped(served["pid"]):
-        assert wedged in grid.fails("memory", "list-objects", env=REMOTE, timeout=BOUND)
+        listed = json.loads(grid("memory", "list-objects", "--json", env=REMOTE,
+                                 timeout=BOUND).stdout)
+        assert {b["block_id"]: b["status"] for b in listed}[block_id] == "unreachable"
         line = grid.fails("memory", "retrieve", block_id, env=REMOTE, timeout=BOUND)
         assert line.startswith(f"error: block {block_id} is unreachable: {wedged}"), line
         with pytest.raises(NodeUnavailable, match=wedged) as raised:
