@@ -10,10 +10,8 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 
 import pytest
-from helpers.dev_shm import sweep
 
 from distributed_grid.errors import KeyBusy, KeyConflict
 from distributed_grid.memory.io import sinks, sources
@@ -36,13 +34,13 @@ sys.stdin.readline()
 
 
 @pytest.fixture
-def node(request):
+def node(cluster_id):
+    """A LocalNode of this test's cluster (whose files the ``cluster_id`` fixture removes)."""
     from distributed_grid.memory.node.local_node import LocalNode
 
-    cluster_id = f"w{os.getpid()}{uuid.uuid4().hex[:8]}"
     made = LocalNode("n1", cluster_id)
-    request.addfinalizer(lambda: (made.close(), sweep(cluster_id)))
-    return made
+    yield made
+    made.close()
 
 
 def store(node, key: str, data: bytes):

@@ -185,10 +185,9 @@ class Writer:
         goes now, and the old block leaves the directory."""
         try:
             number, old = self.router.block_node(replaces)
-            old.deallocate(number, replaces)
-        except GridError:
-            pass  # every copy went already
-        self.router.directory.forget_replicated(replaces)
+            old.deallocate(number, replaces)  # forgets the block in the directory too
+        except GridError:  # every copy went already
+            self.router.directory.forget_replicated(replaces)
 
     def write_value(self, key: Key, data: Any, length: int, node: str | None,
                     meta: dict[str, Any] | None,
