@@ -58,6 +58,9 @@ class BlockInfo:
     ``for_key``: the key the block was allocated for (freed with it; rewritten into a new
     block, copy-on-write).
 
+    ``state`` is where its bytes are: ``memory``, ``spilled`` (in a file of its node's spill
+    folder, brought back on access), ``spilling`` or ``restoring`` (moving between the two).
+
     ``replicas`` are the nodes holding a copy of the block, the one reads prefer first (one
     node for a block of one copy). A replicated block's facts are those of one of its copies
     (``node`` and ``number`` name that copy; ``replica_of`` is the replicated block's id, which
@@ -82,6 +85,7 @@ class BlockInfo:
     replica_of: str | None = None
     replicas: list[str] = field(default_factory=list)
     for_key: str | None = None
+    state: str = "memory"
 
     def to_json(self) -> dict[str, Any]:
         """The block as plain data (what ``list-objects --json`` prints for it); ``pending``
@@ -153,6 +157,11 @@ class NodeStats:
     ``mem_reserve``), the room under the process's cgroup limit (``cgroup_free``, less its
     reserve) and the node's ``capacity``; ``limited_by`` names the one that sets it (``shm``,
     ``memory``, ``cgroup`` or ``capacity``). See :mod:`distributed_grid.memory.shm.capacity`.
+
+    A node with a spill folder (``spill_dir``, None without) keeps up to ``spill_quota`` bytes
+    of blocks there: ``spilled_blocks`` and ``spilled_bytes`` (counted by block size).
+    ``pinned_blocks`` and ``pinned_bytes`` are the blocks a live process holds views of, which
+    are never spilled (counted only by ``cluster status``: 0 elsewhere).
     """
 
     node: str
@@ -172,6 +181,12 @@ class NodeStats:
     cgroup_free: int | None = None
     cgroup_reserve: int = 0
     limited_by: str = "shm"
+    spill_dir: str | None = None
+    spill_quota: int = 0
+    spilled_blocks: int = 0
+    spilled_bytes: int = 0
+    pinned_blocks: int = 0
+    pinned_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The node as plain data (what ``cluster status --json`` prints for it)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # Bumped whenever a store method or a record changes its shape: a client refuses to work with a
 # store (or a node record) of another protocol, made by another installation of distributed_grid.
-STORE_PROTOCOL = 5
+STORE_PROTOCOL = 6
 
 NAMESPACE = "distributed_grid"  # Ray's namespace of the stores, leases and published lists
 ACTOR_PREFIX = "store."  # a node's store actor is named store.<node>
@@ -25,6 +25,15 @@ START_TIMEOUT = 120.0  # a store or lease actor being started: a new worker proc
 BULK_TIMEOUT = 60.0  # one chunk of bytes (64 MiB), or freeing blocks in bulk
 ALLOCATE_RATE = 256 * 2**20  # bytes/s an allocation is allowed on top (reserving the pages)
 READ_WAIT_SECONDS = 30.0  # the longest a read waits for a live writer of its bytes
+# A call that may move blocks between memory and disk (on a node with a spill folder: an
+# allocation that spills cold blocks first, an access that restores one) waits this long.
+MOVE_TIMEOUT = 300.0
+
+# The spill settings of the nodes ``grid cluster start`` starts, in the environment of their Ray
+# processes: JSON ``{"<node>" or "*": {"dir": ..., "quota": bytes, "high": f, "low": f}}``,
+# ``{node}`` in a folder standing for the node's name. Each node's store writes its own in its
+# catalog when it starts.
+SPILL_ENV = "DISTRIBUTED_GRID_SPILL"
 
 
 def store_actor_name(node: str) -> str:

@@ -35,6 +35,7 @@ from distributed_grid.wire import (
     ALLOCATE_RATE,
     BULK_TIMEOUT,
     METADATA_TIMEOUT,
+    MOVE_TIMEOUT,
     READ_WAIT_SECONDS,
     REMOTE_WRITER,
 )
@@ -50,6 +51,11 @@ INLINE_BYTES = 64 * 2**10
 # The store methods that may take longer than a metadata call.
 BULK = {m.__name__ for m in (StoreActor.write_chunk, StoreActor.read_chunk, StoreActor.destroy,
                              StoreActor.release_lease)}
+# Calls that may spill or restore blocks on a node with a spill folder (MOVE_TIMEOUT there).
+MAY_MOVE = {m.__name__ for m in (
+    StoreActor.allocate, StoreActor.find_key, StoreActor.prepare_write, StoreActor.put_small,
+    StoreActor.read_begin, StoreActor.read_whole, StoreActor.read_chunk, StoreActor.spill,
+    StoreActor.restore_block, StoreActor.node_status)}
 
 
 class Call(NamedTuple):
@@ -73,14 +79,25 @@ class RemoteNode:
         self.cluster = cluster
         self.node = node
         cluster.store(node)  # fails now (NodeNotFound, NodeUnavailable) rather than later
+        self._spills: bool | None = None  # whether the node has a spill folder, once asked
 
     # -- calls ------------------------------------------------------------------------------------
 
     def submit(self, name: str, *args: Any) -> Call:
         """Send a call of the store's method ``name`` without waiting (every call leaves
         through here)."""
-        return Call(self.cluster.submit(self.node, name, *_on_the_wire(args)),
-                    BULK_TIMEOUT if name in BULK else METADATA_TIMEOUT)
+        timeout = BULK_TIMEOUT if name in BULK else METADATA_TIMEOUT
+        if name in MAY_MOVE and self._has_spill_folder():
+            timeout = MOVE_TIMEOUT
+        return Call(self.cluster.submit(self.node, name, *_on_the_wire(args)), timeout)
+
+    def _has_spill_folder(self) -> bool:
+        """Whether the node spills (asked once: a call there may then move blocks first)."""
+        if self._spills is None:
+            stats = self.cluster.result(self.cluster.submit(self.node, "stats", None),
+                                        self.node, METADATA_TIMEOUT)
+            self._spills = stats.spill_dir is not None
+        return self._spills
 
     def result(self, call: Call, timeout: float | None = None) -> Any:
         """The result of a sent call, waited for at most its method's timeout (or
@@ -138,6 +155,18 @@ class RemoteNode:
 
     def stats(self, capacity: int | None = None) -> NodeStats:
         return self._call(StoreActor.stats, capacity)
+
+    def node_status(self, capacity: int | None = None) -> NodeStats:
+        return self._call(StoreActor.node_status, capacity)
+
+    def spill(self, number: int, progress: copies.Progress = copies.no_progress) -> BlockInfo:
+        """:meth:`StoreActor.spill`, done on the node (no progress comes back)."""
+        return self._call(StoreActor.spill, number)
+
+    def restore_block(self, number: int,
+                      progress: copies.Progress = copies.no_progress) -> BlockInfo:
+        """:meth:`StoreActor.restore_block`, done on the node (no progress comes back)."""
+        return self._call(StoreActor.restore_block, number)
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
                       force: bool = False, writer: str | None = None,

@@ -32,12 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from distributed_grid.errors import BlockNotFound, KeyNotFound
+from distributed_grid.errors import BlockNotFound, InvalidArgument, KeyNotFound
 from distributed_grid.memory.io import sinks, sources
 from distributed_grid.memory.node.core import guard_of
 from distributed_grid.memory.node.directory import Copy, KeyDirectory, Replicas
 from distributed_grid.memory.node.local_node import HeldSlot, LocalNode
 from distributed_grid.memory.node.repairs import Repairs, mend
+from distributed_grid.memory.node.room import settings_from_env
 from distributed_grid.memory.node.upkeep import (
     TICK_SECONDS,
     ClusterLinks,
@@ -55,7 +56,7 @@ from distributed_grid.runtime import (
     remove_stale_temp_files,
     write_node_record,
 )
-from distributed_grid.wire import REMOTE_WRITER, STORE_PROTOCOL
+from distributed_grid.wire import REMOTE_WRITER, SPILL_ENV, STORE_PROTOCOL
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class StoreActor(LocalNode):
         # where its last life stopped, as far as it published: a stale id names no new block
         self.catalog.numbers_from(read_snapshot(links.published(node))[1])
         self.reconcile()
+        self._spill_from_env()
         remove_stale_temp_files()  # records a crashed writer never renamed
         node_id, gcs_address, ip = links.whereabouts()
         raylet = os.getppid()  # Ray starts its workers from the node's raylet
@@ -105,6 +107,20 @@ class StoreActor(LocalNode):
             if self.repairs is not None:
                 threading.Thread(target=self.repairs.forever, args=(tick_seconds,),
                                  name="repairs", daemon=True).start()
+
+    def _spill_from_env(self) -> None:
+        """Take the spill settings ``grid cluster start`` gave the node (``SPILL_ENV``), then
+        make the spill folder and the catalog agree (a store restarted after a crash)."""
+        try:
+            settings = settings_from_env(self.node, os.environ.get(SPILL_ENV))
+            if settings is not None:
+                self.configure_spill(settings.folder, settings.quota, settings.high,
+                                     settings.low)
+        except InvalidArgument as exc:
+            log.error("node %s: no spill folder: %s", self.node, exc)
+        done = self.reconcile_spills()
+        if done["removed"] or done["lost"]:
+            log.warning("node %s: spill folder reconciled: %s", self.node, done)
 
     def ping(self) -> dict[str, Any]:
         """Who serves this store: its process, Ray node, protocol and installation."""

@@ -23,6 +23,7 @@ from distributed_grid.memory.node.extents import ExtentQueries
 from distributed_grid.memory.node.schema import (
     BLOCK_COLUMNS,
     HOLDS_MEMORY,
+    ON_DISK,
     SCHEMA,
     SCHEMA_VERSION,
     BlockRow,
@@ -137,7 +138,8 @@ class Catalog(ExtentQueries):
                              (number,))
         return rows[0] if rows else None
 
-    def blocks(self, states: tuple[str, ...] = ("ok", "missing")) -> list[BlockRow]:
+    def blocks(self, states: tuple[str, ...] = ("ok", "missing", "spilling", "spilled",
+                                                "restoring")) -> list[BlockRow]:
         marks = ",".join("?" * len(states))
         return [BlockRow(*r) for r in self._db.rows(
             f"SELECT {BLOCK_COLUMNS} FROM blocks WHERE state IN ({marks}) ORDER BY number",
@@ -164,7 +166,8 @@ class Catalog(ExtentQueries):
         if lease is not None:
             db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?)", (lease, created))
         db.execute(
-            f"INSERT INTO blocks ({BLOCK_COLUMNS}) VALUES (?,?,?,?,?,0,'creating',?,?,?,?,?,?,0)",
+            f"INSERT INTO blocks ({BLOCK_COLUMNS}) VALUES "
+            "(?,?,?,?,?,0,'creating',?,?,?,?,?,?,0,NULL,NULL,NULL)",
             (number, size, segment, token, created, lease, creator, holder, for_key, int(slab),
              replica_of))
         self._add_meta("block_count", 1)
@@ -174,10 +177,12 @@ class Catalog(ExtentQueries):
         """Move a block to ``state`` (inside a transaction)."""
         self._db.db.execute("UPDATE blocks SET state=?, creator=NULL WHERE number=?",
                             (state, row.number))
-        was, now = row.state in HOLDS_MEMORY, state in HOLDS_MEMORY
-        if was != now:
-            self._add_meta("block_count", 1 if now else -1)
-            self._add_meta("block_bytes", row.size if now else -row.size)
+        for kinds, count, size in ((HOLDS_MEMORY, "block_count", "block_bytes"),
+                                   (ON_DISK, "spilled_count", "spilled_bytes")):
+            was, now = row.state in kinds, state in kinds
+            if was != now:
+                self._add_meta(count, 1 if now else -1)
+                self._add_meta(size, row.size if now else -row.size)
 
     def delete_block(self, row: BlockRow) -> None:
         """Forget a block with its extents and key metadata (inside a transaction)."""
@@ -186,9 +191,62 @@ class Catalog(ExtentQueries):
         if row.state in HOLDS_MEMORY:
             self._add_meta("block_count", -1)
             self._add_meta("block_bytes", -row.size)
+        if row.state in ON_DISK:
+            self._add_meta("spilled_count", -1)
+            self._add_meta("spilled_bytes", -row.size)
         if row.lease is not None and db.execute(
                 "SELECT 1 FROM blocks WHERE lease=? LIMIT 1", (row.lease,)).fetchone() is None:
             db.execute("DELETE FROM leases WHERE name=?", (row.lease,))
+
+    def spill_counts(self) -> tuple[int, int]:
+        """``(blocks, bytes)`` of the blocks that have a spill file (spilling, spilled,
+        restoring): what the spill quota counts."""
+        rows = dict(self._db.rows(
+            "SELECT name, value FROM meta WHERE name IN ('spilled_count', 'spilled_bytes')"))
+        return int(rows["spilled_count"]), int(rows["spilled_bytes"])
+
+    def settings(self, prefix: str) -> dict[str, Any]:
+        """The rows of ``meta`` whose name starts with ``prefix`` (a node's spill settings)."""
+        return dict(self._db.rows("SELECT name, value FROM meta WHERE name LIKE ? || '%'",
+                                  (prefix,)))
+
+    def set_settings(self, values: dict[str, Any]) -> None:
+        """Write rows of ``meta`` (inside a transaction); a None value removes its row."""
+        for name, value in values.items():
+            if value is None:
+                self._db.db.execute("DELETE FROM meta WHERE name=?", (name,))
+            else:
+                self._db.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+    def set_spill(self, number: int, spill_file: str | None, checksum: str | None,
+                  mover: str | None) -> None:
+        """Record a block's spill file, its checksum and the process moving it (inside a
+        transaction)."""
+        self._db.db.execute("UPDATE blocks SET spill_file=?, checksum=?, mover=? WHERE number=?",
+                            (spill_file, checksum, mover, number))
+
+    def has_pending(self, number: int) -> bool:
+        """Whether a write of the block is pending."""
+        return self._db.scalar("SELECT 1 FROM extents WHERE block=? AND complete=0 LIMIT 1",
+                               (number,)) is not None
+
+    def set_token(self, number: int, token: str) -> None:
+        """Give a block's memory a new token (inside a transaction): it is restored into a new
+        segment, and no mapping of the old one may pass for it."""
+        self._db.db.execute("UPDATE blocks SET token=? WHERE number=?", (token, number))
+
+    def moving_blocks(self) -> list[BlockRow]:
+        """Blocks being spilled or restored (an index keeps this cheap)."""
+        return [BlockRow(*r) for r in self._db.rows(
+            f"SELECT {BLOCK_COLUMNS} FROM blocks WHERE state IN ('spilling', 'restoring')")]
+
+    def spill_candidates(self) -> list[BlockRow]:
+        """Blocks in memory that may be spilled: ``ok``, no write allocated them and none is
+        running (their pins are the spiller's to check), by number."""
+        return [BlockRow(*r) for r in self._db.rows(
+            f"SELECT {BLOCK_COLUMNS} FROM blocks b WHERE state='ok' AND holder IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM extents e WHERE e.block=b.number AND e.complete=0) "
+            "ORDER BY number")]
 
     def copies(self) -> list[BlockRow]:
         """The blocks that are copies of a replicated block."""

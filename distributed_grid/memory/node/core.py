@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import NamedTuple, Protocol
 
 from distributed_grid.errors import BlockNotFound, CopiesChanged, InvalidArgument, KeyBusy
+from distributed_grid.memory.io.spill_files import remove_file
 from distributed_grid.memory.node.catalog import Catalog
 from distributed_grid.memory.node.schema import BlockRow, ExtentRow
 from distributed_grid.memory.shm import segment as seg
@@ -62,7 +63,7 @@ class Place(NamedTuple):
     size: int
 
 
-def _open_fd(block: Placed) -> int:
+def open_fd(block: Placed) -> int:
     try:
         return seg.open_data(block.segment, bytes.fromhex(block.token), block.size)
     except seg.SegmentNotFound as exc:
@@ -77,7 +78,7 @@ def segment_fd(block: Placed) -> Iterator[int]:
     Raises:
         BlockNotFound: the block's memory is gone from this host (or holds another block).
     """
-    fd = _open_fd(block)
+    fd = open_fd(block)
     try:
         yield fd
     finally:
@@ -95,7 +96,7 @@ def readers_turn(block: Placed, seconds: float) -> None:
 def open_guard_in_turn(block: Placed) -> Guard:
     """:func:`open_guard` for a new write: first waits while a reader has its turn (see
     :func:`readers_turn`; at most ``READERS_TURN_SECONDS``)."""
-    fd = _open_fd(block)
+    fd = open_fd(block)
     try:
         until = int.from_bytes(os.pread(fd, 8, READERS_TURN_OFFSET), "little")
         wait = min((until - time.monotonic_ns()) / 1e9, READERS_TURN_SECONDS)
@@ -112,7 +113,7 @@ def open_guard(block: Placed) -> Guard:
     Raises:
         BlockNotFound: as :func:`segment_fd`.
     """
-    fd = _open_fd(block)
+    fd = open_fd(block)
     try:
         return Guard(fd)
     finally:
@@ -127,6 +128,12 @@ def guard_of(block: Placed) -> Iterator[Guard]:
         yield guard
     finally:
         guard.close()
+
+
+class NotInMemory(BlockNotFound):
+    """The block is spilled to disk (or being read back): its memory must be restored first
+    (:meth:`~distributed_grid.memory.node.spills.StoreSpills.restore`, which the store's
+    accesses do themselves)."""
 
 
 class StoreCore:
@@ -164,7 +171,11 @@ class StoreCore:
                 f"no block {self.block_id(number)} on node {self.node}",
                 block_id=self.block_id(number), node=self.node,
             )
-        if settled and row.state != "ok":
+        if settled and row.state in ("spilled", "restoring"):
+            raise NotInMemory(
+                f"block {self.block_id(number)} is spilled to disk on node {self.node}; it is "
+                "restored when used", block_id=self.block_id(number), node=self.node)
+        if settled and row.state not in ("ok", "spilling"):
             raise BlockNotFound(
                 f"block {self.block_id(number)} lost its shared memory (segment "
                 f"{row.segment} is gone from this host); deallocate it",
@@ -187,9 +198,11 @@ class StoreCore:
                 keys.setdefault(e.key, []).append((e.offset, e.length))
             else:
                 pending.append(PendingWrite(e.key, e.offset, e.length, e.writer))
+        moved = row.state in ("spilling", "spilled", "restoring")
         return BlockInfo(
             block_id=self.block_id(row.number), node=self.node, number=row.number,
-            size=row.size, used=row.high_water, created=row.created, status=row.state,
+            size=row.size, used=row.high_water, created=row.created,
+            status="ok" if moved else row.state, state=row.state if moved else "memory",
             segment=row.segment, token=row.token, keys=keys,
             pending_keys=sorted({p.key for p in pending}), persistent=row.lease is None,
             pending=pending, slab=bool(row.slab), replica_of=row.replica_of,
@@ -315,6 +328,15 @@ class StoreCore:
                     guard.release(w.slot, w.guard)
             except BlockNotFound:
                 continue
+
+    def _free_memory(self, row: BlockRow) -> None:
+        """Give back what a block whose row was deleted held: its segment, and its spill file
+        (when it has one)."""
+        seg.unlink_segment(row.segment)
+        if row.spill_file is not None:
+            folder = self.catalog.meta("spill_dir")
+            if folder:
+                remove_file(folder, row.spill_file)
 
     def _drop_freed_mappings(self) -> None:
         """Close this process's kept mappings of unlinked segments (a node of this host keeps

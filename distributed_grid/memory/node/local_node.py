@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from distributed_grid.errors import BlockNotFound, WriteInProgress
@@ -29,15 +29,16 @@ from distributed_grid.memory.io import copies, sinks, sources
 from distributed_grid.memory.node.core import (
     READERS_TURN_SECONDS,
     READERS_WAIT_BEFORE_TURN,
-    Place,
+    NotInMemory,
+    open_fd,
     open_guard_in_turn,
     readers_turn,
     segment_fd,
 )
-from distributed_grid.memory.node.store import BlockStore
+from distributed_grid.memory.node.views import PIN_TRIES, NodeViews
 from distributed_grid.memory.shm import layout
-from distributed_grid.memory.shm import segment as seg
 from distributed_grid.memory.shm.mappings import Mappings
+from distributed_grid.memory.shm.pins import touch
 from distributed_grid.memory.shm.seqguard import Guard, process_tag, read_untorn, tag_alive
 from distributed_grid.names import check_range
 from distributed_grid.records import BlockInfo
@@ -51,13 +52,6 @@ from distributed_grid.wire import READ_WAIT_SECONDS
 # written take ``copies.fill_both_ways`` (``pwrite`` and the mapping at once).
 MAPPED_MIN = 16 * 2**20
 KEPT_MAPPINGS = 2
-# A zero-copy view (``open_block``: ``view``, ``get``) maps its block through mappings this
-# process keeps (the last VIEW_MAPPINGS blocks viewed): a block viewed again takes no new mapping
-# and no page fault for pages touched before (a second get + touch of 1 GiB cost 98 ms with a new
-# mapping, against 5 ms for Plasma, which keeps its store mapped). A kept mapping costs no memory
-# of its own (its pages are the block's); one of a freed block is closed by the next deallocate
-# or delete of this process, or within ``mappings.WATCH_SECONDS``, and a view over it stays valid.
-VIEW_MAPPINGS = 16
 
 
 @dataclass
@@ -71,7 +65,7 @@ class HeldSlot:
     writer: str | None = None
 
 
-class LocalNode(BlockStore):
+class LocalNode(NodeViews):
     """A node of this host: its store in this process, and zero-copy access to its blocks.
 
     Args:
@@ -89,7 +83,6 @@ class LocalNode(BlockStore):
         self._held_lock = threading.Lock()
         self._tag: tuple[int, int] | None = None
         self._maps = Mappings(self.kept_mappings)
-        self._views = Mappings(VIEW_MAPPINGS, check_each_call=False)
 
     def tag(self) -> int:
         """This process's owner tag for guard slots (computed again after a fork)."""
@@ -105,7 +98,20 @@ class LocalNode(BlockStore):
                       replica_of: str | None = None, epoch: int = 0,
                       slot: int | None = None, guard: int | None = None) -> BlockInfo:
         """:meth:`BlockStore.prepare_write`, holding the range's guard slot until the write
-        commits or aborts (a write of no bytes holds none)."""
+        commits or aborts (a write of no bytes holds none). A spilled block is restored first
+        (one being spilled: once it is on disk)."""
+        for _ in range(PIN_TRIES):
+            try:
+                return self._prepare(number, offset, length, key, force, writer, replica_of,
+                                     epoch, slot, guard)
+            except NotInMemory:
+                self.resident(number, for_write=True)
+        raise WriteInProgress(f"{self.block_id(number)} kept moving to disk before a write of "
+                              "it could start; try again", block_id=self.block_id(number))
+
+    def _prepare(self, number: int, offset: int, length: int, key: str | None, force: bool,
+                 writer: str | None, replica_of: str | None, epoch: int, slot: int | None,
+                 guard: int | None) -> BlockInfo:
         if length <= 0 or slot is not None:
             return super().prepare_write(number, offset, length, key, force, writer, replica_of,
                                          epoch, slot, guard)
@@ -189,6 +195,7 @@ class LocalNode(BlockStore):
                                                       progress)
                     return
         with segment_fd(block) as fd:
+            touch(fd)
             copies.fill_fd(fd, layout.HEADER_SIZE + offset, length, source, progress)
 
     @staticmethod
@@ -206,12 +213,32 @@ class LocalNode(BlockStore):
         """
         if length <= 0:
             return
-        with segment_fd(block) as fd:
+        fd, block = self._open_in_memory(block)
+        try:
+            touch(fd)
             guard = Guard(fd)  # the guard of the same segment: no second open
             try:
                 self._drain(block, fd, guard, offset, length, sink, progress)
             finally:
                 guard.close()
+        finally:
+            os.close(fd)
+
+    def _open_in_memory(self, block: BlockInfo) -> tuple[int, BlockInfo]:
+        """A descriptor of the block's segment, and its facts: those given, or, when its
+        memory moved (spilled, and restored now if need be), its facts as they are now.
+
+        Raises:
+            BlockNotFound: the block is gone.
+        """
+        try:
+            return open_fd(block), block
+        except BlockNotFound:
+            row = self.resident(block.number)
+            if row.segment != block.segment:
+                raise
+            block = replace(block, token=row.token, status="ok", state="memory")
+            return open_fd(block), block
 
     def _drain(self, block: BlockInfo, fd: int, guard: Guard, offset: int, length: int,
                sink: sinks.Sink, progress: copies.Progress) -> None:
@@ -305,60 +332,12 @@ class LocalNode(BlockStore):
 
     def _drop_freed_mappings(self) -> None:
         self._maps.drop_stale()
-        self._views.drop_stale()
         super()._drop_freed_mappings()
-
-    def kept_views(self) -> list[str]:
-        """The segments this process keeps mapped for views (``VIEW_MAPPINGS``)."""
-        return self._views.names()
 
     def close(self) -> None:
         """Close the kept mappings and the catalog (live views stay valid)."""
         self._maps.close()
-        self._views.close()
         super().close()
-
-    def open_block(self, number: int, populate: bool = False) -> tuple[int, memoryview]:
-        """A block's size and a writable memoryview of its bytes over a mapping this process
-        keeps (``VIEW_MAPPINGS``), or, with ``populate``, over a mapping of its own with every
-        page mapped at once (for a caller about to write all of it).
-
-        The memory stays valid while the view (or an array over it) lives, even if the block
-        is deallocated meanwhile, and goes with it. One catalog query, and an attach only the
-        first time: this is what opening a zero-copy view costs.
-        """
-        place = self.catalog.place_of(number)
-        if place is None or place[3] != "ok":
-            self._row(number)  # raises the right BlockNotFound
-            return self.open_block(number, populate)  # it became usable meanwhile
-        size, name, token, _ = place
-        block = Place(self.block_id(number), self.node, name, token, size)
-        if not populate:
-            view = self._views.view(block)
-            if view is not None:
-                return size, view
-        try:
-            return size, seg.map_data(name, bytes.fromhex(token), size, populate)
-        except seg.SegmentNotFound as exc:
-            raise BlockNotFound(f"the shared memory of {self.block_id(number)} is gone",
-                                block_id=self.block_id(number), node=self.node) from exc
-
-    def view_of(self, block: BlockInfo) -> memoryview | None:
-        """A writable view of a block whose facts were just read (a key's place), through the
-        kept mappings, with no catalog query: as :meth:`open_block` without ``populate``.
-
-        Raises:
-            BlockNotFound: its memory is gone from this host.
-        """
-        view = self._views.view(block)
-        if view is None:
-            raise BlockNotFound(f"the shared memory of {block.block_id} is gone",
-                                block_id=block.block_id, node=self.node)
-        return view
-
-    def writable(self, block: BlockInfo, offset: int, length: int) -> memoryview:
-        """:meth:`view_of`'s view of the range, for a write this process prepared."""
-        return self.view_of(block)[offset:offset + length]
 
     def change_mark(self) -> tuple[int, int] | None:
         """The version of the node's catalog: it changes with every commit, this process's own

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
+from distributed_grid.memory.io import spill_files
 from distributed_grid.memory.node.core import StoreCore
 from distributed_grid.memory.node.schema import ExtentRow
 from distributed_grid.memory.shm import layout
@@ -124,19 +125,25 @@ class StoreRecovery(StoreCore):
                     if now is not None and now.state == "ok":
                         self.catalog.set_state(now, "missing")
                         missing.append(self.block_id(row.number))
-            owned = {r.segment for r in self.catalog.blocks(("creating", "ok", "missing"))}
+            owned = {r.segment for r in self.catalog.blocks(
+                ("creating", "ok", "missing", "spilling", "restoring"))}
         orphans = sorted(on_host - owned)
         for name in orphans:
             seg.unlink_segment(name)
         return {"reaped": reaped, "missing": missing, "orphans": orphans}
 
     def destroy(self) -> int:
-        """Free every block and remove the catalog (the cluster is going away).
+        """Free every block (spilled ones too) and remove the catalog (the cluster is going
+        away).
 
         Costs one unlink per block and no transaction per block, so 10,000 blocks take a
         fraction of a second. Returns how many blocks there were.
         """
-        count = self.catalog.counts()[0]
+        count = self.catalog.counts()[0] + self.catalog.spill_counts()[0]
+        folder = self.catalog.meta("spill_dir")
+        if folder:  # its spill files go with it
+            for name in spill_files.node_files(folder, self.cluster_id, self.node):
+                spill_files.remove_file(folder, name)
         self.catalog.remove()
         for name in seg.list_segment_names(self.prefix):
             if self._segment_re.fullmatch(name):

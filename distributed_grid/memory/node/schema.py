@@ -1,12 +1,21 @@
 """The schema of a node's catalog: its tables, and the rows queries hand back.
 
 Block states: ``creating`` (its number is spent and its creator is making the segment),
-``ok``, or ``missing`` (its segment vanished from the host). ``block_count`` and ``block_bytes``
-in ``meta`` count the blocks that hold memory (creating and ok), kept by every change, so no
-question about the node's size costs a scan. A block allocated for one write (``grid memory
-store`` without a block id) has a ``holder``, the writer, until that write commits: if the
-holder dies first, the block is freed. It also remembers the key it was made ``for_key``, so
-removing that key frees the block when no other key lives in it.
+``ok``, or ``missing`` (its segment vanished from the host); and, on a node with a spill folder
+(``memory/node/spills.py``), ``spilling`` (in memory and readable, being written to its
+``spill_file`` by the process ``mover``; no write may start), ``spilled`` (on disk only: the
+file, whose xxh3-64 is ``checksum``, is its bytes) and ``restoring`` (being read back into a new
+segment by ``mover``). ``block_count`` and ``block_bytes`` in ``meta`` count the blocks that hold
+memory (creating, ok, spilling, restoring), ``spilled_count`` and ``spilled_bytes`` those with
+a spill file (spilling, spilled, restoring: the quota counts blocks, not file sizes), kept by
+every change, so no question about the node's size costs a scan. The spill folder, its quota
+and the watermarks are rows of ``meta`` too (``spill_dir``, ``spill_quota``, ``spill_high``,
+``spill_low``), so every process of the host that runs the store applies the same.
+
+A block allocated for one write (``grid memory store`` without a block id) has a ``holder``,
+the writer, until that write commits: if the holder dies first, the block is freed. It also
+remembers the key it was made ``for_key``, so removing that key frees the block when no other
+key lives in it.
 
 A ``slab`` block holds small values the store places itself (``memory/node/slabs.py``): its
 free runs are rows of ``slab_free`` (never two touching: a freed run merges with its
@@ -32,11 +41,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
-INSERT INTO meta VALUES ('next_number', 0), ('block_count', 0), ('block_bytes', 0);
+INSERT INTO meta VALUES ('next_number', 0), ('block_count', 0), ('block_bytes', 0),
+    ('spilled_count', 0), ('spilled_bytes', 0);
 CREATE TABLE leases (name TEXT PRIMARY KEY, created REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE blocks (
     number INTEGER PRIMARY KEY,
@@ -45,14 +55,18 @@ CREATE TABLE blocks (
     token TEXT NOT NULL,
     created REAL NOT NULL,
     high_water INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL CHECK (state IN ('creating', 'ok', 'missing')),
+    state TEXT NOT NULL CHECK (state IN ('creating', 'ok', 'missing', 'spilling', 'spilled',
+                                         'restoring')),
     lease TEXT REFERENCES leases(name),
     creator TEXT,
     holder TEXT,
     for_key TEXT,
     slab INTEGER NOT NULL DEFAULT 0,
     replica_of TEXT,
-    epoch INTEGER NOT NULL DEFAULT 0
+    epoch INTEGER NOT NULL DEFAULT 0,
+    spill_file TEXT,
+    checksum TEXT,
+    mover TEXT
 );
 CREATE INDEX blocks_by_lease ON blocks(lease) WHERE lease IS NOT NULL;
 CREATE INDEX blocks_not_ok ON blocks(state) WHERE state != 'ok';
@@ -86,7 +100,8 @@ CREATE TABLE key_meta (
 ) WITHOUT ROWID;
 CREATE INDEX key_meta_by_block ON key_meta(block)
 """
-HOLDS_MEMORY = ("creating", "ok")
+HOLDS_MEMORY = ("creating", "ok", "spilling", "restoring")
+ON_DISK = ("spilling", "spilled", "restoring")  # the blocks the spill quota counts
 
 
 class BlockRow(NamedTuple):
@@ -106,6 +121,9 @@ class BlockRow(NamedTuple):
     slab: int = 0
     replica_of: str | None = None
     epoch: int = 0
+    spill_file: str | None = None
+    checksum: str | None = None
+    mover: str | None = None
 
 
 class ExtentRow(NamedTuple):
@@ -127,7 +145,7 @@ class ExtentRow(NamedTuple):
 
 
 BLOCK_COLUMNS = ("number, size, segment, token, created, high_water, state, lease, creator, "
-                  "holder, for_key, slab, replica_of, epoch")
+                  "holder, for_key, slab, replica_of, epoch, spill_file, checksum, mover")
 EXTENT_COLUMNS = "id, block, key, offset, length, complete, writer, slot, guard"
 BLOCK_COLUMNS_OF_B = ", ".join(f"b.{c}" for c in BLOCK_COLUMNS.split(", "))
 EXTENT_COLUMNS_OF_E = ", ".join(f"e.{c}" for c in EXTENT_COLUMNS.split(", "))

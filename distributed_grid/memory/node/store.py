@@ -8,7 +8,8 @@ they may all work at once; the catalog's write lock serializes them.
 The store is split along its seams, each a class of its own over :class:`~distributed_grid.
 memory.node.core.StoreCore`: allocation and reads (here), writes and removals of keys
 (:mod:`~distributed_grid.memory.node.writes`), small values in slabs
-(:mod:`~distributed_grid.memory.node.slabs`), and recovery from dead processes
+(:mod:`~distributed_grid.memory.node.slabs`), spilling to disk and restoring
+(:mod:`~distributed_grid.memory.node.spills`), and recovery from dead processes
 (:mod:`~distributed_grid.memory.node.recovery`).
 
 Numbers only grow and are spent in the transaction that records the block as ``creating``,
@@ -21,33 +22,46 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 
 from distributed_grid.errors import BlockNotFound, GridError, StoreFull
 from distributed_grid.memory.node.recovery import StoreRecovery
 from distributed_grid.memory.node.schema import ExtentRow
 from distributed_grid.memory.node.slabs import StoreSlabs
+from distributed_grid.memory.node.spills import StoreSpills
 from distributed_grid.memory.node.writes import StoreWrites
 from distributed_grid.memory.shm import layout
 from distributed_grid.memory.shm import segment as seg
-from distributed_grid.memory.shm.capacity import describe_limit, node_stats
+from distributed_grid.memory.shm.capacity import node_stats
 from distributed_grid.names import positive_size, validate_key
 from distributed_grid.records import BlockInfo, KeyPlace, NodeStats
 
 
-class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
+class BlockStore(StoreWrites, StoreSlabs, StoreSpills, StoreRecovery):
     """The blocks of one node, as seen from a process on the node's host (made with the
     arguments of :class:`~distributed_grid.memory.node.core.StoreCore`)."""
 
     # -- reading --------------------------------------------------------------------------------
 
     def block_info(self, number: int) -> BlockInfo:
-        """The facts of a usable block.
+        """The facts of a usable block (in memory or spilled: it is not restored).
 
         Raises:
             BlockNotFound: no such block, or its segment is gone.
         """
         row, extents = self.catalog.block_and_extents(number)
-        return self._info(self._usable(number, row), extents)
+        on_disk = row is not None and row.state in ("spilled", "restoring")
+        return self._info(self._usable(number, row, settled=not on_disk), extents)
+
+    def bare_info(self, number: int) -> BlockInfo:
+        """A usable block's facts without its keys, once its bytes are in memory (restored
+        first when spilled): what a copy of its bytes needs.
+
+        Raises:
+            BlockNotFound: no such block, or its segment is gone.
+            StoreFull: it is spilled and the node has no room to restore it.
+        """
+        return self._info(self.resident(number), [])
 
     def list_blocks(self) -> list[BlockInfo]:
         """Every block of the node (missing ones too), by number."""
@@ -65,7 +79,10 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
         One statement on the key's own rows, whatever the number of keys in its block: the
         block's facts in the place list this key only (``block_info`` lists them all)."""
         found = self.catalog.key_place(validate_key(key))
-        if found is None or found[0].state != "ok":
+        if found is not None and found[0].state in ("spilled", "restoring"):
+            self.resident(found[0].number)  # used now: its bytes come back into memory
+            found = self.catalog.key_place(key)
+        if found is None or found[0].state not in ("ok", "spilling"):
             return None
         row, own, meta = found
         return KeyPlace(key=key, block=self._info(row, own),
@@ -116,8 +133,21 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
         clock (:class:`~distributed_grid.memory.shm.capacity.HostRoom`), or now if ``fresh``."""
         blocks, block_bytes = self.catalog.counts()
         cap = self.capacity if capacity is None else capacity
-        return node_stats(self.node, self.room.limits(block_bytes, fresh), cap, blocks,
-                          block_bytes)
+        stats = node_stats(self.node, self.room.limits(block_bytes, fresh), cap, blocks,
+                           block_bytes)
+        settings = self.spill_settings()
+        if settings is None:
+            return stats
+        spilled, spilled_bytes = self.catalog.spill_counts()
+        return replace(stats, spill_dir=settings.folder, spill_quota=settings.quota,
+                       spilled_blocks=spilled, spilled_bytes=spilled_bytes)
+
+    def node_status(self, capacity: int | None = None) -> NodeStats:
+        """:meth:`stats` read now, with the blocks pinned by views counted (one look at each
+        block's header: for ``cluster status``, not for every allocation)."""
+        pinned, pinned_bytes = self.pinned()
+        return replace(self.stats(capacity, fresh=True), pinned_blocks=pinned,
+                       pinned_bytes=pinned_bytes)
 
     # -- allocation -----------------------------------------------------------------------------
 
@@ -153,17 +183,15 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
         """:meth:`allocate` of checked arguments; ``slab``: a slab for small values, all of it
         free (:mod:`~distributed_grid.memory.node.slabs`)."""
         token = os.urandom(layout.TOKEN_SIZE)
+        self.make_room(size, capacity)  # a node with a spill folder spills cold blocks first
         with self.catalog.transaction():
             stats = self.stats(capacity)  # counts read under the write lock: no overshoot
             if size > stats.free_for_blocks:  # never refused on a stale reading
                 stats = self.stats(capacity, fresh=True)
             free = stats.free_for_blocks
             if size > free:
-                raise StoreFull(
-                    f"cannot allocate {size} bytes on node {self.node}: it can hold at most "
-                    f"{free} more bytes ({describe_limit(stats)})", node=self.node, size=size,
-                    free=free, limit=stats.limited_by,
-                )
+                raise StoreFull(self.full_message(size, stats, "allocate"), node=self.node,
+                                size=size, free=free, limit=stats.limited_by)
             number = self.catalog.spend_number()
             name = layout.segment_name(self.cluster_id, self.node, number)
             if replica_of == "":
@@ -232,7 +260,7 @@ class BlockStore(StoreWrites, StoreSlabs, StoreRecovery):
             self.check_copy(row, replica_of, "deallocate")
             info = self._info(row)
             self.catalog.delete_block(row)
-        seg.unlink_segment(row.segment)
+        self._free_memory(row)
         if row.slab:
             self._drop_freed_mappings()  # a slab's kept mapping goes with it
         return info

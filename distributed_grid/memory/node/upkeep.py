@@ -157,6 +157,7 @@ class Upkeep:
         with self._lock:
             self.writers.dead_jobs = self.links.dead_jobs()
             done: dict[str, Any] = {"leases": self.release_dead_leases(), "reaped": store.reap(),
+                                    "moves": store.reap_moves(),
                                     "abandoned": self.abandon_silent_writes(),
                                     "writes": store.reap_writes()}
             self._rounds += 1

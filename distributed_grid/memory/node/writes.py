@@ -33,7 +33,7 @@ from distributed_grid.errors import (
     KeyNotFound,
     StoreFull,
 )
-from distributed_grid.memory.node.core import StoreCore, guard_of
+from distributed_grid.memory.node.core import NotInMemory, StoreCore, guard_of
 from distributed_grid.memory.node.schema import BlockRow, ExtentRow
 from distributed_grid.memory.shm import segment as seg
 from distributed_grid.memory.shm.seqguard import process_tag
@@ -81,6 +81,9 @@ class StoreWrites(StoreCore):
             with self.catalog.transaction():
                 row = self._row(number)
                 block_id = self.block_id(number)
+                if row.state == "spilling":  # no write starts until it is on disk
+                    raise NotInMemory(f"{block_id} is being spilled to disk",
+                                      block_id=block_id, node=self.node)
                 self.check_copy(row, replica_of, "write to", epoch)
                 if row.slab:
                     raise InvalidArgument(
@@ -174,7 +177,7 @@ class StoreWrites(StoreCore):
                 self.catalog.let_go(number)
             info = self._key_info(self._row(number), key)
         for old in replaced:  # after the commit: readers of it keep their mapping
-            seg.unlink_segment(old.segment)
+            self._free_memory(old)
         if replaced:
             self._drop_freed_mappings()
         return info
@@ -263,7 +266,7 @@ class StoreWrites(StoreCore):
             raise KeyNotFound(f"no key named {key!r} on node {self.node}", key=key,
                               node=self.node)
         if freed:
-            seg.unlink_segment(row.segment)
+            self._free_memory(row)
             self._drop_freed_mappings()
         elif row.replica_of is not None:
             self._mark_changed(row)  # a copy being made from this one takes the keys again

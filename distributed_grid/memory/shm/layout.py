@@ -23,11 +23,15 @@ Segment layout (the only place it is written down)::
     64      8     write guard: sequence (u64), +1 when a write starts, +1 when it ends
     72      8     readers' turn: until when (CLOCK_MONOTONIC, ns; u64) a new write waits before
                   it claims a slot, set by a reader that waited (a hint: plain stores and loads)
-    80      48    reserved, 0
+    80      8     last use: when the block was last read, written or viewed (wall clock, ns;
+                  u64; 0 = never recorded), the spiller's order (a hint: plain stores)
+    88      40    reserved, 0
     128     2048  write guard: 64 slots of 32 bytes, each owner u64 (0 = free), start u64,
                   end u64, spare u64 (0). A slot whose owner is set but whose end is 0 is
                   being published (or released): it overlaps every range.
-    2176    1920  reserved, 0 (room for pin counts)
+    2176    1920  pins: 240 words, each the owner tag of a process holding views of the
+                  block (0 = free), taken and freed under a record lock on the table
+                  (:mod:`distributed_grid.memory.shm.pins`)
     4096    size  data
 
 The write guard's words are little-endian, naturally aligned and only accessed atomically, by
@@ -54,6 +58,9 @@ READERS_TURN_OFFSET = 72
 GUARD_SLOTS_OFFSET = 128
 GUARD_SLOT_COUNT = 64
 GUARD_SLOT_SIZE = 32
+LAST_USED_OFFSET = 80
+PIN_SLOTS_OFFSET = 2176
+PIN_SLOT_COUNT = 240
 
 CLUSTER_ID_PATTERN = r"[A-Za-z0-9]{1,32}"
 # What a cluster keeps in /dev/shm, by kind: each pattern's group 1 is the cluster's id.

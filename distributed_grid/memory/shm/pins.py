@@ -1,0 +1,193 @@
+"""Pins and last use, kept in a segment's header: which processes hold views of a block, and
+when its bytes were last touched.
+
+A zero-copy view of a block maps its memory: a block spilled to disk under a live view would
+leave the view on memory nobody else sees any more (writes through it lost, the node's room not
+given back). So each process that holds a view of a block owns one **pin slot** in the block's
+header (:data:`~distributed_grid.memory.shm.layout.PIN_SLOTS_OFFSET`: 240 words, each the
+owner tag of a process, 0 when free) while any of its views lives; the store never spills a block
+with a pin whose process is alive, and a slot whose process died counts for nothing (the
+spiller clears it).
+
+A process pins a block once, whatever its number of views of it (:class:`PinnedViews` counts
+them): each view handed out is a ``ctypes`` array over the mapping, which Python can watch
+(``weakref.finalize``; a ``memoryview`` cannot be watched), made into a memoryview. Every
+array, memoryview and slice made over it keeps it alive, so the pin goes when the last of them
+is garbage-collected, or with the process.
+
+Slots are taken and freed under a record lock on the pin table (``lockf``: the same lock
+whichever process, a few microseconds), so two processes never take one slot; the spiller
+reads the table after it has marked the block ``spilling`` in the catalog, and a viewer checks
+the block's state again after it pinned it, so one of them always sees the other.
+
+The **last use** word (:data:`~distributed_grid.memory.shm.layout.LAST_USED_OFFSET`) is the
+wall-clock time (ns) of the block's last read, write or new view, a hint the spiller orders
+blocks by (least recently used first): plain 8-byte stores, no lock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import struct
+import threading
+import time
+import weakref
+
+from distributed_grid.errors import WriteInProgress
+from distributed_grid.memory.shm import segment as seg
+from distributed_grid.memory.shm.layout import (
+    LAST_USED_OFFSET,
+    PIN_SLOT_COUNT,
+    PIN_SLOTS_OFFSET,
+)
+from distributed_grid.memory.shm.seqguard import process_tag, tag_alive
+
+_WORD = struct.Struct("<Q")
+_TABLE = struct.Struct(f"<{PIN_SLOT_COUNT}Q")
+_TABLE_BYTES = _TABLE.size
+
+
+def touch(fd: int) -> None:
+    """Record a use of the block whose segment ``fd`` is open (its last-use word: now)."""
+    os.pwrite(fd, _WORD.pack(time.time_ns()), LAST_USED_OFFSET)
+
+
+def last_used(fd: int) -> int:
+    """The block's last use (wall clock, ns; 0: never recorded)."""
+    return _WORD.unpack(os.pread(fd, 8, LAST_USED_OFFSET))[0]
+
+
+class _TableLock:
+    """The pin table of one open segment, held against every other process."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> _TableLock:
+        fcntl.lockf(self.fd, fcntl.LOCK_EX, _TABLE_BYTES, PIN_SLOTS_OFFSET, os.SEEK_SET)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        fcntl.lockf(self.fd, fcntl.LOCK_UN, _TABLE_BYTES, PIN_SLOTS_OFFSET, os.SEEK_SET)
+
+    def read(self) -> list[int]:
+        return list(_TABLE.unpack(os.pread(self.fd, _TABLE_BYTES, PIN_SLOTS_OFFSET)))
+
+    def write(self, slot: int, owner: int) -> None:
+        os.pwrite(self.fd, _WORD.pack(owner), PIN_SLOTS_OFFSET + 8 * slot)
+
+
+def pin(fd: int, owner: int) -> int:
+    """Take a pin slot for ``owner`` (a process's owner tag); returns its index.
+
+    Raises:
+        WriteInProgress: every slot is held by a live process (240 processes view the block).
+    """
+    with _TableLock(fd) as table:
+        owners = table.read()
+        free = next((i for i, o in enumerate(owners) if o == 0 or not tag_alive(o)), None)
+        if free is None:
+            raise WriteInProgress(f"{PIN_SLOT_COUNT} processes hold views of this block; "
+                                  "close some and try again")
+        table.write(free, owner)
+        return free
+
+
+def unpin(fd: int, slot: int, owner: int) -> bool:
+    """Free pin slot ``slot`` if ``owner`` still holds it; returns whether it did."""
+    with _TableLock(fd) as table:
+        if table.read()[slot] != owner:
+            return False
+        table.write(slot, 0)
+        return True
+
+
+def live_pins(fd: int, clear_dead: bool = True) -> list[int]:
+    """The owner tags of the live processes that pin the block; slots of dead ones are freed
+    (with ``clear_dead``)."""
+    with _TableLock(fd) as table:
+        live = []
+        for slot, owner in enumerate(table.read()):
+            if owner == 0:
+                continue
+            if tag_alive(owner):
+                live.append(owner)
+            elif clear_dead:
+                table.write(slot, 0)
+        return live
+
+
+class PinnedViews:
+    """This process's pins: views handed out over blocks' mappings, one pin slot per block."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[tuple[str, str], list[int]] = {}  # (segment, token) -> [slot, views, size]
+        self._tag: tuple[int, int] | None = None
+
+    def owner(self) -> int:
+        """This process's owner tag (computed again after a fork)."""
+        pid = os.getpid()
+        if self._tag is None or self._tag[0] != pid:
+            self._tag = (pid, process_tag(pid) or pid << 32)
+        return self._tag[1]
+
+    def is_pinned(self, segment: str, token: str) -> bool:
+        """Whether this process holds a pin of the block (a view of it lives here)."""
+        with self._lock:
+            return (segment, token) in self._held
+
+    def pinned(self, segment: str, token: str, view: memoryview) -> tuple[memoryview, bool]:
+        """``view`` (a block's data, writable) as a view that pins the block while it, or
+        anything made over it, lives. Returns it and whether the pin is new (the caller then
+        checks the block is still in memory, see the module's docstring).
+
+        Raises:
+            BlockNotFound-like :class:`~distributed_grid.memory.shm.segment.SegmentNotFound`:
+                the segment is gone.
+            WriteInProgress: no pin slot is free.
+        """
+        key = (segment, token)
+        owner = self.owner()
+        new = False
+        with self._lock:
+            held = self._held.get(key)
+            if held is None:
+                fd = seg.open_data(segment, bytes.fromhex(token), len(view))
+                try:
+                    slot = pin(fd, owner)
+                    touch(fd)
+                finally:
+                    os.close(fd)
+                held = self._held[key] = [slot, 0, len(view)]
+                new = True
+            held[1] += 1
+        try:
+            array = (ctypes.c_ubyte * len(view)).from_buffer(view)
+        except BaseException:
+            self._release(key, owner)
+            raise
+        weakref.finalize(array, self._release, key, owner)
+        return memoryview(array).cast("B"), new
+
+    def _release(self, key: tuple[str, str], owner: int) -> None:
+        with self._lock:
+            held = self._held.get(key)
+            if held is None:
+                return
+            held[1] -= 1
+            if held[1] > 0:
+                return
+            del self._held[key]
+            slot, _, size = held
+        segment, token = key
+        try:
+            fd = seg.open_data(segment, bytes.fromhex(token), size)
+        except (seg.SegmentNotFound, OSError):
+            return  # the block is gone: its pins with it
+        try:
+            unpin(fd, slot, owner)
+        finally:
+            os.close(fd)
