@@ -188,6 +188,14 @@ class NodeStats:
     pinned_blocks: int = 0
     pinned_bytes: int = 0
 
+    @property
+    def spill_room(self) -> int:
+        """The most bytes spilling could free for a new block: the blocks in memory, as far
+        as the spill folder's quota takes them (0 without a spill folder)."""
+        if not self.spill_dir:
+            return 0
+        return min(self.block_bytes, max(0, self.spill_quota - self.spilled_bytes))
+
     def to_json(self) -> dict[str, Any]:
         """The node as plain data (what ``cluster status --json`` prints for it)."""
         return asdict(self)

@@ -50,6 +50,24 @@ def replicas(value: Any) -> int | None:
                               ) from None
 
 
+def optional_fraction(value: Any, what: str) -> float | None:
+    """A fraction as typed (``0.85``), or None when the option was not given.
+
+    Raises:
+        InvalidArgument: not a number above 0 and at most 1.
+    """
+    if value is None:
+        return None
+    try:
+        number = float(str(value))
+    except ValueError:
+        number = -1.0
+    if not 0 < number <= 1:
+        raise InvalidArgument(f"--{what} must be a fraction above 0 and at most 1 (0.85), got "
+                              f"{value!r}")
+    return number
+
+
 def optional_text(value: Any) -> str | None:
     """The text typed, or None when the option was not given."""
     return None if value is None else str(value)

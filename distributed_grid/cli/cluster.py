@@ -23,7 +23,8 @@ class ClusterCommands:
     def start(self, name: str | None = None, address: str | None = None,
               nodes: Any = None, loopback: bool = False, port: int | None = None,
               num_cpus: int | None = None, json: bool = False, private_shm: bool = False,
-              shm_size: Any = None, another: bool = False) -> None:
+              shm_size: Any = None, another: bool = False, spill_dir: str | None = None,
+              spill_quota: Any = None, spill_high: Any = None, spill_low: Any = None) -> None:
         """Start Ray on this host, outliving this command; prints the head's address.
 
         Args:
@@ -42,6 +43,12 @@ class ClusterCommands:
             another: start a cluster (or join one) even though a cluster started by grid runs
                 on this host already; without it that is refused, naming the running one.
                 Commands then need --address or RAY_ADDRESS to say which cluster they mean.
+            spill_dir: a folder where the nodes write cold blocks when their memory runs
+                short, read back when used (with --nodes each node gets DIR/<node>; a node
+                started alone takes DIR). Default: the config's spill_dir, else no spilling.
+            spill_quota: how many bytes of blocks the spill folder may hold (10GiB).
+            spill_high: spill when a node's blocks pass this part of its room (default 0.85).
+            spill_low: ...down to this part (default 0.70).
         """
         from distributed_grid.cluster import starting
 
@@ -49,7 +56,11 @@ class ClusterCommands:
             name=args.optional_text(name), address=args.optional_text(address),
             nodes=args.names(nodes), loopback=loopback, port=args.optional_size(port, "port"),
             num_cpus=args.optional_size(num_cpus, "num-cpus"), private_shm=private_shm,
-            shm_size=args.optional_size(shm_size, "shm-size"), another=another)
+            shm_size=args.optional_size(shm_size, "shm-size"), another=another,
+            spill_dir=args.optional_text(spill_dir),
+            spill_quota=args.optional_size(spill_quota, "spill-quota"),
+            spill_high=args.optional_fraction(spill_high, "spill-high"),
+            spill_low=args.optional_fraction(spill_low, "spill-low"))
         out.result(started, text=None if started.role == "worker" else started.address)
         out.note(started.describe())
 

@@ -64,10 +64,11 @@ def block_table(blocks: list[BlockInfo]) -> str:
     rows = [
         [b.block_id, ",".join(b.replicas or [b.node]), str(len(b.replicas or [b.node])),
          format_size(b.size), format_size(b.used), _keys_cell(b), format_age(now - b.created),
-         b.status]
+         b.status, b.state]
         for b in blocks
     ]
-    text = table(["BLOCK ID", "NODE", "COPIES", "SIZE", "USED", "KEYS", "AGE", "STATUS"], rows)
+    text = table(["BLOCK ID", "NODE", "COPIES", "SIZE", "USED", "KEYS", "AGE", "STATUS", "STATE"],
+                 rows)
     writes = [[b.block_id, printable(p.key), str(p.offset), str(p.length),
                printable(p.owner)] for b in blocks for p in b.pending]
     if writes:
@@ -79,16 +80,27 @@ def block_table(blocks: list[BlockInfo]) -> str:
 def node_table(stats: list[NodeStats]) -> str:
     """The ``cluster status`` table; ROOM is the most a new block may take, and what bounds
     it (``shm``, ``memory``, ``cgroup`` or ``capacity``)."""
+    spills = any(s.spill_dir for s in stats)
     rows = [
         [s.node, "head" if s.is_head else "worker", s.address, format_size(s.shm_total),
          format_size(s.shm_free),
          "-" if s.mem_available is None else format_size(s.mem_available),
          f"{format_size(s.free_for_blocks)} ({s.limited_by})", str(s.blocks),
          format_size(s.block_bytes)]
+        + ([_spill_cell(s), format_size(s.pinned_bytes)] if spills else [])
         for s in sorted(stats, key=lambda s: (not s.is_head, s.node))
     ]
     return table(["NODE", "ROLE", "ADDRESS", "SHM TOTAL", "SHM FREE", "MEM AVAILABLE", "ROOM",
-                  "BLOCKS", "BLOCK BYTES"], rows)
+                  "BLOCKS", "IN RAM" if spills else "BLOCK BYTES"]
+                 + (["SPILLED / QUOTA", "PINNED"] if spills else []), rows)
+
+
+def _spill_cell(stats: NodeStats) -> str:
+    """What a node's spill folder holds, of its quota (``-``: no spill folder)."""
+    if not stats.spill_dir:
+        return "-"
+    return (f"{stats.spilled_blocks} blocks, {format_size(stats.spilled_bytes)} / "
+            f"{format_size(stats.spill_quota)}")
 
 
 def sweep_table(sweep: Sweep) -> str:

@@ -137,7 +137,8 @@ class MemoryCommands:
     @read_only
     def list_objects(self, json: bool = False, config: str | None = None,
                      address: str | None = None) -> None:
-        """Show every block of the cluster: id, node, size, used, keys, age, status.
+        """Show every block of the cluster: id, node, size, used, keys, age, status, state
+        (memory, or spilled to disk).
 
         Args:
             json: print the list as JSON for scripts.
@@ -178,6 +179,43 @@ class MemoryCommands:
                  "; the block stays allocated")
         out.result(removal, done=f"deleted key '{printable(removal.key)}' ({removal.bytes} "
                                  f"bytes) from {removal.block_id}{freed}")
+
+    @changing
+    def spill(self, target: Any, json: bool = False, config: str | None = None,
+              address: str | None = None) -> None:
+        """Write a block to its node's spill folder and free its memory now (it comes back
+        when used): to make room for a job. Needs a node started with --spill-dir.
+
+        Args:
+            target: a block id (block_0_gpu2) or a key (its block is spilled; a key in a slab
+                spills the slab, all its small values).
+            json: print the block's info as JSON.
+            config: a cluster config YAML file.
+            address: the cluster's address (HOST:PORT).
+        """
+        pool = args.pool(config, address)
+        with Progress("spill", None) as bar:
+            info = pool.spill(str(target), progress=bar.update)
+        out.result(info, done=f"spilled {info.block_id} ({info.size} bytes) to the spill "
+                              f"folder of {', '.join(info.replicas or [info.node])}")
+
+    @changing
+    def restore(self, target: Any, json: bool = False, config: str | None = None,
+                address: str | None = None) -> None:
+        """Bring a spilled block back into its node's shared memory now: to pre-stage data
+        before a job (colder blocks are spilled if the node needs the room).
+
+        Args:
+            target: a block id (block_0_gpu2) or a key.
+            json: print the block's info as JSON.
+            config: a cluster config YAML file.
+            address: the cluster's address (HOST:PORT).
+        """
+        pool = args.pool(config, address)
+        with Progress("restore", None) as bar:
+            info = pool.restore(str(target), progress=bar.update)
+        out.result(info, done=f"restored {info.block_id} ({info.size} bytes) into the memory "
+                              f"of {', '.join(info.replicas or [info.node])}")
 
     @changing
     def gc(self, dry_run: bool = False, json: bool = False) -> None:

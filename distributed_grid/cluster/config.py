@@ -10,7 +10,11 @@ A YAML file such as::
         host: gpu2.example.internal
         role: worker
         memory: 64GiB        # optional cap on the bytes this node's store may hold
+        spill_dir: /data/grid-spill   # optional, with spill_quota: where cold blocks go
+        spill_quota: 200GiB  #   when memory runs short (taken by `grid cluster start`)
     replicas: 2              # optional: copies of each new block, each on a node of its own
+    spill_high: 0.85         # optional: spill when blocks pass this part of a node's room
+    spill_low: 0.70          #   ... down to this part
 
 Node names come from the Ray label ``grid.node`` (:data:`NODE_LABEL`) first; this file names the
 nodes that carry no label, by host name or address; else a node is named after its host
@@ -30,6 +34,7 @@ NODE_LABEL = "grid.node"  # the Ray label that names a node
 CONFIG_ENV = "DISTRIBUTED_GRID_CONFIG"
 CONFIG_MAX_BYTES = 2**20  # a config names nodes: more than this is not one
 _ROLES = ("head", "worker")
+_NODE_FIELDS = ("name", "host", "role", "memory", "spill_dir", "spill_quota")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,8 @@ class NodeConfig:
     host: str
     role: str = "worker"
     memory: int | None = None
+    spill_dir: str | None = None
+    spill_quota: int | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class ClusterConfig:
     address: str | None = None
     source: str | None = None
     replicas: int = 1
+    spill_high: float | None = None
+    spill_low: float | None = None
 
     def node(self, name: str) -> NodeConfig | None:
         return next((n for n in self.nodes if n.name == name), None)
@@ -104,11 +113,11 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
         where = f"cluster config {source}: nodes[{i}]"
         if not isinstance(raw, dict):
             raise InvalidArgument(f"{where} must be a mapping with name and host")
-        unknown = {str(f) for f in raw} - {"name", "host", "role", "memory"}
+        unknown = {str(f) for f in raw} - set(_NODE_FIELDS)
         if unknown:
             raise InvalidArgument(
                 f"{where} has unknown field(s) {', '.join(sorted(unknown))}; "
-                "allowed: name, host, role, memory"
+                f"allowed: {', '.join(_NODE_FIELDS)}"
             )
         for required in ("name", "host"):
             if not isinstance(raw.get(required), str) or not raw[required]:
@@ -125,7 +134,18 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
             memory = parse_size(raw["memory"], what=f"{where}.memory")
             if memory <= 0:
                 raise InvalidArgument(f"{where}.memory must be positive, got {raw['memory']!r}")
-        nodes.append(NodeConfig(name=name, host=raw["host"], role=role, memory=memory))
+        spill_dir, spill_quota = raw.get("spill_dir"), raw.get("spill_quota")
+        if (spill_dir is None) != (spill_quota is None):
+            raise InvalidArgument(f"{where}: spill_dir and spill_quota go together")
+        if spill_dir is not None:
+            if not isinstance(spill_dir, str) or not os.path.isabs(spill_dir):
+                raise InvalidArgument(f"{where}.spill_dir must be an absolute path, got "
+                                      f"{spill_dir!r}")
+            spill_quota = parse_size(spill_quota, what=f"{where}.spill_quota")
+            if spill_quota <= 0:
+                raise InvalidArgument(f"{where}.spill_quota must be positive")
+        nodes.append(NodeConfig(name=name, host=raw["host"], role=role, memory=memory,
+                                spill_dir=spill_dir, spill_quota=spill_quota))
     names = [n.name for n in nodes]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -137,8 +157,16 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
         replicas = replica_count(data.get("replicas", 1))
     except InvalidArgument as exc:
         raise InvalidArgument(f"cluster config {source}: {exc}") from exc
+    marks = {}
+    for mark in ("spill_high", "spill_low"):
+        value = data.get(mark)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not 0 < value <= 1):
+            raise InvalidArgument(f"cluster config {source}: {mark} must be a fraction in "
+                                  f"(0, 1], got {value!r}")
+        marks[mark] = None if value is None else float(value)
     return ClusterConfig(nodes=tuple(nodes), address=address, source=source,
-                         replicas=replicas)
+                         replicas=replicas, **marks)
 
 
 def use_config(config: ClusterConfig | str | os.PathLike[str] | None) -> ClusterConfig | None:

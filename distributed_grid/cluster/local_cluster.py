@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from distributed_grid import _ray, runtime
     from distributed_grid.cluster import connection as cluster
     from distributed_grid.cluster.config import NODE_LABEL
+    from distributed_grid.cluster.spilling import remove_spill_files
     from distributed_grid.cluster.target import Target
     from distributed_grid.memory.node.recovery import remove_cluster_files
     from distributed_grid.memory.node.serving import get_store
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     _stop_private_nodes(private)
     ray_cluster.shutdown()
     remove_cluster_files(cluster_id)  # the stores are gone: nothing of the cluster may stay
+    remove_spill_files(cluster_id, [args.head_name, *workers])  # nor in the spill folders
     return 0
 
 

@@ -21,7 +21,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -37,8 +38,10 @@ from distributed_grid.cluster.ray_env import (
     ray_temp_dir,
     recorded_address,
 )
+from distributed_grid.cluster.spilling import spill_env, spill_table
 from distributed_grid.errors import ClusterError, InvalidArgument
 from distributed_grid.names import validate_node_name
+from distributed_grid.wire import SPILL_ENV
 
 if TYPE_CHECKING:
     import subprocess
@@ -71,7 +74,8 @@ class Started:
 def start(name: str | None = None, address: str | None = None, nodes: list[str] | None = None,
           loopback: bool = False, port: int | None = None, num_cpus: int | None = None,
           private_shm: bool = False, shm_size: int | None = None,
-          another: bool = False) -> Started:
+          another: bool = False, spill_dir: str | None = None, spill_quota: int | None = None,
+          spill_high: float | None = None, spill_low: float | None = None) -> Started:
     """Start Ray on this host, outliving the caller: join the cluster at ``address`` as a
     worker; or, with ``nodes``, ``loopback`` or ``private_shm``, a cluster for this host alone
     (a head plus a raylet per node name); else a head that other hosts can join.
@@ -83,10 +87,17 @@ def start(name: str | None = None, address: str | None = None, nodes: list[str] 
         private_shm: give each worker node a /dev/shm of its own, of ``shm_size`` bytes
             (default :data:`~distributed_grid.cluster.node_process.DEFAULT_SHM_SIZE`).
         another: start (or join) a cluster even though one started by grid runs here.
+        spill_dir, spill_quota: where the nodes spill cold blocks when their memory runs
+            short, and how many bytes of blocks that folder may hold (each node of a cluster of
+            this host gets ``spill_dir/<node>``; a node started alone takes ``spill_dir``);
+            the cluster config's ``spill_dir`` and ``spill_quota`` of a node apply otherwise
+            (:mod:`~distributed_grid.cluster.spilling`).
+        spill_high, spill_low: spill when a node's blocks pass ``spill_high`` of its room,
+            down to ``spill_low`` (default: the config's, else 0.85 and 0.70).
 
     Raises:
         InvalidArgument: ``nodes`` with ``address`` (nodes start a new cluster); ``port`` for
-            anything but a head; ``shm_size`` without ``private_shm``.
+            anything but a head; ``shm_size`` without ``private_shm``; bad spill settings.
         ClusterError: a cluster started by grid runs here (without ``another``), Ray did not
             start (the message says why), or the record of started clusters is corrupt.
     """
@@ -104,7 +115,8 @@ def start(name: str | None = None, address: str | None = None, nodes: list[str] 
                               "cluster (--nodes, --loopback, --private-shm) or a joining node "
                               "takes a free one", port=port)
     own = name or host_node_name()
-    with hosted.one_start_at_a_time():
+    table = spill_table(spill_dir, spill_quota, spill_high, spill_low, per_node=local)
+    with hosted.one_start_at_a_time(), _in_environment(spill_env(table)):
         if not another:
             _refuse_a_second(joining=address)
         if address is not None:
@@ -114,6 +126,23 @@ def start(name: str | None = None, address: str | None = None, nodes: list[str] 
             started = start_local(nodes, head_name=own, head_cpus=num_cpus, private_shm=shm)
             return Started(started, "local", [own, *nodes])
         return Started(start_head(name=name, port=port, num_cpus=num_cpus), "head", [own])
+
+
+@contextmanager
+def _in_environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment, which the processes started here inherit,
+    while the block runs (and :data:`SPILL_ENV` not inherited from the caller's otherwise)."""
+    saved = {name: os.environ.get(name) for name in (*values, SPILL_ENV)}
+    os.environ.pop(SPILL_ENV, None)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _refuse_a_second(joining: str | None) -> None:

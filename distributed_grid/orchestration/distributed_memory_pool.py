@@ -12,6 +12,7 @@ from typing import Any
 
 from distributed_grid.cluster.config import ClusterConfig
 from distributed_grid.errors import ClusterError
+from distributed_grid.records import BlockInfo
 
 
 class DistributedMemoryPool:
@@ -80,6 +81,14 @@ class DistributedMemoryPool:
     async def deallocate(self, block_id: str) -> None:
         """Free a block and its keys."""
         await asyncio.to_thread(self.pool.deallocate, block_id)
+
+    async def spill(self, target: str) -> BlockInfo:
+        """Write a block (its id, or a key it holds) to its node's spill folder now."""
+        return await asyncio.to_thread(self.pool.spill, target)
+
+    async def restore(self, target: str) -> BlockInfo:
+        """Bring a spilled block (its id, or a key it holds) back into memory now."""
+        return await asyncio.to_thread(self.pool.restore, target)
 
     async def get_stats(self) -> dict[str, list[Any]]:
         """Per node shared-memory capacity and free bytes (``NodeStats``), and the blocks of the

@@ -175,6 +175,7 @@ class Allocator:
         ranks best by the sizes the nodes last reported. A node whose report was stale and
         turns out full is asked for its real size and the next one tried."""
         sizes, shared, host_of, caps = self._ranking()
+        refused: StoreFull | None = None
         for _ in range(2 * len(sizes)):
             best = placement.best(sizes, shared, host_of, caps)
             if size > placement.room(best, sizes, shared, host_of, caps):
@@ -182,8 +183,11 @@ class Allocator:
             node = self.router.node(best)
             try:
                 return node, node.allocate(size, self.lease, caps[best], holder, for_key)
-            except StoreFull:
+            except StoreFull as exc:
+                refused = exc  # what it says (what spilling could not free, say)
                 sizes[best] = node.stats()  # its report was stale: rank it by what it says now
+        if refused is not None and refused.facts.get("node") == best:
+            raise refused
         sizes[best] = self.router.node(best).stats(caps[best])  # what bounds it, for the message
         free = placement.room(best, sizes, shared, host_of, caps)
         raise StoreFull(f"cannot allocate {size} bytes: the most any node can hold is {free} "

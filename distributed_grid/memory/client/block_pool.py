@@ -140,9 +140,14 @@ class BlockPool:
                 for n in self.nodes() if n.name in per_node]
 
     def status(self) -> ClusterStatus:
-        """The cluster's address and identity, and each alive node's :meth:`stats`."""
-        return ClusterStatus(address=self.address, cluster_id=self.cluster_id,
-                             nodes=self.stats())
+        """The cluster's address and identity, and each alive node's :meth:`stats` read now,
+        with what its spill folder holds and how much of it views pin."""
+        per_node = self._router.each_node(NodeStore.node_status,
+                                          lambda name: (memory_cap(name),))
+        return ClusterStatus(address=self.address, cluster_id=self.cluster_id, nodes=[
+            replace(per_node[n.name], node_id=n.node_id, address=n.address,
+                    hostname=n.hostname, is_head=n.is_head)
+            for n in self.nodes() if n.name in per_node])
 
     # -- blocks ---------------------------------------------------------------------------------
 
@@ -183,6 +188,33 @@ class BlockPool:
     @_doc_of(Router.every_block)
     def list_blocks(self) -> list[BlockInfo]:
         return self._router.every_block()
+
+    def spill(self, target: str, progress: Progress | None = None) -> BlockInfo:
+        """Write a block (``target``: its id, or a key it holds) to its node's spill folder
+        and free its memory now, to make room for a job; it comes back when used (or with
+        :meth:`restore`). A replicated block is spilled on every node holding a copy; a key in
+        a slab spills the slab, all its small values. Returns the block's facts.
+
+        Raises:
+            KeyNotFound, BlockNotFound: no such key or block.
+            InvalidArgument: its node has no spill folder, or the block is pinned by a view,
+                or being written.
+            StoreFull: the spill folder's quota has no room for it, or the disk refused.
+        """
+        number, node = self._router.block_node(self._keys.block_of(target))
+        return node.spill(number, progress or copies.no_progress)
+
+    def restore(self, target: str, progress: Progress | None = None) -> BlockInfo:
+        """Bring a spilled block (``target``: its id, or a key it holds) back into its node's
+        shared memory now, before a job needs it (spilling colder blocks if the node needs
+        the room). Returns the block's facts.
+
+        Raises:
+            KeyNotFound, BlockNotFound: no such key or block, or its spill file is lost.
+            StoreFull: the node has no room for it.
+        """
+        number, node = self._router.block_node(self._keys.block_of(target))
+        return node.restore_block(number, progress or copies.no_progress)
 
     def is_local(self, block_id: str) -> bool:
         """Whether this process reaches ``block_id`` zero-copy (same host, proven by token)."""

@@ -21,7 +21,7 @@ from distributed_grid.errors import (
 )
 from distributed_grid.memory.client.nodes import NodeStore
 from distributed_grid.memory.client.router import Router
-from distributed_grid.names import Key
+from distributed_grid.names import Key, looks_like_block_id, validate_key
 from distributed_grid.records import KeyPlace, KeyRemoval
 
 Version = tuple[int, int] | None  # a node catalog's version (None: another host's node)
@@ -91,6 +91,20 @@ class KeyIndex:
         if place is not None and node.is_local and place.block.replica_of is None:
             self.saw(key, place.block.node)
         return place, version
+
+    def block_of(self, target: str) -> str:
+        """The id of the block ``target`` names: a block id itself, or the block of a key (as
+        the key directory says: its bytes are not touched).
+
+        Raises:
+            KeyNotFound: ``target`` is no block id and no key.
+        """
+        if looks_like_block_id(target):
+            return target
+        holder = self.router.directory.lookup(validate_key(target))
+        if holder is None:
+            raise KeyNotFound(f"no block holds key {target!r}", key=target)
+        return holder[0]
 
     def _replicated(self, key: Key, place: KeyPlace,
                     version: Version) -> tuple[KeyPlace | None, Version]:

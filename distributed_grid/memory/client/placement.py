@@ -5,7 +5,8 @@ nodes). Nodes of one host share its memory, but each reported it at its own mome
 ranked by one figure for the host, the least any of them saw (a node bounded by its own
 capacity keeps that bound), and by the cap a cluster config puts on a node's block bytes. Free
 memory is compared in 64 MiB steps, then the node holding fewer block bytes is preferred, then
-the name decides. Nothing here calls a node: :class:`~distributed_grid.memory.client.
+the name decides. A node with a spill folder counts what spilling its blocks could free too.
+Nothing here calls a node: :class:`~distributed_grid.memory.client.
 allocation.Allocator` asks the nodes and tries the best one.
 """
 
@@ -33,8 +34,8 @@ def room(name: str, sizes: Mapping[str, NodeStats], shared: Mapping[str, int],
          host_of: Mapping[str, str], caps: Mapping[str, int | None]) -> int:
     """The most bytes a new block on node ``name`` may have, by what it and its host reported
     and by its cap (``caps[name]``, None: none)."""
-    own = sizes[name].free_for_blocks
-    free = min(own, shared.get(host_of[name], own))
+    own = sizes[name].free_for_blocks + sizes[name].spill_room
+    free = min(own, shared.get(host_of[name], own) + sizes[name].spill_room)
     cap = caps.get(name)
     return free if cap is None else min(free, max(0, cap - sizes[name].block_bytes))
 

@@ -241,6 +241,26 @@ class ReplicaSet:
             return node.stats(capacity)
         raise self.lost()
 
+    def node_status(self, capacity: int | None = None) -> NodeStats:
+        for _, node in self._live():
+            return node.node_status(capacity)
+        raise self.lost()
+
+    def spill(self, number: int, progress: copies.Progress = copies.no_progress) -> BlockInfo:
+        """Spill every copy (each on its node); the block's facts as one copy has them."""
+        return self._on_every_copy(NodeStore.spill)
+
+    def restore_block(self, number: int,
+                      progress: copies.Progress = copies.no_progress) -> BlockInfo:
+        """Restore every copy (each on its node)."""
+        return self._on_every_copy(NodeStore.restore_block)
+
+    def _on_every_copy(self, method: Callable[..., Any]) -> BlockInfo:
+        done, _, errors = self.sorted_results(self.each(method, lambda n: (n,)))
+        if errors or not done:
+            raise errors[0] if errors else self.lost()
+        return self.as_replicated(done[0][2])
+
     def change_mark(self) -> tuple[int, int] | None:
         """None: a replicated block's key is found again after each read (its copies' catalogs
         change apart)."""

@@ -265,6 +265,7 @@ class KeyDirectory:
         """Record a node's size as its store (or a process of its host) last saw it."""
         # the room the host can back (its memory bounds it too), unless a cap already cut it
         free = stats.shm_free if stats.capacity is not None else stats.free_for_blocks + HEADER_SIZE
+        free += stats.spill_room  # a node that spills makes room for a new block first
         with self._db.transaction() as db:
             db.execute("INSERT INTO nodes VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(name) DO "
                        "UPDATE SET is_head=excluded.is_head, shm_total=excluded.shm_total, "
