@@ -154,12 +154,14 @@ class StoreRoom(StoreCore):
         if stats.block_bytes + size <= settings.high * room and size <= stats.free_for_blocks:
             return 0
         target = settings.low * room - size
+        # a restore trades places with what it spills: its own file goes once it is back
+        credit = 0 if keep is None else size
         spilled = 0
         for row in self._coldest(keep):
             if self.stats(capacity).block_bytes <= target:
                 break
             try:
-                self._spill(row.number, settings)
+                self._spill(row.number, settings, credit=credit)
             except (Pinned, BlockNotFound):
                 continue
             except OSError:
@@ -208,5 +210,5 @@ class StoreRoom(StoreCore):
         return count, size
 
     def _spill(self, number: int, settings: SpillSettings, progress: Progress = no_progress,
-               explicit: bool = False) -> None:
+               explicit: bool = False, credit: int = 0) -> None:
         raise NotImplementedError  # the spilling store's (memory/node/spills.py)

@@ -97,8 +97,8 @@ class StoreSlabs(StoreCore):
                     old = self._slab_extents_of(key, released)
                     taken = self._take_run(need)
                     if taken is not None:
-                        number, offset = taken
-                        row = self._slab_row(number)
+                        number, offset, token = taken
+                        row = self._slab_row(number, token)
                         self._copy_into(row, offset, parts)
                         for e in old:
                             self._give_back(e)
@@ -127,32 +127,34 @@ class StoreSlabs(StoreCore):
                 block_id=self.block_id(number))
         return [e for e in extents if e.block == number]
 
-    def _slab_row(self, number: int) -> BlockRow:
-        """A ready slab's row, read once per process: what a slab's row says never changes
-        while it has free runs (its number is never another block's)."""
+    def _slab_row(self, number: int, token: str) -> BlockRow:
+        """A ready slab's row, read once per process while its memory keeps ``token``: what
+        else a slab's row says never changes while it has free runs (its number is never
+        another block's; a slab spilled and restored has new memory, with a new token)."""
         if self._slab_rows is None:
             self._slab_rows = {}
         row = self._slab_rows.get(number)
-        if row is None:
+        if row is None or row.token != token:
             row = self._slab_rows[number] = self._row(number)
         return row
 
-    def _take_run(self, length: int) -> tuple[int, int] | None:
-        """Take ``length`` bytes from the smallest free run of a ready slab that holds them;
-        returns ``(block, offset)``, or None when no run is long enough."""
+    def _take_run(self, length: int) -> tuple[int, int, str] | None:
+        """Take ``length`` bytes from the smallest free run of a ready slab (in memory) that
+        holds them; returns ``(block, offset, the slab's token)``, or None when no run is long
+        enough."""
         sql = self.catalog.sql
-        row = sql.execute("SELECT f.block, f.offset, f.length FROM slab_free f JOIN blocks b "
-                          "ON b.number = f.block WHERE f.length>=? AND b.state='ok' "
+        row = sql.execute("SELECT f.block, f.offset, f.length, b.token FROM slab_free f JOIN "
+                          "blocks b ON b.number = f.block WHERE f.length>=? AND b.state='ok' "
                           "ORDER BY f.length, f.block, f.offset LIMIT 1", (length,)).fetchone()
         if row is None:
             return None
-        block, offset, found = row
+        block, offset, found, token = row
         if found == length:
             sql.execute("DELETE FROM slab_free WHERE block=? AND offset=?", (block, offset))
         else:
             sql.execute("UPDATE slab_free SET offset=?, length=? WHERE block=? AND offset=?",
                         (offset + length, found - length, block, offset))
-        return block, offset
+        return block, offset, token
 
     def _give_run(self, block: int, offset: int, length: int) -> tuple[int, int]:
         """Free ``length`` bytes of a slab from ``offset``, merged with the free runs it

@@ -74,8 +74,14 @@ class StoreSpills(StoreRoom):
         return self._info(self._row(number, settled=False))
 
     def _spill(self, number: int, settings: SpillSettings, progress: Progress = no_progress,
-               explicit: bool = False) -> None:
-        row = self._begin_spill(number, settings, explicit)
+               explicit: bool = False, credit: int = 0) -> None:
+        """Spill block ``number`` (steps 1-4 of the module's docstring).
+
+        Args:
+            credit: bytes of the quota a restore that makes room by this spill gives back when
+                it is done (its own file): the two trade places.
+        """
+        row = self._begin_spill(number, settings, explicit, credit)
         if row is None:
             return
         name = str(row.spill_file)
@@ -110,8 +116,8 @@ class StoreSpills(StoreRoom):
         seg.unlink_segment(row.segment)
         self._drop_freed_mappings()
 
-    def _begin_spill(self, number: int, settings: SpillSettings,
-                     explicit: bool) -> BlockRow | None:
+    def _begin_spill(self, number: int, settings: SpillSettings, explicit: bool,
+                     credit: int = 0) -> BlockRow | None:
         """Step 1 (a transaction): the block's row as ``spilling`` by this process, or None
         when it is on disk already."""
         with self.catalog.transaction():
@@ -123,7 +129,7 @@ class StoreSpills(StoreRoom):
             if row.holder is not None or self.catalog.has_pending(number):
                 raise Pinned("it is being written (or not fully written yet)")
             used = self.catalog.spill_counts()[1]
-            if used + row.size > settings.quota:
+            if used - credit + row.size > settings.quota:
                 if explicit:
                     raise StoreFull(
                         f"cannot spill {self.block_id(number)} ({row.size} bytes): the spill "
@@ -243,14 +249,26 @@ class StoreSpills(StoreRoom):
                 self.catalog.set_spill(row.number, now.spill_file, now.checksum, None)
 
     def _lose(self, row: BlockRow, why: str) -> None:
-        """The block's bytes are gone (its file missing or damaged): it becomes ``missing``."""
+        """The block's bytes are gone (its file missing or damaged): it becomes ``missing``,
+        its file goes."""
         seg.unlink_segment(row.segment)
-        with self.catalog.transaction():
-            now = self.catalog.block(row.number)
-            if now is not None and now.state in ("restoring", "spilled"):
-                self.catalog.set_state(now, "missing")
+        self._mark_lost(row.number)
         raise BlockNotFound(f"block {self.block_id(row.number)} cannot be restored: {why}; "
                             "deallocate it", block_id=self.block_id(row.number), node=self.node)
+
+    def _mark_lost(self, number: int) -> bool:
+        """A spilled block whose file is gone or damaged becomes ``missing`` (its file, if
+        any, is deleted); returns whether it did."""
+        with self.catalog.transaction():
+            now = self.catalog.block(number)
+            if now is None or now.state not in ("restoring", "spilled"):
+                return False
+            self.catalog.set_state(now, "missing")
+            self.catalog.set_spill(number, None, None, None)
+        folder = self.catalog.meta("spill_dir")
+        if folder and now.spill_file:
+            spill_files.remove_file(folder, now.spill_file)
+        return True
 
     def _take_back(self, row: BlockRow) -> bool:
         """Undo the move of a mover that died (spilling: back to ``ok``; restoring: back to
@@ -312,12 +330,8 @@ class StoreSpills(StoreRoom):
         lost = []
         for name, row in recorded.items():
             if row.state == "spilled" and spill_files.file_size(settings.folder, name) \
-                    != row.size:
-                with self.catalog.transaction():
-                    now = self.catalog.block(row.number)
-                    if now is not None and now.state == "spilled":
-                        self.catalog.set_state(now, "missing")
-                        lost.append(self.block_id(row.number))
+                    != row.size and self._mark_lost(row.number):
+                lost.append(self.block_id(row.number))
         return {"removed": removed, "lost": lost}
 
 
