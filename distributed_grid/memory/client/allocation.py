@@ -19,6 +19,7 @@ from distributed_grid.memory.client.router import Router
 from distributed_grid.memory.shm.capacity import describe_limit
 from distributed_grid.names import positive_size, replica_count
 from distributed_grid.records import BlockInfo, NodeStats
+from distributed_grid.sizes import format_size
 
 BEST_NODE_SECONDS = 1.0
 
@@ -191,5 +192,15 @@ class Allocator:
         sizes[best] = self.router.node(best).stats(caps[best])  # what bounds it, for the message
         free = placement.room(best, sizes, shared, host_of, caps)
         raise StoreFull(f"cannot allocate {size} bytes: the most any node can hold is {free} "
-                        f"bytes (node {best}: {describe_limit(sizes[best])})",
+                        f"bytes (node {best}: {self._why_full(best, sizes[best], caps)})",
                         size=size, free=free, node=best, limit=sizes[best].limited_by)
+
+    def _why_full(self, name: str, stats: NodeStats, caps: dict[str, int | None]) -> str:
+        """What bounds a node's room, with what its spill folder holds and views pin."""
+        why = describe_limit(stats)
+        if not stats.spill_dir:
+            return why
+        stats = self.router.node(name).node_status(caps[name])
+        return (f"{why}; its spill folder holds {format_size(stats.spilled_bytes)} of its "
+                f"{format_size(stats.spill_quota)} quota, and views pin "
+                f"{format_size(stats.pinned_bytes)} of its blocks")

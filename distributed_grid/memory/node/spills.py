@@ -213,13 +213,10 @@ class StoreSpills(StoreRoom):
             except FileExistsError:  # the old memory's name, left by a spiller that died
                 seg.unlink_segment(now.segment)
                 seg.create_segment(now.segment, now.size, token)
-            data = seg.map_data(now.segment, token, now.size, populate=True)
-            try:
-                checksum = spill_files.read_file(folder, name, data, progress)
-                with segment_fd(self._place(now._replace(token=token.hex()))) as fd:
-                    pins.touch(fd)
-            finally:
-                data.release()
+            with segment_fd(self._place(now._replace(token=token.hex()))) as fd:
+                checksum = spill_files.read_file(folder, name, fd, layout.HEADER_SIZE,
+                                                 now.size, progress)
+                pins.touch(fd)
         except FileNotFoundError:
             self._lose(now, f"its spill file {name} is gone")
         except BaseException:
