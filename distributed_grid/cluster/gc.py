@@ -3,9 +3,10 @@
 A cluster ended by ``grid cluster stop`` removes its files. One that was killed (SIGKILL, a
 crash, a reboot of Ray without us) leaves them: its segments (``/dev/shm/dg.<cluster id>.*``),
 its node catalogs (``dgc.<cluster id>.<node>.db`` with ``-wal`` and ``-shm``), its key
-directory (``dgk.<cluster id>.db...``) and its records in the runtime directory
-(``nodes/<cluster id>.<node>.json``, ``clusters/<cluster id>.json``). The segments are memory,
-held until somebody unlinks them.
+directory (``dgk.<cluster id>.db...``), its records in the runtime directory
+(``nodes/<cluster id>.<node>.json``, ``clusters/<cluster id>.json``) and the files its nodes
+spilled (``dgs.<cluster id>.*`` in the spill folder each catalog names). The segments are
+memory, held until somebody unlinks them.
 
 Which clusters are alive (their files are never touched), checked in this order:
 
@@ -30,12 +31,14 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import stat
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from distributed_grid.memory.io.spill_files import cluster_files
 from distributed_grid.memory.shm.layout import CLUSTER_ID_PATTERN, FILE_KINDS, SHM_DIR
 from distributed_grid.runtime import cluster_records, node_records, runtime_dir, stale_temp_files
 
@@ -108,8 +111,10 @@ def sweep(dry_run: bool = False, grace: float = GRACE_SECONDS) -> Sweep:
         if why is not None:
             kept[cluster_id] = why
             continue
+        files += _spill_files(cluster_id, files)  # found through its catalogs: before them
         # segments first (the memory), records last: a sweep cut short is resumed by the next
-        order = ("segment", "catalog", "key directory", "node record", "cluster record")
+        order = ("segment", "spill file", "catalog", "key directory", "node record",
+                 "cluster record")
         removed += _remove(sorted(files, key=lambda f: (order.index(f.kind), f.name)), dry_run)
     removed += _remove(_stale_temp_files(), dry_run)
     return Sweep(removed=removed, kept=kept, dry_run=dry_run)
@@ -160,6 +165,27 @@ def _record_files() -> Iterator[LeftFile]:
                              os.path.join(root, folder, name))
                 if left is not None:
                     yield left
+
+
+def _spill_files(cluster_id: str, files: list[LeftFile]) -> list[LeftFile]:
+    """The files a dead cluster's nodes spilled, in the spill folders their catalogs name."""
+    found: list[LeftFile] = []
+    for catalog in [f for f in files if f.kind == "catalog" and f.name.endswith(".db")]:
+        try:
+            db = sqlite3.connect(f"file:{catalog.path}?mode=ro", uri=True, timeout=1)
+            try:
+                row = db.execute("SELECT value FROM meta WHERE name='spill_dir'").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            continue  # not a catalog this version reads: its spill files (if any) stay
+        if row is None or not isinstance(row[0], str):
+            continue
+        for name in cluster_files(row[0], cluster_id):
+            left = _left(cluster_id, "spill file", name, os.path.join(row[0], name))
+            if left is not None and left not in found:
+                found.append(left)
+    return found
 
 
 def _stale_temp_files() -> list[LeftFile]:

@@ -26,7 +26,7 @@ TIMEOUT = 300
 _VARYING = re.compile(r"(?P<address>127\.0\.0\.1:\d+)"
                       r"|(?P<head>(?<=with nodes )[\w.-]+(?=, ))"  # the head: the host's name
                       r"|(?P<created>(?<=\"created\": )[\d.]+)"  # a block's creation time
-                      r"|(?P<age>\b\d+[smhd](?= ok$))")          # a block's age in the table
+                      r"|(?P<age>\b\d+[smhd](?= ok memory$))")  # a block's age in the table
 _STANDS_FOR = {"address": r"127\.0\.0\.1:\d+", "head": r"[\w.-]+", "created": r"[\d.]+",
                "age": r"\d+[smhd]"}
 

@@ -49,3 +49,26 @@ def test_files_a_process_holds_are_kept(orphan_files):
         result = sweeper.sweep(dry_run=True)
     assert f"process {os.getpid()} holds" in result.kept[cid]
     assert not [f for f in result.removed if f.cluster_id == cid]
+
+
+def test_the_spill_files_of_a_dead_cluster_go_with_its_catalog(cluster_id, tmp_path):
+    from distributed_grid.memory.io import sources
+    from distributed_grid.memory.node.local_node import LocalNode
+
+    node = LocalNode("n1", cluster_id)
+    node.configure_spill(str(tmp_path / "spill"), 2**24)
+    block = node.allocate(2**20)
+    node.prepare_write(block.number, 0, 4, "k")
+    node.fill(block, 0, 4, sources.BufferSource(memoryview(b"abcd")))
+    node.commit_write(block.number, 0, 4, "k")
+    node.spill(block.number)
+    node.close()  # the cluster is dead: no process holds its catalog
+    (spilled,) = os.listdir(tmp_path / "spill")
+    old = time.time() - sweeper.GRACE_SECONDS - 60
+    for name in os.listdir("/dev/shm"):
+        if cluster_id in name:
+            os.utime(os.path.join("/dev/shm", name), (old, old))
+    result = sweeper.sweep()
+    mine = {f.kind: f.name for f in result.removed if f.cluster_id == cluster_id}
+    assert mine["spill file"] == spilled and "catalog" in mine
+    assert os.listdir(tmp_path / "spill") == []
