@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from distributed_grid.cluster.config import ClusterConfig, active_config
 from distributed_grid.errors import InvalidArgument
@@ -58,9 +60,19 @@ def spill_table(spill_dir: str | None, spill_quota: int | None, high: float | No
     return table
 
 
-def spill_env(table: dict[str, dict]) -> dict[str, str]:
-    """The environment that gives the nodes ``table``'s settings."""
-    return {SPILL_ENV: json.dumps(table)} if table else {}
+@contextmanager
+def spill_environment(table: dict[str, dict]) -> Iterator[None]:
+    """``table`` in this process's environment (:data:`SPILL_ENV`), which the processes
+    started here inherit, while the block runs; none inherited from the caller's otherwise."""
+    saved = os.environ.pop(SPILL_ENV, None)
+    if table:
+        os.environ[SPILL_ENV] = json.dumps(table)
+    try:
+        yield
+    finally:
+        os.environ.pop(SPILL_ENV, None)
+        if saved is not None:
+            os.environ[SPILL_ENV] = saved
 
 
 def remove_spill_files(cluster_id: str, nodes: list[str], text: str | None = None) -> list[str]:

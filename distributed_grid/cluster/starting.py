@@ -21,8 +21,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -38,10 +37,9 @@ from distributed_grid.cluster.ray_env import (
     ray_temp_dir,
     recorded_address,
 )
-from distributed_grid.cluster.spilling import spill_env, spill_table
+from distributed_grid.cluster.spilling import spill_environment, spill_table
 from distributed_grid.errors import ClusterError, InvalidArgument
 from distributed_grid.names import validate_node_name
-from distributed_grid.wire import SPILL_ENV
 
 if TYPE_CHECKING:
     import subprocess
@@ -116,7 +114,7 @@ def start(name: str | None = None, address: str | None = None, nodes: list[str] 
                               "takes a free one", port=port)
     own = name or host_node_name()
     table = spill_table(spill_dir, spill_quota, spill_high, spill_low, per_node=local)
-    with hosted.one_start_at_a_time(), _in_environment(spill_env(table)):
+    with hosted.one_start_at_a_time(), spill_environment(table):
         if not another:
             _refuse_a_second(joining=address)
         if address is not None:
@@ -126,23 +124,6 @@ def start(name: str | None = None, address: str | None = None, nodes: list[str] 
             started = start_local(nodes, head_name=own, head_cpus=num_cpus, private_shm=shm)
             return Started(started, "local", [own, *nodes])
         return Started(start_head(name=name, port=port, num_cpus=num_cpus), "head", [own])
-
-
-@contextmanager
-def _in_environment(values: dict[str, str]) -> Iterator[None]:
-    """``values`` in this process's environment, which the processes started here inherit,
-    while the block runs (and :data:`SPILL_ENV` not inherited from the caller's otherwise)."""
-    saved = {name: os.environ.get(name) for name in (*values, SPILL_ENV)}
-    os.environ.pop(SPILL_ENV, None)
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _refuse_a_second(joining: str | None) -> None:

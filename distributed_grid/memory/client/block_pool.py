@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from distributed_grid.cluster.config import ClusterConfig, memory_cap, use_config
+from distributed_grid.cluster.config import ClusterConfig, use_config
 from distributed_grid.cluster.target import find_cluster
 from distributed_grid.memory.client.allocation import Allocator
 from distributed_grid.memory.client.host import HostNodes
 from distributed_grid.memory.client.key_places import replication
 from distributed_grid.memory.client.keys import KeyIndex
+from distributed_grid.memory.client.moves import Moves
 from distributed_grid.memory.client.nodes import Directory, NodeStore
 from distributed_grid.memory.client.reads import Reader
 from distributed_grid.memory.client.router import Router, force_remote_default
@@ -87,6 +87,7 @@ class BlockPool:
         self._blocks = Allocator(self._router, self._lease[0] if self._lease else None)
         self._writer = Writer(self._router, self._keys, self._blocks)
         self._reader = Reader(self._router, self._keys)
+        self._moves = Moves(self._router, self._keys)
         # the copies a new block gets when the caller names no count (the config's default)
         self._copies = replication(config.replicas if config is not None else 1)
 
@@ -134,20 +135,13 @@ class BlockPool:
 
     def stats(self) -> list[NodeStats]:
         """Per node: shared-memory capacity and free bytes, block count and bytes."""
-        per_node = self._router.each_node(NodeStore.stats, lambda name: (memory_cap(name),))
-        return [replace(per_node[n.name], node_id=n.node_id, address=n.address,
-                        hostname=n.hostname, is_head=n.is_head)
-                for n in self.nodes() if n.name in per_node]
+        return self._router.node_sizes(NodeStore.stats)
 
     def status(self) -> ClusterStatus:
         """The cluster's address and identity, and each alive node's :meth:`stats` read now,
         with what its spill folder holds and how much of it views pin."""
-        per_node = self._router.each_node(NodeStore.node_status,
-                                          lambda name: (memory_cap(name),))
-        return ClusterStatus(address=self.address, cluster_id=self.cluster_id, nodes=[
-            replace(per_node[n.name], node_id=n.node_id, address=n.address,
-                    hostname=n.hostname, is_head=n.is_head)
-            for n in self.nodes() if n.name in per_node])
+        return ClusterStatus(address=self.address, cluster_id=self.cluster_id,
+                             nodes=self._router.node_sizes(NodeStore.node_status))
 
     # -- blocks ---------------------------------------------------------------------------------
 
@@ -189,32 +183,13 @@ class BlockPool:
     def list_blocks(self) -> list[BlockInfo]:
         return self._router.every_block()
 
+    @_doc_of(Moves.spill)
     def spill(self, target: str, progress: Progress | None = None) -> BlockInfo:
-        """Write a block (``target``: its id, or a key it holds) to its node's spill folder
-        and free its memory now, to make room for a job; it comes back when used (or with
-        :meth:`restore`). A replicated block is spilled on every node holding a copy; a key in
-        a slab spills the slab, all its small values. Returns the block's facts.
+        return self._moves.spill(target, progress)
 
-        Raises:
-            KeyNotFound, BlockNotFound: no such key or block.
-            InvalidArgument: its node has no spill folder, or the block is pinned by a view,
-                or being written.
-            StoreFull: the spill folder's quota has no room for it, or the disk refused.
-        """
-        number, node = self._router.block_node(self._keys.block_of(target))
-        return node.spill(number, progress or copies.no_progress)
-
+    @_doc_of(Moves.restore)
     def restore(self, target: str, progress: Progress | None = None) -> BlockInfo:
-        """Bring a spilled block (``target``: its id, or a key it holds) back into its node's
-        shared memory now, before a job needs it (spilling colder blocks if the node needs
-        the room). Returns the block's facts.
-
-        Raises:
-            KeyNotFound, BlockNotFound: no such key or block, or its spill file is lost.
-            StoreFull: the node has no room for it.
-        """
-        number, node = self._router.block_node(self._keys.block_of(target))
-        return node.restore_block(number, progress or copies.no_progress)
+        return self._moves.restore(target, progress)
 
     def is_local(self, block_id: str) -> bool:
         """Whether this process reaches ``block_id`` zero-copy (same host, proven by token)."""

@@ -165,3 +165,44 @@ class ReplicaWrite:
                 node.abort_write(n, offset, self.key, torn)
             except GridError:
                 pass
+
+
+class WritesToEveryCopy(CopySet):
+    """The write half of the :class:`~distributed_grid.memory.client.nodes.Node` protocol of a
+    replicated block (:class:`~distributed_grid.memory.client.replicas.ReplicaSet`): one write
+    prepared by this process at a time, in every copy."""
+
+    _write: ReplicaWrite | None = None
+
+    def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
+                      force: bool = False, writer: str | None = None,
+                      replica_of: str | None = None, epoch: int = 0) -> BlockInfo:
+        """Claim the range in every copy's catalog (see :func:`~distributed_grid.memory.
+        client.replica_writes.prepare`)."""
+        self._write = prepare(self, offset, length, key, force, writer)
+        return self._write.info
+
+    def fill(self, block: BlockInfo, offset: int, length: int, source: sources.Source,
+             progress: copies.Progress = copies.no_progress) -> None:
+        self._prepared().fill(offset, length, source, progress)
+
+    def writable(self, block: BlockInfo, offset: int, length: int) -> memoryview | None:
+        """A writable view of the range in a prepared copy on this host (None when no copy is
+        here): the caller writes the bytes there, and :meth:`fill` copies them to the others."""
+        return self._prepared().writable(offset, length)
+
+    def commit_write(self, number: int, offset: int, length: int, key: str | None = None,
+                     meta: dict[str, Any] | None = None) -> BlockInfo:
+        write, self._write = self._prepared(), None
+        return write.commit(offset, length, meta)
+
+    def abort_write(self, number: int, offset: int, key: str | None = None,
+                    torn: bool = True) -> None:
+        write, self._write = self._write, None
+        if write is not None:
+            write.abort(offset, torn)
+
+    def _prepared(self) -> ReplicaWrite:
+        if self._write is None:
+            raise RuntimeError(f"no write of {self.block_id} is prepared in this process")
+        return self._write

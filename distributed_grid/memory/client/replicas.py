@@ -32,13 +32,13 @@ from distributed_grid.errors import (
     NotFound,
 )
 from distributed_grid.memory.client.nodes import Directory, Node, NodeStore
-from distributed_grid.memory.client.replica_writes import COPY_FAILED, ReplicaWrite, prepare
-from distributed_grid.memory.io import copies, sinks, sources
+from distributed_grid.memory.client.replica_writes import COPY_FAILED, WritesToEveryCopy
+from distributed_grid.memory.io import copies, sinks
 from distributed_grid.memory.node.directory import Copy, Replicas
 from distributed_grid.records import BlockInfo, KeyPlace, KeyRemoval, NodeStats
 
 
-class ReplicaSet:
+class ReplicaSet(WritesToEveryCopy):
     """A replicated block's copies, reached as one node.
 
     Args:
@@ -57,7 +57,7 @@ class ReplicaSet:
         self.block_id = replicas.block_id
         self._listed = [n for n, _ in replicas.copies]
         self.learn(replicas)
-        self._write: ReplicaWrite | None = None  # the write this process prepared
+        self._write = None  # the write this process prepared
 
     def learn(self, replicas: Replicas) -> None:
         """Take the block's copies as the directory lists them: reads take the live ones,
@@ -237,13 +237,14 @@ class ReplicaSet:
             self.drop(copy)
 
     def stats(self, capacity: int | None = None) -> NodeStats:
-        for _, node in self._live():
-            return node.stats(capacity)
-        raise self.lost()
+        return self._a_live_node().stats(capacity)
 
     def node_status(self, capacity: int | None = None) -> NodeStats:
+        return self._a_live_node().node_status(capacity)
+
+    def _a_live_node(self) -> Node:
         for _, node in self._live():
-            return node.node_status(capacity)
+            return node
         raise self.lost()
 
     def spill(self, number: int, progress: copies.Progress = copies.no_progress) -> BlockInfo:
@@ -272,41 +273,6 @@ class ReplicaSet:
 
     def close(self) -> None:
         """Nothing to release: the copies' nodes are the router's."""
-
-    # -- writes: every copy (memory/client/replica_writes.py) -----------------------------------
-
-    def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
-                      force: bool = False, writer: str | None = None,
-                      replica_of: str | None = None, epoch: int = 0) -> BlockInfo:
-        """Claim the range in every copy's catalog (see :func:`~distributed_grid.memory.
-        client.replica_writes.prepare`)."""
-        self._write = prepare(self, offset, length, key, force, writer)
-        return self._write.info
-
-    def fill(self, block: BlockInfo, offset: int, length: int, source: sources.Source,
-             progress: copies.Progress = copies.no_progress) -> None:
-        self._prepared().fill(offset, length, source, progress)
-
-    def writable(self, block: BlockInfo, offset: int, length: int) -> memoryview | None:
-        """A writable view of the range in a prepared copy on this host (None when no copy is
-        here): the caller writes the bytes there, and :meth:`fill` copies them to the others."""
-        return self._prepared().writable(offset, length)
-
-    def commit_write(self, number: int, offset: int, length: int, key: str | None = None,
-                     meta: dict[str, Any] | None = None) -> BlockInfo:
-        write, self._write = self._prepared(), None
-        return write.commit(offset, length, meta)
-
-    def abort_write(self, number: int, offset: int, key: str | None = None,
-                    torn: bool = True) -> None:
-        write, self._write = self._write, None
-        if write is not None:
-            write.abort(offset, torn)
-
-    def _prepared(self) -> ReplicaWrite:
-        if self._write is None:
-            raise RuntimeError(f"no write of {self.block_id} is prepared in this process")
-        return self._write
 
     # -- reads: one copy, failing over ---------------------------------------------------------
 

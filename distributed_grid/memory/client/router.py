@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from distributed_grid.cluster.config import memory_cap
 from distributed_grid.cluster.target import Target
 from distributed_grid.errors import (
     BlockNotFound,
@@ -34,7 +36,7 @@ from distributed_grid.memory.client.replicas import ReplicaSet, merge_copies
 from distributed_grid.memory.node.directory import KeyDirectory, Replicas
 from distributed_grid.memory.node.local_node import LocalNode
 from distributed_grid.names import parse_block_id
-from distributed_grid.records import BlockInfo, NodeInfo
+from distributed_grid.records import BlockInfo, NodeInfo, NodeStats
 from distributed_grid.wire import STORE_PROTOCOL
 
 if TYPE_CHECKING:
@@ -170,6 +172,14 @@ class Router:
         if len(self._single) >= SEEN_BLOCKS:
             self._single.clear()
         self._single.add(block_id)
+
+    def node_sizes(self, method: Callable[..., NodeStats]) -> list[NodeStats]:
+        """Each alive node's ``method`` (``stats``, ``node_status``) under the cluster config's
+        cap of the node, with the node's identity and place in the cluster."""
+        per_node = self.each_node(method, lambda name: (memory_cap(name),))
+        return [replace(per_node[n.name], node_id=n.node_id, address=n.address,
+                        hostname=n.hostname, is_head=n.is_head)
+                for n in self.nodes() if n.name in per_node]
 
     def each_node(self, method: Callable[..., Any],
                   args: Callable[[str], tuple] = lambda _: (),

@@ -19,7 +19,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple, Protocol
 
-from distributed_grid.errors import BlockNotFound, CopiesChanged, InvalidArgument, KeyBusy
+from distributed_grid.errors import (
+    BlockNotFound,
+    CopiesChanged,
+    GridError,
+    InvalidArgument,
+    KeyBusy,
+)
 from distributed_grid.memory.io.spill_files import remove_file
 from distributed_grid.memory.node.catalog import Catalog
 from distributed_grid.memory.node.schema import BlockRow, ExtentRow
@@ -130,10 +136,11 @@ def guard_of(block: Placed) -> Iterator[Guard]:
         guard.close()
 
 
-class NotInMemory(BlockNotFound):
+class NotInMemory(GridError):
     """The block is spilled to disk (or being read back): its memory must be restored first
     (:meth:`~distributed_grid.memory.node.spills.StoreSpills.restore`, which the store's
-    accesses do themselves)."""
+    accesses do themselves). Not a :class:`BlockNotFound`: a caller that meets it must never
+    take the block for gone (a replicated block would drop the copy)."""
 
 
 class StoreCore:

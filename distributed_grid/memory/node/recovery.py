@@ -72,7 +72,9 @@ class StoreRecovery(StoreCore):
             BlockNotFound: no such block.
         """
         with self.catalog.snapshot():
-            row = self._row(number)
+            row = self.catalog.block(number)
+            row = self._usable(number, row, settled=row is None or row.state not in (
+                "spilled", "restoring"))  # a spilled copy's keys are in its catalog all the same
             extents = [(e.key, e.offset, e.length)
                        for e in self.catalog.extents(number) if e.complete]
             return CopyRows(extents, self.catalog.key_metas(number), row.high_water)
