@@ -68,3 +68,23 @@ def records_of(grid: FreshGrid, cluster_id: str) -> list[str]:
             for name in (os.listdir(os.path.join(root, folder))
                          if os.path.isdir(os.path.join(root, folder)) else [])
             if name.startswith(cluster_id + ".")]
+
+
+# A client that reads keys back: argv[1] the cluster's address, argv[2] JSON {key: its SHA-256};
+# prints {"checked": how many, "wrong": {key: what it read instead, or the error}}.
+CHECK_KEYS = r"""
+import hashlib, json, sys
+from distributed_grid.memory import MemoryPool
+
+pool = MemoryPool(sys.argv[1])
+acked = json.loads(sys.argv[2])
+wrong = {}
+for key, sha in acked.items():
+    try:
+        got = hashlib.sha256(pool.read(key)).hexdigest()
+    except Exception as exc:
+        got = f"{type(exc).__name__}: {exc}"
+    if got != sha:
+        wrong[key] = got
+print(json.dumps({"checked": len(acked), "wrong": wrong}))
+"""

@@ -27,7 +27,14 @@ from pathlib import Path
 import pytest
 from helpers.dev_shm import sweep
 from helpers.grid import FreshGrid
-from helpers.private_cluster import ROOT, Cluster, run_python, started, wait_until_empty
+from helpers.private_cluster import (
+    CHECK_KEYS,
+    ROOT,
+    Cluster,
+    run_python,
+    started,
+    wait_until_empty,
+)
 from helpers.temp_dirs import remove_temp_dir
 
 from distributed_grid.cluster.namespaces import private_shm_refusal
@@ -221,22 +228,6 @@ with open(log, "a") as out:
 print(json.dumps({"done": True}))
 """
 
-CHECK_KEYS = r"""
-import hashlib, json, sys
-from distributed_grid.memory import MemoryPool
-
-pool = MemoryPool(sys.argv[1])
-acked = json.loads(sys.argv[2])
-wrong = {}
-for key, sha in acked.items():
-    try:
-        got = hashlib.sha256(pool.read(key)).hexdigest()
-    except Exception as exc:
-        got = f"{type(exc).__name__}: {exc}"
-    if got != sha:
-        wrong[key] = got
-print(json.dumps({"checked": len(acked), "wrong": wrong}))
-"""
 
 
 def acknowledged(log: Path) -> dict[str, dict]:

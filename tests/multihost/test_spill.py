@@ -26,7 +26,7 @@ import time
 import pytest
 from helpers.dev_shm import sweep
 from helpers.grid import FreshGrid
-from helpers.private_cluster import Cluster, run_python, started, wait_until_empty
+from helpers.private_cluster import CHECK_KEYS, Cluster, run_python, started, wait_until_empty
 from helpers.temp_dirs import remove_temp_dir
 
 from distributed_grid.cluster.namespaces import private_shm_refusal
@@ -89,21 +89,6 @@ def store_key(cluster: Cluster, key: str, path) -> None:
     cluster.keys[key] = hashlib.sha256(data).hexdigest()
 
 
-CHECK_KEYS = r"""
-import hashlib, json, sys
-from distributed_grid.memory import MemoryPool
-
-pool = MemoryPool(sys.argv[1])
-wrong = {}
-for key, sha in json.loads(sys.argv[2]).items():
-    try:
-        got = hashlib.sha256(pool.read(key)).hexdigest()
-    except Exception as exc:
-        got = f"{type(exc).__name__}: {exc}"
-    if got != sha:
-        wrong[key] = got
-print(json.dumps({"checked": len(json.loads(sys.argv[2])), "wrong": wrong}))
-"""
 
 
 def check_keys(cluster: Cluster) -> dict:

@@ -12,9 +12,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers.node_keys import read_key, store
 
 from distributed_grid.errors import KeyBusy, KeyConflict
-from distributed_grid.memory.io import sinks, sources
+from distributed_grid.memory.io import sources
 from distributed_grid.runtime import this_process
 
 # A writer of the key's next version that fills half of it and waits to be killed.
@@ -41,23 +42,6 @@ def node(cluster_id):
     made = LocalNode("n1", cluster_id)
     yield made
     made.close()
-
-
-def store(node, key: str, data: bytes):
-    """A key stored the way the pool stores a new one: a block allocated for it."""
-    block = node.allocate(len(data), holder=this_process(), for_key=key)
-    node.prepare_write(block.number, 0, len(data), key, writer=this_process())
-    node.fill(block, 0, len(data), sources.BufferSource(memoryview(data)))
-    node.commit_write(block.number, 0, len(data), key)
-    return block
-
-
-def read_key(node, key: str) -> bytes:
-    place = node.find_key(key)
-    (offset, length), = place.extents
-    out = bytearray(length)
-    node.drain(place.block, offset, length, sinks.BufferSink(memoryview(out)))
-    return bytes(out)
 
 
 def test_the_new_version_takes_the_place_of_the_old_at_its_commit(node):

@@ -21,12 +21,13 @@ import sys
 import threading
 
 import pytest
+from helpers.node_keys import read_key, store
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from distributed_grid.errors import BlockNotFound, InvalidArgument, StoreFull
-from distributed_grid.memory.io import sinks, sources, spill_files
+from distributed_grid.memory.io import sources, spill_files
 from distributed_grid.memory.node.room import check_settings, settings_from_env
 from distributed_grid.runtime import this_process
 
@@ -46,23 +47,6 @@ def node(cluster_id, tmp_path):
     yield made
     if not getattr(made, "destroyed", False):
         made.destroy()
-
-
-def store(node, key: str, data: bytes):
-    """A key stored as the pool stores a new one: a block allocated for it."""
-    block = node.allocate(len(data), holder=this_process(), for_key=key)
-    node.prepare_write(block.number, 0, len(data), key, writer=this_process())
-    node.fill(block, 0, len(data), sources.BufferSource(memoryview(data)))
-    node.commit_write(block.number, 0, len(data), key)
-    return block
-
-
-def read_key(node, key: str) -> bytes:
-    place = node.find_key(key)
-    (offset, length), = place.extents
-    out = bytearray(length)
-    node.drain(place.block, offset, length, sinks.BufferSink(memoryview(out)))
-    return bytes(out)
 
 
 def states(node) -> dict[int, str]:
