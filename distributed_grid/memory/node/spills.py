@@ -87,6 +87,7 @@ class StoreSpills(StoreRoom):
         name = str(row.spill_file)
         try:
             with segment_fd(self._place(row)) as fd:
+                pins.mark_moving(fd, True)  # before the pins are read: see memory/shm/pins.py
                 if pins.live_pins(fd):
                     raise Pinned("a process holds a view of it (a pinned block stays in memory)")
                 guard = Guard(fd)
@@ -143,6 +144,11 @@ class StoreSpills(StoreRoom):
 
     def _undo_spill(self, row: BlockRow) -> None:
         """A spill that did not finish: the block back to ``ok``, its file gone."""
+        try:
+            with segment_fd(self._place(row)) as fd:
+                pins.mark_moving(fd, False)
+        except BlockNotFound:
+            pass  # freed meanwhile
         with self.catalog.transaction():
             now = self.catalog.block(row.number)
             if now is not None and now.state == "spilling" and now.mover == row.mover:

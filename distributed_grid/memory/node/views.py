@@ -6,9 +6,9 @@ array, a slice, a tensor), lives, the block is pinned (:mod:`distributed_grid.me
 the node never spills it. A spilled block is restored before its view is made.
 
 The order that keeps a spill from taking a block a view is being made of: the view pins the
-block, then checks in the catalog that the block is still in memory (the spiller marks it
-``spilling`` first, then looks at the pins); if it is not, the view lets go, the block is
-restored, and the view is made again.
+block, then reads the block's moving word in its header (the spiller sets it first, then looks
+at the pins); if a spill began, the view lets go, the block is restored once on disk, and the
+view is made again (a block spilled and restored has a new token: no old mapping passes).
 """
 
 from __future__ import annotations
@@ -93,18 +93,12 @@ class NodeViews(BlockStore):
 
     def _pin(self, number: int, block: Place | BlockInfo,
              view: memoryview) -> memoryview | None:
-        """``view`` pinning the block; None when the block left memory before it was pinned
-        (the caller looks again)."""
+        """``view`` pinning the block; None when the block left memory (or is leaving it)
+        before it was pinned (the caller looks again)."""
         try:
-            pinned, new = self._pins.pinned(block.segment, block.token, view)
+            return self._pins.pinned(block.segment, block.token, view)
         except seg.SegmentNotFound:
             return None
-        if new:
-            place = self.catalog.place_of(number)
-            if place is None or place[2] != block.token or place[3] not in ("ok", "spilling"):
-                pinned.release()
-                return None
-        return pinned
 
     def writable(self, block: BlockInfo, offset: int, length: int) -> memoryview:
         """A view of the range, for a write this process prepared (a block with a write

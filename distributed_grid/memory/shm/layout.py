@@ -25,7 +25,9 @@ Segment layout (the only place it is written down)::
                   it claims a slot, set by a reader that waited (a hint: plain stores and loads)
     80      8     last use: when the block was last read, written or viewed (wall clock, ns;
                   u64; 0 = never recorded), the spiller's order (a hint: plain stores)
-    88      40    reserved, 0
+    88      8     moving: nonzero while the block is being spilled (set before the spiller
+                  reads the pins; a viewer reads it after it pinned)
+    96      32    reserved, 0
     128     2048  write guard: 64 slots of 32 bytes, each owner u64 (0 = free), start u64,
                   end u64, spare u64 (0). A slot whose owner is set but whose end is 0 is
                   being published (or released): it overlaps every range.
@@ -59,6 +61,7 @@ GUARD_SLOTS_OFFSET = 128
 GUARD_SLOT_COUNT = 64
 GUARD_SLOT_SIZE = 32
 LAST_USED_OFFSET = 80
+MOVING_OFFSET = 88
 PIN_SLOTS_OFFSET = 2176
 PIN_SLOT_COUNT = 240
 

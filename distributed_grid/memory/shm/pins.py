@@ -16,9 +16,11 @@ array, memoryview and slice made over it keeps it alive, so the pin goes when th
 is garbage-collected, or with the process.
 
 Slots are taken and freed under a record lock on the pin table (``lockf``: the same lock
-whichever process, a few microseconds), so two processes never take one slot; the spiller
-reads the table after it has marked the block ``spilling`` in the catalog, and a viewer checks
-the block's state again after it pinned it, so one of them always sees the other.
+whichever process, a few microseconds), so two processes never take one slot. The spiller sets
+the header's moving word (:func:`mark_moving`) before it reads the table, and a viewer reads
+that word after it took its slot, each through a system call on the segment: one of them
+always sees the other (the viewer then lets go and waits for the spill; the spiller, seeing a
+pin, gives up).
 
 The **last use** word (:data:`~distributed_grid.memory.shm.layout.LAST_USED_OFFSET`) is the
 wall-clock time (ns) of the block's last read, write or new view, a hint the spiller orders
@@ -39,6 +41,7 @@ from distributed_grid.errors import WriteInProgress
 from distributed_grid.memory.shm import segment as seg
 from distributed_grid.memory.shm.layout import (
     LAST_USED_OFFSET,
+    MOVING_OFFSET,
     PIN_SLOT_COUNT,
     PIN_SLOTS_OFFSET,
 )
@@ -47,6 +50,18 @@ from distributed_grid.memory.shm.seqguard import process_tag, tag_alive
 _WORD = struct.Struct("<Q")
 _TABLE = struct.Struct(f"<{PIN_SLOT_COUNT}Q")
 _TABLE_BYTES = _TABLE.size
+
+
+def mark_moving(fd: int, on: bool) -> None:
+    """Say in the block's header that it is (or is no longer) being spilled: set before the
+    spiller reads the pins, read by a viewer after it pinned (a pair of system calls each: one
+    of the two always sees the other)."""
+    os.pwrite(fd, _WORD.pack(1 if on else 0), MOVING_OFFSET)
+
+
+def moving(fd: int) -> bool:
+    """Whether the block is being spilled (:func:`mark_moving`)."""
+    return os.pread(fd, 8, MOVING_OFFSET) != bytes(8)
 
 
 def touch(fd: int) -> None:
@@ -120,11 +135,17 @@ def live_pins(fd: int, clear_dead: bool = True) -> list[int]:
 
 
 class PinnedViews:
-    """This process's pins: views handed out over blocks' mappings, one pin slot per block."""
+    """This process's pins: views handed out over blocks' mappings, one pin slot per block.
+
+    While a block is pinned the process keeps a descriptor of its segment, so the pin goes
+    without opening it again; the block being spilled meanwhile is seen in its header's moving
+    word (:func:`mark_moving`), read after the pin is taken (no catalog query).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._held: dict[tuple[str, str], list[int]] = {}  # (segment, token) -> [slot, views, size]
+        # (segment, token) -> [descriptor, slot, views]
+        self._held: dict[tuple[str, str], list[int]] = {}
         self._tag: tuple[int, int] | None = None
 
     def owner(self) -> int:
@@ -139,55 +160,52 @@ class PinnedViews:
         with self._lock:
             return (segment, token) in self._held
 
-    def pinned(self, segment: str, token: str, view: memoryview) -> tuple[memoryview, bool]:
+    def pinned(self, segment: str, token: str, view: memoryview) -> memoryview | None:
         """``view`` (a block's data, writable) as a view that pins the block while it, or
-        anything made over it, lives. Returns it and whether the pin is new (the caller then
-        checks the block is still in memory, see the module's docstring).
+        anything made over it, lives; None when the block is being spilled (the caller waits
+        for its spill and restores it: see the module's docstring).
 
         Raises:
-            BlockNotFound-like :class:`~distributed_grid.memory.shm.segment.SegmentNotFound`:
-                the segment is gone.
+            SegmentNotFound: the segment is gone, or holds another block (a new token).
             WriteInProgress: no pin slot is free.
         """
         key = (segment, token)
         owner = self.owner()
-        new = False
         with self._lock:
             held = self._held.get(key)
             if held is None:
                 fd = seg.open_data(segment, bytes.fromhex(token), len(view))
                 try:
                     slot = pin(fd, owner)
+                    if moving(fd):  # a spill began before the pin: let it go on
+                        unpin(fd, slot, owner)
+                        os.close(fd)
+                        return None
                     touch(fd)
-                finally:
+                except BaseException:
                     os.close(fd)
-                held = self._held[key] = [slot, 0, len(view)]
-                new = True
-            held[1] += 1
+                    raise
+                held = self._held[key] = [fd, slot, 0]
+            held[2] += 1
         try:
             array = (ctypes.c_ubyte * len(view)).from_buffer(view)
         except BaseException:
             self._release(key, owner)
             raise
         weakref.finalize(array, self._release, key, owner)
-        return memoryview(array).cast("B"), new
+        return memoryview(array).cast("B")
 
     def _release(self, key: tuple[str, str], owner: int) -> None:
         with self._lock:
             held = self._held.get(key)
             if held is None:
                 return
-            held[1] -= 1
-            if held[1] > 0:
+            held[2] -= 1
+            if held[2] > 0:
                 return
             del self._held[key]
-            slot, _, size = held
-        segment, token = key
-        try:
-            fd = seg.open_data(segment, bytes.fromhex(token), size)
-        except (seg.SegmentNotFound, OSError):
-            return  # the block is gone: its pins with it
-        try:
-            unpin(fd, slot, owner)
-        finally:
-            os.close(fd)
+            fd, slot, _ = held
+            try:  # no lock: nobody else writes the slot of a live owner
+                os.pwrite(fd, _WORD.pack(0), PIN_SLOTS_OFFSET + 8 * slot)
+            finally:
+                os.close(fd)
