@@ -321,6 +321,11 @@ class RayCluster:
         """Call a method of the store of ``node`` and wait for its result (``timeout`` s)."""
         return self.result(self.submit(node, method, *args), node, timeout)
 
+    @staticmethod
+    def ready(ref: Any, timeout: float) -> bool:
+        """Whether a call's result is there, waited for at most ``timeout`` seconds."""
+        return bool(ray.wait([ref], timeout=timeout)[0])
+
     def result(self, ref: Any, node: str, timeout: float = METADATA_TIMEOUT) -> Any:
         """``ray.get`` of a store call, with Ray's errors turned into the library's own
         (:func:`ray_errors`): the store's own errors come back as themselves, a store that does

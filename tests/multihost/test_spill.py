@@ -149,6 +149,8 @@ holder = Holder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(gpu1,
 taken = ray.get(holder.take.remote(key), timeout=120)
 watching = holder.watch.remote(seconds)
 block = pool.find_key(key).block_id
+counted = []
+pool.spill(others[0], progress=counted.append)  # gpu1 is another host's: progress is asked for
 states, moves, refused = set(), 0, []
 end = time.monotonic() + seconds
 i = 0
@@ -169,6 +171,7 @@ time.sleep(2)
 after = pool.spill(key).state
 pool.restore(key)
 print(json.dumps({"taken": taken, "seen": seen, "states": sorted(states), "moves": moves,
+                  "progress": sum(counted),
                   "refused": len(refused), "why": refused[:1], "after": after}))
 """
 
@@ -183,6 +186,7 @@ def test_a_ray_task_holding_a_view_keeps_its_bytes_while_others_spill(spilling):
     assert done["moves"] >= 10, done  # the node really spilled and restored meanwhile
     assert done["refused"] >= 1 and "holds a view" in done["why"][0]
     assert done["after"] == "spilled"  # the task's process gone: no pin left
+    assert done["progress"] == KEY_SIZE  # a spill on another host's node shows its progress
     assert check_keys(spilling) == {"checked": 14, "wrong": {}}
 
 

@@ -101,6 +101,20 @@ def test_a_viewed_block_is_never_spilled_until_its_view_goes(node):
     assert read_key(node, "k0") == value(0)
 
 
+def test_a_view_made_again_after_its_block_was_spilled_sees_it_restored(node):
+    block = store(node, "k0", value(0))
+    place = node.find_key("k0")
+    view = node.view_of(place.block)
+    del view  # its pin is idle now: it pins nothing
+    gc.collect()
+    assert node.spill(block.number).state == "spilled"
+    again = node.view_of(place.block)  # the facts from before the spill: their token is old
+    assert bytes(again[:4]) == value(0)[:4] and states(node)[block.number] == "memory"
+    assert node.node_status().pinned_blocks == 1
+    with pytest.raises(InvalidArgument, match="holds a view"):
+        node.spill(block.number)
+
+
 VIEWER = """
 import os, sys, time
 from distributed_grid.memory.node.local_node import LocalNode

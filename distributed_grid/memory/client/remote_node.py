@@ -16,8 +16,7 @@ allocation by the time its pages take on top; past it the call fails with ``Node
 
 from __future__ import annotations
 
-import queue
-import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -51,6 +50,7 @@ INLINE_BYTES = 64 * 2**10
 # The store methods that may take longer than a metadata call.
 BULK = {m.__name__ for m in (StoreActor.write_chunk, StoreActor.read_chunk, StoreActor.destroy,
                              StoreActor.release_lease)}
+PROGRESS_SECONDS = 0.25  # how often a spill or restore on another host is asked how far it is
 # Calls that may spill or restore blocks on a node with a spill folder (MOVE_TIMEOUT there).
 MAY_MOVE = {m.__name__ for m in (
     StoreActor.allocate, StoreActor.find_key, StoreActor.prepare_write, StoreActor.put_small,
@@ -160,13 +160,30 @@ class RemoteNode:
         return self._call(StoreActor.node_status, capacity)
 
     def spill(self, number: int, progress: copies.Progress = copies.no_progress) -> BlockInfo:
-        """:meth:`StoreActor.spill`, done on the node (no progress comes back)."""
-        return self._call(StoreActor.spill, number)
+        """:meth:`StoreActor.spill`, done on the node; its progress is asked for while it
+        runs."""
+        return self._move(StoreActor.spill, number, progress)
 
     def restore_block(self, number: int,
                       progress: copies.Progress = copies.no_progress) -> BlockInfo:
-        """:meth:`StoreActor.restore_block`, done on the node (no progress comes back)."""
-        return self._call(StoreActor.restore_block, number)
+        """:meth:`StoreActor.restore_block`, done on the node; its progress is asked for while
+        it runs."""
+        return self._move(StoreActor.restore_block, number, progress)
+
+    def _move(self, method: Callable[..., Any], number: int,
+              progress: copies.Progress) -> BlockInfo:
+        call = self.submit(method.__name__, number)
+        shown, deadline = 0, time.monotonic() + call.timeout
+        while not self.cluster.ready(call.ref, PROGRESS_SECONDS) and \
+                time.monotonic() < deadline:
+            done = self._call(StoreActor.move_progress, number)
+            if done > shown:
+                progress(done - shown)
+                shown = done
+        info = self.result(call)
+        if info.size > shown:  # the rest, once done (a block on disk already: all of it)
+            progress(info.size - shown)
+        return info
 
     def prepare_write(self, number: int, offset: int, length: int, key: str | None = None,
                       force: bool = False, writer: str | None = None,
@@ -292,7 +309,7 @@ class RemoteNode:
             pending.append((self.submit(read_chunk, block.number, offset + pos, n), n))
             if len(pending) >= IN_FLIGHT:
                 break
-        with _SinkThread(sink, progress) as handed:
+        with sinks.SinkThread(sink, progress) as handed:
             while pending:
                 ref, n = pending.popleft()
                 array = self.result(ref)
@@ -310,42 +327,6 @@ def _on_the_wire(args: tuple[Any, ...]) -> tuple[Any, ...]:
     (Ray sends plain values inline; a ``str`` subclass would be pickled), checked again by the
     store that receives it."""
     return tuple(str(a) if isinstance(a, Key) else a for a in args)
-
-
-class _SinkThread:
-    """Hands arrays to a sink in order on one thread, at most one waiting (so no more than
-    ``IN_FLIGHT + 2`` chunks are held at once); its error is raised in the giver."""
-
-    def __init__(self, sink: sinks.Sink, progress: copies.Progress) -> None:
-        self.sink, self.progress = sink, progress
-        self.queue: queue.Queue[tuple[Any, int] | None] = queue.Queue(maxsize=1)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="sink", daemon=True)
-
-    def __enter__(self) -> _SinkThread:
-        self.thread.start()
-        return self
-
-    def _run(self) -> None:
-        while (item := self.queue.get()) is not None:
-            if self.error is None:
-                try:
-                    self.sink.write(memoryview(item[0]))
-                    self.progress(item[1])
-                except BaseException as exc:  # raised again in the giver
-                    self.error = exc
-            del item
-
-    def give(self, array: Any, n: int) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put((array, n))
-
-    def __exit__(self, *exc: object) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None and exc[0] is None:
-            raise self.error
 
 
 class RemoteDirectory:

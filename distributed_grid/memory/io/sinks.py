@@ -10,9 +10,12 @@ a segment's descriptor to a sink the fastest way each kind of sink allows.
 from __future__ import annotations
 
 import os
+import queue
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from distributed_grid.errors import FileError
 from distributed_grid.memory.io.copies import (
@@ -233,3 +236,40 @@ def drain_fd(fd: int, base: int, length: int, sink: Sink,
                 os.preadv(fd, [buf[:size]], base + pos + at)
                 sink.write(buf[:size])
         progress(n)
+
+
+class SinkThread:
+    """Hands buffers (chunks that arrived) to a sink in order on one thread, at most one
+    waiting (so a reader with N chunks in flight holds no more than N + 2); its error is raised
+    in the giver."""
+
+    def __init__(self, sink: Sink, progress: Progress) -> None:
+        self.sink, self.progress = sink, progress
+        self.queue: queue.Queue[tuple[Any, int] | None] = queue.Queue(maxsize=1)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="sink", daemon=True)
+
+    def __enter__(self) -> SinkThread:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.sink.write(memoryview(item[0]))
+                    self.progress(item[1])
+                except BaseException as exc:  # raised again in the giver
+                    self.error = exc
+            del item
+
+    def give(self, array: Any, n: int) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((array, n))
+
+    def __exit__(self, *exc: object) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error

@@ -47,6 +47,10 @@ MOVE_WAIT_SECONDS = 120.0  # an access waits this long for another process's spi
 class StoreSpills(StoreRoom):
     """Spilling and restoring the blocks of one node."""
 
+    def __init__(self, node: str, cluster_id: str, capacity: int | None = None) -> None:
+        super().__init__(node, cluster_id, capacity)
+        self._moved: dict[int, int] = {}  # block number -> bytes an explicit move moved so far
+
     # -- spilling -----------------------------------------------------------------------------
 
     def spill(self, number: int, progress: Progress = no_progress) -> BlockInfo:
@@ -64,7 +68,7 @@ class StoreSpills(StoreRoom):
             raise InvalidArgument(f"node {self.node} has no spill folder (start it with "
                                   "--spill-dir and --spill-quota)", node=self.node)
         try:
-            self._spill(number, settings, progress, explicit=True)
+            self._spill(number, settings, self._counted(number, progress), explicit=True)
         except Pinned as exc:
             raise InvalidArgument(f"cannot spill {self.block_id(number)}: {exc}",
                                   block_id=self.block_id(number)) from None
@@ -292,7 +296,22 @@ class StoreSpills(StoreRoom):
             BlockNotFound: no such block, or its spill file is gone or damaged.
             StoreFull: the node has no room for it, even after spilling colder blocks.
         """
-        return self._info(self.restore(number, progress))
+        return self._info(self.restore(number, self._counted(number, progress)))
+
+    def move_progress(self, number: int) -> int:
+        """How many bytes of block ``number`` an explicit spill or restore by this store has
+        moved so far (0 when none runs): what a caller on another host shows as progress."""
+        return self._moved.get(number, 0)
+
+    def _counted(self, number: int, progress: Progress) -> Progress:
+        """``progress``, also counting the bytes in :meth:`move_progress` (from 0 again)."""
+        self._moved[number] = 0
+
+        def count(n: int) -> None:
+            self._moved[number] = self._moved.get(number, 0) + n
+            progress(n)
+
+        return count
 
     def resident(self, number: int, for_write: bool = False) -> BlockRow:
         """The block's row once its bytes are in memory (restored first if spilled)."""

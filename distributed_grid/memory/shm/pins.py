@@ -13,7 +13,8 @@ A process pins a block once, whatever its number of views of it (:class:`PinnedV
 them): each view handed out is a ``ctypes`` array over the mapping, which Python can watch
 (``weakref.finalize``; a ``memoryview`` cannot be watched), made into a memoryview. Every
 array, memoryview and slice made over it keeps it alive, so the pin goes when the last of them
-is garbage-collected, or with the process.
+is garbage-collected (it turns idle first, a moment, for the next view: :class:`PinnedViews`),
+or with the process.
 
 Slots are taken and freed under a record lock on the pin table (``lockf``: the same lock
 whichever process, a few microseconds), so two processes never take one slot. The spiller sets
@@ -36,6 +37,7 @@ import struct
 import threading
 import time
 import weakref
+from collections import OrderedDict
 
 from distributed_grid.errors import WriteInProgress
 from distributed_grid.memory.shm import segment as seg
@@ -48,6 +50,12 @@ from distributed_grid.memory.shm.layout import (
 from distributed_grid.memory.shm.seqguard import process_tag, tag_alive
 
 _WORD = struct.Struct("<Q")
+# A pin whose process has no view of the block now, kept a moment for the next one (a value read
+# again and again costs one system call to pin, not six): the slot's owner tag with this bit.
+# It pins nothing; owner tags never set it (a pid is below 2**31).
+IDLE = 1 << 63
+IDLE_SECONDS = 1.0  # an idle pin is let go this long after its last view went
+IDLE_KEPT = 8  # and beyond this many idle pins in a process, the oldest first
 _TABLE = struct.Struct(f"<{PIN_SLOT_COUNT}Q")
 _TABLE_BYTES = _TABLE.size
 
@@ -102,7 +110,8 @@ def pin(fd: int, owner: int) -> int:
     """
     with _TableLock(fd) as table:
         owners = table.read()
-        free = next((i for i, o in enumerate(owners) if o == 0 or not tag_alive(o)), None)
+        free = next((i for i, o in enumerate(owners)
+                     if o == 0 or not tag_alive(o & ~IDLE)), None)
         if free is None:
             raise WriteInProgress(f"{PIN_SLOT_COUNT} processes hold views of this block; "
                                   "close some and try again")
@@ -120,15 +129,16 @@ def unpin(fd: int, slot: int, owner: int) -> bool:
 
 
 def live_pins(fd: int, clear_dead: bool = True) -> list[int]:
-    """The owner tags of the live processes that pin the block; slots of dead ones are freed
-    (with ``clear_dead``)."""
+    """The owner tags of the live processes that pin the block (an idle pin is none); slots of
+    dead ones are freed (with ``clear_dead``)."""
     with _TableLock(fd) as table:
         live = []
         for slot, owner in enumerate(table.read()):
             if owner == 0:
                 continue
-            if tag_alive(owner):
-                live.append(owner)
+            if tag_alive(owner & ~IDLE):
+                if not owner & IDLE:
+                    live.append(owner)
             elif clear_dead:
                 table.write(slot, 0)
         return live
@@ -137,16 +147,21 @@ def live_pins(fd: int, clear_dead: bool = True) -> list[int]:
 class PinnedViews:
     """This process's pins: views handed out over blocks' mappings, one pin slot per block.
 
-    While a block is pinned the process keeps a descriptor of its segment, so the pin goes
-    without opening it again; the block being spilled meanwhile is seen in its header's moving
-    word (:func:`mark_moving`), read after the pin is taken (no catalog query).
+    While a block is pinned the process keeps a descriptor of its segment. When its last view
+    goes the pin turns idle (its slot marked :data:`IDLE`, the descriptor kept) for
+    ``IDLE_SECONDS``: a view made again meanwhile turns it active with one write, then reads the
+    moving word. Idle pins are let go (slot freed, descriptor closed) after that, or beyond
+    ``IDLE_KEPT``, by the next pin or release or by a daemon thread while any is kept: a
+    descriptor keeps the memory of a block that was spilled or freed meanwhile.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # (segment, token) -> [descriptor, slot, views]
-        self._held: dict[tuple[str, str], list[int]] = {}
+        self._held: dict[tuple[str, str], list[int]] = {}  # -> [descriptor, slot, views]
+        self._idle: OrderedDict[tuple[str, str], float] = OrderedDict()  # -> when, oldest first
         self._tag: tuple[int, int] | None = None
+        self._watcher: threading.Thread | None = None
+        self._watched: dict[int, weakref.ref] = {}  # the views' arrays, until each goes
 
     def owner(self) -> int:
         """This process's owner tag (computed again after a fork)."""
@@ -156,9 +171,11 @@ class PinnedViews:
         return self._tag[1]
 
     def is_pinned(self, segment: str, token: str) -> bool:
-        """Whether this process holds a pin of the block (a view of it lives here)."""
+        """Whether this process pins the block (a view of it lives here; an idle pin is
+        none)."""
         with self._lock:
-            return (segment, token) in self._held
+            held = self._held.get((segment, token))
+            return held is not None and held[2] > 0
 
     def pinned(self, segment: str, token: str, view: memoryview) -> memoryview | None:
         """``view`` (a block's data, writable) as a view that pins the block while it, or
@@ -173,7 +190,13 @@ class PinnedViews:
         owner = self.owner()
         with self._lock:
             held = self._held.get(key)
-            if held is None:
+            if held is not None and held[2] == 0:  # idle: active again, then the moving word
+                os.pwrite(held[0], _WORD.pack(owner), PIN_SLOTS_OFFSET + 8 * held[1])
+                del self._idle[key]
+                if moving(held[0]):
+                    self._let_go(key)
+                    return None
+            elif held is None:
                 fd = seg.open_data(segment, bytes.fromhex(token), len(view))
                 try:
                     slot = pin(fd, owner)
@@ -192,20 +215,58 @@ class PinnedViews:
         except BaseException:
             self._release(key, owner)
             raise
-        weakref.finalize(array, self._release, key, owner)
+        ref = weakref.ref(array, lambda ref: self._gone(ref, key, owner))
+        self._watched[id(ref)] = ref
         return memoryview(array).cast("B")
 
+    def _gone(self, ref: weakref.ref, key: tuple[str, str], owner: int) -> None:
+        self._watched.pop(id(ref), None)
+        self._release(key, owner)
+
     def _release(self, key: tuple[str, str], owner: int) -> None:
+        """A view went: the last one's pin turns idle."""
         with self._lock:
             held = self._held.get(key)
-            if held is None:
+            if held is None or held[2] == 0:
                 return
             held[2] -= 1
             if held[2] > 0:
                 return
-            del self._held[key]
-            fd, slot, _ = held
-            try:  # no lock: nobody else writes the slot of a live owner
-                os.pwrite(fd, _WORD.pack(0), PIN_SLOTS_OFFSET + 8 * slot)
-            finally:
-                os.close(fd)
+            os.pwrite(held[0], _WORD.pack(owner | IDLE), PIN_SLOTS_OFFSET + 8 * held[1])
+            now = self._idle[key] = time.monotonic()
+            self._expire(now)
+        self._watch()
+
+    def _let_go(self, key: tuple[str, str]) -> None:
+        """Free a pin's slot and close its descriptor (with the lock held). No record lock:
+        nobody else writes the slot of a live owner."""
+        fd, slot, _ = self._held.pop(key)
+        self._idle.pop(key, None)
+        try:
+            os.pwrite(fd, _WORD.pack(0), PIN_SLOTS_OFFSET + 8 * slot)
+        finally:
+            os.close(fd)
+
+    def _expire(self, now: float) -> None:
+        """Let go the idle pins older than ``IDLE_SECONDS``, and the oldest beyond
+        ``IDLE_KEPT`` (with the lock held)."""
+        while self._idle:
+            key, since = next(iter(self._idle.items()))
+            if now - since < IDLE_SECONDS and len(self._idle) <= IDLE_KEPT:
+                return
+            self._let_go(key)
+
+    def _watch(self) -> None:
+        if self._watcher is not None and self._watcher.is_alive():
+            return
+        self._watcher = threading.Thread(target=self._watching, name="idle-pins", daemon=True)
+        self._watcher.start()
+
+    def _watching(self) -> None:
+        while True:
+            time.sleep(IDLE_SECONDS)
+            with self._lock:
+                self._expire(time.monotonic() + IDLE_SECONDS / 2)
+                if not self._idle:
+                    self._watcher = None
+                    return
