@@ -212,6 +212,28 @@ def test_a_slab_of_small_values_spills_and_restores_whole(node):
     assert read_key(node, "s-new") == b"x" * 10
 
 
+# A process that ends with views alive: they go while the interpreter shuts down, when no thread
+# may start any more (a callback that started one hung the process for ever).
+ENDS_WITH_VIEWS = """
+import sys
+from distributed_grid.memory.node.local_node import LocalNode
+node = LocalNode("n1", sys.argv[1])
+_, first = node.open_block(int(sys.argv[2]))
+del first  # its pin idle
+_, kept = node.open_block(int(sys.argv[2]))  # active again, and alive at the end
+print("viewing", flush=True)
+"""
+
+
+def test_a_process_that_ends_with_views_alive_ends(node, cluster_id):
+    block = store(node, "k0", value(0))
+    done = subprocess.run([sys.executable, "-c", ENDS_WITH_VIEWS, cluster_id,
+                           str(block.number)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "viewing" in done.stdout, done.stderr
+    assert node.node_status().pinned_blocks == 0
+    assert node.spill(block.number).state == "spilled"
+
+
 # -- crashes at each step -------------------------------------------------------------------------
 
 # A spiller or restorer that SIGKILLs itself from its progress callback: mid-copy, always.

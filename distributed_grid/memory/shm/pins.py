@@ -37,7 +37,9 @@ import struct
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from distributed_grid.errors import WriteInProgress
 from distributed_grid.memory.shm import segment as seg
@@ -151,7 +153,7 @@ class PinnedViews:
     goes the pin turns idle (its slot marked :data:`IDLE`, the descriptor kept) for
     ``IDLE_SECONDS``: a view made again meanwhile turns it active with one write, then reads the
     moving word. Idle pins are let go (slot freed, descriptor closed) after that, or beyond
-    ``IDLE_KEPT``, by the next pin or release or by a daemon thread while any is kept: a
+    ``IDLE_KEPT``, by the next release or by a daemon thread while the process holds any pin: a
     descriptor keeps the memory of a block that was spilled or freed meanwhile.
     """
 
@@ -159,6 +161,7 @@ class PinnedViews:
         self._lock = threading.Lock()
         self._held: dict[tuple[str, str], list[int]] = {}  # -> [descriptor, slot, views]
         self._idle: OrderedDict[tuple[str, str], float] = OrderedDict()  # -> when, oldest first
+        self._gone_views: deque[tuple[tuple[str, str], int]] = deque()  # released, not counted
         self._tag: tuple[int, int] | None = None
         self._watcher: threading.Thread | None = None
         self._watched: dict[int, weakref.ref] = {}  # the views' arrays, until each goes
@@ -170,12 +173,25 @@ class PinnedViews:
             self._tag = (pid, process_tag(pid) or pid << 32)
         return self._tag[1]
 
-    def is_pinned(self, segment: str, token: str) -> bool:
-        """Whether this process pins the block (a view of it lives here; an idle pin is
-        none)."""
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The lock, and after it the views that went meanwhile counted. A view goes when the
+        garbage collector says so, at any allocation, in any thread (this one too, inside the
+        lock): its callback only queues it (:meth:`_gone`), and whoever holds the lock counts
+        the queue when it lets the lock go."""
         with self._lock:
-            held = self._held.get((segment, token))
-            return held is not None and held[2] > 0
+            yield
+        self._count_gone()
+
+    def _count_gone(self) -> None:
+        while self._gone_views:
+            if not self._lock.acquire(blocking=False):
+                return  # its holder counts them when it lets go
+            try:
+                while self._gone_views:
+                    self._release(*self._gone_views.popleft())
+            finally:
+                self._lock.release()
 
     def pinned(self, segment: str, token: str, view: memoryview) -> memoryview | None:
         """``view`` (a block's data, writable) as a view that pins the block while it, or
@@ -188,7 +204,7 @@ class PinnedViews:
         """
         key = (segment, token)
         owner = self.owner()
-        with self._lock:
+        with self._locked():
             held = self._held.get(key)
             if held is not None and held[2] == 0:  # idle: active again, then the moving word
                 os.pwrite(held[0], _WORD.pack(owner), PIN_SLOTS_OFFSET + 8 * held[1])
@@ -209,33 +225,35 @@ class PinnedViews:
                     os.close(fd)
                     raise
                 held = self._held[key] = [fd, slot, 0]
+                self._watch()  # here, not from a collector's callback (no thread starts then)
             held[2] += 1
         try:
             array = (ctypes.c_ubyte * len(view)).from_buffer(view)
         except BaseException:
-            self._release(key, owner)
+            self._gone_views.append((key, owner))
+            self._count_gone()
             raise
         ref = weakref.ref(array, lambda ref: self._gone(ref, key, owner))
         self._watched[id(ref)] = ref
         return memoryview(array).cast("B")
 
     def _gone(self, ref: weakref.ref, key: tuple[str, str], owner: int) -> None:
+        """A view's array went (the garbage collector's callback: takes no lock itself)."""
         self._watched.pop(id(ref), None)
-        self._release(key, owner)
+        self._gone_views.append((key, owner))
+        self._count_gone()
 
     def _release(self, key: tuple[str, str], owner: int) -> None:
-        """A view went: the last one's pin turns idle."""
-        with self._lock:
-            held = self._held.get(key)
-            if held is None or held[2] == 0:
-                return
-            held[2] -= 1
-            if held[2] > 0:
-                return
-            os.pwrite(held[0], _WORD.pack(owner | IDLE), PIN_SLOTS_OFFSET + 8 * held[1])
-            now = self._idle[key] = time.monotonic()
-            self._expire(now)
-        self._watch()
+        """A view went (with the lock held): the last one's pin turns idle."""
+        held = self._held.get(key)
+        if held is None or held[2] == 0:
+            return
+        held[2] -= 1
+        if held[2] > 0:
+            return
+        os.pwrite(held[0], _WORD.pack(owner | IDLE), PIN_SLOTS_OFFSET + 8 * held[1])
+        now = self._idle[key] = time.monotonic()
+        self._expire(now)
 
     def _let_go(self, key: tuple[str, str]) -> None:
         """Free a pin's slot and close its descriptor (with the lock held). No record lock:
@@ -257,16 +275,19 @@ class PinnedViews:
             self._let_go(key)
 
     def _watch(self) -> None:
-        if self._watcher is not None and self._watcher.is_alive():
-            return
-        self._watcher = threading.Thread(target=self._watching, name="idle-pins", daemon=True)
-        self._watcher.start()
+        """Start the thread that lets idle pins go, unless it runs (with the lock held)."""
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watching, name="idle-pins",
+                                             daemon=True)
+            self._watcher.start()
 
     def _watching(self) -> None:
+        """While this process holds pins: every ``IDLE_SECONDS``, let go those idle long
+        enough."""
         while True:
             time.sleep(IDLE_SECONDS)
-            with self._lock:
+            with self._locked():
                 self._expire(time.monotonic() + IDLE_SECONDS / 2)
-                if not self._idle:
+                if not self._held:
                     self._watcher = None
                     return
