@@ -115,6 +115,19 @@ def test_a_view_made_again_after_its_block_was_spilled_sees_it_restored(node):
         node.spill(block.number)
 
 
+def test_on_a_node_without_a_spill_folder_views_pin_nothing(cluster_id):
+    from distributed_grid.memory.node.local_node import LocalNode
+
+    plain = LocalNode("n2", cluster_id)  # nothing moves its blocks
+    try:
+        block = store(plain, "k0", value(0))
+        _, view = plain.open_block(block.number)
+        assert bytes(view[:4]) == value(0)[:4]
+        assert plain.node_status().pinned_blocks == 0
+    finally:
+        plain.close()
+
+
 VIEWER = """
 import os, sys, time
 from distributed_grid.memory.node.local_node import LocalNode

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from distributed_grid.errors import NodeUnavailable
 from distributed_grid.memory.io import copies, sinks, sources
 from distributed_grid.memory.node.actor import StoreActor
 from distributed_grid.memory.node.directory import Copy, Holder, Replicas
@@ -59,10 +60,12 @@ MAY_MOVE = {m.__name__ for m in (
 
 
 class Call(NamedTuple):
-    """A started store call: its ObjectRef and how long its result may be waited for."""
+    """A started store call: its ObjectRef, how long its result may be waited for, and whether
+    it may move blocks between memory and disk (then, on a node with a spill folder, longer)."""
 
     ref: Any
     timeout: float
+    may_move: bool = False
 
 
 class RemoteNode:
@@ -86,23 +89,27 @@ class RemoteNode:
     def submit(self, name: str, *args: Any) -> Call:
         """Send a call of the store's method ``name`` without waiting (every call leaves
         through here)."""
-        timeout = BULK_TIMEOUT if name in BULK else METADATA_TIMEOUT
-        if name in MAY_MOVE and self._has_spill_folder():
-            timeout = MOVE_TIMEOUT
-        return Call(self.cluster.submit(self.node, name, *_on_the_wire(args)), timeout)
-
-    def _has_spill_folder(self) -> bool:
-        """Whether the node spills (asked once: a call there may then move blocks first)."""
-        if self._spills is None:
-            stats = self.cluster.result(self.cluster.submit(self.node, "stats", None),
-                                        self.node, METADATA_TIMEOUT)
-            self._spills = stats.spill_dir is not None
-        return self._spills
+        return Call(self.cluster.submit(self.node, name, *_on_the_wire(args)),
+                    BULK_TIMEOUT if name in BULK else METADATA_TIMEOUT, name in MAY_MOVE)
 
     def result(self, call: Call, timeout: float | None = None) -> Any:
         """The result of a sent call, waited for at most its method's timeout (or
-        ``timeout`` seconds)."""
-        return self.cluster.result(call.ref, self.node, timeout or call.timeout)
+        ``timeout`` seconds). A call that may move blocks and has not answered by then is
+        waited for up to ``MOVE_TIMEOUT`` when the node has a spill folder (asked then, once:
+        no call pays for the question unless it ran that long)."""
+        try:
+            return self.cluster.result(call.ref, self.node, timeout or call.timeout)
+        except NodeUnavailable:
+            if not call.may_move or not self._has_spill_folder():
+                raise
+            return self.cluster.result(call.ref, self.node, MOVE_TIMEOUT)
+
+    def _has_spill_folder(self) -> bool:
+        """Whether the node spills (asked once; a store that does not answer this is
+        ``NodeUnavailable``)."""
+        if self._spills is None:
+            self._spills = self._call(StoreActor.stats, None).spill_dir is not None
+        return self._spills
 
     def _call(self, method: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
         return self.result(self.submit(method.__name__, *args), timeout)
@@ -173,14 +180,14 @@ class RemoteNode:
     def _move(self, method: Callable[..., Any], number: int,
               progress: copies.Progress) -> BlockInfo:
         call = self.submit(method.__name__, number)
-        shown, deadline = 0, time.monotonic() + call.timeout
+        shown, deadline = 0, time.monotonic() + MOVE_TIMEOUT
         while not self.cluster.ready(call.ref, PROGRESS_SECONDS) and \
                 time.monotonic() < deadline:
             done = self._call(StoreActor.move_progress, number)
             if done > shown:
                 progress(done - shown)
                 shown = done
-        info = self.result(call)
+        info = self.result(call, MOVE_TIMEOUT)
         if info.size > shown:  # the rest, once done (a block on disk already: all of it)
             progress(info.size - shown)
         return info

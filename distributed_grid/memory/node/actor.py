@@ -118,6 +118,7 @@ class StoreActor(LocalNode):
                                      settings.low)
         except InvalidArgument as exc:
             log.error("node %s: no spill folder: %s", self.node, exc)
+        self.reap_moves()
         done = self.reconcile_spills()
         if done["removed"] or done["lost"]:
             log.warning("node %s: spill folder reconciled: %s", self.node, done)

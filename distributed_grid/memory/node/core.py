@@ -345,6 +345,20 @@ class StoreCore:
             if folder:
                 remove_file(folder, row.spill_file)
 
+    def _mark_lost(self, number: int) -> bool:
+        """A spilled block whose file is gone or damaged becomes ``missing`` (its file, if
+        any, is deleted); returns whether it did."""
+        with self.catalog.transaction():
+            now = self.catalog.block(number)
+            if now is None or now.state not in ("restoring", "spilled"):
+                return False
+            self.catalog.set_state(now, "missing")
+            self.catalog.set_spill(number, None, None, None)
+        folder = self.catalog.meta("spill_dir")
+        if folder and now.spill_file:
+            remove_file(folder, now.spill_file)
+        return True
+
     def _drop_freed_mappings(self) -> None:
         """Close this process's kept mappings of unlinked segments (a node of this host keeps
         some), so their memory goes now."""

@@ -105,7 +105,7 @@ class LocalNode(NodeViews):
                 return self._prepare(number, offset, length, key, force, writer, replica_of,
                                      epoch, slot, guard)
             except NotInMemory:
-                self.resident(number, for_write=True)
+                self.restore(number, for_write=True)
         raise WriteInProgress(f"{self.block_id(number)} kept moving to disk before a write of "
                               "it could start; try again", block_id=self.block_id(number))
 
@@ -195,7 +195,7 @@ class LocalNode(NodeViews):
                                                       progress)
                     return
         with segment_fd(block) as fd:
-            touch(fd)
+            self._touch(fd)
             copies.fill_fd(fd, layout.HEADER_SIZE + offset, length, source, progress)
 
     @staticmethod
@@ -215,7 +215,7 @@ class LocalNode(NodeViews):
             return
         fd, block = self._open_in_memory(block)
         try:
-            touch(fd)
+            self._touch(fd)
             guard = Guard(fd)  # the guard of the same segment: no second open
             try:
                 self._drain(block, fd, guard, offset, length, sink, progress)
@@ -223,6 +223,11 @@ class LocalNode(NodeViews):
                 guard.close()
         finally:
             os.close(fd)
+
+    def _touch(self, fd: int) -> None:
+        """Record a use of the block (the spiller's order): on a node that spills only."""
+        if self.spill_settings() is not None:
+            touch(fd)
 
     def _open_in_memory(self, block: BlockInfo) -> tuple[int, BlockInfo]:
         """A descriptor of the block's segment, and its facts: those given, or, when its
@@ -234,7 +239,7 @@ class LocalNode(NodeViews):
         try:
             return open_fd(block), block
         except BlockNotFound:
-            row = self.resident(block.number)
+            row = self.restore(block.number)
             if row.segment != block.segment:
                 raise
             block = replace(block, token=row.token, status="ok", state="memory")

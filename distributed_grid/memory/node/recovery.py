@@ -7,7 +7,8 @@ pending extent is dropped, so are the complete extents its range overlapped (the
 being overwritten: they are neither old nor new), its write-guard slot is released, and a block
 allocated for it is freed. A creator killed before it finished leaves a ``creating`` row that
 :meth:`StoreRecovery.reap` removes (with the segment) once that process is gone; when the node's
-store starts, :meth:`StoreRecovery.reconcile` makes the catalog and the host's segments agree.
+store starts, :meth:`StoreRecovery.reconcile` makes the catalog and the host's segments agree,
+and :meth:`StoreRecovery.reconcile_spills` the catalog and the node's spill folder.
 """
 
 from __future__ import annotations
@@ -133,6 +134,35 @@ class StoreRecovery(StoreCore):
         for name in orphans:
             seg.unlink_segment(name)
         return {"reaped": reaped, "missing": missing, "orphans": orphans}
+
+    def reconcile_spills(self) -> dict[str, list[str]]:
+        """Make the spill folder and the catalog agree (when the node's store starts): files
+        the catalog does not record go; spilled blocks whose file is gone or of the wrong size
+        become ``missing`` (their files go). Moves whose mover died are undone first
+        (:meth:`~distributed_grid.memory.node.spills.StoreSpills.reap_moves`, by the caller)."""
+        folder = self.catalog.meta("spill_dir")
+        if not folder:
+            return {"removed": [], "lost": []}
+        files = spill_files.node_files(folder, self.cluster_id, self.node)
+        recorded = {r.spill_file: r for r in self.catalog.blocks(
+            ("spilling", "spilled", "restoring")) if r.spill_file}
+        removed = []
+        for name in files:
+            whole = name.removesuffix(spill_files.TEMP_SUFFIX)
+            row = recorded.get(whole)
+            if row is not None and (name == whole or row.state == "spilling"):
+                continue  # the file of a spilled block, or one being written
+            try:
+                os.unlink(os.path.join(folder, name))
+            except FileNotFoundError:
+                continue
+            removed.append(name)
+        lost = []
+        for name, row in recorded.items():
+            if row.state == "spilled" and spill_files.file_size(folder, name) \
+                    != row.size and self._mark_lost(row.number):
+                lost.append(self.block_id(row.number))
+        return {"removed": removed, "lost": lost}
 
     def destroy(self) -> int:
         """Free every block (spilled ones too) and remove the catalog (the cluster is going

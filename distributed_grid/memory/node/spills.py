@@ -8,7 +8,8 @@ block that is fully written and that no live process pins (holds a view of:
 folder's files happen to take).
 
 A spill, step by step (each a catalog transaction or a file operation; a crash anywhere leaves
-what :meth:`StoreSpills.reap_moves` and :meth:`StoreSpills.reconcile_spills` put right):
+what :meth:`StoreSpills.reap_moves` and :meth:`~distributed_grid.memory.node.recovery.
+StoreRecovery.reconcile_spills` put right):
 
 1. the block goes ``ok`` -> ``spilling`` with its file's name and the spiller (``mover``); its
    quota is taken; no write may start from now on (a reader still reads its memory);
@@ -75,6 +76,8 @@ class StoreSpills(StoreRoom):
         except OSError as exc:
             raise StoreFull(f"cannot spill {self.block_id(number)} to {settings.folder}: "
                             f"{exc.strerror or exc}", block_id=self.block_id(number)) from exc
+        finally:
+            self._moved.pop(number, None)
         return self._info(self._row(number, settled=False))
 
     def _spill(self, number: int, settings: SpillSettings, progress: Progress = no_progress,
@@ -263,20 +266,6 @@ class StoreSpills(StoreRoom):
         raise BlockNotFound(f"block {self.block_id(row.number)} cannot be restored: {why}; "
                             "deallocate it", block_id=self.block_id(row.number), node=self.node)
 
-    def _mark_lost(self, number: int) -> bool:
-        """A spilled block whose file is gone or damaged becomes ``missing`` (its file, if
-        any, is deleted); returns whether it did."""
-        with self.catalog.transaction():
-            now = self.catalog.block(number)
-            if now is None or now.state not in ("restoring", "spilled"):
-                return False
-            self.catalog.set_state(now, "missing")
-            self.catalog.set_spill(number, None, None, None)
-        folder = self.catalog.meta("spill_dir")
-        if folder and now.spill_file:
-            spill_files.remove_file(folder, now.spill_file)
-        return True
-
     def _take_back(self, row: BlockRow) -> bool:
         """Undo the move of a mover that died (spilling: back to ``ok``; restoring: back to
         ``spilled``); returns whether this process did."""
@@ -296,7 +285,10 @@ class StoreSpills(StoreRoom):
             BlockNotFound: no such block, or its spill file is gone or damaged.
             StoreFull: the node has no room for it, even after spilling colder blocks.
         """
-        return self._info(self.restore(number, self._counted(number, progress)))
+        try:
+            return self._info(self.restore(number, self._counted(number, progress)))
+        finally:
+            self._moved.pop(number, None)
 
     def move_progress(self, number: int) -> int:
         """How many bytes of block ``number`` an explicit spill or restore by this store has
@@ -313,10 +305,6 @@ class StoreSpills(StoreRoom):
 
         return count
 
-    def resident(self, number: int, for_write: bool = False) -> BlockRow:
-        """The block's row once its bytes are in memory (restored first if spilled)."""
-        return self.restore(number, for_write=for_write)
-
     # -- recovery -----------------------------------------------------------------------------
 
     def reap_moves(self) -> list[str]:
@@ -326,34 +314,3 @@ class StoreSpills(StoreRoom):
             if row.mover and identity_alive(row.mover) is False and self._take_back(row):
                 done.append(self.block_id(row.number))
         return done
-
-    def reconcile_spills(self) -> dict[str, list[str]]:
-        """Make the spill folder and the catalog agree (when the node's store starts): files
-        the catalog does not record go; spilled blocks whose file is gone or of the wrong size
-        become ``missing``."""
-        settings = self.spill_settings(fresh=True)
-        if settings is None:
-            return {"removed": [], "lost": []}
-        self.reap_moves()
-        files = spill_files.node_files(settings.folder, self.cluster_id, self.node)
-        recorded = {r.spill_file: r for r in self.catalog.blocks(
-            ("spilling", "spilled", "restoring")) if r.spill_file}
-        removed = []
-        for name in files:
-            whole = name.removesuffix(spill_files.TEMP_SUFFIX)
-            row = recorded.get(whole)
-            if row is not None and (name == whole or row.state == "spilling"):
-                continue  # the file of a spilled block, or one being written
-            try:
-                os.unlink(os.path.join(settings.folder, name))
-            except FileNotFoundError:
-                continue
-            removed.append(name)
-        lost = []
-        for name, row in recorded.items():
-            if row.state == "spilled" and spill_files.file_size(settings.folder, name) \
-                    != row.size and self._mark_lost(row.number):
-                lost.append(self.block_id(row.number))
-        return {"removed": removed, "lost": lost}
-
-

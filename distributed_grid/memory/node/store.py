@@ -61,7 +61,7 @@ class BlockStore(StoreWrites, StoreSlabs, StoreSpills, StoreRecovery):
             BlockNotFound: no such block, or its segment is gone.
             StoreFull: it is spilled and the node has no room to restore it.
         """
-        return self._info(self.resident(number), [])
+        return self._info(self.restore(number), [])
 
     def list_blocks(self) -> list[BlockInfo]:
         """Every block of the node (missing ones too), by number."""
@@ -80,7 +80,7 @@ class BlockStore(StoreWrites, StoreSlabs, StoreSpills, StoreRecovery):
         block's facts in the place list this key only (``block_info`` lists them all)."""
         found = self.catalog.key_place(validate_key(key))
         if found is not None and found[0].state in ("spilled", "restoring"):
-            self.resident(found[0].number)  # used now: its bytes come back into memory
+            self.restore(found[0].number)  # used now: its bytes come back into memory
             found = self.catalog.key_place(key)
         if found is None or found[0].state not in ("ok", "spilling"):
             return None
