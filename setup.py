@@ -1,8 +1,9 @@
-"""Builds the optional C extension; the project's metadata is in pyproject.toml.
+"""Builds the optional C extensions; the project's metadata is in pyproject.toml.
 
-``distributed_grid.memory.shm._seqguard`` (native/seqguard.c) is compiled where a C compiler exists;
-without one the install still succeeds and the pure-Python twin is used
-(see distributed_grid/memory/shm/seqguard.py).
+``distributed_grid.memory.shm._seqguard`` (native/seqguard.c) and
+``distributed_grid.memory.io._copy`` (native/copy.c) are compiled where a C compiler exists;
+without one the install still succeeds and their Python twins are used
+(see distributed_grid/memory/shm/seqguard.py and distributed_grid/memory/io/copies.py).
 """
 
 from setuptools import Extension, setup
@@ -13,6 +14,11 @@ setup(
             "distributed_grid.memory.shm._seqguard",
             ["native/seqguard.c"],
             optional=True,
-        )
+        ),
+        Extension(
+            "distributed_grid.memory.io._copy",
+            ["native/copy.c"],
+            optional=True,
+        ),
     ]
 )

@@ -60,6 +60,8 @@ class BlockInfo:
 
     ``state`` is where its bytes are: ``memory``, ``spilled`` (in a file of its node's spill
     folder, brought back on access), ``spilling`` or ``restoring`` (moving between the two).
+    ``paged``: how many of its first bytes had their pages in when it was made (it took a spare
+    of its node's prefault), so a first write maps them instead of faulting them in.
 
     ``replicas`` are the nodes holding a copy of the block, the one reads prefer first (one
     node for a block of one copy). A replicated block's facts are those of one of its copies
@@ -86,13 +88,15 @@ class BlockInfo:
     replicas: list[str] = field(default_factory=list)
     for_key: str | None = None
     state: str = "memory"
+    paged: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The block as plain data (what ``list-objects --json`` prints for it); ``pending``
         is a list of ``{"key", "offset", "length", "writer"}``. The segment's name and token
-        are how this host reaches the block's memory, not facts of the block: left out."""
+        are how this host reaches the block's memory, and ``paged`` how fast its first write
+        goes, not facts of the block: left out."""
         data = asdict(self)
-        del data["segment"], data["token"]
+        del data["segment"], data["token"], data["paged"]
         data["keys"] = {k: [list(e) for e in ext] for k, ext in self.keys.items()}
         return data
 
@@ -162,6 +166,10 @@ class NodeStats:
     of blocks there: ``spilled_blocks`` and ``spilled_bytes`` (counted by block size).
     ``pinned_blocks`` and ``pinned_bytes`` are the blocks a live process holds views of, which
     are never spilled (counted only by ``cluster status``: 0 elsewhere).
+
+    A node started with a prefault (``prefault_target`` bytes, 0 without) keeps ``prefault``
+    bytes of memory allocated and faulted in for new blocks (its spares): used memory of the
+    host, counted in ``free_for_blocks`` since a new block takes it.
     """
 
     node: str
@@ -187,6 +195,8 @@ class NodeStats:
     spilled_bytes: int = 0
     pinned_blocks: int = 0
     pinned_bytes: int = 0
+    prefault: int = 0
+    prefault_target: int = 0
 
     @property
     def spill_room(self) -> int:

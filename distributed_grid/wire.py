@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # Bumped whenever a store method or a record changes its shape: a client refuses to work with a
 # store (or a node record) of another protocol, made by another installation of distributed_grid.
-STORE_PROTOCOL = 6
+STORE_PROTOCOL = 7
 
 NAMESPACE = "distributed_grid"  # Ray's namespace of the stores, leases and published lists
 ACTOR_PREFIX = "store."  # a node's store actor is named store.<node>
@@ -34,6 +34,9 @@ MOVE_TIMEOUT = 300.0
 # ``{node}`` in a folder standing for the node's name. Each node's store writes its own in its
 # catalog when it starts.
 SPILL_ENV = "DISTRIBUTED_GRID_SPILL"
+# The prefault of the nodes ``grid cluster start --prefault`` starts: JSON ``{"<node>" or "*":
+# bytes}``, the bytes of spares each node keeps faulted in for new blocks.
+PREFAULT_ENV = "DISTRIBUTED_GRID_PREFAULT"
 
 
 def store_actor_name(node: str) -> str:

@@ -24,7 +24,8 @@ class ClusterCommands:
               nodes: Any = None, loopback: bool = False, port: int | None = None,
               num_cpus: int | None = None, json: bool = False, private_shm: bool = False,
               shm_size: Any = None, another: bool = False, spill_dir: str | None = None,
-              spill_quota: Any = None, spill_high: Any = None, spill_low: Any = None) -> None:
+              spill_quota: Any = None, spill_high: Any = None, spill_low: Any = None,
+              prefault: Any = None) -> None:
         """Start Ray on this host, outliving this command; prints the head's address.
 
         Args:
@@ -49,6 +50,9 @@ class ClusterCommands:
             spill_quota: how many bytes of blocks the spill folder may hold (10GiB).
             spill_high: spill when a node's blocks pass this part of its room (default 0.85).
             spill_low: ...down to this part (default 0.70).
+            prefault: memory each node keeps allocated and faulted in, refilled while it is
+                idle, so new blocks fill at memory speed (2GiB). It is used memory of the
+                host (counted in cluster status). Default: the config's prefault, else none.
         """
         from distributed_grid.cluster import starting
 
@@ -60,7 +64,8 @@ class ClusterCommands:
             spill_dir=args.optional_text(spill_dir),
             spill_quota=args.optional_size(spill_quota, "spill-quota"),
             spill_high=args.optional_fraction(spill_high, "spill-high"),
-            spill_low=args.optional_fraction(spill_low, "spill-low"))
+            spill_low=args.optional_fraction(spill_low, "spill-low"),
+            prefault=args.optional_size(prefault, "prefault"))
         out.result(started, text=None if started.role == "worker" else started.address)
         out.note(started.describe())
 

@@ -79,8 +79,10 @@ def block_table(blocks: list[BlockInfo]) -> str:
 
 def node_table(stats: list[NodeStats]) -> str:
     """The ``cluster status`` table; ROOM is the most a new block may take, and what bounds
-    it (``shm``, ``memory``, ``cgroup`` or ``capacity``)."""
+    it (``shm``, ``memory``, ``cgroup`` or ``capacity``); PREFAULT (when a node has one) the
+    memory it keeps faulted in for new blocks, of its target."""
     spills = any(s.spill_dir for s in stats)
+    warm = any(s.prefault_target or s.prefault for s in stats)
     rows = [
         [s.node, "head" if s.is_head else "worker", s.address, format_size(s.shm_total),
          format_size(s.shm_free),
@@ -88,11 +90,13 @@ def node_table(stats: list[NodeStats]) -> str:
          f"{format_size(s.free_for_blocks)} ({s.limited_by})", str(s.blocks),
          format_size(s.block_bytes)]
         + ([_spill_cell(s), format_size(s.pinned_bytes)] if spills else [])
+        + ([f"{format_size(s.prefault)} / {format_size(s.prefault_target)}"] if warm else [])
         for s in sorted(stats, key=lambda s: (not s.is_head, s.node))
     ]
     return table(["NODE", "ROLE", "ADDRESS", "SHM TOTAL", "SHM FREE", "MEM AVAILABLE", "ROOM",
                   "BLOCKS", "IN RAM" if spills else "BLOCK BYTES"]
-                 + (["SPILLED / QUOTA", "PINNED"] if spills else []), rows)
+                 + (["SPILLED / QUOTA", "PINNED"] if spills else [])
+                 + (["PREFAULT"] if warm else []), rows)
 
 
 def _spill_cell(stats: NodeStats) -> str:

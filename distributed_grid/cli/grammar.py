@@ -20,9 +20,7 @@ read-only command is close enough to the typo, the closest read-only one is offe
 
 from __future__ import annotations
 
-import difflib
 import inspect
-import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +136,8 @@ def commands_of(groups: dict[str, Any],
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
+    import difflib  # for a mistyped word only: not on every command's clock
+
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
 
@@ -296,5 +296,7 @@ def _entry(name: str, text: str) -> str:
     """One argument's help: its name, then its text wrapped to :data:`HELP_WIDTH` columns,
     continued under the text's first column."""
     head = f"  {name:<22} "
+    import textwrap  # for help only
+
     return textwrap.fill(text, HELP_WIDTH, initial_indent=head,
                          subsequent_indent=" " * 25, break_on_hyphens=False) or head.rstrip()

@@ -12,6 +12,7 @@ A YAML file such as::
         memory: 64GiB        # optional cap on the bytes this node's store may hold
         spill_dir: /data/grid-spill   # optional, with spill_quota: where cold blocks go
         spill_quota: 200GiB  #   when memory runs short (taken by `grid cluster start`)
+        prefault: 4GiB       # optional: memory kept faulted in for new blocks (likewise)
     replicas: 2              # optional: copies of each new block, each on a node of its own
     spill_high: 0.85         # optional: spill when blocks pass this part of a node's room
     spill_low: 0.70          #   ... down to this part
@@ -34,7 +35,7 @@ NODE_LABEL = "grid.node"  # the Ray label that names a node
 CONFIG_ENV = "DISTRIBUTED_GRID_CONFIG"
 CONFIG_MAX_BYTES = 2**20  # a config names nodes: more than this is not one
 _ROLES = ("head", "worker")
-_NODE_FIELDS = ("name", "host", "role", "memory", "spill_dir", "spill_quota")
+_NODE_FIELDS = ("name", "host", "role", "memory", "spill_dir", "spill_quota", "prefault")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class NodeConfig:
     memory: int | None = None
     spill_dir: str | None = None
     spill_quota: int | None = None
+    prefault: int | None = None
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,14 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
             spill_quota = parse_size(spill_quota, what=f"{where}.spill_quota")
             if spill_quota <= 0:
                 raise InvalidArgument(f"{where}.spill_quota must be positive")
+        prefault = None
+        if raw.get("prefault") is not None:
+            prefault = parse_size(raw["prefault"], what=f"{where}.prefault")
+            if prefault < 0:
+                raise InvalidArgument(f"{where}.prefault must be 0 or more bytes")
         nodes.append(NodeConfig(name=name, host=raw["host"], role=role, memory=memory,
-                                spill_dir=spill_dir, spill_quota=spill_quota))
+                                spill_dir=spill_dir, spill_quota=spill_quota,
+                                prefault=prefault))
     names = [n.name for n in nodes]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -1,5 +1,5 @@
-"""The spill folders of the nodes ``grid cluster start`` starts: what they are told, and what is
-removed when the cluster stops.
+"""The spill folders and prefault of the nodes ``grid cluster start`` starts: what they are told,
+and what is removed when the cluster stops.
 
 ``grid cluster start --spill-dir DIR --spill-quota SIZE`` (or a node's ``spill_dir`` and
 ``spill_quota`` in the cluster config) puts the nodes' spill settings in the environment of the
@@ -21,7 +21,8 @@ from distributed_grid.cluster.config import ClusterConfig, active_config
 from distributed_grid.errors import InvalidArgument
 from distributed_grid.memory.io.spill_files import cluster_files
 from distributed_grid.memory.node.room import DEFAULT_HIGH, DEFAULT_LOW, check_settings
-from distributed_grid.wire import SPILL_ENV
+from distributed_grid.memory.node.spares import check_prefault
+from distributed_grid.wire import PREFAULT_ENV, SPILL_ENV
 
 
 def spill_table(spill_dir: str | None, spill_quota: int | None, high: float | None,
@@ -60,19 +61,39 @@ def spill_table(spill_dir: str | None, spill_quota: int | None, high: float | No
     return table
 
 
+def prefault_table(prefault: int | None,
+                   config: ClusterConfig | None = None) -> dict[str, int]:
+    """The nodes' prefault as :data:`PREFAULT_ENV` holds them (``{}``: none): ``prefault``
+    for every node, else the config's (None: the active one) ``prefault`` of each node.
+
+    Raises:
+        InvalidArgument: a prefault below 0 bytes.
+    """
+    config = config if config is not None else active_config()
+    table = {node.name: check_prefault(node.prefault)
+             for node in (config.nodes if config is not None else ()) if node.prefault}
+    if prefault is not None:
+        table["*"] = check_prefault(prefault)
+    return table
+
+
 @contextmanager
-def spill_environment(table: dict[str, dict]) -> Iterator[None]:
-    """``table`` in this process's environment (:data:`SPILL_ENV`), which the processes
-    started here inherit, while the block runs; none inherited from the caller's otherwise."""
-    saved = os.environ.pop(SPILL_ENV, None)
-    if table:
-        os.environ[SPILL_ENV] = json.dumps(table)
+def node_environment(spills: dict[str, dict], prefault: dict[str, int]) -> Iterator[None]:
+    """The nodes' spill settings and prefault in this process's environment
+    (:data:`SPILL_ENV`, :data:`PREFAULT_ENV`), which the processes started here inherit, while
+    the block runs; none inherited from the caller's otherwise."""
+    tables = {SPILL_ENV: spills, PREFAULT_ENV: prefault}
+    saved = {name: os.environ.pop(name, None) for name in tables}
+    for name, table in tables.items():
+        if table:
+            os.environ[name] = json.dumps(table)
     try:
         yield
     finally:
-        os.environ.pop(SPILL_ENV, None)
-        if saved is not None:
-            os.environ[SPILL_ENV] = saved
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
 
 
 def remove_spill_files(cluster_id: str, nodes: list[str], text: str | None = None) -> list[str]:

@@ -37,7 +37,7 @@ from distributed_grid.cluster.ray_env import (
     ray_temp_dir,
     recorded_address,
 )
-from distributed_grid.cluster.spilling import spill_environment, spill_table
+from distributed_grid.cluster.spilling import node_environment, prefault_table, spill_table
 from distributed_grid.errors import ClusterError, InvalidArgument
 from distributed_grid.names import validate_node_name
 
@@ -73,7 +73,8 @@ def start(name: str | None = None, address: str | None = None, nodes: list[str] 
           loopback: bool = False, port: int | None = None, num_cpus: int | None = None,
           private_shm: bool = False, shm_size: int | None = None,
           another: bool = False, spill_dir: str | None = None, spill_quota: int | None = None,
-          spill_high: float | None = None, spill_low: float | None = None) -> Started:
+          spill_high: float | None = None, spill_low: float | None = None,
+          prefault: int | None = None) -> Started:
     """Start Ray on this host, outliving the caller: join the cluster at ``address`` as a
     worker; or, with ``nodes``, ``loopback`` or ``private_shm``, a cluster for this host alone
     (a head plus a raylet per node name); else a head that other hosts can join.
@@ -92,6 +93,9 @@ def start(name: str | None = None, address: str | None = None, nodes: list[str] 
             (:mod:`~distributed_grid.cluster.spilling`).
         spill_high, spill_low: spill when a node's blocks pass ``spill_high`` of its room,
             down to ``spill_low`` (default: the config's, else 0.85 and 0.70).
+        prefault: the bytes of memory each node keeps allocated and faulted in for new
+            blocks (:mod:`~distributed_grid.memory.node.spares`; default: the config's
+            ``prefault`` of each node, else none).
 
     Raises:
         InvalidArgument: ``nodes`` with ``address`` (nodes start a new cluster); ``port`` for
@@ -114,7 +118,7 @@ def start(name: str | None = None, address: str | None = None, nodes: list[str] 
                               "takes a free one", port=port)
     own = name or host_node_name()
     table = spill_table(spill_dir, spill_quota, spill_high, spill_low, per_node=local)
-    with hosted.one_start_at_a_time(), spill_environment(table):
+    with hosted.one_start_at_a_time(), node_environment(table, prefault_table(prefault)):
         if not another:
             _refuse_a_second(joining=address)
         if address is not None:

@@ -21,7 +21,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from distributed_grid.cluster import hosted, starting
+from distributed_grid.cluster import hosted
 from distributed_grid.cluster.ray_env import answers, recorded_address
 from distributed_grid.errors import ClusterError
 
@@ -67,6 +67,8 @@ def find_cluster(address: str | None = None, start_if_missing: bool = True) -> T
         found = _running_here()  # another command may have started one while this one waited
         if found is not None:
             return Target(found)
+        from distributed_grid.cluster import starting  # 15 ms of imports: only to start one
+
         started = starting.start_local()
     print(f"distributed_grid: no Ray cluster was running; started a local one at {started} "
           "(stop it with `grid cluster stop`)", file=sys.stderr)

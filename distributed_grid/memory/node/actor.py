@@ -39,6 +39,7 @@ from distributed_grid.memory.node.directory import Copy, KeyDirectory, Replicas
 from distributed_grid.memory.node.local_node import HeldSlot, LocalNode
 from distributed_grid.memory.node.repairs import Repairs, mend
 from distributed_grid.memory.node.room import settings_from_env
+from distributed_grid.memory.node.spares import Refill, prefault_from_env
 from distributed_grid.memory.node.upkeep import (
     TICK_SECONDS,
     ClusterLinks,
@@ -56,7 +57,7 @@ from distributed_grid.runtime import (
     remove_stale_temp_files,
     write_node_record,
 )
-from distributed_grid.wire import REMOTE_WRITER, SPILL_ENV, STORE_PROTOCOL
+from distributed_grid.wire import PREFAULT_ENV, REMOTE_WRITER, SPILL_ENV, STORE_PROTOCOL
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class StoreActor(LocalNode):
         self.catalog.numbers_from(read_snapshot(links.published(node))[1])
         self.reconcile()
         self._spill_from_env()
+        self._refill = self._prefault_from_env(start=tick_seconds is not None)
         remove_stale_temp_files()  # records a crashed writer never renamed
         node_id, gcs_address, ip = links.whereabouts()
         raylet = os.getppid()  # Ray starts its workers from the node's raylet
@@ -122,6 +124,26 @@ class StoreActor(LocalNode):
         done = self.reconcile_spills()
         if done["removed"] or done["lost"]:
             log.warning("node %s: spill folder reconciled: %s", self.node, done)
+
+    def _prefault_from_env(self, start: bool) -> Refill | None:
+        """Take the prefault ``grid cluster start`` gave the node (``PREFAULT_ENV``), make its
+        spares and its catalog agree, and (``start``) refill them on a thread of their own."""
+        try:
+            self.configure_prefault(prefault_from_env(self.node, os.environ.get(PREFAULT_ENV)))
+        except InvalidArgument as exc:
+            log.error("node %s: no prefault: %s", self.node, exc)
+        done = self.reconcile_spares()
+        if done["dropped"] or done["removed"]:
+            log.warning("node %s: spares reconciled: %s", self.node, done)
+        if not start or not self.prefault_target(fresh=True):
+            return None
+        refill = Refill(self)
+        refill.start()
+        return refill
+
+    def _stop_refill(self) -> None:
+        if self._refill is not None:
+            self._refill.stop()
 
     def ping(self) -> dict[str, Any]:
         """Who serves this store: its process, Ray node, protocol and installation."""
@@ -217,12 +239,15 @@ class StoreActor(LocalNode):
 
     def close(self) -> None:
         """Close the kept mappings, the catalog and (on the head) the key directory."""
+        self._stop_refill()
         if self.directory is not None:
             self.directory.close()
         super().close()
 
     def destroy(self) -> int:
-        """Free every block, remove the catalog (and on the head the key directory)."""
+        """Free every block and spare, remove the catalog (and on the head the key
+        directory)."""
+        self._stop_refill()
         self._maps.close()
         self._views.close()
         count = super().destroy()

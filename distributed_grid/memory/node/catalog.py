@@ -167,7 +167,7 @@ class Catalog(ExtentQueries):
             db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?)", (lease, created))
         db.execute(
             f"INSERT INTO blocks ({BLOCK_COLUMNS}) VALUES "
-            "(?,?,?,?,?,0,'creating',?,?,?,?,?,?,0,NULL,NULL,NULL)",
+            "(?,?,?,?,?,0,'creating',?,?,?,?,?,?,0,NULL,NULL,NULL,0)",
             (number, size, segment, token, created, lease, creator, holder, for_key, int(slab),
              replica_of))
         self._add_meta("block_count", 1)

@@ -213,7 +213,7 @@ class StoreCore:
             segment=row.segment, token=row.token, keys=keys,
             pending_keys=sorted({p.key for p in pending}), persistent=row.lease is None,
             pending=pending, slab=bool(row.slab), replica_of=row.replica_of,
-            replicas=[self.node], for_key=row.for_key,
+            replicas=[self.node], for_key=row.for_key, paged=row.paged,
         )
 
     def check_copy(self, row: BlockRow, replica_of: str | None, doing: str,

@@ -172,27 +172,33 @@ class LocalNode(NodeViews):
     def fill(self, block: BlockInfo, offset: int, length: int, source: sources.Source,
              progress: copies.Progress = copies.no_progress) -> None:
         """Copy ``length`` bytes from ``source`` into the block at ``offset`` (inside a write
-        prepared by this process): through a kept mapping when the source is in memory (one
-        buffer, or several one after another) and big (see ``MAPPED_MIN``), else with
-        ``pwrite``."""
-        parts = source.parts() if self._mapped_copy(block, length) else None
-        if parts is not None:
+        prepared by this process): through a kept mapping when the copy is big (see
+        ``MAPPED_MIN``) and the source is in memory (one buffer, or several one after another)
+        or the block's pages there exist (written before, or the block took a spare: a file is
+        then read straight into them), else with ``pwrite``."""
+        mapped_copy = self._mapped_copy(block, length)
+        parts = source.parts() if mapped_copy else None
+        paged = offset + length <= max(block.used, block.paged)  # its pages exist
+        if parts is not None or (mapped_copy and paged):
             with self._maps.mapped(block) as mapped:
                 if mapped is not None:
                     end = offset + length
                     with mapped.data()[offset:end] as dest:
-                        if end <= block.used:  # pages written before
+                        if parts is None:  # a file into pages that exist: read straight in
+                            copies.read_into_mapped(dest, source, progress)
+                        elif paged:
                             fault_in = None if mapped.has_pages(offset, end) else "dest"
                             for at, part in parts:
                                 copies.copy(dest[at : at + len(part)], part, progress,
                                             fault_in)
-                            mapped.note_pages(offset, end)
+                        else:
+                            with segment_fd(block) as fd:
+                                for at, part in parts:
+                                    copies.fill_both_ways(fd, layout.HEADER_SIZE + offset + at,
+                                                          dest[at : at + len(part)], part,
+                                                          progress)
                             return
-                        with segment_fd(block) as fd:
-                            for at, part in parts:
-                                copies.fill_both_ways(fd, layout.HEADER_SIZE + offset + at,
-                                                      dest[at : at + len(part)], part,
-                                                      progress)
+                    mapped.note_pages(offset, end)
                     return
         with segment_fd(block) as fd:
             self._touch(fd)

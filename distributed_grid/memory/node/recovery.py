@@ -165,8 +165,8 @@ class StoreRecovery(StoreCore):
         return {"removed": removed, "lost": lost}
 
     def destroy(self) -> int:
-        """Free every block (spilled ones too) and remove the catalog (the cluster is going
-        away).
+        """Free every block (spilled ones too) and spare, and remove the catalog (the cluster
+        is going away).
 
         Costs one unlink per block and no transaction per block, so 10,000 blocks take a
         fraction of a second. Returns how many blocks there were.
@@ -177,8 +177,9 @@ class StoreRecovery(StoreCore):
             for name in spill_files.node_files(folder, self.cluster_id, self.node):
                 spill_files.remove_file(folder, name)
         self.catalog.remove()
+        spares = layout.spare_pattern(self.cluster_id, self.node)  # its prefault goes too
         for name in seg.list_segment_names(self.prefix):
-            if self._segment_re.fullmatch(name):
+            if self._segment_re.fullmatch(name) or spares.fullmatch(name):
                 seg.unlink_segment(name)
         return count
 

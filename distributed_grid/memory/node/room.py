@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from distributed_grid.errors import BlockNotFound, InvalidArgument
 from distributed_grid.memory.io import spill_files
 from distributed_grid.memory.io.copies import Progress, no_progress
-from distributed_grid.memory.node.core import StoreCore, segment_fd
+from distributed_grid.memory.node.core import segment_fd
 from distributed_grid.memory.node.schema import BlockRow
+from distributed_grid.memory.node.spares import StoreSpares
 from distributed_grid.memory.shm import pins
 from distributed_grid.memory.shm.capacity import describe_limit
 from distributed_grid.records import NodeStats
@@ -88,7 +89,7 @@ def settings_from_env(node: str, text: str | None) -> SpillSettings | None:
         raise InvalidArgument(f"{SPILL_ENV} is not spill settings: {exc}") from exc
 
 
-class StoreRoom(StoreCore):
+class StoreRoom(StoreSpares):
     """A node's spill settings, and the room it makes by spilling its coldest blocks."""
 
     _settings: tuple[float, SpillSettings | None] | None = None
@@ -141,11 +142,17 @@ class StoreRoom(StoreCore):
     def make_room(self, size: int, capacity: int | None = None, keep: int | None = None) -> int:
         """Spill the least recently used blocks before ``size`` new bytes come, when they would
         take the node past its high watermark: down to the low one, or as far as blocks can go.
-        Returns the bytes spilled. Nothing happens on a node with no spill folder.
+        Returns the bytes spilled. Nothing is spilled on a node with no spill folder.
+
+        A node's spares go first: before any block is spilled, those the new bytes cannot take
+        are given back when the host could not give the new bytes memory
+        (:meth:`~distributed_grid.memory.node.spares.StoreSpares.release_for`).
 
         Args:
             keep: a block not to spill (the one being restored).
         """
+        if self.prefault_target():
+            self.release_for(size)
         settings = self.spill_settings()
         if settings is None:
             return 0

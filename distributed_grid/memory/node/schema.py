@@ -22,6 +22,13 @@ free runs are rows of ``slab_free`` (never two touching: a freed run merges with
 neighbours), and its keys' extents are the rest; a key in a slab has one extent, which carries
 the key's metadata itself (``extents.meta``: no ``key_meta`` row to write and delete).
 
+A node started with ``--prefault`` keeps ``spares`` (``memory/node/spares.py``): segments of
+``size`` data bytes whose pages are allocated and written already, ``filling`` (by the process
+``filler``) or ``ready``; a new block takes a ready one whole, and records in ``paged`` how many
+of its first bytes have their pages in (a writer maps them instead of faulting them in). The
+node's target is the ``prefault`` row of ``meta``, the size its spares are made at
+``spare_size`` (the last big block's), and ``next_spare`` numbers their names.
+
 A block that is one copy of a replicated block (``memory/client/replicas.py``) names that block
 in ``replica_of`` (the id its users hold: the id of its first copy, which names itself). Such
 a copy is written only through its replicated block, whose every copy gets the same writes, and
@@ -41,12 +48,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 SCHEMA = """
 CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
 INSERT INTO meta VALUES ('next_number', 0), ('block_count', 0), ('block_bytes', 0),
-    ('spilled_count', 0), ('spilled_bytes', 0);
+    ('spilled_count', 0), ('spilled_bytes', 0), ('next_spare', 0);
 CREATE TABLE leases (name TEXT PRIMARY KEY, created REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE blocks (
     number INTEGER PRIMARY KEY,
@@ -66,7 +73,8 @@ CREATE TABLE blocks (
     epoch INTEGER NOT NULL DEFAULT 0,
     spill_file TEXT,
     checksum TEXT,
-    mover TEXT
+    mover TEXT,
+    paged INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX blocks_by_lease ON blocks(lease) WHERE lease IS NOT NULL;
 CREATE INDEX blocks_not_ok ON blocks(state) WHERE state != 'ok';
@@ -98,7 +106,14 @@ CREATE TABLE key_meta (
     block INTEGER NOT NULL REFERENCES blocks(number) ON DELETE CASCADE,
     meta TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX key_meta_by_block ON key_meta(block)
+CREATE INDEX key_meta_by_block ON key_meta(block);
+CREATE TABLE spares (
+    number INTEGER PRIMARY KEY,
+    size INTEGER NOT NULL CHECK (size > 0),
+    state TEXT NOT NULL CHECK (state IN ('filling', 'ready')),
+    filler TEXT,
+    created REAL NOT NULL
+)
 """
 HOLDS_MEMORY = ("creating", "ok", "spilling", "restoring")
 ON_DISK = ("spilling", "spilled", "restoring")  # the blocks the spill quota counts
@@ -124,6 +139,7 @@ class BlockRow(NamedTuple):
     spill_file: str | None = None
     checksum: str | None = None
     mover: str | None = None
+    paged: int = 0
 
 
 class ExtentRow(NamedTuple):
@@ -145,7 +161,7 @@ class ExtentRow(NamedTuple):
 
 
 BLOCK_COLUMNS = ("number, size, segment, token, created, high_water, state, lease, creator, "
-                  "holder, for_key, slab, replica_of, epoch, spill_file, checksum, mover")
+                  "holder, for_key, slab, replica_of, epoch, spill_file, checksum, mover, paged")
 EXTENT_COLUMNS = "id, block, key, offset, length, complete, writer, slot, guard"
 BLOCK_COLUMNS_OF_B = ", ".join(f"b.{c}" for c in BLOCK_COLUMNS.split(", "))
 EXTENT_COLUMNS_OF_E = ", ".join(f"e.{c}" for c in EXTENT_COLUMNS.split(", "))

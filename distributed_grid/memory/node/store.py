@@ -133,8 +133,12 @@ class BlockStore(StoreWrites, StoreSlabs, StoreSpills, StoreRecovery):
         clock (:class:`~distributed_grid.memory.shm.capacity.HostRoom`), or now if ``fresh``."""
         blocks, block_bytes = self.catalog.counts()
         cap = self.capacity if capacity is None else capacity
-        stats = node_stats(self.node, self.room.limits(block_bytes, fresh), cap, blocks,
-                           block_bytes)
+        target = self.prefault_target()
+        spares = self.spare_bytes() if target else 0
+        stats = node_stats(self.node, self.room.limits(block_bytes + spares, fresh), cap,
+                           blocks, block_bytes, spares)
+        if target:
+            stats = replace(stats, prefault_target=target)
         settings = self.spill_settings()
         if settings is None:
             return stats
@@ -198,17 +202,21 @@ class BlockStore(StoreWrites, StoreSlabs, StoreSpills, StoreRecovery):
                 replica_of = self.block_id(number)
             self.catalog.insert_block(number, size, name, token.hex(), time.time(), lease,
                                       self.me, holder, for_key, slab, replica_of)
+            spare = self._take_spare(size)  # memory faulted in already, if the node keeps some
         try:
             try:
-                seg.create_segment(name, size, token)
+                paged = self._adopt(spare, name, size, token)
             except FileExistsError:  # left by a catalog that was removed: no block owns it
                 seg.unlink_segment(name)
-                seg.create_segment(name, size, token)
+                paged = self._adopt(spare, name, size, token)
             with self.catalog.transaction():
                 row = self.catalog.block(number)
                 if row is None:  # reaped: impossible while this process lives, but never leak
                     raise BlockNotFound(f"block {self.block_id(number)} vanished while created")
                 self.catalog.set_state(row, "ok")
+                if paged:
+                    self.catalog.sql.execute("UPDATE blocks SET paged=? WHERE number=?",
+                                             (paged, number))
                 if slab:  # all free; its bytes are its keys' (read as a block: all of it)
                     self.catalog.sql.execute("INSERT INTO slab_free VALUES (?, 0, ?)",
                                              (number, size))
@@ -216,7 +224,7 @@ class BlockStore(StoreWrites, StoreSlabs, StoreSpills, StoreRecovery):
         except BaseException:
             self._forget_creation(number, name)
             raise
-        return self._info(row._replace(state="ok"), [])
+        return self._info(row._replace(state="ok", paged=paged), [])
 
     def _forget_creation(self, number: int, segment: str) -> None:
         """Undo a creation that failed: the segment first (it frees the room a full /dev/shm

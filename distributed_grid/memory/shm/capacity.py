@@ -17,7 +17,9 @@ The room for new blocks is the smallest of:
   reclaim, ``inactive_file``, not counted), less the reserve of that limit;
 - ``capacity``: the node's cap (a cluster config's ``memory``) less its block bytes.
 
-Each bound also pays the header page of the new block's segment. The reserve is
+Each bound also pays the header page of the new block's segment. A node's spares (memory it
+keeps faulted in for new blocks: ``grid cluster start --prefault``) are used memory to the
+host but room to the node: they count in every bound but ``capacity``. The reserve is
 ``DISTRIBUTED_GRID_MEMORY_RESERVE`` when that is set (``512MB``, ``1GiB``, ``0``), else
 ``max(256 MiB, 5% of the total)``, but never more than a quarter of it.
 """
@@ -96,22 +98,36 @@ def shm_reserve(shm_total: int) -> int:
 
 
 def room_for_blocks(limits: Limits, capacity: int | None = None,
-                    block_bytes: int = 0) -> tuple[int, str]:
+                    block_bytes: int = 0, spares: int = 0) -> tuple[int, str]:
     """The most bytes one new block may have, and which bound sets it.
+
+    Args:
+        spares: the bytes of the node's spares, which a new block may take.
 
     Returns:
         ``(bytes, limit)`` where ``limit`` is ``shm``, ``memory``, ``cgroup`` or ``capacity``
         (the first of the smallest, in that order).
     """
+    bounds = [(name, room + spares) for name, room in _host_bounds(limits)]
+    if capacity is not None:
+        bounds.append(("capacity", capacity - block_bytes))
+    limit, room = min(bounds, key=lambda b: b[1])
+    return max(0, room), limit
+
+
+def host_headroom(limits: Limits) -> int:
+    """What new memory the host can still give blocks, its reserves kept: below 0 when it has
+    less than them (no cap, no spares counted)."""
+    return min(room for _, room in _host_bounds(limits))
+
+
+def _host_bounds(limits: Limits) -> list[tuple[str, int]]:
     bounds = [("shm", limits.shm_free - limits.shm_reserve - HEADER_SIZE)]
     if limits.mem_available is not None:
         bounds.append(("memory", limits.mem_available - limits.mem_reserve - HEADER_SIZE))
     if limits.cgroup_free is not None:
         bounds.append(("cgroup", limits.cgroup_free - limits.cgroup_reserve - HEADER_SIZE))
-    if capacity is not None:
-        bounds.append(("capacity", capacity - block_bytes))
-    limit, room = min(bounds, key=lambda b: b[1])
-    return max(0, room), limit
+    return bounds
 
 
 # -- reading the host --------------------------------------------------------------------------
@@ -256,7 +272,8 @@ class HostRoom:
         self._read: tuple[Limits, int, float, str | None] | None = None
 
     def limits(self, block_bytes: int, fresh: bool = False) -> Limits:
-        """The host's bounds now, given the node's block bytes now."""
+        """The host's bounds now, given the memory the node holds now (``block_bytes``: its
+        blocks' and its spares')."""
         setting = os.environ.get(RESERVE_ENV)
         now = time.monotonic()
         with self._lock:
@@ -275,15 +292,16 @@ class HostRoom:
 
 
 def node_stats(node: str, limits: Limits, capacity: int | None, blocks: int,
-               block_bytes: int) -> NodeStats:
-    """A node's stats from the host's limits and the node's own counts."""
-    room, limit = room_for_blocks(limits, capacity, block_bytes)
+               block_bytes: int, spares: int = 0) -> NodeStats:
+    """A node's stats from the host's limits and the node's own counts (``spares``: the bytes
+    of its spares)."""
+    room, limit = room_for_blocks(limits, capacity, block_bytes, spares)
     return NodeStats(node=node, shm_total=limits.shm_total, shm_free=limits.shm_free,
                      capacity=capacity, free_for_blocks=room, blocks=blocks,
                      block_bytes=block_bytes, shm_reserve=limits.shm_reserve,
                      mem_available=limits.mem_available, mem_reserve=limits.mem_reserve,
                      cgroup_free=limits.cgroup_free, cgroup_reserve=limits.cgroup_reserve,
-                     limited_by=limit)
+                     limited_by=limit, prefault=spares)
 
 
 def describe_limit(stats: NodeStats) -> str:

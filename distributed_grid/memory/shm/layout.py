@@ -5,6 +5,8 @@ A cluster keeps three kinds of file in this host's /dev/shm, each named with the
 
 ========================================  ===================================================
 ``dg.<cluster id>.<node>.<number>``       a block's segment (POSIX shared memory, ``/dg...``)
+``dg.<cluster id>.<node>.spare<number>``  a spare: memory a node keeps faulted in for new
+                                          blocks (``grid cluster start --prefault``)
 ``dgc.<cluster id>.<node>.db``            a node's catalog (SQLite, with ``-wal`` and ``-shm``)
 ``dgk.<cluster id>.db``                   the cluster's key directory, on the head's host
 ========================================  ===================================================
@@ -88,6 +90,16 @@ def segment_pattern(cluster_id: str, node: str) -> re.Pattern[str]:
     """What the names of ``node``'s block segments match, and nothing else (another node's
     name may start with this node's)."""
     return re.compile(re.escape(segment_prefix(cluster_id, node)) + r"[0-9]+")
+
+
+def spare_name(cluster_id: str, node: str, number: int) -> str:
+    """The name of ``node``'s spare ``number`` (:mod:`distributed_grid.memory.shm.spares`)."""
+    return f"{segment_prefix(cluster_id, node)}spare{number}"
+
+
+def spare_pattern(cluster_id: str, node: str) -> re.Pattern[str]:
+    """What the names of ``node``'s spares match, and nothing else."""
+    return re.compile(re.escape(segment_prefix(cluster_id, node)) + r"spare[0-9]+")
 
 
 def catalog_path(cluster_id: str, node: str) -> str:
