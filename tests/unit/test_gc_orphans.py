@@ -17,7 +17,8 @@ from distributed_grid.cluster import gc as sweeper
 def orphan_files():
     """Files of a cluster nobody recorded nor holds (started under another TMPDIR, say)."""
     cid = f"gcorphan{uuid.uuid4().hex[:8]}"
-    paths = [f"/dev/shm/dg.{cid}.n1.0", f"/dev/shm/dgc.{cid}.n1.db"]
+    paths = [f"/dev/shm/dg.{cid}.n1.0", f"/dev/shm/dg.{cid}.n1.spare0",  # a block, a spare
+             f"/dev/shm/dgc.{cid}.n1.db"]
     for path in paths:
         with open(path, "wb") as f:
             f.write(b"left")

@@ -200,6 +200,19 @@ def test_a_filler_killed_mid_fill_leaves_nothing_after_the_store_restarts(node, 
     assert node.spares() == [] and spare_files(node) == []
 
 
+def test_a_spare_a_dead_taker_left_goes_at_the_second_look(node, cluster_id):
+    fill(node)
+    taken = node.spares()[0]
+    with node.catalog.transaction():  # what an allocation's transaction does, then its process
+        node._take_spare(taken.size)   # died before the spare became the block's
+    name = node.spare_name(taken.number)
+    refill = Refill(node)
+    assert refill.remove_strays() == []  # it may be a spare being taken right now
+    assert name in ["/" + f for f in spare_files(node)]
+    assert refill.remove_strays() == [name]
+    assert len(spare_files(node)) == 1 and len(node.spares()) == 1
+
+
 def test_a_spare_whose_file_vanished_leaves_the_catalog(node):
     fill(node)
     gone = node.spares()[0]

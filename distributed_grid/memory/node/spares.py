@@ -39,6 +39,7 @@ from distributed_grid.wire import PREFAULT_ENV
 SPARE_MIN = 2**20  # smaller blocks take no spare (their pages cost little; slabs hold most)
 FIRST_SPARE = 2**30  # the size of spares before any block asked for one (at most)
 IDLE_SECONDS = 0.5  # the node is idle when its catalog did not change for this long
+STRAY_ROUNDS = 40  # refill rounds between two looks for spare files no row names (10 s idle)
 SETTINGS_SECONDS = 1.0  # how long a process trusts the target it read
 PAGE = 4096
 
@@ -218,13 +219,19 @@ class StoreSpares(StoreCore):
             if dead or not seg.segment_exists(name):
                 self.release(spare)
                 dropped.append(name)
-        named = {self.spare_name(s.number) for s in self.spares()}
-        pattern = layout.spare_pattern(self.cluster_id, self.node)
-        strays = [n for n in seg.list_segment_names(self.prefix)
-                  if pattern.fullmatch(n) and n not in named]
+        strays = self.stray_spares()
         for name in strays:
             spare_files.remove_spare(name)
         return {"dropped": dropped, "removed": strays}
+
+    def stray_spares(self) -> list[str]:
+        """Spare files of the node that no row names: left by a process that took one (its row
+        went in its allocation's transaction) and died before it made it the block's; for a
+        moment, also one being taken right now."""
+        named = {self.spare_name(s.number) for s in self.spares()}
+        pattern = layout.spare_pattern(self.cluster_id, self.node)
+        return [n for n in seg.list_segment_names(self.prefix)
+                if pattern.fullmatch(n) and n not in named]
 
     # -- making them ----------------------------------------------------------------------------
 
@@ -273,6 +280,8 @@ class Refill:
         self._mark: object = None
         self._quiet_since = time.monotonic()
         self._thread: threading.Thread | None = None
+        self._strays: set[str] = set()
+        self._rounds = 0
 
     def start(self) -> threading.Thread:
         """Run :meth:`forever` on a daemon thread of its own."""
@@ -324,12 +333,25 @@ class Refill:
         target = store.prefault_target()
         if store.release_over(target):
             self._own_change()
+        self._rounds += 1
+        if self._rounds % STRAY_ROUNDS == 0:
+            self.remove_strays()
         if not self.idle():
             return False
         size = store._next_spare_size(target)
         if size < SPARE_MIN:
             return False
         return self.fill(size)
+
+    def remove_strays(self) -> list[str]:
+        """Remove the spare files no row names that no row named at the last look either (one
+        being taken is a link away from its block's name: it is gone by then); returns them."""
+        strays = set(self.store.stray_spares())
+        gone = sorted(strays & self._strays)
+        for name in gone:
+            spare_files.remove_spare(name)
+        self._strays = strays - set(gone)
+        return gone
 
     def fill(self, size: int, wait: Callable[[float], object] | None = None) -> bool:
         """Make one spare of ``size`` bytes, ``FILL_PIECE`` at a time, each while the node is

@@ -18,16 +18,19 @@ while it waits. What records which spares a node has, and takes them, is the nod
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
 
 from distributed_grid.errors import StoreFull
-from distributed_grid.memory.io.copies import MADV_POPULATE_WRITE, madvise
 from distributed_grid.memory.shm.layout import HEADER, HEADER_SIZE, LAYOUT_VERSION, MAGIC, SHM_DIR
 from distributed_grid.memory.shm.segment import shm_capacity
 
 FILL_PIECE = 32 * 2**20  # what one step of filling allocates and writes (about 10 ms here)
+MADV_POPULATE_WRITE = 23  # Linux 5.14; before it, the spare's pages are zeroed by their writer
+_libc = ctypes.CDLL(None, use_errno=True)  # its calls let go of the GIL (mmap.madvise does not)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 def _path(name: str) -> str:
@@ -65,7 +68,9 @@ def grow(fd: int, start: int, end: int) -> None:
         raise _full(exc, end - start) from exc
     mapping = mmap.mmap(fd, end - start, flags=mmap.MAP_SHARED, offset=start)
     try:
-        madvise(mapping, MADV_POPULATE_WRITE)  # the kernel zeroes them here, not in a writer
+        held = (ctypes.c_char * len(mapping)).from_buffer(mapping)
+        _libc.madvise(ctypes.addressof(held), len(mapping), MADV_POPULATE_WRITE)  # zeroed here
+        del held
     finally:
         mapping.close()
 
