@@ -274,7 +274,7 @@ class Bench:
     def section_directory(self, pool) -> None:
         from distributed_grid import _ray
         from distributed_grid.memory.client.remote_node import RemoteDirectory
-        from distributed_grid.memory.node.directory import KeyDirectory
+        from distributed_grid.memory.node.service.directory import KeyDirectory
 
         local = pool.directory
         assert isinstance(local, KeyDirectory), "the bench's head is on this host"

@@ -45,7 +45,7 @@ from distributed_grid.errors import (
     NodeUnavailable,
     VersionMismatch,
 )
-from distributed_grid.memory.node.serving import (
+from distributed_grid.memory.node.service.serving import (
     find_store,
     get_store,
     last_published,

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from distributed_grid.cluster.spilling import remove_spill_files
     from distributed_grid.cluster.target import Target
     from distributed_grid.memory.node.recovery import remove_cluster_files
-    from distributed_grid.memory.node.serving import get_store
+    from distributed_grid.memory.node.service.serving import get_store
 
     head_args: dict = {"include_dashboard": False, "object_store_memory": args.object_store_memory,
                        "labels": {NODE_LABEL: args.head_name}}

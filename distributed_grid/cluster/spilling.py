@@ -4,8 +4,9 @@ and what is removed when the cluster stops.
 ``grid cluster start --spill-dir DIR --spill-quota SIZE`` (or a node's ``spill_dir`` and
 ``spill_quota`` in the cluster config) puts the nodes' spill settings in the environment of the
 Ray processes it starts (:data:`~distributed_grid.wire.SPILL_ENV`); each node's store takes its
-own when it starts (:func:`~distributed_grid.memory.node.room.settings_from_env`). A cluster of
-this host (``--nodes``) gives each node a folder of its own, ``DIR/<node>``; a node started
+own when it starts
+(:func:`~distributed_grid.memory.node.room.spill_policy.settings_from_env`). A cluster of this
+host (``--nodes``) gives each node a folder of its own, ``DIR/<node>``; a node started
 alone (a head, or ``--address ... --name``) takes ``DIR`` itself. When the cluster stops, every
 spill file of it goes, and the per-node folders it made (``DIR`` stays, empty).
 """
@@ -20,8 +21,8 @@ from contextlib import contextmanager
 from distributed_grid.cluster.config import ClusterConfig, active_config
 from distributed_grid.errors import InvalidArgument
 from distributed_grid.memory.io.spill_files import cluster_files
-from distributed_grid.memory.node.room import DEFAULT_HIGH, DEFAULT_LOW, check_settings
-from distributed_grid.memory.node.spares import check_prefault
+from distributed_grid.memory.node.room.spares import check_prefault
+from distributed_grid.memory.node.room.spill_policy import DEFAULT_HIGH, DEFAULT_LOW, check_settings
 from distributed_grid.wire import PREFAULT_ENV, SPILL_ENV
 
 

@@ -94,7 +94,7 @@ def start(name: str | None = None, address: str | None = None, nodes: list[str] 
         spill_high, spill_low: spill when a node's blocks pass ``spill_high`` of its room,
             down to ``spill_low`` (default: the config's, else 0.85 and 0.70).
         prefault: the bytes of memory each node keeps allocated and faulted in for new
-            blocks (:mod:`~distributed_grid.memory.node.spares`; default: the config's
+            blocks (:mod:`~distributed_grid.memory.node.room.spares`; default: the config's
             ``prefault`` of each node, else none).
 
     Raises:

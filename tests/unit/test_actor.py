@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from distributed_grid.errors import KeyNotFound
-from distributed_grid.memory.node.actor import StoreActor
-from distributed_grid.memory.node.upkeep import read_snapshot, snapshot
+from distributed_grid.memory.node.service.actor import StoreActor
+from distributed_grid.memory.node.service.upkeep import read_snapshot, snapshot
 from distributed_grid.records import NodeStats
 from distributed_grid.runtime import node_records
 from distributed_grid.wire import REMOTE_WRITER

@@ -16,9 +16,9 @@ import pytest
 
 from distributed_grid.memory.client.nodes import Directory, Node, NodeStore
 from distributed_grid.memory.client.remote_node import RemoteDirectory, RemoteNode
-from distributed_grid.memory.node.actor import StoreActor
-from distributed_grid.memory.node.directory import KeyDirectory
 from distributed_grid.memory.node.local_node import LocalNode
+from distributed_grid.memory.node.service.actor import StoreActor
+from distributed_grid.memory.node.service.directory import KeyDirectory
 
 
 def methods(protocol: type) -> list[str]:

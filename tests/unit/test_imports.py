@@ -17,7 +17,7 @@ import distributed_grid
 PACKAGE = Path(distributed_grid.__file__).parent
 # Where Ray is applied: the cluster as Ray shows it, and the store actor's edge. Nothing else
 # imports Ray when it is imported (``_ray.py`` imports it inside each function).
-RAY_EDGE = {"distributed_grid.cluster.connection", "distributed_grid.memory.node.serving"}
+RAY_EDGE = {"distributed_grid.cluster.connection", "distributed_grid.memory.node.service.serving"}
 
 
 def module_names() -> list[str]:

@@ -22,7 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from distributed_grid.errors import GridError, NodeUnavailable
 from distributed_grid.memory.client.replicas import ReplicaSet
 from distributed_grid.memory.io import sinks, sources
-from distributed_grid.memory.node.actor import StoreActor
+from distributed_grid.memory.node.service.actor import StoreActor
 from distributed_grid.records import NodeStats
 
 BLOCK = 1 << 20

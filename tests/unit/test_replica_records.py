@@ -12,8 +12,8 @@ from distributed_grid.cluster.config import load_config
 from distributed_grid.errors import InvalidArgument
 from distributed_grid.memory.client import placement
 from distributed_grid.memory.client.replicas import merge_copies
-from distributed_grid.memory.node.directory import KeyDirectory, Replicas
 from distributed_grid.memory.node.local_node import LocalNode
+from distributed_grid.memory.node.service.directory import KeyDirectory, Replicas
 from distributed_grid.names import replica_count
 from distributed_grid.records import NodeStats
 

@@ -28,7 +28,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from distributed_grid.errors import BlockNotFound, InvalidArgument, StoreFull
 from distributed_grid.memory.io import sources, spill_files
-from distributed_grid.memory.node.room import check_settings, settings_from_env
+from distributed_grid.memory.node.room.spill_policy import check_settings, settings_from_env
 from distributed_grid.runtime import this_process
 
 MiB = 2**20

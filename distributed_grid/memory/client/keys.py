@@ -1,8 +1,8 @@
 """Keys across the cluster: finding a key's block, claiming a key for a block, removing a key.
 
-The key directory (``memory/node/directory.py``) names the one block of the cluster that holds
-each key; a key's bytes and extents are in that block's node catalog. This module runs the
-directory's protocol for the pool: a write records the key in its block's catalog before it
+The key directory (``memory/node/service/directory.py``) names the one block of the cluster
+that holds each key; a key's bytes and extents are in that block's node catalog. This module runs
+the directory's protocol for the pool: a write records the key in its block's catalog before it
 claims the key here, a claim that finds another holder asks that holder whether it still has
 the key (a stale entry is taken over with a compare-and-swap), and a removal forgets the entry
 only if it is still the one seen before the catalog dropped the key. A key is found with one

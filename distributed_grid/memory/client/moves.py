@@ -1,8 +1,8 @@
 """Blocks moved between their node's memory and its spill folder at a caller's word.
 
-A node with a spill folder moves cold blocks itself (``memory/node/room.py``); these are the
-explicit verbs, for a caller who knows better: spill a block now to make room for a job, restore
-one now so the job finds it in memory. The target is a block id or a key, which the key
+A node with a spill folder moves cold blocks itself (``memory/node/room/spill_policy.py``);
+these are the explicit verbs, for a caller who knows better: spill a block now to make room for a
+job, restore one now so the job finds it in memory. The target is a block id or a key, which the key
 directory names the block of without touching its bytes (a find would restore it).
 """
 

@@ -7,10 +7,10 @@ store actor (:class:`~distributed_grid.memory.client.remote_node.RemoteNode`). B
 node's store actor serves to other hosts (each of its methods is one round trip there);
 :class:`Node` adds what moves bytes and what a caller of many nodes needs.
 
-The key directory is the head's (:class:`~distributed_grid.memory.node.directory.KeyDirectory`
-on the head's host, :class:`~distributed_grid.memory.client.remote_node.RemoteDirectory`
-elsewhere, whose calls the head's store actor serves as ``dir_<name>``): both keep
-:class:`Directory`.
+The key directory is the head's
+(:class:`~distributed_grid.memory.node.service.directory.KeyDirectory` on the head's host,
+:class:`~distributed_grid.memory.client.remote_node.RemoteDirectory` elsewhere, whose calls the
+head's store actor serves as ``dir_<name>``): both keep :class:`Directory`.
 
 ``tests/unit/test_contract.py`` checks that every method here exists with the same parameters
 on each implementation, and on the store actor that serves the remote ones.
@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from distributed_grid.memory.io.copies import Progress
 from distributed_grid.memory.io.sinks import Sink
 from distributed_grid.memory.io.sources import Source
-from distributed_grid.memory.node.directory import Copy, Holder, Replicas
+from distributed_grid.memory.node.service.directory import Copy, Holder, Replicas
 from distributed_grid.records import BlockInfo, KeyPlace, KeyRemoval, NodeStats
 
 

@@ -25,8 +25,8 @@ import numpy as np
 
 from distributed_grid.errors import NodeUnavailable
 from distributed_grid.memory.io import copies, sinks, sources
-from distributed_grid.memory.node.actor import StoreActor
-from distributed_grid.memory.node.directory import Copy, Holder, Replicas
+from distributed_grid.memory.node.service.actor import StoreActor
+from distributed_grid.memory.node.service.directory import Copy, Holder, Replicas
 from distributed_grid.memory.node.slabs import buffers_of
 from distributed_grid.memory.shm.seqguard import read_untorn
 from distributed_grid.names import Key

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from distributed_grid.errors import BlockNotFound, CopiesChanged, GridError, NodeUnavailable
 from distributed_grid.memory.client.nodes import Node, NodeStore
 from distributed_grid.memory.io import copies, sources
-from distributed_grid.memory.node.directory import Copy, Replicas
+from distributed_grid.memory.node.service.directory import Copy, Replicas
 from distributed_grid.records import BlockInfo
 
 # What a copy (not the write, not the caller) failed by: its node is gone, or it lost the block.

@@ -34,7 +34,7 @@ from distributed_grid.errors import (
 from distributed_grid.memory.client.nodes import Directory, Node, NodeStore
 from distributed_grid.memory.client.replica_writes import COPY_FAILED, WritesToEveryCopy
 from distributed_grid.memory.io import copies, sinks
-from distributed_grid.memory.node.directory import Copy, Replicas
+from distributed_grid.memory.node.service.directory import Copy, Replicas
 from distributed_grid.records import BlockInfo, KeyPlace, KeyRemoval, NodeStats
 
 

@@ -33,8 +33,8 @@ from distributed_grid.errors import (
 from distributed_grid.memory.client.host import HostNodes
 from distributed_grid.memory.client.nodes import Directory, Node, NodeStore
 from distributed_grid.memory.client.replicas import ReplicaSet, merge_copies
-from distributed_grid.memory.node.directory import KeyDirectory, Replicas
 from distributed_grid.memory.node.local_node import LocalNode
+from distributed_grid.memory.node.service.directory import KeyDirectory, Replicas
 from distributed_grid.names import parse_block_id
 from distributed_grid.records import BlockInfo, NodeInfo, NodeStats
 from distributed_grid.wire import STORE_PROTOCOL

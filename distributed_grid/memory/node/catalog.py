@@ -106,7 +106,7 @@ class Catalog(ExtentQueries):
 
     def numbers_from(self, floor: int) -> None:
         """Hand out no block number below ``floor`` from now on (numbers a previous life of
-        the node spent: see :class:`~distributed_grid.memory.node.actor.StoreActor`)."""
+        the node spent: see :class:`~distributed_grid.memory.node.service.actor.StoreActor`)."""
         with self._db.transaction() as db:
             db.execute("UPDATE meta SET value=max(value, ?) WHERE name='next_number'", (floor,))
 

@@ -138,7 +138,7 @@ def guard_of(block: Placed) -> Iterator[Guard]:
 
 class NotInMemory(GridError):
     """The block is spilled to disk (or being read back): its memory must be restored first
-    (:meth:`~distributed_grid.memory.node.spills.StoreSpills.restore`, which the store's
+    (:meth:`~distributed_grid.memory.node.room.spills.StoreSpills.restore`, which the store's
     accesses do themselves). Not a :class:`BlockNotFound`: a caller that meets it must never
     take the block for gone (a replicated block would drop the copy)."""
 

@@ -138,8 +138,8 @@ class StoreRecovery(StoreCore):
     def reconcile_spills(self) -> dict[str, list[str]]:
         """Make the spill folder and the catalog agree (when the node's store starts): files
         the catalog does not record go; spilled blocks whose file is gone or of the wrong size
-        become ``missing`` (their files go). Moves whose mover died are undone first
-        (:meth:`~distributed_grid.memory.node.spills.StoreSpills.reap_moves`, by the caller)."""
+        become ``missing`` (their files go). Moves whose mover died are undone first (by the
+        caller: :meth:`~distributed_grid.memory.node.room.spills.StoreSpills.reap_moves`)."""
         folder = self.catalog.meta("spill_dir")
         if not folder:
             return {"removed": [], "lost": []}

@@ -2,7 +2,7 @@
 
 Block states: ``creating`` (its number is spent and its creator is making the segment),
 ``ok``, or ``missing`` (its segment vanished from the host); and, on a node with a spill folder
-(``memory/node/spills.py``), ``spilling`` (in memory and readable, being written to its
+(``memory/node/room/spills.py``), ``spilling`` (in memory and readable, being written to its
 ``spill_file`` by the process ``mover``; no write may start), ``spilled`` (on disk only: the
 file, whose xxh3-64 is ``checksum``, is its bytes) and ``restoring`` (being read back into a new
 segment by ``mover``). ``block_count`` and ``block_bytes`` in ``meta`` count the blocks that hold
@@ -22,7 +22,7 @@ free runs are rows of ``slab_free`` (never two touching: a freed run merges with
 neighbours), and its keys' extents are the rest; a key in a slab has one extent, which carries
 the key's metadata itself (``extents.meta``: no ``key_meta`` row to write and delete).
 
-A node started with ``--prefault`` keeps ``spares`` (``memory/node/spares.py``): segments of
+A node started with ``--prefault`` keeps ``spares`` (``memory/node/room/spares.py``): segments of
 ``size`` data bytes whose pages are allocated and written already, ``filling`` (by the process
 ``filler``) or ``ready``; a new block takes a ready one whole, and records in ``paged`` how many
 of its first bytes have their pages in (a writer maps them instead of faulting them in). The

@@ -9,7 +9,7 @@ The store is split along its seams, each a class of its own over :class:`~distri
 memory.node.core.StoreCore`: allocation and reads (here), writes and removals of keys
 (:mod:`~distributed_grid.memory.node.writes`), small values in slabs
 (:mod:`~distributed_grid.memory.node.slabs`), spilling to disk and restoring
-(:mod:`~distributed_grid.memory.node.spills`), and recovery from dead processes
+(:mod:`~distributed_grid.memory.node.room.spills`), and recovery from dead processes
 (:mod:`~distributed_grid.memory.node.recovery`).
 
 Numbers only grow and are spent in the transaction that records the block as ``creating``,
@@ -26,9 +26,9 @@ from dataclasses import replace
 
 from distributed_grid.errors import BlockNotFound, GridError, StoreFull
 from distributed_grid.memory.node.recovery import StoreRecovery
+from distributed_grid.memory.node.room.spills import StoreSpills
 from distributed_grid.memory.node.schema import ExtentRow
 from distributed_grid.memory.node.slabs import StoreSlabs
-from distributed_grid.memory.node.spills import StoreSpills
 from distributed_grid.memory.node.writes import StoreWrites
 from distributed_grid.memory.shm import layout
 from distributed_grid.memory.shm import segment as seg

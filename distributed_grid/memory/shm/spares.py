@@ -13,7 +13,7 @@ finding and zeroing them.
 A spare is always fresh memory: it is never made of a freed block (a process may still map
 that block, and a view of it must never show another block's bytes), and nobody maps a spare
 while it waits. What records which spares a node has, and takes them, is the node's catalog
-(:mod:`distributed_grid.memory.node.spares`).
+(:mod:`distributed_grid.memory.node.room.spares`).
 """
 
 from __future__ import annotations

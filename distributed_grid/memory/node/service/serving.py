@@ -3,10 +3,10 @@
 A node's store runs as one Ray actor per node: detached (it outlives whoever started it),
 named ``store.<node>`` in the namespace ``distributed_grid``, pinned to its node, restarted by
 Ray if its process dies (:func:`get_store`). The actor is the plain
-:class:`~distributed_grid.memory.node.actor.StoreActor`; what it asks of the cluster (its Ray
-node id, which jobs ended, whether a lease lives, the head's directory, the key-value store
+:class:`~distributed_grid.memory.node.service.actor.StoreActor`; what it asks of the cluster (its
+Ray node id, which jobs ended, whether a lease lives, the head's directory, the key-value store
 where block lists are published) is :class:`RayLinks`, Ray's implementation of
-:class:`~distributed_grid.memory.node.upkeep.ClusterLinks`.
+:class:`~distributed_grid.memory.node.service.upkeep.ClusterLinks`.
 
 A lease (:func:`make_lease`) is an actor owned by the process that made it: a pool's
 non-persistent blocks live as long as it does.
@@ -22,8 +22,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distributed_grid import _ray
 from distributed_grid.errors import GridError, NodeUnavailable
-from distributed_grid.memory.node.actor import StoreActor
-from distributed_grid.memory.node.upkeep import read_snapshot
+from distributed_grid.memory.node.service.actor import StoreActor
+from distributed_grid.memory.node.service.upkeep import read_snapshot
 from distributed_grid.records import BlockInfo, NodeStats
 from distributed_grid.wire import (
     BULK_TIMEOUT,

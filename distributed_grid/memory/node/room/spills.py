@@ -1,8 +1,8 @@
 """A node's spilling: cold blocks written to its spill folder when memory runs short, and read
 back into shared memory when used.
 
-When and what a node spills is :mod:`~distributed_grid.memory.node.room`'s; this is how. Only a
-block that is fully written and that no live process pins (holds a view of:
+When and what a node spills is :mod:`~distributed_grid.memory.node.room.spill_policy`'s; this
+is how. Only a block that is fully written and that no live process pins (holds a view of:
 :mod:`~distributed_grid.memory.shm.pins`) is spilled; the folder never holds more than
 ``spill_quota`` bytes of blocks (counted by block size: what the catalog records, not what the
 folder's files happen to take).
@@ -34,7 +34,7 @@ from distributed_grid.errors import BlockNotFound, InvalidArgument, StoreFull
 from distributed_grid.memory.io import spill_files
 from distributed_grid.memory.io.copies import Progress, no_progress
 from distributed_grid.memory.node.core import segment_fd
-from distributed_grid.memory.node.room import Pinned, SpillSettings, StoreRoom
+from distributed_grid.memory.node.room.spill_policy import Pinned, SpillSettings, StoreRoom
 from distributed_grid.memory.node.schema import BlockRow
 from distributed_grid.memory.shm import layout, pins
 from distributed_grid.memory.shm import segment as seg

@@ -10,10 +10,10 @@ again.
 When it starts it reconciles the catalog with the host's segments, removes the runtime
 directory's temporary files whose writer died, and writes the node's record there, so processes
 of the host can reach the node without Ray; a thread then runs the node's upkeep
-(:mod:`distributed_grid.memory.node.upkeep`). Ray is applied at the edge, in
-:mod:`distributed_grid.memory.node.serving`; what the actor asks of the cluster goes through
-the :class:`~distributed_grid.memory.node.upkeep.ClusterLinks` it is given, so this class runs
-(and is tested) without Ray.
+(:mod:`distributed_grid.memory.node.service.upkeep`). Ray is applied at the edge, in
+:mod:`distributed_grid.memory.node.service.serving`; what the actor asks of the cluster goes
+through the :class:`~distributed_grid.memory.node.service.upkeep.ClusterLinks` it is given, so
+this class runs (and is tested) without Ray.
 
 A client on another host writes through this actor: the actor holds the write's guard slot,
 and the writer is named ``ray:<job>:<host/pid/start>``. Such a writer is gone when its Ray job
@@ -35,12 +35,12 @@ import numpy as np
 from distributed_grid.errors import BlockNotFound, InvalidArgument, KeyNotFound
 from distributed_grid.memory.io import sinks, sources
 from distributed_grid.memory.node.core import guard_of
-from distributed_grid.memory.node.directory import Copy, KeyDirectory, Replicas
 from distributed_grid.memory.node.local_node import HeldSlot, LocalNode
-from distributed_grid.memory.node.repairs import Repairs, mend
-from distributed_grid.memory.node.room import settings_from_env
-from distributed_grid.memory.node.spares import Refill, prefault_from_env
-from distributed_grid.memory.node.upkeep import (
+from distributed_grid.memory.node.room.spares import Refill, prefault_from_env
+from distributed_grid.memory.node.room.spill_policy import settings_from_env
+from distributed_grid.memory.node.service.directory import Copy, KeyDirectory, Replicas
+from distributed_grid.memory.node.service.repairs import Repairs, mend
+from distributed_grid.memory.node.service.upkeep import (
     TICK_SECONDS,
     ClusterLinks,
     RemoteWriters,
@@ -234,7 +234,8 @@ class StoreActor(LocalNode):
     def mend(self, number: int, replica_of: str, source: str, source_number: int,
              rate: float) -> int:
         """Make a new copy of a replicated block hold what a live copy holds (a repair asks;
-        see :func:`~distributed_grid.memory.node.repairs.mend`); returns the bytes copied."""
+        see :func:`~distributed_grid.memory.node.service.repairs.mend`); returns the bytes
+        copied."""
         return mend(self, self.links, number, replica_of, source, source_number, rate)
 
     def close(self) -> None:
@@ -305,8 +306,8 @@ class StoreActor(LocalNode):
     # -- upkeep ---------------------------------------------------------------------------------
 
     def upkeep(self) -> dict[str, Any]:
-        """One round of the node's upkeep (:meth:`~distributed_grid.memory.node.upkeep.Upkeep.
-        run`); returns what it did."""
+        """One round of the node's upkeep
+        (:meth:`~distributed_grid.memory.node.service.upkeep.Upkeep.run`); returns what it did."""
         return self._upkeep.run()
 
     def _upkeep_forever(self, tick_seconds: float) -> None:

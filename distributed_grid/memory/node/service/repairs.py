@@ -37,9 +37,9 @@ from typing import Any
 
 from distributed_grid.errors import BlockNotFound, WriteInProgress
 from distributed_grid.memory.io import sources
-from distributed_grid.memory.node.directory import KeyDirectory, Replicas
 from distributed_grid.memory.node.local_node import LocalNode
-from distributed_grid.memory.node.upkeep import TICK_SECONDS, ClusterLinks
+from distributed_grid.memory.node.service.directory import KeyDirectory, Replicas
+from distributed_grid.memory.node.service.upkeep import TICK_SECONDS, ClusterLinks
 from distributed_grid.records import NodeStats
 from distributed_grid.sizes import parse_size
 from distributed_grid.wire import BULK_TIMEOUT, METADATA_TIMEOUT, READ_WAIT_SECONDS

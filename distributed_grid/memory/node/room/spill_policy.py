@@ -7,7 +7,7 @@ bytes past ``spill_high`` of its room (block bytes plus what new blocks may stil
 store first spills the least recently used blocks down to ``spill_low`` of it (least recently
 used by the last-use word in each block's header: reads, writes and new views set it). Only a
 block that is fully written and that no live process pins is spilled
-(:mod:`~distributed_grid.memory.node.spills` says how); the folder never holds more than
+(:mod:`~distributed_grid.memory.node.room.spills` says how); the folder never holds more than
 ``spill_quota`` bytes of blocks.
 """
 
@@ -22,8 +22,8 @@ from distributed_grid.errors import BlockNotFound, InvalidArgument
 from distributed_grid.memory.io import spill_files
 from distributed_grid.memory.io.copies import Progress, no_progress
 from distributed_grid.memory.node.core import segment_fd
+from distributed_grid.memory.node.room.spares import StoreSpares
 from distributed_grid.memory.node.schema import BlockRow
-from distributed_grid.memory.node.spares import StoreSpares
 from distributed_grid.memory.shm import pins
 from distributed_grid.memory.shm.capacity import describe_limit
 from distributed_grid.records import NodeStats
@@ -146,7 +146,7 @@ class StoreRoom(StoreSpares):
 
         A node's spares go first: before any block is spilled, those the new bytes cannot take
         are given back when the host could not give the new bytes memory
-        (:meth:`~distributed_grid.memory.node.spares.StoreSpares.release_for`).
+        (:meth:`~distributed_grid.memory.node.room.spares.StoreSpares.release_for`).
 
         Args:
             keep: a block not to spill (the one being restored).
@@ -218,4 +218,4 @@ class StoreRoom(StoreSpares):
 
     def _spill(self, number: int, settings: SpillSettings, progress: Progress = no_progress,
                explicit: bool = False, credit: int = 0) -> None:
-        raise NotImplementedError  # the spilling store's (memory/node/spills.py)
+        raise NotImplementedError  # the spilling store's (memory/node/room/spills.py)

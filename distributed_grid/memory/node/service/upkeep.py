@@ -9,8 +9,8 @@ list to the cluster's key-value store when the catalog changed (for listing the 
 node goes away).
 
 The decisions are here, in plain classes; what they ask of the cluster goes through
-:class:`ClusterLinks`, which Ray serves (:mod:`distributed_grid.memory.node.serving`) and a test
-serves with plain data, so the upkeep's logic is tested without Ray.
+:class:`ClusterLinks`, which Ray serves (:mod:`distributed_grid.memory.node.service.serving`)
+and a test serves with plain data, so the upkeep's logic is tested without Ray.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from distributed_grid.errors import GridError
-from distributed_grid.memory.node.directory import KeyDirectory
 from distributed_grid.memory.node.local_node import LocalNode
+from distributed_grid.memory.node.service.directory import KeyDirectory
 from distributed_grid.records import BlockInfo, NodeStats
 from distributed_grid.wire import REMOTE_WRITER
 
