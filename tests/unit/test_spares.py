@@ -105,6 +105,8 @@ def test_the_next_spares_are_made_at_the_size_of_the_last_big_block(node):
     store(node, "k", os.urandom(3 * MiB))  # no spare yet: it only tells the size
     fill(node, node._next_spare_size(node.prefault_target()))
     assert [s.size for s in node.spares()] == [3 * MiB, 3 * MiB]
+    node.configure_prefault(64 * MiB)  # a 16th of it is more than the last block: 4 MiB
+    assert node._next_spare_size(node.prefault_target()) == 4 * MiB
 
 
 def test_twenty_rounds_a_view_of_a_freed_block_keeps_its_bytes(node):

@@ -8,7 +8,8 @@ for ``IDLE_SECONDS`` and no write running. An allocation of at least ``SPARE_MIN
 in its own transaction, the smallest ready spare that holds it without wasting more than it
 (at most twice its size: the rest is trimmed), else the biggest that holds at least half of it
 (the rest is new memory); it never waits for one. Spares are made at the size of the last
-block that looked for one (at first half the target, at most ``FIRST_SPARE``).
+block that looked for one (at first half the target, at most ``FIRST_SPARE``), but at least a
+16th of the target: a node keeps a few of them, never thousands of small ones.
 
 Spares are used memory to the host but room to the node: they count in its room for new
 blocks, and they are what the node gives back first: before a new block would need memory
@@ -38,6 +39,7 @@ from distributed_grid.wire import PREFAULT_ENV
 
 SPARE_MIN = 2**20  # smaller blocks take no spare (their pages cost little; slabs hold most)
 FIRST_SPARE = 2**30  # the size of spares before any block asked for one (at most)
+MOST_SPARES = 16  # spares are made at a 16th of the target or more: a few files, a short table
 IDLE_SECONDS = 0.5  # the node is idle when its catalog did not change for this long
 STRAY_ROUNDS = 40  # refill rounds between two looks for spare files no row names (10 s idle)
 SETTINGS_SECONDS = 1.0  # how long a process trusts the target it read
@@ -237,9 +239,11 @@ class StoreSpares(StoreCore):
 
     def _next_spare_size(self, target: int) -> int:
         """The size the next spare is made at: the last big block's, else half the target (at
-        most ``FIRST_SPARE``), and never past the target's rest or what the host can give."""
+        most ``FIRST_SPARE``), at least a ``MOST_SPARES``-th of the target, and never past the
+        target's rest or what the host can give."""
         wanted = self.catalog.meta("spare_size") or min(target // 2, FIRST_SPARE)
-        size = min(int(wanted), target - self.spare_bytes(), self.host_room())
+        wanted = max(int(wanted), target // MOST_SPARES)
+        size = min(wanted, target - self.spare_bytes(), self.host_room())
         if self.capacity is not None:
             size = min(size, self.capacity - self.catalog.counts()[1] - self.spare_bytes())
         return size // PAGE * PAGE
