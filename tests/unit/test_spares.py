@@ -109,6 +109,20 @@ def test_the_next_spares_are_made_at_the_size_of_the_last_big_block(node):
     assert node._next_spare_size(node.prefault_target()) == 4 * MiB
 
 
+def test_spares_made_for_another_size_give_way_to_ones_that_fit(node):
+    fill(node)  # two spares of 4 MiB: the target (8 MiB) is full
+    assert store(node, "big", os.urandom(12 * MiB)).paged == 0  # neither holds half of it
+    refill = Refill(node)
+    refill.idle = lambda: True
+    assert refill.round() is True  # both went (8 MiB free), one of 8 MiB was made in their place
+    assert [s.size for s in node.spares()] == [8 * MiB]
+    assert refill.round() is False  # it fits now: nothing more goes (no churn)
+    assert store(node, "big2", os.urandom(12 * MiB)).paged == 8 * MiB
+    node.configure_prefault(4 * MiB)  # too small for any spare a 12 MiB block takes
+    fill(node)
+    assert refill.round() is False and [s.size for s in node.spares()] == [4 * MiB]
+
+
 def test_twenty_rounds_a_view_of_a_freed_block_keeps_its_bytes(node):
     """put A, keep a view of A, delete A, put B: the view shows A's bytes, every round."""
     views = []

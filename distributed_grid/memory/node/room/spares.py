@@ -9,7 +9,9 @@ in its own transaction, the smallest ready spare that holds it without wasting m
 (at most twice its size: the rest is trimmed), else the biggest that holds at least half of it
 (the rest is new memory); it never waits for one. Spares are made at the size of the last
 block that looked for one (at first half the target, at most ``FIRST_SPARE``), but at least a
-16th of the target: a node keeps a few of them, never thousands of small ones.
+16th of the target: a node keeps a few of them, never thousands of small ones. When the target
+is full of spares that no block of the last big size could take, the oldest go while the node
+is idle, as many as it takes to make one in their place that such a block takes.
 
 Spares are used memory to the host but room to the node: they count in its room for new
 blocks, and they are what the node gives back first: before a new block would need memory
@@ -211,6 +213,25 @@ class StoreSpares(StoreCore):
             freed += self.release(spare)
         return freed
 
+    def release_unfit(self, target: int) -> int:
+        """Give back the oldest ready spares when the target is full of spares that no block of
+        the last big size could take (made for blocks of another size), as many as it takes for
+        the refill to make one that such a block would take; returns the bytes given back (0:
+        none went, for none fits or giving back would not make room for one that does)."""
+        wanted = int(self.catalog.meta("spare_size") or 0)
+        ready = self.spares("ready")
+        if not wanted or not ready or self._pick_spare(wanted) is not None:
+            return 0
+        need = wanted // 2 - (target - self.spare_bytes())  # a spare of half of it is taken
+        if need <= 0 or need > sum(s.size for s in ready):
+            return 0
+        freed = 0
+        for spare in ready:
+            if freed >= need:
+                break
+            freed += self.release(spare)
+        return freed
+
     def reconcile_spares(self) -> dict[str, list[str]]:
         """Make the node's spares and its catalog agree (when the store starts): spares whose
         filler died, or whose file is gone, leave the catalog; files no row names go."""
@@ -343,6 +364,9 @@ class Refill:
         if not self.idle():
             return False
         size = store._next_spare_size(target)
+        if size < SPARE_MIN and store.release_unfit(target):
+            self._own_change()
+            size = store._next_spare_size(target)
         if size < SPARE_MIN:
             return False
         return self.fill(size)
