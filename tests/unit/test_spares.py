@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from distributed_grid.errors import InvalidArgument, StoreFull
-from distributed_grid.memory.node.room.spares import SPARE_MIN, Refill, prefault_from_env
+from distributed_grid.memory.node.room.refill import Refill
+from distributed_grid.memory.node.room.spares import SPARE_MIN, prefault_from_env
 from distributed_grid.memory.shm import layout
 from distributed_grid.memory.shm.capacity import RESERVE_ENV, read_meminfo
 from distributed_grid.runtime import this_process
@@ -196,7 +197,7 @@ def test_a_filler_killed_mid_fill_leaves_nothing_after_the_store_restarts(node, 
     script = (
         "import sys, os, signal\n"
         "from distributed_grid.memory.node.local_node import LocalNode\n"
-        "from distributed_grid.memory.node.room.spares import Refill\n"
+        "from distributed_grid.memory.node.room.refill import Refill\n"
         "from distributed_grid.memory.shm import spares\n"
         f"node = LocalNode('n1', {cluster_id!r})\n"
         "grow = spares.grow\n"

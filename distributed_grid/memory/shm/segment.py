@@ -183,22 +183,37 @@ def create_segment(name: str, size: int, token: bytes) -> None:
     except posix_ipc.ExistentialError as exc:
         raise FileExistsError(errno.EEXIST, f"segment {name} exists already") from exc
     try:
-        try:
-            os.posix_fallocate(shm.fd, 0, HEADER_SIZE + size)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
-                _, free = shm_capacity()
-                why = (f"{free} bytes free in {SHM_DIR}" if exc.errno != errno.ENOMEM else
-                       "the host (or this process's cgroup) has no memory left for it")
-                raise StoreFull(f"cannot reserve {size} bytes of shared memory: {why}",
-                                size=size, free=free) from exc
-            raise
-        os.pwrite(shm.fd, HEADER.pack(MAGIC, LAYOUT_VERSION, 0, size, token), 0)
+        reserve(shm.fd, HEADER_SIZE + size, size)
+        write_header(shm.fd, size, token)
     except BaseException:
         shm.close_fd()
         _unlink_quietly(name)
         raise
     shm.close_fd()
+
+
+def reserve(fd: int, end: int, size: int, start: int = 0) -> None:
+    """``posix_fallocate`` of bytes ``start..end`` of a segment's descriptor (for a block of
+    ``size`` data bytes: what a refusal names).
+
+    Raises:
+        StoreFull: /dev/shm, or the host's memory, cannot hold them.
+    """
+    try:
+        os.posix_fallocate(fd, start, end - start)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
+            _, free = shm_capacity()
+            why = (f"{free} bytes free in {SHM_DIR}" if exc.errno != errno.ENOMEM else
+                   "the host (or this process's cgroup) has no memory left for it")
+            raise StoreFull(f"cannot reserve {size} bytes of shared memory: {why}",
+                            size=size, free=free) from exc
+        raise
+
+
+def write_header(fd: int, size: int, token: bytes) -> None:
+    """Write the header of a segment of ``size`` data bytes holding ``token``."""
+    os.pwrite(fd, HEADER.pack(MAGIC, LAYOUT_VERSION, 0, size, token), 0)
 
 
 def _open(name: str) -> tuple[int, int, int, bytes]:

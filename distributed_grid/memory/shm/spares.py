@@ -19,13 +19,11 @@ while it waits. What records which spares a node has, and takes them, is the nod
 from __future__ import annotations
 
 import ctypes
-import errno
 import mmap
 import os
 
-from distributed_grid.errors import StoreFull
-from distributed_grid.memory.shm.layout import HEADER, HEADER_SIZE, LAYOUT_VERSION, MAGIC, SHM_DIR
-from distributed_grid.memory.shm.segment import shm_capacity
+from distributed_grid.memory.shm.layout import HEADER_SIZE, SHM_DIR
+from distributed_grid.memory.shm.segment import reserve, write_header
 
 FILL_PIECE = 32 * 2**20  # what one step of filling allocates and writes (about 10 ms here)
 MADV_POPULATE_WRITE = 23  # Linux 5.14; before it, the spare's pages are zeroed by their writer
@@ -47,25 +45,13 @@ def make_spare(name: str) -> int:
                    | os.O_NOFOLLOW, 0o600)
 
 
-def open_spare(name: str) -> int:
-    """A descriptor of an existing spare (the caller closes it).
-
-    Raises:
-        FileNotFoundError: no spare of that name.
-    """
-    return os.open(_path(name), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-
-
 def grow(fd: int, start: int, end: int) -> None:
     """Allocate bytes ``start..end`` of a spare (page-aligned) and write every page of them.
 
     Raises:
         StoreFull: /dev/shm (or the host's memory) cannot hold them.
     """
-    try:
-        os.posix_fallocate(fd, start, end - start)
-    except OSError as exc:
-        raise _full(exc, end - start) from exc
+    reserve(fd, end, end - start, start)
     mapping = mmap.mmap(fd, end - start, flags=mmap.MAP_SHARED, offset=start)
     try:
         held = (ctypes.c_char * len(mapping)).from_buffer(mapping)
@@ -73,14 +59,6 @@ def grow(fd: int, start: int, end: int) -> None:
         del held
     finally:
         mapping.close()
-
-
-def _full(exc: OSError, size: int) -> BaseException:
-    if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
-        return exc
-    _, free = shm_capacity()
-    return StoreFull(f"cannot reserve {size} bytes of shared memory: {free} bytes free in "
-                     f"{SHM_DIR}", size=size, free=free)
 
 
 def adopt(spare: str, name: str, size: int, token: bytes) -> None:
@@ -103,11 +81,8 @@ def adopt(spare: str, name: str, size: int, token: bytes) -> None:
         if have > total:
             os.ftruncate(fd, total)
         elif have < total:
-            try:
-                os.posix_fallocate(fd, 0, total)
-            except OSError as exc:
-                raise _full(exc, size) from exc
-        os.pwrite(fd, HEADER.pack(MAGIC, LAYOUT_VERSION, 0, size, token), 0)
+            reserve(fd, total, size)
+        write_header(fd, size, token)
     finally:
         os.close(fd)
 

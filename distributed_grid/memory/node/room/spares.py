@@ -3,8 +3,8 @@
 A node started with ``grid cluster start --prefault SIZE`` keeps up to SIZE bytes of spares
 (:mod:`distributed_grid.memory.shm.spares`), recorded in its catalog (the ``spares`` table,
 ``filling`` or ``ready``). The store actor refills them on a thread of its own
-(:class:`Refill`), piece by piece and only while the node is idle: no change of its catalog
-for ``IDLE_SECONDS`` and no write running. An allocation of at least ``SPARE_MIN`` bytes takes,
+(:class:`~distributed_grid.memory.node.room.refill.Refill`), piece by piece and only while the
+node is idle. An allocation of at least ``SPARE_MIN`` bytes takes,
 in its own transaction, the smallest ready spare that holds it without wasting more than it
 (at most twice its size: the rest is trimmed), else the biggest that holds at least half of it
 (the rest is new memory); it never waits for one. Spares are made at the size of the last
@@ -24,13 +24,10 @@ and ``grid memory gc`` remove them with the cluster's other segments.
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
-from collections.abc import Callable
 from typing import NamedTuple
 
-from distributed_grid.errors import GridError, InvalidArgument
+from distributed_grid.errors import InvalidArgument
 from distributed_grid.memory.node.core import StoreCore
 from distributed_grid.memory.shm import layout
 from distributed_grid.memory.shm import segment as seg
@@ -42,8 +39,6 @@ from distributed_grid.wire import PREFAULT_ENV
 SPARE_MIN = 2**20  # smaller blocks take no spare (their pages cost little; slabs hold most)
 FIRST_SPARE = 2**30  # the size of spares before any block asked for one (at most)
 MOST_SPARES = 16  # spares are made at a 16th of the target or more: a few files, a short table
-IDLE_SECONDS = 0.5  # the node is idle when its catalog did not change for this long
-STRAY_ROUNDS = 40  # refill rounds between two looks for spare files no row names (10 s idle)
 SETTINGS_SECONDS = 1.0  # how long a process trusts the target it read
 PAGE = 4096
 
@@ -288,125 +283,3 @@ class StoreSpares(StoreCore):
     def spare_listed(self, number: int) -> bool:
         return self.catalog.sql.execute("SELECT 1 FROM spares WHERE number=?",
                                         (number,)).fetchone() is not None
-
-
-class Refill:
-    """The store actor's thread that keeps its node's spares at the target.
-
-    Args:
-        store: the node's store (the actor).
-        pause: how long it sleeps between looks when there is nothing to do.
-    """
-
-    def __init__(self, store: StoreSpares, pause: float = 0.25) -> None:
-        self.store = store
-        self.pause = pause
-        self.stopped = threading.Event()
-        self._mark: object = None
-        self._quiet_since = time.monotonic()
-        self._thread: threading.Thread | None = None
-        self._strays: set[str] = set()
-        self._rounds = 0
-
-    def start(self) -> threading.Thread:
-        """Run :meth:`forever` on a daemon thread of its own."""
-        thread = threading.Thread(target=self.forever, name="prefault", daemon=True)
-        thread.start()
-        self._thread = thread
-        return thread
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop refilling (a spare being filled is given back) and wait for the thread."""
-        self.stopped.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-    def idle(self) -> bool:
-        """Whether the node is idle: its catalog unchanged for ``IDLE_SECONDS`` (this
-        thread's own changes aside) and no write running."""
-        mark = self.store.catalog.change_mark()
-        now = time.monotonic()
-        if mark != self._mark:
-            self._mark, self._quiet_since = mark, now
-            return False
-        return now - self._quiet_since >= IDLE_SECONDS and not \
-            self.store.catalog.pending_extents()
-
-    def _own_change(self) -> None:
-        self._mark = self.store.catalog.change_mark()
-
-    def forever(self) -> None:
-        """Refill until :attr:`stopped` is set (a failure is logged, then tried again)."""
-        import logging  # the store actor's: not loaded by every command that runs a store
-
-        log = logging.getLogger(__name__)
-        while not self.stopped.is_set():
-            try:
-                if not self.round():
-                    self.stopped.wait(self.pause)
-            except GridError as exc:
-                log.warning("node %s: prefault: %s", self.store.node, exc)
-                self.stopped.wait(5 * self.pause)
-            except Exception:  # a refill must never end the node's store
-                log.exception("node %s: prefault failed", self.store.node)
-                self.stopped.wait(5 * self.pause)
-
-    def round(self) -> bool:
-        """Give back what is over, or fill one spare while the node is idle; returns whether
-        it made one."""
-        store = self.store
-        target = store.prefault_target()
-        if store.release_over(target):
-            self._own_change()
-        self._rounds += 1
-        if self._rounds % STRAY_ROUNDS == 0:
-            self.remove_strays()
-        if not self.idle():
-            return False
-        size = store._next_spare_size(target)
-        if size < SPARE_MIN and store.release_unfit(target):
-            self._own_change()
-            size = store._next_spare_size(target)
-        if size < SPARE_MIN:
-            return False
-        return self.fill(size)
-
-    def remove_strays(self) -> list[str]:
-        """Remove the spare files no row names that no row named at the last look either (one
-        being taken is a link away from its block's name: it is gone by then); returns them."""
-        strays = set(self.store.stray_spares())
-        gone = sorted(strays & self._strays)
-        for name in gone:
-            spare_files.remove_spare(name)
-        self._strays = strays - set(gone)
-        return gone
-
-    def fill(self, size: int, wait: Callable[[float], object] | None = None) -> bool:
-        """Make one spare of ``size`` bytes, ``FILL_PIECE`` at a time, each while the node is
-        idle; returns whether it became ready."""
-        store = self.store
-        wait = wait or self.stopped.wait
-        number = store.start_spare(size)
-        self._own_change()
-        name = store.spare_name(number)
-        fd = spare_files.make_spare(name)
-        ready = False
-        try:
-            total = layout.HEADER_SIZE + size
-            at = 0
-            while at < total:
-                while not self.idle():
-                    if self.stopped.is_set() or wait(self.pause):
-                        return False  # the store is stopping
-                if not store.spare_listed(number):
-                    return False  # given back: a new block needed the memory
-                end = min(at + spare_files.FILL_PIECE, total)
-                spare_files.grow(fd, at, end)
-                at = end
-            ready = store.finish_spare(number)
-            return ready
-        finally:
-            os.close(fd)
-            if not ready:
-                store.release(Spare(number, size, "filling", None, 0.0))
-            self._own_change()

@@ -36,7 +36,8 @@ from distributed_grid.errors import BlockNotFound, InvalidArgument, KeyNotFound
 from distributed_grid.memory.io import sinks, sources
 from distributed_grid.memory.node.core import guard_of
 from distributed_grid.memory.node.local_node import HeldSlot, LocalNode
-from distributed_grid.memory.node.room.spares import Refill, prefault_from_env
+from distributed_grid.memory.node.room.refill import Refill
+from distributed_grid.memory.node.room.spares import prefault_from_env
 from distributed_grid.memory.node.room.spill_policy import settings_from_env
 from distributed_grid.memory.node.service.directory import Copy, KeyDirectory, Replicas
 from distributed_grid.memory.node.service.repairs import Repairs, mend
